@@ -1,0 +1,63 @@
+"""The ``xmr`` command.
+
+Each area registers its own subcommands from a module of this package (``register(subparsers)``), so
+the parser stays small here. Every user-facing error becomes one readable line on stderr and a
+non-zero exit; set ``XMR_DEBUG=1`` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from scalable_xmr.errors import XMRError
+
+# Modules of this package that define `register(subparsers)`; imported lazily so `xmr --help` is fast
+# and a missing optional area never breaks the others.
+_AREAS = ("data", "projection", "train", "pairs", "sweep")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xmr",
+        description="scalable_xmr: distributed cross-modal retrieval training (SDML, branch models, "
+        "re-ranking, sweeps).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for area in _AREAS:
+        try:
+            module = importlib.import_module(f"scalable_xmr.cli.{area}")
+        except ModuleNotFoundError as e:
+            if e.name == f"scalable_xmr.cli.{area}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def run_cli(fn: Callable[[], int | None]) -> int:
+    """Run ``fn`` and turn user-facing errors into one line on stderr and exit code 2."""
+    try:
+        return int(fn() or 0)
+    except KeyboardInterrupt:
+        print("xmr: interrupted", file=sys.stderr)
+        return 130
+    except (XMRError, ValueError, FileNotFoundError, FileExistsError, PermissionError) as e:
+        if os.environ.get("XMR_DEBUG"):
+            raise
+        msg = " ".join(str(e).split())  # one line, whatever the message held
+        print(f"xmr: error: {msg}", file=sys.stderr)
+        return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_cli(lambda: args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""User-facing errors.
+
+Library code raises these (or plain ``ValueError`` / ``FileNotFoundError``) with a message that
+names the file, the column or argument, and the offending value. The ``xmr`` CLI and the jobs catch
+them and print one readable line, exiting non-zero (set ``XMR_DEBUG=1`` for the traceback).
+"""
+
+from __future__ import annotations
+
+
+class XMRError(Exception):
+    """Base class of every error scalable_xmr reports to a user."""
+
+
+class InputError(XMRError, ValueError):
+    """Bad data, a bad file or a bad argument value."""
+
+
+class MissingError(XMRError, FileNotFoundError):
+    """A file or directory that should exist does not."""
+
+
+class RunStateError(XMRError, RuntimeError):
+    """A run directory is in a state that forbids the operation (finished, incomplete...)."""

@@ -1,0 +1,1 @@
+"""Models: the SDML supervised autoencoder and the image-text branch models."""
