@@ -1,0 +1,182 @@
+"""Placing modality trainers on a Ray cluster: parallel (SDML-3), serial (SDML-2), joint (SDML-1).
+
+parallel  one actor per modality in one placement group (gang-scheduled), all at once
+serial    one actor at a time, each with the whole share of the cluster a modality may use
+joint     one actor holding every modality network, trained in one loop (the baseline)
+
+GPUs: ``gpus_per_modality`` GPUs per actor (fractional packs small modalities on one card). On a CPU
+cluster the CPUs are shared out: each actor gets ``cpus_per_modality`` (default: all CPUs divided
+evenly, fractions allowed) and as many torch threads as whole CPUs in its share (at least one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from collections.abc import Sequence
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from scalable_xmr.config import ResourceConfig
+from scalable_xmr.distributed.actors import ProgressHub, joint_actor, modality_actor, wait_with_progress
+from scalable_xmr.distributed.progress import ProgressBars
+from scalable_xmr.engine.sdml import ModalityJob, TrainResult
+from scalable_xmr.errors import InputError, XMRError
+
+_STARTED_LOCAL = False
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> str:
+    """Attach to a Ray cluster, or start a local one; returns a description.
+
+    ``address=None``: attach to the cluster this machine belongs to (as under ``ray submit``, or
+    after ``ray start``) if there is one, else start a local Ray. ``"local"`` always starts one.
+    """
+    global _STARTED_LOCAL
+    if ray.is_initialized():
+        return "attached to the Ray runtime already initialised in this process"
+    quiet = {"log_to_driver": True, "logging_level": "WARNING"}
+    if address not in (None, "local"):
+        ray.init(address=address, **quiet)
+        return f"attached to Ray cluster at {address}"
+    if address is None:
+        try:
+            ray.init(address="auto", **quiet)
+            return "attached to the running Ray cluster"
+        except (ConnectionError, RuntimeError, ValueError):
+            pass
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
+    _STARTED_LOCAL = True
+    return f"started a local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+
+
+def describe_cluster() -> str:
+    res = ray.cluster_resources()
+    parts = [f"{res.get(k, 0):g} {k}" for k in ("CPU", "GPU")]
+    return ", ".join(parts) + f", {len(ray.nodes())} node(s)"
+
+
+def _unwrap(error: Exception) -> Exception:
+    """The user-facing error inside a Ray task error, when there is one."""
+    cause = getattr(error, "cause", None)
+    if isinstance(error, RayTaskError) and isinstance(cause, XMRError | ValueError | FileNotFoundError):
+        return cause
+    return error
+
+
+def _cpu_share(resources: ResourceConfig, n_actors: int) -> float:
+    if resources.cpus_per_modality is not None:
+        return resources.cpus_per_modality
+    total = ray.cluster_resources().get("CPU", 1.0)
+    if resources.gpus_per_modality > 0:
+        return 1.0
+    # Leave the driver a sliver so actors never starve it; floor at 1/100 CPU.
+    return max(math.floor(100 * total / n_actors) / 100, 0.01)
+
+
+def _check_gpus(resources: ResourceConfig) -> None:
+    if resources.gpus_per_modality > 0 and ray.cluster_resources().get("GPU", 0) == 0 and _STARTED_LOCAL:
+        raise InputError(
+            f"--gpus-per-modality {resources.gpus_per_modality:g} but this Ray cluster has no GPUs "
+            f"({describe_cluster()}); use 0 to train on CPUs"
+        )
+
+
+def _bundles(resources: ResourceConfig, n: int, cpus: float) -> list[dict[str, float]]:
+    bundle = {"CPU": cpus}
+    if resources.gpus_per_modality > 0:
+        bundle["GPU"] = resources.gpus_per_modality
+    return [dict(bundle) for _ in range(n)]
+
+
+def _ready(pg, resources: ResourceConfig) -> None:
+    timeout = 30.0 if _STARTED_LOCAL else resources.placement_timeout_s
+    try:
+        ray.get(pg.ready(), timeout=timeout)
+    except GetTimeoutError as e:
+        remove_placement_group(pg)
+        raise InputError(
+            f"could not place {len(pg.bundle_specs)} modality actor(s) of {pg.bundle_specs[0]} within "
+            f"{timeout:g}s; the cluster has {describe_cluster()}"
+        ) from e
+
+
+def _actor_options(resources: ResourceConfig, cpus: float, pg, index: int) -> dict:
+    return {
+        "num_cpus": cpus,
+        "num_gpus": resources.gpus_per_modality,
+        "max_restarts": resources.max_restarts,
+        "max_task_retries": resources.max_restarts,
+        "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index),
+    }
+
+
+def train_modalities(
+    jobs: Sequence[ModalityJob], resources: ResourceConfig, show_progress: bool = True
+) -> dict[str, TrainResult]:
+    """Train every job on the cluster with the chosen strategy; returns results by modality."""
+    if not jobs:
+        return {}
+    _check_gpus(resources)
+    hub = ProgressHub.remote()
+    bars = ProgressBars([j.modality for j in jobs], enabled=show_progress, stream=sys.stderr)
+    try:
+        if resources.strategy == "parallel":
+            return _run_groups([list(jobs)], resources, hub, bars)
+        if resources.strategy == "serial":
+            return _run_groups([[j] for j in jobs], resources, hub, bars)
+        return _run_joint(list(jobs), resources, hub, bars)
+    finally:
+        bars.close()
+        ray.kill(hub)
+
+
+def _run_groups(groups, resources, hub, bars) -> dict[str, TrainResult]:
+    results: dict[str, TrainResult] = {}
+    for group in groups:
+        # Serial runs one modality at a time; it may use the share all modalities would have had.
+        cpus = _cpu_share(resources, len(group))
+        threads = max(1, int(cpus))
+        pg = placement_group(_bundles(resources, len(group), cpus), strategy="PACK")
+        _ready(pg, resources)
+        try:
+            actors = [
+                modality_actor(**_actor_options(resources, cpus, pg, i)).remote(
+                    dataclasses.replace(job, num_threads=job.num_threads or threads), hub
+                )
+                for i, job in enumerate(group)
+            ]
+            refs = [a.train.remote() for a in actors]
+            wait_with_progress(refs, hub, bars)
+            for job, ref in zip(group, refs, strict=True):
+                try:
+                    results[job.modality] = ray.get(ref)
+                except (RayTaskError, RayActorError) as e:
+                    raise _unwrap(e) from None
+            for a in actors:
+                ray.kill(a)
+        finally:
+            remove_placement_group(pg)
+    return results
+
+
+def _run_joint(jobs, resources, hub, bars) -> dict[str, TrainResult]:
+    cpus = _cpu_share(resources, 1)
+    pg = placement_group(_bundles(resources, 1, cpus), strategy="PACK")
+    _ready(pg, resources)
+    try:
+        threads = max(1, int(cpus))
+        jobs = [dataclasses.replace(j, num_threads=j.num_threads or threads) for j in jobs]
+        actor = joint_actor(**_actor_options(resources, cpus, pg, 0)).remote(jobs, hub)
+        ref = actor.train.remote()
+        wait_with_progress([ref], hub, bars)
+        try:
+            return ray.get(ref)
+        except (RayTaskError, RayActorError) as e:
+            raise _unwrap(e) from None
+    finally:
+        remove_placement_group(pg)

@@ -1,0 +1,77 @@
+"""SDML-1, the joint baseline of paper Table 6: every modality network in one process, one loop.
+
+All networks step together with one optimizer on the sum of their losses (Eq. 2 minimised jointly).
+Each modality still sees each of its batches once per epoch, exactly as in the parallel strategy:
+step s sums the losses of the modalities that still have an s-th batch, so the comparison with
+SDML-2/3 differs only in how the work is scheduled, not in how many updates each network gets.
+Adam is per-parameter, so one Adam over all networks equals one Adam per network; the parameter
+groups keep each modality's own learning rate.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from scalable_xmr.engine.sdml import (
+    EpochStats,
+    ModalityJob,
+    ModalityTrainer,
+    ProgressFn,
+    TrainResult,
+    make_adam,
+)
+from scalable_xmr.io import atomic_path
+
+
+class JointTrainer:
+    def __init__(self, jobs: list[ModalityJob], progress: ProgressFn | None = None):
+        self.trainers = [ModalityTrainer(job, progress) for job in jobs]
+        groups = [{"params": list(t.model.parameters()), "lr": t.optimizer.param_groups[0]["lr"]}
+                  for t in self.trainers]
+        self.optimizer = make_adam(groups, groups[0]["lr"], self.trainers[0].device)
+        self.path = self.trainers[0].store.root / "joint_checkpoint.pt"
+        if self.path.is_file():
+            state = torch.load(self.path, map_location=self.trainers[0].device, weights_only=True)
+            if all(t.epoch == state["epoch"] for t in self.trainers):
+                self.optimizer.load_state_dict(state["optimizer"])
+
+    def train_epoch(self) -> list[EpochStats]:
+        start = time.perf_counter()
+        batches = [t.batches() for t in self.trainers]
+        sums = [torch.zeros(3, device=t.device) for t in self.trainers]
+        for step in range(max(len(b) for b in batches)):
+            total = 0.0
+            for i, trainer in enumerate(self.trainers):
+                if step < len(batches[i]):
+                    loss, recon, label = trainer.loss(*batches[i][step])
+                    total = total + loss
+                    sums[i] += torch.stack([loss.detach(), recon.detach(), label.detach()])
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
+        seconds = time.perf_counter() - start
+        stats = []
+        for i, trainer in enumerate(self.trainers):
+            trainer.epoch += 1
+            means = (sums[i] / max(len(batches[i]), 1)).tolist()
+            stats.append(EpochStats(trainer.epoch, *means, trainer.val_label_loss(), seconds))
+        return stats
+
+    def fit(self) -> dict[str, TrainResult]:
+        start = time.perf_counter()
+        cfg = self.trainers[0].cfg
+        while self.trainers[0].epoch < cfg.epochs:
+            for trainer, stats in zip(self.trainers, self.train_epoch(), strict=True):
+                trainer.record(stats)
+            epoch = self.trainers[0].epoch
+            if epoch == cfg.epochs or epoch % cfg.checkpoint_every == 0:
+                for trainer in self.trainers:
+                    trainer.save_checkpoint()
+                with atomic_path(self.path) as tmp:
+                    torch.save({"epoch": epoch, "optimizer": self.optimizer.state_dict()}, tmp)
+        seconds = time.perf_counter() - start
+        for trainer in self.trainers:
+            trainer.write_outputs()
+        return {t.job.modality: t.result(seconds) for t in self.trainers}

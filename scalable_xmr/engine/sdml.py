@@ -1,0 +1,299 @@
+"""One modality's SDML training loop: a plain class, no Ray and no MLflow inside (STYLE.md #3).
+
+``ModalityTrainer`` loads its own modality's splits and P from storage (no big objects travel
+through a driver), keeps the data as tensors on its device, trains with SDML Algorithm 1, writes an
+atomic checkpoint every few epochs, resumes from the last one when it exists (this is how a Ray
+actor restarted after a fault continues), selects the epoch with the lowest validation label loss,
+and writes its best model, its val/test embeddings and a training log to the run store.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from scalable_xmr.config import SDMLConfig
+from scalable_xmr.errors import InputError
+from scalable_xmr.functional.losses import label_loss_per_sample, sdml_loss
+from scalable_xmr.io import atomic_path, atomic_write_json
+from scalable_xmr.models.sdml import SDMLAutoencoder
+from scalable_xmr.projection import load_projection
+from scalable_xmr.store import RunStore, now_iso
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class ModalityJob:
+    """Everything one modality's training needs, by reference (paths, not arrays)."""
+
+    run_dir: str
+    modality: str
+    config: SDMLConfig
+    dataset_uri: str | None = None  # a dataset directory/URI holding <modality>.parquet ...
+    table_path: str | None = None  # ... or a loose modality table (add-modality job)
+    n_classes: int = 0
+    projection_sha256: str | None = None
+    device: str = "auto"
+    num_threads: int | None = None
+    fail_after_epoch: int | None = None  # fault injection for tests: die once after this epoch
+
+    def __post_init__(self) -> None:
+        if (self.dataset_uri is None) == (self.table_path is None):
+            raise InputError("give exactly one of dataset_uri and table_path")
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss_train: float
+    loss_recon: float
+    loss_label: float
+    loss_val_label: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    modality: str
+    best_epoch: int
+    best_val_label: float
+    epochs: int
+    resumed_at_epoch: list[int] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    device: str = "cpu"
+    pid: int = 0
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam with SDML's betas (0.5, 0.999); fused kernel when the build has one (much faster step)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), fused=True)
+    except (RuntimeError, TypeError):  # pragma: no cover - builds without a fused kernel
+        return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), foreach=True)
+
+
+class ModalityData:
+    """One modality's splits as tensors on the device (features raw, labels multi-hot)."""
+
+    def __init__(self, job: ModalityJob, device: torch.device):
+        splits = _load_splits(job)
+        self.ids = {s: d.ids for s, d in splits.items()}
+        with warnings.catch_warnings():
+            # Arrow's zero-copy buffers are read-only; these tensors are never written to.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self.features = {s: torch.from_numpy(d.features).to(device) for s, d in splits.items()}
+        self.labels = {s: torch.from_numpy(d.labels).to(device) for s, d in splits.items()}
+        self.input_dim = int(self.features["train"].shape[1])
+        if self.labels["train"].shape[1] != job.n_classes:
+            raise InputError(
+                f"modality {job.modality!r}: labels have {self.labels['train'].shape[1]} classes, "
+                f"the run has {job.n_classes}"
+            )
+
+
+def _load_splits(job: ModalityJob) -> dict[str, Any]:
+    from scalable_xmr.data.dataset import open_dataset, read_modality_table
+
+    if job.table_path is not None:
+        tables = read_modality_table(job.table_path, n_classes=job.n_classes)
+        return {s: tables[s] for s in ("train", "val", "test")}
+    ds = open_dataset(job.dataset_uri, validate=False)
+    return {s: ds.read_split(job.modality, s) for s in ("train", "val", "test")}
+
+
+class ModalityTrainer:
+    """Trains one modality's supervised autoencoder against the fixed P (SDML Algorithm 1)."""
+
+    def __init__(self, job: ModalityJob, progress: ProgressFn | None = None):
+        self.job, self.cfg, self.progress = job, job.config, progress
+        if job.num_threads:
+            torch.set_num_threads(job.num_threads)
+        self.device = resolve_device(job.device)
+        self.store = RunStore(job.run_dir)
+        P = load_projection(self.store.projection_path, expected_sha256=job.projection_sha256)
+        if P.shape != (self.cfg.dim, job.n_classes):
+            raise InputError(
+                f"{self.store.projection_path}: P is {P.shape}, expected (dim {self.cfg.dim}, "
+                f"n_classes {job.n_classes})"
+            )
+        self.P = torch.from_numpy(np.array(P)).to(self.device)  # (d, c)
+        self.data = ModalityData(job, self.device)
+        seed = self.cfg.seed * 1_000_003 + zlib.crc32(job.modality.encode())
+        torch.manual_seed(seed)
+        self.model = SDMLAutoencoder(self.data.input_dim, self.cfg.dim, self.cfg.hidden).to(self.device)
+        if self.cfg.normalize:
+            self.model.fit_normalizer(self.data.features["train"])
+        # Standardise each split once; the normaliser's buffers still travel with the model.
+        self.x = {s: self.model.normalize(f) for s, f in self.data.features.items()}
+        self.optimizer = make_adam(self.model.parameters(), self.cfg.lr_for(self.data.input_dim), self.device)
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.epoch = 0
+        self.best_val, self.best_epoch = float("inf"), 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[dict[str, float]] = []
+        self.resumed_at: list[int] = []
+        self._resume()
+
+    # ---- one epoch -----------------------------------------------------------------------------
+    def batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's shuffled batches (views into one gathered copy; last partial dropped)."""
+        n, b = len(self.x["train"]), self.cfg.batch_size
+        perm = torch.randperm(n, generator=self.generator).to(self.device)
+        x, y = self.x["train"][perm], self.data.labels["train"][perm]  # one gather per epoch
+        return [(x[i : i + b], y[i : i + b]) for i in range(0, n - b + 1, b)]
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        h, x_hat = self.model(x)
+        return sdml_loss(x_hat, x, h, self.P, y, self.cfg.lam)
+
+    @torch.no_grad()
+    def val_label_loss(self) -> float:
+        """Mean ‖Pᵀh − y‖₂ over labeled validation rows: the model-selection criterion."""
+        self.model.eval()
+        x, y = self.x["val"], self.data.labels["val"]
+        labeled = y.sum(1) > 0
+        total = x.new_zeros(())
+        for i in range(0, len(x), 4096):
+            h = self.model.encode_normalized(x[i : i + 4096])
+            total += (label_loss_per_sample(h, self.P, y[i : i + 4096]) * labeled[i : i + 4096]).sum()
+        self.model.train()
+        return float(total / labeled.sum().clamp_min(1))
+
+    def train_epoch(self) -> EpochStats:
+        start = time.perf_counter()
+        self.model.train()
+        sums = torch.zeros(3, device=self.device)
+        batches = self.batches()
+        if not batches:
+            raise InputError(
+                f"modality {self.job.modality!r}: train split has {len(self.x['train'])} rows, "
+                f"fewer than one batch of {self.cfg.batch_size}"
+            )
+        for x, y in batches:
+            total, recon, label = self.loss(x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
+            sums += torch.stack([total.detach(), recon.detach(), label.detach()])
+        self.epoch += 1
+        means = (sums / len(batches)).tolist()  # one host sync per epoch
+        return EpochStats(self.epoch, *means, self.val_label_loss(), time.perf_counter() - start)
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        start = time.perf_counter()
+        while self.epoch < self.cfg.epochs:
+            stats = self.train_epoch()
+            self.record(stats)
+            last = self.epoch == self.cfg.epochs
+            if last or self.epoch % self.cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+                self._maybe_inject_fault()
+        self.write_outputs()
+        return self.result(time.perf_counter() - start)
+
+    def record(self, stats: EpochStats) -> None:
+        row = {k: float(v) for k, v in vars(stats).items()}
+        self.history.append(row)
+        if stats.loss_val_label < self.best_val:
+            self.best_val, self.best_epoch = stats.loss_val_label, stats.epoch
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.progress is not None:
+            self.progress({"modality": self.job.modality, "epochs": self.cfg.epochs,
+                           "best_epoch": self.best_epoch, **row})
+
+    def result(self, seconds: float) -> TrainResult:
+        return TrainResult(
+            modality=self.job.modality, best_epoch=self.best_epoch, best_val_label=self.best_val,
+            epochs=self.epoch, resumed_at_epoch=list(self.resumed_at), history=list(self.history),
+            train_seconds=seconds, device=str(self.device), pid=os.getpid(),
+        )
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "generator": self.generator.get_state(),
+            "best_val": self.best_val,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "history": self.history,
+            "resumed_at": self.resumed_at,
+            "config": self.cfg.to_dict(),
+        }
+        with atomic_path(self.store.checkpoint_path(self.job.modality)) as tmp:
+            torch.save(state, tmp)
+
+    def _resume(self) -> None:
+        path = self.store.checkpoint_path(self.job.modality)
+        if not path.is_file():
+            return
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state.get("config") != self.cfg.to_dict():
+            # A checkpoint from other hyperparameters must not be continued silently.
+            raise InputError(
+                f"{path}: checkpoint was written with another config {state.get('config')}; "
+                "delete it or use the same settings"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"].cpu())
+        self.epoch = int(state["epoch"])
+        self.best_val, self.best_epoch = float(state["best_val"]), int(state["best_epoch"])
+        self.best_state = state["best_state"]
+        self.history = list(state["history"])
+        self.resumed_at = [*state.get("resumed_at", []), self.epoch]
+
+    def _maybe_inject_fault(self) -> None:
+        fail_at = self.job.fail_after_epoch
+        if fail_at is None or self.epoch < fail_at or self.epoch >= self.cfg.epochs:
+            return
+        marker = self.store.modality_dir(self.job.modality) / "checkpoints" / ".fault_injected"
+        if not marker.exists():
+            marker.write_text(f"{os.getpid()} {self.epoch}\n")
+            os._exit(1)  # a hard crash, as a dying node or OOM kill would look to Ray
+
+    # ---- outputs -------------------------------------------------------------------------------
+    def write_outputs(self) -> None:
+        """Best model, val/test embeddings and the training log, each written atomically."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        self.model.eval()
+        m = self.job.modality
+        self.store.save_model(m, {
+            "state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()},
+            "model_config": self.model.config(),
+            "sdml_config": self.cfg.to_dict(),
+            "modality": m,
+            "best_epoch": self.best_epoch,
+            "projection_sha256": self.job.projection_sha256 or "",
+        })
+        for split in ("val", "test"):
+            with torch.no_grad():
+                emb = self.model.encode(self.data.features[split]).cpu().numpy()
+            self.store.write_embeddings(m, split, self.data.ids[split],
+                                        self.data.labels[split].cpu().numpy(), emb)
+        atomic_write_json(self.store.train_log_path(m), {
+            "modality": m, "best_epoch": self.best_epoch, "best_val_label": self.best_val,
+            "epochs": self.epoch, "resumed_at_epoch": self.resumed_at, "history": self.history,
+            "input_dim": self.data.input_dim, "n_train": len(self.x["train"]),
+            "finished": now_iso(),
+        })

@@ -1,0 +1,241 @@
+"""The SDML job as a library function: data → P → parallel training → evaluation → tracking.
+
+``train_sdml`` is what ``jobs/train_xmedia.py`` and ``xmr train`` call. The same finishing steps
+(evaluate from stored embeddings, plots, metrics.json, MLflow) serve the add-a-modality job.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scalable_xmr.config import ModalityOverrides, ResourceConfig, SDMLConfig, TrackingConfig
+from scalable_xmr.engine import evaluate
+from scalable_xmr.engine.sdml import ModalityJob, TrainResult
+from scalable_xmr.errors import InputError
+from scalable_xmr.projection import create_projection, load_projection, save_projection
+from scalable_xmr.store import RunStore, now_iso, versions
+from scalable_xmr.tracking import Tracker, default_tracking_uri
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    run_dir: str
+    dataset_uri: str
+    sdml: SDMLConfig = SDMLConfig()
+    modalities: tuple[str, ...] | None = None  # None: every modality of the dataset
+    overrides: ModalityOverrides = ModalityOverrides()
+    resources: ResourceConfig = ResourceConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    projection_file: str | None = None  # reuse an existing P instead of creating one
+    projection_seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    top_k: int | None = None  # also report mAP@k
+    show_progress: bool = True
+    fail_after_epoch: dict[str, int] = field(default_factory=dict)  # fault injection (tests)
+
+
+@dataclass
+class RunSummary:
+    run_dir: str
+    metrics: dict[str, Any]
+    results: dict[str, TrainResult]
+    tracking: str
+    seconds: float
+
+
+def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
+    from scalable_xmr.data.dataset import open_dataset
+    from scalable_xmr.distributed.launcher import connect, train_modalities
+
+    start = time.perf_counter()
+    ds = open_dataset(req.dataset_uri)
+    modalities = list(req.modalities or ds.modalities)
+    missing = [m for m in modalities if m not in ds.modalities]
+    if missing:
+        raise InputError(
+            f"modality {missing[0]!r} not in dataset {req.dataset_uri} "
+            f"(it has: {', '.join(ds.modalities)})"
+        )
+    store = RunStore(req.run_dir)
+    mode = store.prepare_new(overwrite=req.overwrite, resume=req.resume)
+    meta = _open_run(store, mode, req, ds, modalities)
+    tracker = _tracker(req.tracking, store)
+    parent = meta.get("mlflow", {}).get("parent_run_id") if mode == "resume" else None
+    if parent is None:
+        parent = tracker.start_run(f"sdml:{store.root.name}", tags={"job": "train_xmedia"})
+        tracker.log_params(parent, _run_params(meta, req))
+        meta["mlflow"] = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
+                          "parent_run_id": parent}
+        store.write(meta)
+    try:
+        todo = [m for m in modalities if meta["modalities"][m].get("status") != "finished"]
+        jobs = [_job(store, meta, req, m, ds.info.n_classes) for m in todo]
+        connect(address)
+        results = train_modalities(jobs, req.resources, show_progress=req.show_progress)
+        for m, result in results.items():
+            meta["modalities"][m].update(_modality_entry(result))
+            store.write(meta)  # each finished modality is recorded as soon as it is known
+        metrics = finish_run(store, meta, new_modalities=todo, tracker=tracker, parent_run=parent,
+                             results=results, top_k=req.top_k)
+    except BaseException as e:
+        meta["status"], meta["error"] = "failed", f"{type(e).__name__}: {e}"
+        store.write(meta)
+        tracker.end_run(parent, "FAILED")
+        raise
+    tracker.end_run(parent)
+    return RunSummary(str(store.root), metrics, results, tracker.run_url(parent),
+                      time.perf_counter() - start)
+
+
+def _open_run(store: RunStore, mode: str, req: TrainRequest, ds, modalities: list[str]) -> dict:
+    n_classes = ds.info.n_classes
+    if mode == "resume":
+        meta = store.read()
+        if meta["dataset"]["n_classes"] != n_classes or meta["dataset"]["name"] != ds.info.name:
+            raise InputError(
+                f"{store.root}: run was trained on dataset {meta['dataset']['name']!r} "
+                f"({meta['dataset']['n_classes']} classes), not {ds.info.name!r} ({n_classes})"
+            )
+        load_projection(store.projection_path, expected_sha256=meta["projection"]["sha256"])
+        for m in modalities:
+            meta["modalities"].setdefault(m, {"status": "pending"})
+        meta["status"] = "running"
+        store.write(meta)
+        return meta
+    if req.projection_file is not None:
+        P = load_projection(req.projection_file)
+        if P.shape[1] != n_classes:
+            raise InputError(
+                f"{req.projection_file}: projection has n_classes {P.shape[1]}, the dataset "
+                f"{ds.info.name!r} has {n_classes}"
+            )
+        seed = None
+    else:
+        P, seed = create_projection(req.sdml.dim, n_classes, req.projection_seed), req.projection_seed
+    if P.shape[0] != req.sdml.dim:
+        raise InputError(f"projection has dim {P.shape[0]} but --dim is {req.sdml.dim}")
+    store.root.mkdir(parents=True, exist_ok=True)
+    digest = save_projection(store.projection_path, P, seed=seed)
+    meta = {
+        "format": 1,
+        "kind": "sdml",
+        "status": "running",
+        "created": now_iso(),
+        "dataset": {"uri": _abs_uri(req.dataset_uri), "name": ds.info.name, "n_classes": n_classes,
+                    "multi_label": ds.info.multi_label, "class_names": list(ds.info.class_names)},
+        "projection": {"file": "projection.arrow", "sha256": digest, "dim": int(P.shape[0]),
+                       "n_classes": int(P.shape[1]), "seed": seed},
+        "sdml": req.sdml.to_dict(),
+        "strategy": req.resources.strategy,
+        "modalities": {m: {"status": "pending"} for m in modalities},
+        "versions": versions(),
+    }
+    store.write(meta)
+    return meta
+
+
+def _abs_uri(uri: str) -> str:
+    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
+
+
+def _job(store: RunStore, meta: dict, req: TrainRequest, modality: str, n_classes: int,
+         table_path: str | None = None) -> ModalityJob:
+    cfg = req.overrides.config_for(req.sdml, modality)
+    meta["modalities"][modality]["config"] = cfg.to_dict()
+    return ModalityJob(
+        run_dir=str(store.root), modality=modality, config=cfg,
+        dataset_uri=None if table_path else meta["dataset"]["uri"], table_path=table_path,
+        n_classes=n_classes, projection_sha256=meta["projection"]["sha256"],
+        fail_after_epoch=req.fail_after_epoch.get(modality),
+    )
+
+
+def _modality_entry(result: TrainResult) -> dict[str, Any]:
+    return {"status": "finished", "best_epoch": result.best_epoch,
+            "best_val_label": result.best_val_label, "epochs": result.epochs,
+            "resumed_at_epoch": result.resumed_at_epoch, "train_seconds": result.train_seconds,
+            "device": result.device, "finished": now_iso()}
+
+
+def _tracker(cfg: TrackingConfig, store: RunStore) -> Tracker:
+    return Tracker(cfg.tracking_uri or default_tracking_uri(store.root), cfg.experiment, cfg.enabled)
+
+
+def _run_params(meta: dict, req: TrainRequest) -> dict[str, Any]:
+    return {"dataset": meta["dataset"]["name"], "projection_sha256": meta["projection"]["sha256"],
+            "strategy": req.resources.strategy, "gpus_per_modality": req.resources.gpus_per_modality,
+            "modalities": ",".join(meta["modalities"]), **req.sdml.to_dict()}
+
+
+def finish_run(store: RunStore, meta: dict, new_modalities: list[str], tracker: Tracker,
+               parent_run: str | None, results: dict[str, TrainResult], top_k: int | None) -> dict:
+    """Evaluate the pairs the new modalities change, write metrics/plots, log, mark finished."""
+    modalities = store.finished_modalities(meta)
+    n_classes = meta["dataset"]["n_classes"]
+    emb = evaluate.load_test_embeddings(store, modalities, n_classes)
+    old = store.read_metrics()
+    # Pairs among untouched modalities keep their stored values (no re-encoding, no recompute).
+    maps = {k: v for k, v in old.get("map", {}).items()}
+    pairs = evaluate.pairs_involving(new_modalities, modalities) if old else evaluate.all_pairs(modalities)
+    maps.update(evaluate.pair_maps(emb, pairs))
+    maps_at_k = None
+    if top_k:
+        maps_at_k = {k: v for k, v in old.get("map_at_k", {}).items() if k != "k"}
+        maps_at_k.update(evaluate.pair_maps(emb, pairs, top_k=top_k))
+    metrics = evaluate.build_metrics(maps, modalities, maps_at_k, top_k,
+                                     n_test={m: len(emb[m][0]) for m in modalities})
+    store.write_metrics(metrics)
+    plot_paths = make_plots(store, metrics, emb)
+    _log_modalities(tracker, parent_run, meta, results)
+    tracker.log_metrics(parent_run, {f"map/{k}": v for k, v in metrics["map"].items()})
+    tracker.log_metrics(parent_run, {"map/mean": metrics["map_mean"]})
+    for path in [store.metrics_path, store.run_json, store.projection_path, *plot_paths]:
+        tracker.log_artifact(parent_run, path)
+    meta["status"] = "finished"
+    meta.pop("error", None)
+    store.write(meta)
+    return metrics
+
+
+def _log_modalities(tracker: Tracker, parent: str | None, meta: dict,
+                    results: dict[str, TrainResult]) -> None:
+    for m, result in results.items():
+        child = tracker.start_run(m, parent_id=parent, tags={"modality": m})
+        tracker.log_params(child, {"modality": m, **meta["modalities"][m].get("config", {}),
+                                   "projection_sha256": meta["projection"]["sha256"],
+                                   "dataset": meta["dataset"]["name"]})
+        rows = []
+        for h in result.history:
+            step = int(h["epoch"])
+            rows += [("loss/train", h["loss_train"], step), ("loss/recon", h["loss_recon"], step),
+                     ("loss/label", h["loss_label"], step), ("loss/val_label", h["loss_val_label"], step)]
+        rows += [("best_epoch", result.best_epoch, 0), ("best_val_label", result.best_val_label, 0),
+                 ("train_seconds", result.train_seconds, 0)]
+        tracker.log_metric_rows(child, rows)
+        meta["modalities"][m]["mlflow_run_id"] = child
+        tracker.end_run(child)
+
+
+def make_plots(store: RunStore, metrics: dict, emb: evaluate.Embeddings) -> list[Path]:
+    from scalable_xmr import plots
+    from scalable_xmr.functional.retrieval import precision_recall_curve, precision_scope_curve
+
+    out = [plots.map_heatmap(metrics, store.plots_dir / "map_heatmap.png")]
+    pr, scope = {}, {}
+    gallery = min(len(e[0]) for e in emb.values()) if emb else 0
+    scopes = np.unique(np.linspace(1, max(gallery, 1), 20).astype(int))
+    for q, t in evaluate.all_pairs(list(emb)):
+        args = (emb[q][2], emb[t][2], emb[q][1], emb[t][1])
+        pr[f"{q}→{t}"] = precision_recall_curve(*args)
+        scope[f"{q}→{t}"] = precision_scope_curve(*args, scopes=tuple(int(s) for s in scopes))
+    out.append(plots.curves(pr, store.plots_dir / "precision_recall.png", "recall", "precision",
+                            "Precision-recall (SDML Fig. 2-3)"))
+    out.append(plots.curves(scope, store.plots_dir / "precision_scope.png", "scope K (items returned)",
+                            "precision@K", "Precision-scope (SDML Fig. 4)"))
+    return out

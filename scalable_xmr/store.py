@@ -1,0 +1,201 @@
+"""The run store (DESIGN.md §7): a directory a later job can read and extend.
+
+```
+<run>/run.json                      dataset, modalities, classes, seed, configs, versions, status
+<run>/projection.arrow              P (written once, never rewritten)
+<run>/modalities/<m>/model.pt       best state_dict + config (torch.load(weights_only=True))
+<run>/modalities/<m>/checkpoints/   resumable training state
+<run>/modalities/<m>/embeddings/<split>.parquet   id, labels, embedding
+<run>/modalities/<m>/train_log.json history, best epoch, restarts
+<run>/metrics.json                  mAP per ordered pair and mean
+<run>/plots/                        mAP heatmap, precision-recall and precision-scope curves
+```
+
+Every write is atomic (temp file, then rename). ``run.json`` carries ``status``: ``running`` while a
+job works on the run, ``finished`` once every artifact is in place; a job that dies leaves
+``running`` (or ``failed``) behind, so no reader mistakes a half-made run for a complete one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from scalable_xmr.errors import InputError, MissingError, RunStateError
+from scalable_xmr.io import atomic_path, atomic_write_json, read_json
+
+FORMAT_VERSION = 1
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def versions() -> dict[str, str]:
+    import ray
+
+    from scalable_xmr import __version__
+
+    return {
+        "scalable_xmr": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "pyarrow": pa.__version__,
+        "numpy": np.__version__,
+    }
+
+
+class RunStore:
+    """Paths and atomic reads/writes of one run directory."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser().resolve()
+
+    # ---- paths ---------------------------------------------------------------------------------
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def projection_path(self) -> Path:
+        return self.root / "projection.arrow"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.root / "plots"
+
+    def modality_dir(self, modality: str) -> Path:
+        return self.root / "modalities" / modality
+
+    def model_path(self, modality: str) -> Path:
+        return self.modality_dir(modality) / "model.pt"
+
+    def checkpoint_path(self, modality: str) -> Path:
+        return self.modality_dir(modality) / "checkpoints" / "last.pt"
+
+    def embeddings_path(self, modality: str, split: str) -> Path:
+        return self.modality_dir(modality) / "embeddings" / f"{split}.parquet"
+
+    def train_log_path(self, modality: str) -> Path:
+        return self.modality_dir(modality) / "train_log.json"
+
+    # ---- run.json ------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.run_json.is_file()
+
+    def read(self) -> dict[str, Any]:
+        if not self.root.is_dir():
+            raise MissingError(f"{self.root}: run directory not found")
+        if not self.run_json.is_file():
+            raise RunStateError(f"{self.root}: not a run directory (no run.json)")
+        meta = read_json(self.run_json)
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+            raise InputError(f"{self.run_json}: not a scalable_xmr run.json (format {FORMAT_VERSION})")
+        return meta
+
+    def write(self, meta: dict[str, Any]) -> None:
+        meta = {**meta, "updated": now_iso()}
+        atomic_write_json(self.run_json, meta)
+
+    def read_finished(self) -> dict[str, Any]:
+        meta = self.read()
+        if meta.get("status") != "finished":
+            raise RunStateError(
+                f"{self.root}: not a finished run (status {meta.get('status')!r}); "
+                "finish it with `xmr train --run ... --resume` first"
+            )
+        return meta
+
+    def finished_modalities(self, meta: dict[str, Any]) -> list[str]:
+        return [m for m, v in meta.get("modalities", {}).items() if v.get("status") == "finished"]
+
+    def prepare_new(self, overwrite: bool, resume: bool) -> str:
+        """Decide what to do with ``root`` for a training job; returns 'new' or 'resume'."""
+        if not self.root.exists() or (self.root.is_dir() and not any(self.root.iterdir())):
+            if resume:
+                raise RunStateError(f"{self.root}: --resume given but there is no run to resume")
+            return "new"
+        if not self.root.is_dir():
+            raise InputError(f"{self.root}: exists and is not a directory")
+        if not self.run_json.is_file():
+            if overwrite:
+                shutil.rmtree(self.root)
+                return "new"
+            raise RunStateError(
+                f"{self.root}: exists, is not empty and holds no run.json; choose another --run "
+                "or pass --overwrite to delete it"
+            )
+        meta = self.read()
+        if resume:
+            return "resume"
+        if overwrite:
+            shutil.rmtree(self.root)
+            return "new"
+        raise RunStateError(
+            f"{self.root}: already holds a {meta.get('status', 'unknown')} run; pass --resume to "
+            "continue it or --overwrite to replace it"
+        )
+
+    # ---- models --------------------------------------------------------------------------------
+    def save_model(self, modality: str, payload: dict[str, Any]) -> None:
+        with atomic_path(self.model_path(modality)) as tmp:
+            torch.save(payload, tmp)
+
+    def load_model(self, modality: str) -> dict[str, Any]:
+        path = self.model_path(modality)
+        if not path.is_file():
+            raise MissingError(f"{path}: model file not found")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    # ---- embeddings ----------------------------------------------------------------------------
+    def write_embeddings(
+        self, modality: str, split: str, ids: np.ndarray, labels: np.ndarray, emb: np.ndarray
+    ) -> None:
+        """Atomic Parquet: ``id``, ``labels`` (list<int32> of class indices), ``embedding``."""
+        emb = np.ascontiguousarray(emb, dtype=np.float32)
+        label_lists = [np.flatnonzero(row).astype(np.int32) for row in labels]
+        table = pa.table(
+            {
+                "id": pa.array([str(i) for i in ids], pa.string()),
+                "labels": pa.array(label_lists, pa.list_(pa.int32())),
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1]),
+            }
+        )
+        with atomic_path(self.embeddings_path(modality, split)) as tmp:
+            pq.write_table(table, tmp)
+
+    def read_embeddings(
+        self, modality: str, split: str, n_classes: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids (n,), multi-hot labels (n, c) float32, embeddings (n, d) float32)."""
+        path = self.embeddings_path(modality, split)
+        if not path.is_file():
+            raise MissingError(f"{path}: embeddings not found")
+        table = pq.read_table(path)
+        emb_col = table.column("embedding").combine_chunks()
+        emb = emb_col.values.to_numpy().reshape(len(emb_col), emb_col.type.list_size)
+        labels = np.zeros((table.num_rows, n_classes), np.float32)
+        for i, row in enumerate(table.column("labels").to_pylist()):
+            labels[i, row] = 1.0
+        return np.asarray(table.column("id").to_pylist(), dtype=object), labels, emb
+
+    # ---- metrics -------------------------------------------------------------------------------
+    def read_metrics(self) -> dict[str, Any]:
+        return read_json(self.metrics_path) if self.metrics_path.is_file() else {}
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        atomic_write_json(self.metrics_path, metrics)

@@ -1,0 +1,126 @@
+"""MLflow tracking, on the driver only (DESIGN.md §8).
+
+One parent run per job, one nested child run per modality (or model / trial). Tracking failures
+never lose training: every result is already in the run store, and a failure here only prints a
+warning saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+def default_tracking_uri(run_dir: str | os.PathLike) -> str:
+    """``sqlite:///<absolute parent of the run>/mlflow.db`` (mlflow 3 refuses ./mlruns)."""
+    return f"sqlite:///{Path(run_dir).expanduser().resolve().parent / 'mlflow.db'}"
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """Make a sqlite/file URI absolute (Tune and actors run in other working directories)."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    if "://" not in uri:
+        return f"sqlite:///{Path(uri).resolve()}" if uri.endswith(".db") else Path(uri).resolve().as_uri()
+    return uri
+
+
+class Tracker:
+    """A thin, failure-tolerant wrapper over ``MlflowClient`` (no global active-run state)."""
+
+    def __init__(self, tracking_uri: str, experiment: str, enabled: bool = True):
+        self.uri = absolute_tracking_uri(tracking_uri)
+        self.enabled = enabled
+        self.client = None
+        self.experiment_id: str | None = None
+        if enabled:
+            self._safe(self._connect, experiment)
+
+    def _connect(self, experiment: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=self.uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            artifacts = None
+            if self.uri.startswith("sqlite:///"):
+                artifacts = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifacts)
+        else:
+            self.experiment_id = exp.experiment_id
+
+    def _safe(self, fn, *args, **kwargs):
+        if not self.enabled:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - tracking must never kill training
+            warnings.warn(
+                f"MLflow tracking failed ({type(e).__name__}: {e}); results are safe in the run "
+                "store, tracking for this job is now off",
+                stacklevel=2,
+            )
+            self.enabled = False
+            return None
+
+    # ---- runs ----------------------------------------------------------------------------------
+    def start_run(self, name: str, parent_id: str | None = None, tags: dict | None = None) -> str | None:
+        def go():
+            all_tags = dict(tags or {})
+            if parent_id:
+                all_tags["mlflow.parentRunId"] = parent_id
+            return self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id
+
+        return self._safe(go)
+
+    def end_run(self, run_id: str | None, status: str = "FINISHED") -> None:
+        if run_id:
+            self._safe(self.client.set_terminated, run_id, status)
+
+    def log_params(self, run_id: str | None, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        if run_id:
+            items = [Param(k, str(v)[:6000]) for k, v in _flatten(params).items()]
+            self._safe(self._batched, run_id, params=items)
+
+    def log_metrics(self, run_id: str | None, metrics: dict[str, float], step: int = 0) -> None:
+        self.log_metric_rows(run_id, [(k, float(v), step) for k, v in metrics.items()])
+
+    def log_metric_rows(self, run_id: str | None, rows: Iterable[tuple[str, float, int]]) -> None:
+        from mlflow.entities import Metric
+
+        if run_id:
+            now = int(time.time() * 1000)
+            items = [Metric(k, float(v), now, int(s)) for k, v, s in rows]
+            self._safe(self._batched, run_id, metrics=items)
+
+    def _batched(self, run_id: str, metrics=(), params=()) -> None:
+        metrics, params = list(metrics), list(params)
+        for i in range(0, max(len(metrics), 1), 1000):  # MLflow caps a batch at 1000 metrics
+            self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
+        for i in range(0, len(params), 100):  # and at 100 params
+            self.client.log_batch(run_id, params=params[i : i + 100])
+
+    def log_artifact(self, run_id: str | None, path: str | os.PathLike, subdir: str | None = None) -> None:
+        if run_id and Path(path).exists():
+            fn = self.client.log_artifacts if Path(path).is_dir() else self.client.log_artifact
+            self._safe(fn, run_id, str(path), subdir)
+
+    def run_url(self, run_id: str | None) -> str:
+        return f"{self.uri} (experiment {self.experiment_id}, run {run_id})" if run_id else "(tracking off)"
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,83 @@
+"""The one-modality trainer without Ray: training, selection, checkpoints, resume, outputs."""
+
+import numpy as np
+import pytest
+import torch
+
+from scalable_xmr.config import SDMLConfig
+from scalable_xmr.data.dataset import open_dataset
+from scalable_xmr.engine.sdml import ModalityJob, ModalityTrainer
+from scalable_xmr.projection import create_projection, save_projection
+from scalable_xmr.store import RunStore
+
+CFG = SDMLConfig(dim=32, hidden=64, epochs=6, batch_size=20, checkpoint_every=2, lr=1e-3)
+
+
+def _job(tmp_path, data, modality="image", cfg=CFG, **kw):
+    ds = open_dataset(data)
+    run = tmp_path / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    digest = save_projection(run / "projection.arrow", create_projection(cfg.dim, ds.info.n_classes, 0))
+    return ModalityJob(run_dir=str(run), modality=modality, config=cfg, dataset_uri=data,
+                       n_classes=ds.info.n_classes, projection_sha256=digest, **kw)
+
+
+def test_trains_selects_and_writes_outputs(tmp_path, small_xmedia):
+    rows = []
+    trainer = ModalityTrainer(_job(tmp_path, small_xmedia), progress=rows.append)
+    result = trainer.fit()
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert result.epochs == 6 and result.resumed_at_epoch == []
+    vals = [h["loss_val_label"] for h in result.history]
+    assert result.best_epoch == int(np.argmin(vals)) + 1
+    assert result.best_val_label == pytest.approx(min(vals))
+    assert result.history[-1]["loss_train"] < result.history[0]["loss_train"]
+    store = RunStore(tmp_path / "run")
+    payload = store.load_model("image")  # weights_only load
+    assert payload["best_epoch"] == result.best_epoch
+    # The stored model is the best epoch's: its val label loss equals the recorded best.
+    trainer.model.load_state_dict(payload["state_dict"])
+    assert trainer.val_label_loss() == pytest.approx(result.best_val_label, rel=1e-5)
+    ids, labels, emb = store.read_embeddings("image", "test", 20)
+    split = open_dataset(small_xmedia).read_split("image", "test")
+    assert list(ids) == list(split.ids)
+    np.testing.assert_array_equal(labels, split.labels)
+    assert emb.shape == (len(split.ids), 32)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_resume_continues_exactly(tmp_path, small_xmedia):
+    """Train 6 epochs straight vs 4 + resume 2: identical weights (RNG state checkpointed)."""
+    torch.manual_seed(123)
+    straight = ModalityTrainer(_job(tmp_path / "a", small_xmedia))
+    straight.fit()
+
+    four = SDMLConfig(**{**CFG.to_dict(), "epochs": 6})
+    first = ModalityTrainer(_job(tmp_path / "b", small_xmedia, cfg=four))
+    for _ in range(4):
+        first.record(first.train_epoch())
+    first.save_checkpoint()
+    del first
+    resumed = ModalityTrainer(_job(tmp_path / "b", small_xmedia, cfg=four))
+    assert resumed.epoch == 4 and resumed.resumed_at == [4]
+    result = resumed.fit()
+    assert result.resumed_at_epoch == [4]
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(),
+                         strict=True):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_checkpoint_from_other_config_is_refused(tmp_path, small_xmedia):
+    t = ModalityTrainer(_job(tmp_path, small_xmedia))
+    t.record(t.train_epoch())
+    t.save_checkpoint()
+    other = SDMLConfig(**{**CFG.to_dict(), "lam": 0.9})
+    with pytest.raises(ValueError, match="checkpoint was written with another config"):
+        ModalityTrainer(_job(tmp_path, small_xmedia, cfg=other))
+
+
+def test_wrong_projection_checksum_refused(tmp_path, small_xmedia):
+    job = _job(tmp_path, small_xmedia)
+    bad = ModalityJob(**{**vars(job), "projection_sha256": "0" * 64})
+    with pytest.raises(ValueError, match="checksum check failed"):
+        ModalityTrainer(bad)
