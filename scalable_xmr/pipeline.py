@@ -51,7 +51,7 @@ class RunSummary:
 
 def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
     from scalable_xmr.data.dataset import open_dataset
-    from scalable_xmr.distributed.launcher import connect, train_modalities
+    from scalable_xmr.distributed.launcher import check_resources, connect, train_modalities
 
     start = time.perf_counter()
     ds = open_dataset(req.dataset_uri)
@@ -62,6 +62,8 @@ def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
             f"modality {missing[0]!r} not in dataset {req.dataset_uri} "
             f"(it has: {', '.join(ds.modalities)})"
         )
+    connect(address)
+    check_resources(req.resources)  # before anything is written
     store = RunStore(req.run_dir)
     mode = store.prepare_new(overwrite=req.overwrite, resume=req.resume)
     meta = _open_run(store, mode, req, ds, modalities)
@@ -76,7 +78,6 @@ def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
     try:
         todo = [m for m in modalities if meta["modalities"][m].get("status") != "finished"]
         jobs = [_job(store, meta, req, m, ds.info.n_classes) for m in todo]
-        connect(address)
         results = train_modalities(jobs, req.resources, show_progress=req.show_progress)
         for m, result in results.items():
             meta["modalities"][m].update(_modality_entry(result))

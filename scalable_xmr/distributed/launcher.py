@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 from collections.abc import Sequence
 
@@ -78,8 +79,15 @@ def _cpu_share(resources: ResourceConfig, n_actors: int) -> float:
     return max(math.floor(100 * total / n_actors) / 100, 0.01)
 
 
-def _check_gpus(resources: ResourceConfig) -> None:
-    if resources.gpus_per_modality > 0 and ray.cluster_resources().get("GPU", 0) == 0 and _STARTED_LOCAL:
+def _can_autoscale() -> bool:
+    """True on a cluster-launcher head node, whose autoscaler may still bring up GPU workers."""
+    return not _STARTED_LOCAL and os.path.isfile(os.path.expanduser("~/ray_bootstrap_config.yaml"))
+
+
+def check_resources(resources: ResourceConfig) -> None:
+    """Fail fast when GPUs are asked of a cluster that has none and cannot get any."""
+    no_gpus = ray.cluster_resources().get("GPU", 0) == 0
+    if resources.gpus_per_modality > 0 and no_gpus and not _can_autoscale():
         raise InputError(
             f"--gpus-per-modality {resources.gpus_per_modality:g} but this Ray cluster has no GPUs "
             f"({describe_cluster()}); use 0 to train on CPUs"
@@ -94,7 +102,7 @@ def _bundles(resources: ResourceConfig, n: int, cpus: float) -> list[dict[str, f
 
 
 def _ready(pg, resources: ResourceConfig) -> None:
-    timeout = 30.0 if _STARTED_LOCAL else resources.placement_timeout_s
+    timeout = resources.placement_timeout_s if _can_autoscale() else 60.0
     try:
         ray.get(pg.ready(), timeout=timeout)
     except GetTimeoutError as e:
@@ -121,7 +129,7 @@ def train_modalities(
     """Train every job on the cluster with the chosen strategy; returns results by modality."""
     if not jobs:
         return {}
-    _check_gpus(resources)
+    check_resources(resources)
     hub = ProgressHub.remote()
     bars = ProgressBars([j.modality for j in jobs], enabled=show_progress, stream=sys.stderr)
     try:

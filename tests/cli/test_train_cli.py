@@ -1,0 +1,72 @@
+"""Bad input to the SDML job: one readable line, non-zero exit, nothing left behind as if complete."""
+
+import json
+
+from scalable_xmr.cli.train import job_parser
+from scalable_xmr.cli.train import main as train_main
+from scalable_xmr.projection import create_projection, save_projection
+
+
+def _fails(capsys, argv, message):
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    lines = [line for line in err.splitlines() if line.startswith("xmr: error")]
+    assert len(lines) == 1 and "Traceback" not in err
+
+
+def test_bad_arguments_fail_before_anything_is_written(tmp_path, capsys, small_xmedia):
+    run = tmp_path / "run"
+    base = ["--data", small_xmedia, "--run", str(run), "--no-tracking", "--no-progress"]
+    cases = [
+        (["--data", str(tmp_path / "nope"), "--run", str(run)], "dataset path does not exist"),
+        ([*base, "--lam", "1.5"], "lam must be in [0, 1], got 1.5"),
+        ([*base, "--lam", "-0.1"], "lam must be in [0, 1], got -0.1"),
+        ([*base, "--epochs", "0"], "epochs must be a positive integer, got 0"),
+        ([*base, "--batch-size", "-5"], "batch-size must be a positive integer, got -5"),
+        ([*base, "--modality", "smell"], "modality 'smell' not in dataset"),
+        ([*base, "--top-k", "0"], "--top-k must be >= 1"),
+    ]
+    for argv, message in cases:
+        _fails(capsys, argv, message)
+        assert not run.exists()
+
+
+def test_not_a_dataset(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    _fails(capsys, ["--data", str(tmp_path / "empty"), "--run", str(tmp_path / "run")], "dataset.json")
+    assert not (tmp_path / "run").exists()
+
+
+def test_projection_with_other_class_count(tmp_path, capsys, small_xmedia, ray_local):
+    save_projection(tmp_path / "p.arrow", create_projection(32, 7, seed=0))
+    _fails(capsys, ["--data", small_xmedia, "--run", str(tmp_path / "run"), "--dim", "32",
+                    "--projection", str(tmp_path / "p.arrow"), "--no-tracking"],
+           "projection has n_classes 7, the dataset")
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_finished_run_is_refused(tmp_path, capsys, small_xmedia, ray_local):
+    run = tmp_path / "run"
+    run.mkdir()
+    meta = {"format": 1, "status": "finished", "modalities": {}}
+    (run / "run.json").write_text(json.dumps(meta))
+    _fails(capsys, ["--data", small_xmedia, "--run", str(run), "--no-tracking"],
+           "already holds a finished run; pass --resume to continue it or --overwrite")
+    assert json.loads((run / "run.json").read_text()) == meta
+
+
+def test_gpus_on_a_cluster_without_gpus(tmp_path, capsys, small_xmedia, ray_local):
+    _fails(capsys, ["--data", small_xmedia, "--run", str(tmp_path / "run"), "--gpus-per-modality", "1",
+                    "--no-tracking"], "--gpus-per-modality 1 but this Ray cluster has no GPUs (2 CPU, 0 GPU")
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_explains_every_flag():
+    text = job_parser().format_help()
+    for flag in ["--data", "--mat", "--run", "--epochs", "--lam", "--lr", "--dim", "--batch-size", "--seed",
+                 "--strategy", "--gpus-per-modality", "--tracking-uri", "--experiment", "--address",
+                 "--resume", "--overwrite", "--config", "--demo"]:
+        assert flag in text
+    for action in job_parser()._actions:
+        assert action.help, f"{action.option_strings} has no help"

@@ -1,0 +1,100 @@
+"""End-to-end SDML runs on a local 2-CPU Ray: strategies, restarts, MLflow, run-store contract."""
+
+import json
+
+import mlflow
+import pytest
+
+from scalable_xmr.config import ResourceConfig, SDMLConfig, TrackingConfig
+from scalable_xmr.errors import XMRError
+from scalable_xmr.pipeline import TrainRequest, train_sdml
+from scalable_xmr.store import RunStore
+
+pytestmark = pytest.mark.slow
+TINY = SDMLConfig(dim=32, hidden=64, epochs=4, batch_size=20, checkpoint_every=2, lr=1e-3)
+
+
+def _request(tmp_path, data, **kw):
+    defaults = dict(run_dir=str(tmp_path / "run"), dataset_uri=data, sdml=TINY, show_progress=False,
+                    tracking=TrackingConfig(f"sqlite:///{tmp_path}/mlflow.db", "test"))
+    return TrainRequest(**{**defaults, **kw})
+
+
+def _assert_complete(run_dir, modalities):
+    store = RunStore(run_dir)
+    meta = store.read_finished()
+    assert sorted(store.finished_modalities(meta)) == sorted(modalities)
+    metrics = json.loads(store.metrics_path.read_text())
+    n = len(modalities)
+    assert len(metrics["map"]) == n * (n - 1)
+    assert all(0.0 <= v <= 1.0 for v in metrics["map"].values())
+    for m in modalities:
+        assert store.model_path(m).is_file()
+        for split in ("val", "test"):
+            assert store.embeddings_path(m, split).is_file()
+    for plot in ("map_heatmap.png", "precision_recall.png", "precision_scope.png"):
+        assert (store.plots_dir / plot).stat().st_size > 1000
+    return meta, metrics
+
+
+def test_parallel_run_is_complete_and_tracked(tmp_path, small_xmedia, ray_local):
+    summary = train_sdml(_request(tmp_path, small_xmedia))
+    meta, metrics = _assert_complete(summary.run_dir, ["image", "text", "audio", "3d", "video"])
+    assert meta["strategy"] == "parallel"
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["test"], output_format="list")
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    maps = {k: v for k, v in parent.data.metrics.items() if k.startswith("map/")}
+    assert len(maps) == 21 and maps["map/mean"] == pytest.approx(metrics["map_mean"])
+    assert maps["map/image-text"] == pytest.approx(metrics["map"]["image-text"])
+    assert parent.data.params["projection_sha256"] == meta["projection"]["sha256"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["modality"] for r in children) == sorted(meta["modalities"])
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(children[0].info.run_id, "loss/val_label")
+    assert [h.step for h in history] == [1, 2, 3, 4]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"metrics.json", "map_heatmap.png", "projection.arrow"} <= artifacts
+
+
+@pytest.mark.parametrize("strategy", ["serial", "joint"])
+def test_serial_and_joint_runs_are_complete(tmp_path, small_xmedia, ray_local, strategy):
+    mods = ("image", "audio", "3d")
+    summary = train_sdml(_request(tmp_path, small_xmedia, modalities=mods,
+                                  resources=ResourceConfig(strategy=strategy)))
+    meta, _ = _assert_complete(summary.run_dir, list(mods))
+    assert meta["strategy"] == strategy
+    assert all(meta["modalities"][m]["epochs"] == TINY.epochs for m in mods)
+
+
+def test_killed_actor_restarts_and_resumes_from_checkpoint(tmp_path, small_xmedia, ray_local):
+    # The image actor hard-crashes (os._exit) right after its epoch-2 checkpoint, once.
+    req = _request(tmp_path, small_xmedia, modalities=("image", "audio"), fail_after_epoch={"image": 2})
+    summary = train_sdml(req)
+    assert summary.results["image"].resumed_at_epoch == [2]
+    assert summary.results["audio"].resumed_at_epoch == []
+    meta, _ = _assert_complete(summary.run_dir, ["image", "audio"])
+    assert meta["modalities"]["image"]["resumed_at_epoch"] == [2]
+    # The history still holds every epoch exactly once.
+    assert [h["epoch"] for h in summary.results["image"].history] == [1.0, 2.0, 3.0, 4.0]
+    marker = RunStore(summary.run_dir).modality_dir("image") / "checkpoints" / ".fault_injected"
+    crashed_pid = int(marker.read_text().split()[0])
+    assert crashed_pid != summary.results["image"].pid  # finished in a new process
+
+
+def test_resume_a_failed_run_trains_only_what_is_missing(tmp_path, small_xmedia, ray_local):
+    req = _request(tmp_path, small_xmedia, modalities=("image", "audio"))
+    train_sdml(req)
+    store = RunStore(req.run_dir)
+    meta = store.read()
+    model_bytes = store.model_path("image").read_bytes()
+    # Pretend the job died before audio finished: audio pending, status running.
+    meta["status"] = "running"
+    meta["modalities"]["audio"] = {"status": "pending"}
+    store.write(meta)
+    with pytest.raises(XMRError, match="already holds a running run; pass --resume"):
+        train_sdml(req)
+    summary = train_sdml(_request(tmp_path, small_xmedia, modalities=("image", "audio"), resume=True))
+    assert list(summary.results) == ["audio"]
+    assert store.model_path("image").read_bytes() == model_bytes
+    _assert_complete(summary.run_dir, ["image", "audio"])
