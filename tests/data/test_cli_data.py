@@ -1,0 +1,93 @@
+"""``xmr data ...``: conversions, inspect, and one-line errors that leave nothing behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+
+from scalable_xmr.cli import main
+from scalable_xmr.data import open_dataset
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("xmr: error:"), err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_synthetic_and_inspect(tmp_path, capsys):
+    out = str(tmp_path / "syn")
+    assert main(["data", "synthetic", "--out", out, "--scale", "small", "--seed", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "synthetic data (not real XMedia)" in printed and "synthetic-xmedia-small" in printed
+    assert open_dataset(out).split_sizes()["audio"] == {"train": 80, "val": 20, "test": 20}
+    assert main(["data", "inspect", out]) == 0
+    text = capsys.readouterr().out
+    assert "20, single-label" in text
+    row = next(ln for ln in text.splitlines() if ln.startswith("audio"))
+    assert row.split() == ["audio", "16", "80", "20", "20", "120"]
+
+
+def test_existing_different_dataset_needs_overwrite(tmp_path, capsys):
+    out = str(tmp_path / "ds")
+    assert main(["data", "synthetic", "--out", out, "--scale", "small"]) == 0
+    assert main(["data", "mfeat", "--out", out]) == 2
+    _one_line_error(capsys, "already holds a different dataset", "--overwrite")
+    assert open_dataset(out).info.name == "synthetic-xmedia-small"  # untouched
+    assert main(["data", "mfeat", "--out", out, "--overwrite"]) == 0
+    assert open_dataset(out).info.name == "mfeat"
+    assert sorted(os.listdir(tmp_path)) == ["ds"]
+
+
+def test_xmedia_missing_key_fails_cleanly(tmp_path, capsys):
+    mat = tmp_path / "XMediaFeatures.mat"
+    scipy.io.savemat(mat, {"I_tr_CNN": np.zeros((3, 2))})
+    out = tmp_path / "out" / "xm"
+    assert main(["data", "xmedia", "--mat", str(mat), "--out", str(out)]) == 2
+    _one_line_error(capsys, "XMediaFeatures.mat", "missing key", "I_te_CNN")
+    assert not out.exists()
+    assert not out.parent.exists() or os.listdir(out.parent) == []  # no temp dirs either
+    assert main(["data", "xmedia", "--mat", str(tmp_path / "none.mat"), "--out", str(out)]) == 2
+    _one_line_error(capsys, "none.mat: file not found")
+
+
+def test_h5_bad_input_fails_cleanly(tmp_path, capsys):
+    h5 = tmp_path / "wiki.h5"
+    with h5py.File(h5, "w") as f:
+        for part, n in (("train", 4), ("test", 10)):  # too few test rows for the 231-row val split
+            f[f"{part}_imgs_deep"] = np.zeros((n, 3), np.float32)
+            f[f"{part}_text"] = np.zeros((n, 2), np.float32)
+            f[f"{part}_imgs_labels"] = np.arange(n) % 3
+            f[f"{part}_texts_labels"] = np.arange(n) % 3
+    out = tmp_path / "wiki"
+    assert main(["data", "h5", "--file", str(h5), "--name", "wikipedia", "--out", str(out)]) == 2
+    _one_line_error(capsys, "test_imgs_deep", "needs more than 231")
+    assert sorted(os.listdir(tmp_path)) == ["wiki.h5"]
+    with pytest.raises(SystemExit):  # argparse rejects an unknown dataset name
+        main(["data", "h5", "--file", str(h5), "--name", "flickr", "--out", str(out)])
+
+
+def test_inspect_missing_dataset_subprocess(tmp_path):
+    """The installed `xmr` script: one line on stderr, exit 2, no traceback."""
+    xmr = Path(sys.executable).parent / "xmr"
+    if not xmr.exists():
+        pytest.skip("xmr console script not installed")
+    proc = subprocess.run(
+        [str(xmr), "data", "inspect", str(tmp_path / "nothing")],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "XMR_DEBUG"},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "dataset directory not found" in proc.stderr
+    assert "Traceback" not in proc.stderr
