@@ -233,8 +233,8 @@ def make_plots(store: RunStore, metrics: dict, emb: evaluate.Embeddings) -> list
     scopes = np.unique(np.linspace(1, max(gallery, 1), 20).astype(int))
     for q, t in evaluate.all_pairs(list(emb)):
         args = (emb[q][2], emb[t][2], emb[q][1], emb[t][1])
-        pr[f"{q}→{t}"] = precision_recall_curve(*args)
-        scope[f"{q}→{t}"] = precision_scope_curve(*args, scopes=tuple(int(s) for s in scopes))
+        pr[(q, t)] = precision_recall_curve(*args)
+        scope[(q, t)] = precision_scope_curve(*args, scopes=tuple(int(s) for s in scopes))
     out.append(plots.curves(pr, store.plots_dir / "precision_recall.png", "recall", "precision",
                             "Precision-recall (SDML Fig. 2-3)"))
     out.append(plots.curves(scope, store.plots_dir / "precision_scope.png", "scope K (items returned)",

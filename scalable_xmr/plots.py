@@ -45,16 +45,26 @@ def map_heatmap(metrics: dict[str, Any], path: Path) -> Path:
 
 
 def curves(
-    data: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, xlabel: str, ylabel: str, title: str
+    data: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], path: Path, xlabel: str, ylabel: str,
+    title: str,
 ) -> Path:
-    """One line per ordered pair; ``data[pair] = (x, y)``."""
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for label, (x, y) in sorted(data.items()):
-        ax.plot(x, y, marker=".", linewidth=1, label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2 if len(data) > 8 else 1)
+    """One panel per query modality, one line per target; ``data[(query, target)] = (x, y)``."""
+    queries = list(dict.fromkeys(q for q, _ in data))
+    cols = min(3, max(len(queries), 1))
+    rows = (len(queries) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, query in zip(axes.flat, queries, strict=False):
+        for (q, target), (x, y) in data.items():
+            if q == query:
+                ax.plot(x, y, marker=".", linewidth=1, label=target)
+        ax.set_title(f"{query} as query", fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, title="target", title_fontsize=7)
+    for ax in list(axes.flat)[len(queries):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
     return _save(fig, path)

@@ -17,7 +17,7 @@ from scalable_xmr.errors import XMRError
 
 # Modules of this package that define `register(subparsers)`; imported lazily so `xmr --help` is fast
 # and a missing optional area never breaks the others.
-_AREAS = ("data", "projection", "train", "pairs", "sweep")
+_AREAS = ("data", "projection", "train", "extend", "pairs", "sweep")
 
 
 def build_parser() -> argparse.ArgumentParser:
