@@ -36,6 +36,12 @@ class ProgressHub:
         return self.rows, events
 
 
+def _lookup(hub_name: str | None):
+    """Actors get the hub by name: a handle passed as a constructor argument would live in the
+    object store, which Ray warns can break actor restarts (ray-project/ray#53727)."""
+    return None if hub_name is None else ray.get_actor(hub_name)
+
+
 def _progress_fn(hub):
     if hub is None:
         return None
@@ -43,9 +49,10 @@ def _progress_fn(hub):
 
 
 class _ModalityWorker:
-    def __init__(self, job: ModalityJob, hub=None):
+    def __init__(self, job: ModalityJob, hub_name: str | None = None):
         from scalable_xmr.engine.sdml import ModalityTrainer
 
+        hub = _lookup(hub_name)
         self.trainer = ModalityTrainer(job, _progress_fn(hub))
         if hub is not None and self.trainer.resumed_at:
             hub.event.remote(
@@ -61,10 +68,10 @@ class _ModalityWorker:
 
 
 class _JointWorker:
-    def __init__(self, jobs: list[ModalityJob], hub=None):
+    def __init__(self, jobs: list[ModalityJob], hub_name: str | None = None):
         from scalable_xmr.engine.joint import JointTrainer
 
-        self.trainer = JointTrainer(jobs, _progress_fn(hub))
+        self.trainer = JointTrainer(jobs, _progress_fn(_lookup(hub_name)))
 
     def train(self) -> dict[str, TrainResult]:
         return self.trainer.fit()

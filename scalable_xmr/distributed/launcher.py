@@ -15,6 +15,7 @@ import dataclasses
 import math
 import os
 import sys
+import uuid
 from collections.abc import Sequence
 
 import ray
@@ -130,20 +131,21 @@ def train_modalities(
     if not jobs:
         return {}
     check_resources(resources)
-    hub = ProgressHub.remote()
+    hub_name = f"xmr-progress-{uuid.uuid4().hex[:12]}"
+    hub = ProgressHub.options(name=hub_name).remote()
     bars = ProgressBars([j.modality for j in jobs], enabled=show_progress, stream=sys.stderr)
     try:
         if resources.strategy == "parallel":
-            return _run_groups([list(jobs)], resources, hub, bars)
+            return _run_groups([list(jobs)], resources, hub, hub_name, bars)
         if resources.strategy == "serial":
-            return _run_groups([[j] for j in jobs], resources, hub, bars)
-        return _run_joint(list(jobs), resources, hub, bars)
+            return _run_groups([[j] for j in jobs], resources, hub, hub_name, bars)
+        return _run_joint(list(jobs), resources, hub, hub_name, bars)
     finally:
         bars.close()
         ray.kill(hub)
 
 
-def _run_groups(groups, resources, hub, bars) -> dict[str, TrainResult]:
+def _run_groups(groups, resources, hub, hub_name, bars) -> dict[str, TrainResult]:
     results: dict[str, TrainResult] = {}
     for group in groups:
         # Serial runs one modality at a time; it may use the share all modalities would have had.
@@ -154,7 +156,7 @@ def _run_groups(groups, resources, hub, bars) -> dict[str, TrainResult]:
         try:
             actors = [
                 modality_actor(**_actor_options(resources, cpus, pg, i)).remote(
-                    dataclasses.replace(job, num_threads=job.num_threads or threads), hub
+                    dataclasses.replace(job, num_threads=job.num_threads or threads), hub_name
                 )
                 for i, job in enumerate(group)
             ]
@@ -172,14 +174,14 @@ def _run_groups(groups, resources, hub, bars) -> dict[str, TrainResult]:
     return results
 
 
-def _run_joint(jobs, resources, hub, bars) -> dict[str, TrainResult]:
+def _run_joint(jobs, resources, hub, hub_name, bars) -> dict[str, TrainResult]:
     cpus = _cpu_share(resources, 1)
     pg = placement_group(_bundles(resources, 1, cpus), strategy="PACK")
     _ready(pg, resources)
     try:
         threads = max(1, int(cpus))
         jobs = [dataclasses.replace(j, num_threads=j.num_threads or threads) for j in jobs]
-        actor = joint_actor(**_actor_options(resources, cpus, pg, 0)).remote(jobs, hub)
+        actor = joint_actor(**_actor_options(resources, cpus, pg, 0)).remote(jobs, hub_name)
         ref = actor.train.remote()
         wait_with_progress([ref], hub, bars)
         try:
