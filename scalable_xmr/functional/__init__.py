@@ -1,0 +1,1 @@
+"""Pure maths: losses, retrieval metrics (mAP, PR, R@K); chunked functions of tensors."""
