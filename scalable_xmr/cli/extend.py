@@ -1,0 +1,131 @@
+"""``xmr add-modality`` / ``jobs/add_modality.py``: add modalities to a finished SDML run.
+
+Trains only the new modality's autoencoder against the run's fixed projection P (SDML §3.2), one
+Ray actor per new modality, then scores the new ordered pairs from the test embeddings already in
+the run. Existing models are neither loaded nor re-encoded; their files stay byte-identical (only
+run.json, metrics.json and plots/ are rewritten). Hyperparameters default to the run's own.
+
+    python jobs/add_modality.py --run runs/sdml-x --modality 3d --data data/new
+    python jobs/add_modality.py --run runs/sdml-x --modality lidar --table lidar.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from scalable_xmr.config import ModalityOverrides, ResourceConfig, TrackingConfig
+from scalable_xmr.errors import InputError
+
+# Flags that change the run's SDML settings for the new modality; None = keep the run's value.
+_SDML_FLAGS = ("epochs", "lam", "lr", "batch_size", "seed", "normalize", "checkpoint_every")
+
+
+def add_extend_arguments(p: argparse.ArgumentParser) -> None:
+    r = p.add_argument_group("run and data")
+    r.add_argument("--run", metavar="DIR", required=True,
+                   help="a finished SDML run directory (from `xmr train` / jobs/train_xmedia.py)")
+    r.add_argument("--modality", action="append", metavar="NAME", required=True,
+                   help="name of the modality to add (repeat to add several, trained in parallel actors)")
+    r.add_argument("--data", metavar="DIR",
+                   help="a converted dataset (directory or URI) holding <NAME>.parquet for each --modality; "
+                   "its dataset.json must have the run's classes (same count and names, same order)")
+    r.add_argument("--table", action="append", metavar="FILE",
+                   help="a loose Parquet table (id, split, labels, features) instead of --data; one per "
+                   "--modality, in the same order; labels are the run's class indices")
+    r.add_argument("--replace", action="store_true",
+                   help="allow retraining a modality the run already has (its old folder is replaced)")
+    h = p.add_argument_group("SDML hyperparameters (default: the run's own, from run.json)")
+    h.add_argument("--epochs", type=int, default=None, help="training epochs")
+    h.add_argument("--lam", type=float, default=None, help="λ of SDML Eq. 1 in [0, 1]")
+    h.add_argument("--lr", type=float, default=None, help="Adam learning rate")
+    h.add_argument("--batch-size", type=int, default=None, help="batch size (last partial batch dropped)")
+    h.add_argument("--seed", type=int, default=None, help="seed of the new network (P is the run's)")
+    h.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="per-feature standardisation of the inputs (--no-normalize: the paper's raw setting)")
+    h.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint every N epochs")
+    h.add_argument("--config", metavar="JSON",
+                   help="best.json from `xmr sweep --model sdml`: per-modality λ / lr (flags above win)")
+    c = p.add_argument_group("cluster")
+    c.add_argument("--gpus-per-modality", type=float, default=0.0,
+                   help="GPUs per modality actor (fractional packs small modalities; default 0 = CPU)")
+    c.add_argument("--cpus-per-modality", type=float, default=None,
+                   help="CPUs per modality actor (default: the cluster's CPUs shared out evenly)")
+    c.add_argument("--address", default=None,
+                   help="Ray cluster address; default: attach to this machine's cluster (as under "
+                   "`ray submit`), else start a local Ray; 'local' always starts one")
+    t = p.add_argument_group("tracking")
+    t.add_argument("--tracking-uri", default=None,
+                   help="MLflow URI (default: the run's own; the new modality becomes a child of the "
+                   "run's parent run, and a run trained without tracking stays untracked; another URI "
+                   "or experiment gets a new parent run linking to the old one)")
+    t.add_argument("--experiment", default=None, help="MLflow experiment name (default: the run's)")
+    t.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    t.add_argument("--no-progress", action="store_true", help="no live progress bars")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("add-modality", help="add a modality to a finished SDML run (trains only its network)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_extend_arguments(p)
+    p.set_defaults(func=run_add)
+
+
+def job_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="add_modality.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_extend_arguments(p)
+    return p
+
+
+def request_from_args(args: argparse.Namespace):
+    from scalable_xmr.cli.train import load_overrides
+    from scalable_xmr.extend import AddRequest
+
+    if args.data and args.table:
+        raise InputError("give --data or --table, not both")
+    changes = {k: getattr(args, k) for k in _SDML_FLAGS if getattr(args, k) is not None}
+    best = load_overrides(args.config).per_modality
+    overrides = ModalityOverrides({m: {**best.get(m, {}), **changes} for m in args.modality})
+    if args.no_tracking:
+        tracking = TrackingConfig(enabled=False)
+    elif args.tracking_uri or args.experiment:
+        tracking = TrackingConfig(args.tracking_uri, args.experiment or "scalable_xmr")
+    else:
+        tracking = None  # the run's own URI, experiment and parent run
+    return AddRequest(
+        run_dir=args.run, modalities=tuple(args.modality), dataset_uri=args.data,
+        table_paths=tuple(args.table or ()), overrides=overrides,
+        resources=ResourceConfig(gpus_per_modality=args.gpus_per_modality,
+                                 cpus_per_modality=args.cpus_per_modality),
+        tracking=tracking, replace=args.replace, show_progress=not args.no_progress,
+    )
+
+
+def run_add(args: argparse.Namespace) -> int:
+    from scalable_xmr.engine.evaluate import map_table, pairs_involving
+    from scalable_xmr.extend import add_modalities
+
+    summary = add_modalities(request_from_args(args), address=args.address)
+    metrics = summary.metrics
+    new = pairs_involving(list(summary.results), metrics["modalities"])
+    print()
+    print(map_table(metrics))
+    print()
+    print(f"added         : {', '.join(summary.results)} ({len(new)} new ordered pairs, "
+          f"{len(metrics['map'])} in all)")
+    for m, r in summary.results.items():
+        print(f"  {m:<12}best epoch {r.best_epoch}/{r.epochs}, "
+              f"trained in {r.train_seconds:.1f} s on {r.device}")
+    print(f"run directory : {summary.run_dir}")
+    print(f"plots         : {os.path.join(summary.run_dir, 'plots')}")
+    print(f"MLflow        : {summary.tracking}")
+    print(f"wall time     : {summary.seconds:.1f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from scalable_xmr.cli import run_cli
+
+    args = job_parser().parse_args(argv)
+    return run_cli(lambda: run_add(args))

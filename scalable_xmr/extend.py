@@ -1,0 +1,423 @@
+"""Add modalities to a finished SDML run with one job (SDML §3.2 and Table 7; DESIGN.md §4, §7).
+
+P fixes the common space, so a new modality costs only its own autoencoder: the networks already
+in the run are never loaded, retrained or re-encoded. The new ordered pairs (new→existing,
+existing→new, new→new) are scored from the test embeddings already in the run store.
+
+What the job changes in the run directory, and nothing else:
+
+- it adds ``modalities/<m>/`` for each new modality (trained in a staging folder
+  ``<run>/.staging/add-<id>/`` first, then moved into place with one atomic rename);
+- it rewrites ``metrics.json`` (old pair values copied as they were, new pairs added, new mean),
+  ``plots/`` (regenerated) and, last, ``run.json`` (the commit point).
+
+Every other pre-existing file stays byte-identical (``projection.arrow``, every existing
+``modalities/<m>/`` file). ``--replace`` additionally swaps out the replaced modality's folder.
+
+Crash safety: the run's status is never set to "running"; readers list modalities from
+``run.json`` only (``RunStore.finished_modalities``), so a job killed at any point leaves a finished
+run, with or without the new modality: a killed training leaves at most ``.staging/`` (ignored,
+removed by the next add job); a kill after the rename leaves an unlisted ``modalities/<m>/`` (ignored,
+replaced by the next add job) and possibly a ``metrics.json``/``plots/`` already showing the new
+pairs (``build_metrics`` keeps only pairs of ``run.json``'s modalities, so the next job heals it).
+An *exception* after the rename (disk full, a plotting error) is rolled back: the run is left
+byte-identical. ``--replace`` first commits the run without the replaced modality, so a kill
+mid-way never leaves ``run.json`` describing one model while the folder holds another.
+One add job at a time per run: the job holds an exclusive ``flock`` on the run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import shutil
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scalable_xmr.config import ModalityOverrides, ResourceConfig, SDMLConfig, TrackingConfig, from_dict
+from scalable_xmr.engine import evaluate
+from scalable_xmr.engine.sdml import ModalityJob, TrainResult
+from scalable_xmr.errors import InputError, MissingError, RunStateError
+from scalable_xmr.io import atomic_write_bytes
+from scalable_xmr.pipeline import RunSummary, _modality_entry, finish_run
+from scalable_xmr.projection import load_projection
+from scalable_xmr.store import RunStore, now_iso, versions
+from scalable_xmr.tracking import Tracker, absolute_tracking_uri, default_tracking_uri
+
+STAGING = ".staging"
+SPLITS = ("train", "val", "test")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # the dataset.json rule for modality names
+
+
+@dataclass(frozen=True)
+class AddRequest:
+    """One add-modality job. Hyperparameters default to the run's ``run.json["sdml"]``."""
+
+    run_dir: str
+    modalities: tuple[str, ...]
+    dataset_uri: str | None = None  # a dataset holding <m>.parquet for every new modality ...
+    table_paths: tuple[str, ...] = ()  # ... or loose tables (id, split, labels, features), one per modality
+    overrides: ModalityOverrides = ModalityOverrides()  # per-modality changes to the run's SDML config
+    resources: ResourceConfig = ResourceConfig()
+    tracking: TrackingConfig | None = None  # None: the run's own tracking URI, experiment and parent
+    replace: bool = False  # allow retraining a modality the run already has
+    show_progress: bool = True
+    fail_after_epoch: dict[str, int] = field(default_factory=dict)  # fault injection (tests)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a new modality's rows come from, after validation."""
+
+    dataset_uri: str | None
+    table_path: str | None
+
+    def to_json(self) -> dict[str, str]:
+        return {"dataset": self.dataset_uri} if self.dataset_uri else {"table": str(self.table_path)}
+
+
+def add_modalities(req: AddRequest, address: str | None = None) -> RunSummary:
+    """Train ``req.modalities`` against the run's P on one Ray actor each and add them to the run.
+
+    Checks everything it can before writing anything (run state, P's checksum, classes, labels,
+    features, names); see the module docstring for exactly what changes in the run directory.
+    """
+    from scalable_xmr.distributed.launcher import check_resources, connect
+
+    start = time.perf_counter()
+    _check_request(req)
+    store = RunStore(req.run_dir)
+    store.read_finished()  # a clear error before locking anything
+    with _exclusive(store):
+        meta = store.read_finished()
+        n_classes = _check_run(store, meta, req)
+        configs = _configs(store, meta, req)
+        sources = _sources(store, meta, req, configs)
+        connect(address)
+        check_resources(req.resources)
+        tracker, parent, own_parent = _open_tracking(store, meta, req.tracking)
+        shutil.rmtree(store.root / STAGING, ignore_errors=True)  # left by a killed add job
+        staging = _Staging(store)
+        try:
+            jobs = [ModalityJob(run_dir=str(staging.root), modality=m, config=configs[m],
+                                dataset_uri=sources[m].dataset_uri, table_path=sources[m].table_path,
+                                n_classes=n_classes, projection_sha256=meta["projection"]["sha256"],
+                                fail_after_epoch=req.fail_after_epoch.get(m))
+                    for m in req.modalities]
+            results = _train(jobs, req, store)
+            metrics = _commit(store, meta, staging, results, configs, sources, tracker, parent)
+        except BaseException:
+            if own_parent:
+                tracker.end_run(parent, "FAILED")
+            raise
+        finally:
+            staging.remove()
+        _log_new_pairs(tracker, meta, metrics, list(req.modalities))
+        if own_parent:
+            tracker.end_run(parent)
+    return RunSummary(str(store.root), metrics, results, tracker.run_url(parent),
+                      time.perf_counter() - start)
+
+
+# ---- validation (nothing is written before all of it passed) ------------------------------------
+def _check_request(req: AddRequest) -> None:
+    if not req.modalities:
+        raise InputError("give at least one --modality to add")
+    for m in req.modalities:
+        if not _NAME_RE.match(m):
+            raise InputError(f"--modality {m!r}: a modality name must match {_NAME_RE.pattern}")
+    dupes = sorted({m for m in req.modalities if req.modalities.count(m) > 1})
+    if dupes:
+        raise InputError(f"--modality {dupes[0]!r} given more than once")
+    if (req.dataset_uri is None) == (not req.table_paths):
+        raise InputError("give the new modality's data with --data DIR or --table FILE (one of them)")
+    if req.table_paths and len(req.table_paths) != len(req.modalities):
+        raise InputError(f"{len(req.table_paths)} --table file(s) for {len(req.modalities)} --modality "
+                         "name(s): give one --table per --modality, in the same order")
+
+
+def _check_run(store: RunStore, meta: dict, req: AddRequest) -> int:
+    """The run is an SDML run with an intact P and test embeddings; returns its class count."""
+    if meta.get("kind") != "sdml":
+        raise InputError(f"{store.run_json}: not an SDML run (kind {meta.get('kind')!r})")
+    n_classes, proj = int(meta["dataset"]["n_classes"]), meta["projection"]
+    load_projection(store.projection_path, expected_sha256=proj["sha256"],
+                    expected_shape=(int(proj["dim"]), n_classes))
+    existing = store.finished_modalities(meta)
+    taken = [m for m in req.modalities if m in meta["modalities"]]
+    if taken and not req.replace:
+        raise InputError(f"--modality {taken[0]!r}: the run {store.root} already has this modality "
+                         f"(it has: {', '.join(existing)}); pass --replace to retrain it")
+    for m in existing:
+        if m not in req.modalities and not store.embeddings_path(m, "test").is_file():
+            raise MissingError(f"{store.embeddings_path(m, 'test')}: test embeddings of modality {m!r} "
+                               "not found; the new pairs are scored from them")
+    return n_classes
+
+
+def _configs(store: RunStore, meta: dict, req: AddRequest) -> dict[str, SDMLConfig]:
+    """The run's SDML settings with this job's overrides; d must stay P's row count."""
+    base = from_dict(SDMLConfig, meta["sdml"], source=f"{store.run_json} 'sdml'")
+    out = {}
+    for m in req.modalities:
+        cfg = req.overrides.config_for(base, m)
+        if cfg.dim != int(meta["projection"]["dim"]):
+            raise InputError(f"modality {m!r}: dim {cfg.dim} but the run's projection P has "
+                             f"{meta['projection']['dim']} rows; the common space is fixed by P")
+        out[m] = cfg
+    return out
+
+
+def _sources(store: RunStore, meta: dict, req: AddRequest,
+             configs: dict[str, SDMLConfig]) -> dict[str, _Source]:
+    """Read and check every new modality's splits against the run (classes, labels, features)."""
+    from scalable_xmr.data.dataset import open_dataset, read_modality_table
+
+    n_classes, multi_label = int(meta["dataset"]["n_classes"]), bool(meta["dataset"]["multi_label"])
+    out = {}
+    if req.dataset_uri is not None:
+        uri = _absolute(req.dataset_uri)
+        ds = open_dataset(uri, validate=False)
+        _check_classes(ds.info.n_classes, ds.info.class_names, f"{uri}/dataset.json", store, meta)
+        for m in req.modalities:
+            if m not in ds.modalities:
+                raise InputError(f"--modality {m!r}: not in dataset {uri} "
+                                 f"(it has: {', '.join(ds.modalities)})")
+            splits = {s: ds.read_split(m, s) for s in SPLITS}  # checks dims, labels, NaN/inf, ids
+            _check_splits(splits, ds.table_path(m), multi_label, configs[m])
+            out[m] = _Source(uri, None)
+        return out
+    for m, path in zip(req.modalities, req.table_paths, strict=True):
+        path = _absolute(path)
+        # Labels are class indices of the run (a loose table has no class names to compare).
+        splits = read_modality_table(path, n_classes=n_classes, multi_label=multi_label)
+        _check_splits(splits, path, multi_label, configs[m])
+        out[m] = _Source(None, path)
+    return out
+
+
+def _absolute(uri: str) -> str:
+    """Actors may run in another working directory: local paths travel absolute."""
+    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
+
+
+def _check_classes(n: int, names, source: str, store: RunStore, meta: dict) -> None:
+    run_n, run_names = int(meta["dataset"]["n_classes"]), meta["dataset"].get("class_names")
+    if n != run_n:
+        raise InputError(f"{source}: {n} classes, but the run {store.root} has {run_n}: a new modality "
+                         "must use the run's classes")
+    if run_names is not None and list(names) != list(run_names):
+        i = next(i for i, (a, b) in enumerate(zip(names, run_names, strict=True)) if a != b)
+        raise InputError(f"{source}: class names differ from the run's at index {i}: {names[i]!r} here, "
+                         f"{run_names[i]!r} in {store.run_json}")
+
+
+def _check_splits(splits: dict, where: str, multi_label: bool, cfg: SDMLConfig) -> None:
+    if not multi_label:
+        for s, data in splits.items():
+            counts = data.labels.sum(axis=1)  # (n,)
+            if (counts > 1).any():
+                i = int(np.flatnonzero(counts > 1)[0])
+                raise InputError(f"{where}: row id {data.ids[i]!r} ({s}) has {int(counts[i])} labels but "
+                                 "the run is single-label")
+    n_train = len(splits["train"])
+    if n_train < cfg.batch_size:
+        raise InputError(f"{where}: train split has {n_train} rows, fewer than one batch of "
+                         f"{cfg.batch_size} (--batch-size)")
+
+
+@contextlib.contextmanager
+def _exclusive(store: RunStore) -> Iterator[None]:
+    """An exclusive lock on the run directory, released even if the process dies."""
+    fd = os.open(store.root, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunStateError(f"{store.root}: another add-modality job is working on this run; "
+                                "wait for it to finish") from None
+        except OSError as e:  # e.g. a file system without flock: go on, but say so
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            warnings.warn(f"{store.root}: cannot lock ({e}); run one add job at a time", stacklevel=3)
+        yield
+    finally:
+        os.close(fd)
+
+
+# ---- training in a staging folder ---------------------------------------------------------------
+class _Staging:
+    """``<run>/.staging/add-<id>/``: a run-shaped folder (its own copy of P) the trainers write to."""
+
+    def __init__(self, store: RunStore):
+        self.root = store.root / STAGING / f"add-{uuid.uuid4().hex[:12]}"
+        self.root.mkdir(parents=True)
+        shutil.copyfile(store.projection_path, self.root / "projection.arrow")
+        self.store = RunStore(self.root)
+        self.aside = self.root / "aside"  # folders moved out of modalities/ during the commit
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.root.parent.rmdir()  # only if empty
+
+
+def _train(jobs: list[ModalityJob], req: AddRequest, store: RunStore) -> dict[str, TrainResult]:
+    from ray.exceptions import RayActorError
+
+    from scalable_xmr.distributed.launcher import train_modalities
+
+    try:
+        return train_modalities(jobs, req.resources, show_progress=req.show_progress)
+    except RayActorError as e:
+        raise RunStateError(f"training of {', '.join(req.modalities)} died ({type(e).__name__}); "
+                            f"the run {store.root} is unchanged") from e
+
+
+# ---- the commit ---------------------------------------------------------------------------------
+def _commit(store: RunStore, meta: dict, staging: _Staging, results: dict[str, TrainResult],
+            configs: dict[str, SDMLConfig], sources: dict[str, _Source], tracker: Tracker,
+            parent: str | None) -> dict:
+    """Move the trained folders in, then metrics.json and plots, then run.json (the commit point)."""
+    snapshot = _snapshot(store)
+    moved_in: list[Path] = []
+    moved_aside: list[tuple[Path, Path]] = []
+    replaced = [m for m in results if m in meta["modalities"]]
+    try:
+        if replaced:
+            _commit_without(store, meta, replaced)
+        for m in results:
+            for f in ("model.pt", "train_log.json", "embeddings/val.parquet", "embeddings/test.parquet"):
+                assert (staging.store.modality_dir(m) / f).is_file(), f"trainer wrote no {f} for {m}"
+            dest = store.modality_dir(m)
+            if dest.exists():  # the replaced modality, or an unlisted leftover of a killed add job
+                staging.aside.mkdir(exist_ok=True)
+                os.replace(dest, staging.aside / m)
+                moved_aside.append((staging.aside / m, dest))
+            dest.parent.mkdir(exist_ok=True)
+            os.replace(staging.store.modality_dir(m), dest)  # atomic: the folder appears whole
+            moved_in.append(dest)
+            meta["modalities"][m] = {**_modality_entry(results[m]), "config": configs[m].to_dict(),
+                                     "source": sources[m].to_json(), "added": now_iso()}
+        meta.setdefault("additions", []).append({
+            "modalities": list(results), "replaced": replaced, "at": now_iso(),
+            "mlflow_parent_run_id": parent, "versions": versions()})
+        old_k = store.read_metrics().get("map_at_k", {}).get("k")  # keep reporting the run's mAP@k
+        return finish_run(store, meta, new_modalities=list(results), tracker=tracker, parent_run=parent,
+                          results=results, top_k=old_k)
+    except BaseException:
+        _rollback(store, snapshot, moved_in, moved_aside)
+        raise
+
+
+def _commit_without(store: RunStore, meta: dict, dropped: list[str]) -> None:
+    """Commit the run minus ``dropped`` (consistent metrics.json, then run.json) before a replace."""
+    keep = [m for m in store.finished_modalities(meta) if m not in dropped]
+    old = store.read_metrics()
+    pairs = [evaluate.pair_key(q, t) for q, t in evaluate.all_pairs(keep)]
+    at_k = old.get("map_at_k")
+    if all(k in old.get("map", {}) and (not at_k or k in at_k) for k in pairs):
+        store.write_metrics(evaluate.build_metrics(
+            {k: old["map"][k] for k in pairs}, keep,
+            {k: at_k[k] for k in pairs} if at_k else None, at_k["k"] if at_k else None,
+            {m: n for m, n in old.get("n_test", {}).items() if m in keep} or None))
+    for m in dropped:
+        meta["modalities"].pop(m)
+    store.write(meta)
+
+
+def _snapshot(store: RunStore) -> dict[Path, bytes | None]:
+    """The bytes of every file the commit may rewrite (run.json, metrics.json, plots/*)."""
+    paths = [store.run_json, store.metrics_path]
+    if store.plots_dir.is_dir():
+        paths += sorted(p for p in store.plots_dir.iterdir() if p.is_file())
+    return {p: p.read_bytes() if p.is_file() else None for p in paths}
+
+
+def _rollback(store: RunStore, snapshot: dict[Path, bytes | None], moved_in: list[Path],
+              moved_aside: list[tuple[Path, Path]]) -> None:
+    """Undo a failed commit: new folders out, old ones back, files restored, run.json last."""
+    try:
+        for dest in moved_in:
+            shutil.rmtree(dest)
+        for aside, dest in moved_aside:
+            os.replace(aside, dest)
+        if store.plots_dir.is_dir():
+            for p in store.plots_dir.iterdir():
+                if p.is_file() and p not in snapshot:
+                    p.unlink()
+        for path, data in sorted(snapshot.items(), key=lambda kv: kv[0] == store.run_json):
+            if data is None:
+                path.unlink(missing_ok=True)
+            elif not path.is_file() or path.read_bytes() != data:
+                atomic_write_bytes(path, data)
+    except OSError as e:  # the run still loads: run.json is either the old one or the committed one
+        warnings.warn(f"{store.root}: could not fully undo the failed add ({e})", stacklevel=2)
+
+
+# ---- MLflow -------------------------------------------------------------------------------------
+def _open_tracking(store: RunStore, meta: dict,
+                   cfg: TrackingConfig | None) -> tuple[Tracker, str | None, bool]:
+    """(tracker, parent run id, whether this job created that parent).
+
+    Default: the run's own tracking URI, experiment and parent run (the new modality becomes one more
+    child of it), or none if the run was not tracked. Another URI or experiment (or a parent run that
+    is gone) gets a new parent run tagged with a link to the old one.
+    """
+    ml = meta.get("mlflow") or {}
+    run_uri, run_parent, run_exp = ml.get("tracking_uri"), ml.get("parent_run_id"), ml.get("experiment_id")
+    if (cfg is not None and not cfg.enabled) or (cfg is None and not run_parent):
+        # Off when asked, and by default for a run that was trained without tracking.
+        return Tracker(default_tracking_uri(store.root), "scalable_xmr", enabled=False), None, False
+    uri = (cfg.tracking_uri if cfg else None) or run_uri or default_tracking_uri(store.root)
+    uri = absolute_tracking_uri(uri)
+    experiment = cfg.experiment if cfg else _experiment_name(uri, run_exp) or "scalable_xmr"
+    tracker = Tracker(uri, experiment)
+    same_place = uri == run_uri and tracker.experiment_id == run_exp
+    if run_parent and same_place and _run_exists(tracker, run_parent):
+        return tracker, run_parent, False
+    parent = tracker.start_run(f"sdml-add:{store.root.name}", tags={
+        "job": "add_modality", "xmr.run_dir": str(store.root),
+        "xmr.extends_parent_run_id": str(run_parent), "xmr.extends_tracking_uri": str(run_uri)})
+    tracker.log_params(parent, {"dataset": meta["dataset"]["name"],
+                                "projection_sha256": meta["projection"]["sha256"], **meta["sdml"]})
+    return tracker, parent, parent is not None
+
+
+def _run_exists(tracker: Tracker, run_id: str) -> bool:
+    if not tracker.enabled or tracker.client is None:
+        return False
+    try:
+        return tracker.client.get_run(run_id).info.lifecycle_stage == "active"
+    except Exception:  # noqa: BLE001 - a missing or unreachable run: make a new parent instead
+        return False
+
+
+def _experiment_name(uri: str, experiment_id: str | None) -> str | None:
+    if not experiment_id:
+        return None
+    try:
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=uri).get_experiment(experiment_id).name
+    except Exception:  # noqa: BLE001 - tracking must never stop the job; a new parent is made instead
+        return None
+
+
+def _log_new_pairs(tracker: Tracker, meta: dict, metrics: dict[str, Any], new: list[str]) -> None:
+    """Each new modality's child run also gets the mAP of the pairs it is part of."""
+    for m in new:
+        child = meta["modalities"][m].get("mlflow_run_id")
+        pairs = evaluate.pairs_involving([m], metrics["modalities"])
+        tracker.log_metrics(child, {f"map/{evaluate.pair_key(q, t)}": metrics["map"][evaluate.pair_key(q, t)]
+                                    for q, t in pairs})
