@@ -59,8 +59,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--cpus-per-modality", type=float, default=None,
                    help="CPUs per modality actor (default: the cluster's CPUs shared out evenly)")
     c.add_argument("--address", default=None,
-                   help="Ray cluster address; default: attach to this machine's cluster (as under "
-                   "`ray submit`), else start a local Ray; 'local' always starts one")
+                   help="Ray cluster address; default: attach to the cluster under `ray submit` (or "
+                   "when RAY_ADDRESS is set), else start a private local Ray; 'auto': attach to a "
+                   "cluster made with `ray start` on this machine; 'local': always start one")
     t = p.add_argument_group("tracking")
     t.add_argument("--tracking-uri", default=None,
                    help="MLflow URI (default: sqlite:///<abs parent of --run>/mlflow.db; "

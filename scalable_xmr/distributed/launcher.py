@@ -32,25 +32,31 @@ from scalable_xmr.errors import InputError, XMRError
 _STARTED_LOCAL = False
 
 
+def _on_cluster_head() -> bool:
+    """True under `ray submit` / `ray job submit` (RAY_ADDRESS is set, or this is a head node made by
+    the cluster launcher). A Ray started by another process's ``ray.init()`` on this machine (another
+    job, a test) is deliberately NOT attached to: it dies with its owner."""
+    return bool(os.environ.get("RAY_ADDRESS")) or os.path.isfile(
+        os.path.expanduser("~/ray_bootstrap_config.yaml")
+    )
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     """Attach to a Ray cluster, or start a local one; returns a description.
 
-    ``address=None``: attach to the cluster this machine belongs to (as under ``ray submit``, or
-    after ``ray start``) if there is one, else start a local Ray. ``"local"`` always starts one.
+    ``address=None``: attach to the cluster when running under ``ray submit`` (or with RAY_ADDRESS
+    set), else start a private local Ray. ``"auto"`` attaches to a cluster started on this machine
+    with ``ray start``; ``"local"`` always starts one; anything else is a cluster address.
     """
     global _STARTED_LOCAL
     if ray.is_initialized():
         return "attached to the Ray runtime already initialised in this process"
     quiet = {"log_to_driver": True, "logging_level": "WARNING"}
+    if address is None and _on_cluster_head():
+        address = "auto"
     if address not in (None, "local"):
         ray.init(address=address, **quiet)
         return f"attached to Ray cluster at {address}"
-    if address is None:
-        try:
-            ray.init(address="auto", **quiet)
-            return "attached to the running Ray cluster"
-        except (ConnectionError, RuntimeError, ValueError):
-            pass
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
     _STARTED_LOCAL = True
     return f"started a local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
