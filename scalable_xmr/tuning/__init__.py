@@ -1,0 +1,13 @@
+"""Hyperparameter sweeps with Ray Tune (DESIGN.md §6, issue 6).
+
+- :mod:`.space`: the models' hyperparameters, domains, default spaces, ``--grid`` / ``--range``.
+- :mod:`.sdml_trial` / :mod:`.pairs_trial`: the trainables (one modality / one branch model).
+- :mod:`.sweep`: :func:`run_sweep` -- Tune, ASHA, resources, resume, best.json, summary.
+- :mod:`.tracking`: the MLflow parent/child runs of a sweep (a Tune callback on the driver).
+"""
+
+from scalable_xmr.tuning.space import MODELS, SearchSpace, build_space, parse_grid, parse_range
+from scalable_xmr.tuning.sweep import SweepRequest, SweepSummary, run_sweep
+
+__all__ = ["MODELS", "SearchSpace", "SweepRequest", "SweepSummary", "build_space", "parse_grid",
+           "parse_range", "run_sweep"]

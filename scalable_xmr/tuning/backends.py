@@ -1,0 +1,156 @@
+"""Model-specific halves of a sweep, on the driver: prepare the sweep directory, build the Tune
+trainable with its resources, and turn the best trials into ``best.json``.
+
+``info`` is the JSON-able description a backend writes into ``sweep.json`` on the first run; a
+resumed sweep rebuilds its trainable from it alone (the resumed command line need not repeat the
+original flags).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from scalable_xmr.errors import InputError
+from scalable_xmr.tuning.results import TrialRow
+
+SMALL_INPUT_DIM = 1024  # below: a "small" modality (the split SDML's lr rule uses too)
+SMALL_GPU_SHARE = 0.25  # a small modality's trial takes this share of --gpus-per-trial
+
+
+def _abs_uri(uri: str) -> str:
+    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
+
+
+def _resources(info: dict[str, Any], gpu_share: float = 1.0) -> dict[str, float]:
+    res = {"cpu": float(info["cpus_per_trial"])}
+    if info["gpus_per_trial"] > 0:
+        res["gpu"] = float(info["gpus_per_trial"]) * gpu_share
+    return res
+
+
+# ------------------------------------------------------------------------------------------ SDML
+class SDMLBackend:
+    """One trial per (modality, configuration); one best configuration per modality."""
+
+    group_key = "modality"
+    metrics = {"anchor_map": ("best_anchor_map", "max"), "label_loss": ("best_val_label_loss", "min")}
+    default_metric = "anchor_map"
+    table_extra = ("best_anchor_map", "best_val_label_loss", "best_epoch")
+    complete_key = None  # every trial stores its selected epoch's embeddings as it goes
+
+    def prepare(self, req, sweep_dir: Path, space) -> dict[str, Any]:
+        """Check the dataset and modalities, write the sweep's one projection.arrow."""
+        from scalable_xmr.config import SDMLConfig, from_dict
+        from scalable_xmr.data.dataset import open_dataset
+        from scalable_xmr.projection import create_projection, save_projection
+
+        # dataset.json only: each trial reads and checks its own modality's table, nothing else.
+        ds = open_dataset(req.dataset_uri, validate=False)
+        modalities = list(req.modalities or ds.modalities)
+        for m in modalities:
+            if m not in ds.modalities:
+                raise InputError(f"--modality {m!r}: not in dataset {req.dataset_uri} "
+                                 f"(it has: {', '.join(ds.modalities)})")
+        base = from_dict(SDMLConfig, {**req.base, "epochs": req.epochs}, source="sweep base config")
+        P = create_projection(base.dim, ds.info.n_classes, req.seed)
+        digest = save_projection(sweep_dir / "projection.arrow", P, seed=req.seed)
+        return {"dataset": {"uri": _abs_uri(req.dataset_uri), "name": ds.info.name,
+                            "n_classes": ds.info.n_classes},
+                "modalities": modalities,
+                "input_dims": {m: ds.info.modalities[m].dim for m in modalities},
+                "projection": {"file": "projection.arrow", "sha256": digest, "dim": base.dim,
+                               "seed": req.seed},
+                "base": base.to_dict(), "max_iterations": req.epochs}
+
+    def n_groups(self, info: dict[str, Any]) -> int:
+        return len(info["modalities"])
+
+    def param_space(self, tuned: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+        from ray import tune
+
+        return {"modality": tune.grid_search(list(info["modalities"])), **tuned}
+
+    def trainable(self, info: dict[str, Any], sweep_dir: Path):
+        from ray import tune
+
+        from scalable_xmr.tuning.sdml_trial import SDMLTrialSetup, sdml_trial
+
+        setup = SDMLTrialSetup(
+            sweep_dir=str(sweep_dir), dataset_uri=info["dataset"]["uri"],
+            n_classes=info["dataset"]["n_classes"], projection_sha256=info["projection"]["sha256"],
+            base=info["base"], device="cuda" if info["gpus_per_trial"] > 0 else "cpu",
+            threads=max(1, int(info["cpus_per_trial"])))
+        resources = self.trial_resources(info)
+        # Tune asks per trial: a small modality's trial packs onto a fraction of a GPU.
+        return tune.with_resources(tune.with_parameters(sdml_trial, setup=setup),
+                                   lambda config: resources[config["modality"]])
+
+    @staticmethod
+    def trial_resources(info: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """Per modality: --cpus-per-trial CPUs and --gpus-per-trial GPUs, a quarter of that for a
+        small modality (input dim < 1024: its network and data take a fraction of a card)."""
+        return {m: _resources(info, SMALL_GPU_SHARE if d < SMALL_INPUT_DIM else 1.0)
+                for m, d in info["input_dims"].items()}
+
+    def best_json(self, best: dict[Any, TrialRow], info: dict[str, Any], sweep_dir: Path,
+                  tuned: list[str]) -> dict[str, Any]:
+        """``{"model": "sdml", "per_modality": {m: {"config": {...}, ...}}}`` (cli/train.py's
+        load_overrides format) plus the cross-modal check of the chosen combination."""
+        from scalable_xmr.tuning.trial_io import trial_dir
+
+        base = info["base"]
+        # Besides the tuned values, fix what the sweep trained with and `xmr train` has no flag for
+        # (hidden), or that the optimum depends on (batch size, normalisation). Epochs and dim are
+        # the training job's.
+        fixed = {k: base[k] for k in ("hidden", "batch_size", "normalize")}
+        per = {}
+        for m in info["modalities"]:
+            row = best[m]
+            per[m] = {"config": {**fixed, **{k: row.config[k] for k in tuned if k in row.config}},
+                      "trial_id": row.trial_id,
+                      "anchor_map": row.metrics.get("best_anchor_map"),
+                      "val_label_loss": row.metrics.get("best_val_label_loss"),
+                      "best_epoch": row.metrics.get("best_epoch"),
+                      "epochs_trained": row.metrics.get("training_iteration"),
+                      "trial_dir": str(trial_dir(sweep_dir, row.trial_id))}
+        return {"model": "sdml", "dataset": info["dataset"], "projection": info["projection"],
+                "per_modality": per, "cross_modal": self.cross_modal_check(per, info)}
+
+    @staticmethod
+    def parent_metrics(best: dict[str, Any]) -> dict[str, float]:
+        """The parent run's final metrics: each modality's best scores and the cross-modal check."""
+        out = {}
+        for m, entry in best["per_modality"].items():
+            for key in ("anchor_map", "val_label_loss"):
+                if isinstance(entry.get(key), int | float):
+                    out[f"best/{m}/{key}"] = float(entry[key])
+        cross = best["cross_modal"]
+        out.update({f"map/{k}": v for k, v in cross.get("map", {}).items()})
+        if "map_mean" in cross:
+            out["map/mean"] = cross["map_mean"]
+        return out
+
+    @staticmethod
+    def cross_modal_check(per: dict[str, dict[str, Any]], info: dict[str, Any]) -> dict[str, Any]:
+        """Test-split mAP of every ordered pair of the chosen trials' stored embeddings."""
+        from scalable_xmr.engine import evaluate
+        from scalable_xmr.store import RunStore
+
+        mods = list(per)
+        if len(mods) < 2:
+            return {"note": "one modality: no cross-modal pair to score"}
+        n_classes = info["dataset"]["n_classes"]
+        emb = {m: RunStore(per[m]["trial_dir"]).read_embeddings(m, "test", n_classes) for m in mods}
+        maps = evaluate.pair_maps(emb, evaluate.all_pairs(mods))
+        metrics = evaluate.build_metrics(maps, mods, n_test={m: len(emb[m][0]) for m in mods})
+        return {"split": "test", "map": metrics["map"], "map_mean": metrics["map_mean"],
+                "note": "embeddings of each modality's best trial (its selected epoch), not retrained"}
+
+
+def backend_for(model: str):
+    if model == "sdml":
+        return SDMLBackend()
+    from scalable_xmr.tuning.pairs_sweep import BranchBackend
+
+    return BranchBackend(model)

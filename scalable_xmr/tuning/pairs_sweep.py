@@ -1,0 +1,124 @@
+"""The branch-model half of a sweep, on the driver (see backends.py for the SDML half)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from scalable_xmr.errors import InputError
+from scalable_xmr.tuning.backends import _abs_uri, _resources
+from scalable_xmr.tuning.results import TrialRow
+from scalable_xmr.tuning.space import SearchSpace
+
+# engine.pair_eval's default grids: a sweep that keeps them lets the trial cut them to its gallery.
+DEFAULT_KS = (1, 2, 5, 10, 15, 20)
+DEFAULT_K_TEXTS = (0, 1, 2, 4, 8)
+_NOT_IN_BEST = ("model", "epochs", "text_epochs", "seed", "eval_chunk")  # the training job's own
+
+
+def split_base(model: str, base: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``--set`` values as (PairTrainerConfig values, model-config values); unknown keys raise."""
+    from scalable_xmr.engine.pairs import PairTrainerConfig, branch_model_classes
+
+    model_keys = {f.name for f in fields(branch_model_classes(model)[1])}
+    trainer_keys = {f.name for f in fields(PairTrainerConfig)} - {"model", "epochs"}
+    trainer, model_values = {}, {}
+    for key, value in base.items():
+        if key in model_keys:
+            model_values[key] = value
+        elif key in trainer_keys:
+            trainer[key] = value
+        else:
+            raise InputError(f"--set {key}: not a config key of {model} or of the trainer (known: "
+                             f"{', '.join(sorted(model_keys | trainer_keys))})")
+    return trainer, model_values
+
+
+class BranchBackend:
+    """One trial per configuration of one branch model; the best trial overall."""
+
+    group_key = None
+    metrics = {"rsum": ("best_rsum", "max")}
+    default_metric = "rsum"
+    table_extra = ("rsum_rerank", "best_k", "best_k_t2i", "best_k_text")
+    complete_key = "rsum_rerank"  # only a trial that ran to its end has its K evaluation
+
+    def __init__(self, model: str):
+        self.model = model
+
+    def prepare(self, req, sweep_dir: Path, space: SearchSpace) -> dict[str, Any]:
+        from scalable_xmr.data.paired import open_paired_dataset
+        from scalable_xmr.engine.pairs import PairTrainerConfig, branch_config
+
+        ds = open_paired_dataset(req.dataset_uri)
+        present = ds.splits()
+        for split in ("train", "val"):
+            if split not in present:
+                raise InputError(f"--data {req.dataset_uri}: no {split!r} split (has {present})")
+        trainer, model_values = split_base(self.model, req.base)
+        trainer.setdefault("seed", req.seed)
+        if self.model == "mtfn":  # the text-text branch trains after, as in the train-pairs job
+            trainer.setdefault("text_epochs", max(1, req.epochs // 2))
+        cfg = PairTrainerConfig.from_dict({**trainer, "model": self.model, "epochs": req.epochs})
+        branch_config(self.model, model_values)  # bad fixed values fail before any trial
+        in_trial = space.in_trial()
+        ks, k_texts = in_trial.get("k"), in_trial.get("k_text")
+        return {"dataset": {"uri": _abs_uri(req.dataset_uri), "name": Path(str(req.dataset_uri)).name},
+                "trainer_base": {k: v for k, v in asdict(cfg).items() if k != "model"},
+                "model_base": model_values,
+                "ks": None if ks in (None, DEFAULT_KS) else list(ks),
+                "k_texts": None if k_texts in (None, DEFAULT_K_TEXTS) else list(k_texts),
+                "max_iterations": cfg.epochs + cfg.text_epochs}
+
+    def n_groups(self, info: dict[str, Any]) -> int:
+        return 1
+
+    def param_space(self, tuned: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+        return dict(tuned)
+
+    def trainable(self, info: dict[str, Any], sweep_dir: Path):
+        from ray import tune
+
+        from scalable_xmr.tuning.pairs_trial import BranchTrialSetup, branch_trial
+
+        setup = BranchTrialSetup(
+            sweep_dir=str(sweep_dir), dataset_uri=info["dataset"]["uri"], model=self.model,
+            trainer_base=info["trainer_base"], model_base=info["model_base"],
+            ks=None if info["ks"] is None else tuple(info["ks"]),
+            k_texts=None if info["k_texts"] is None else tuple(info["k_texts"]),
+            device="cuda" if info["gpus_per_trial"] > 0 else "cpu",
+            threads=max(1, int(info["cpus_per_trial"])))
+        return tune.with_resources(tune.with_parameters(branch_trial, setup=setup), _resources(info))
+
+    def best_json(self, best: dict[Any, TrialRow], info: dict[str, Any], sweep_dir: Path,
+                  tuned: list[str]) -> dict[str, Any]:
+        """``{"model": m, "config": {...}}`` as ``train_pairs.py --config`` reads it.
+
+        ``config`` holds the tuned values and the fixed ones the sweep trained with (not epochs:
+        those are the training job's). K / K' are left out: the training job picks them on its
+        own validation split after training (the trial's choice is under ``rerank``).
+        """
+        from scalable_xmr.tuning.trial_io import trial_dir
+
+        row = best[None]
+        trainer = {k: v for k, v in info["trainer_base"].items()
+                   if k not in _NOT_IN_BEST and v is not None}
+        config = {**trainer, **info["model_base"], **{k: row.config[k] for k in tuned if k in row.config}}
+        m = row.metrics
+        return {"model": self.model, "config": config, "dataset": info["dataset"],
+                "trial_id": row.trial_id, "trial_dir": str(trial_dir(sweep_dir, row.trial_id)),
+                "val": {"rsum": m.get("best_rsum"), "rsum_selected": m.get("rsum_selected"),
+                        **{k: m[k] for k in m if k.startswith(("i2t_at_", "t2i_at_"))}},
+                "rerank": {"k_i2t": m.get("best_k"), "k_t2i": m.get("best_k_t2i"),
+                           "k_text": m.get("best_k_text"), "rsum": m.get("rsum_rerank"),
+                           "rsum_plain": m.get("rsum_selected"), "split": "val"},
+                "test": {k: m[k] for k in ("test_rsum", "test_rsum_rerank") if k in m}}
+
+    @staticmethod
+    def parent_metrics(best: dict[str, Any]) -> dict[str, float]:
+        out = {"rsum_best": best["val"]["rsum"], "rsum_rerank": best["rerank"]["rsum"],
+               "rerank/k_i2t": best["rerank"]["k_i2t"], "rerank/k_t2i": best["rerank"]["k_t2i"],
+               "rerank/k_text": best["rerank"]["k_text"]}
+        out.update({f"test/{k[len('test_'):]}": v for k, v in best["test"].items()})
+        return {k: float(v) for k, v in out.items() if isinstance(v, int | float)}

@@ -1,0 +1,126 @@
+"""The SDML trial: one modality, one configuration, scored on its own validation split alone.
+
+SDML sweeps are separable (DESIGN.md §4, issue 6): P fixes the common space, so a modality's
+network is judged without any other modality by
+
+- its validation label loss, mean ‖Pᵀh − y‖₂ (the second term of SDML Eq. 1), and
+- the *anchor mAP*: mAP of its validation embeddings retrieving the class anchors, the c columns
+  of P, where anchor j carries label j alone (gallery labels = the identity).
+
+Each trial wraps the same :class:`~scalable_xmr.engine.sdml.ModalityTrainer` the training job
+uses, with ``run_dir`` = the trial's own directory (holding a link to the sweep's one
+``projection.arrow``), so it reads only its modality's table and P. Whenever the selected epoch
+(lowest validation label loss, as in training) changes, the trial stores that model's val/test
+embeddings: the sweep's final check scores the chosen combination cross-modally from them
+without retraining.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scalable_xmr.config import SDMLConfig, from_dict
+from scalable_xmr.functional.retrieval import mean_average_precision
+from scalable_xmr.tuning import trial_io
+
+# Tune result key -> (MLflow metric name, direction) for the two SDML sweep metrics.
+SDML_METRICS = {"anchor_map": ("best_anchor_map", "max"), "label_loss": ("best_val_label_loss", "min")}
+
+
+@dataclass(frozen=True)
+class SDMLTrialSetup:
+    """Everything a trial needs besides its configuration (paths, not arrays)."""
+
+    sweep_dir: str  # absolute; holds projection.arrow
+    dataset_uri: str  # absolute path or URI
+    n_classes: int
+    projection_sha256: str
+    base: dict[str, Any] = field(default_factory=dict)  # SDMLConfig values every trial shares
+    device: str = "auto"
+    threads: int = 1
+
+
+def anchor_map(emb: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
+               P: torch.Tensor | np.ndarray) -> float:
+    """mAP of ``emb`` (n, d) retrieving the c class anchors = columns of ``P`` (d, c).
+
+    ``labels`` is (n, c) multi-hot; anchor j is relevant to a row iff the row has label j.
+    Unlabeled rows are left out (they have no relevant anchor); NaN when no row is labeled.
+    """
+    emb, labels = torch.as_tensor(emb), torch.as_tensor(labels)
+    labeled = labels.sum(1) > 0
+    if not bool(labeled.any()):
+        return float("nan")
+    anchors = torch.as_tensor(P).T  # (c, d): one anchor per class
+    eye = torch.eye(anchors.shape[0])  # (c, c): anchor j has label j
+    return mean_average_precision(emb[labeled], anchors, labels[labeled], eye)
+
+
+def sdml_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None:
+    """Tune function trainable: train ``config["modality"]`` with the rest of ``config``."""
+    from scalable_xmr.engine.sdml import ModalityJob, ModalityTrainer
+
+    start = time.perf_counter()
+    modality = config["modality"]
+    values = {k: v for k, v in config.items() if k != "modality"}
+    cfg = from_dict(SDMLConfig, {**setup.base, **values}, source=f"trial config {config}")
+    directory = trial_io.trial_dir(setup.sweep_dir, trial_io.current_trial_id())
+    trial_io.link_file(Path(setup.sweep_dir) / "projection.arrow", directory / "projection.arrow")
+    job = ModalityJob(run_dir=str(directory), modality=modality, config=cfg,
+                      dataset_uri=setup.dataset_uri, n_classes=setup.n_classes,
+                      projection_sha256=setup.projection_sha256, device=setup.device,
+                      num_threads=setup.threads)
+    ckpt_dir = directory / "modalities" / modality / "checkpoints"
+    state = trial_io.install_tune_checkpoint(ckpt_dir) or {}
+    trial_io.log_start(directory, state.get("epoch"))
+    trainer = ModalityTrainer(job)
+    best_map = float(state.get("best_anchor_map", float("nan")))
+    train_seconds = float(state.get("train_seconds", 0.0))
+    while trainer.epoch < cfg.epochs:
+        stats = trainer.train_epoch()
+        trainer.record(stats)
+        train_seconds += stats.seconds
+        val_emb = _encode(trainer, "val")
+        val_map = anchor_map(val_emb, trainer.data.labels["val"].cpu(), trainer.P.cpu())
+        if trainer.best_epoch == trainer.epoch:  # the selected model changed: keep its embeddings
+            best_map = val_map
+            _write_embeddings(trainer, {"val": val_emb, "test": _encode(trainer, "test")})
+        last = trainer.epoch == cfg.epochs
+        metrics = {
+            "epoch": trainer.epoch, "loss_train": stats.loss_train, "loss_recon": stats.loss_recon,
+            "loss_label": stats.loss_label, "val_label_loss": stats.loss_val_label,
+            "val_anchor_map": val_map, "best_epoch": trainer.best_epoch,
+            "best_val_label_loss": trainer.best_val, "best_anchor_map": best_map,
+            "train_seconds": train_seconds, "n_train": len(trainer.x["train"]),
+        }
+        if last:  # before the last report: Tune may end the trial as soon as it has it
+            trainer.write_outputs()
+            metrics["trial_seconds"] = time.perf_counter() - start
+        if last or trainer.epoch % cfg.checkpoint_every == 0:
+            trainer.save_checkpoint()
+            trial_io.report(metrics, ckpt_dir, {"epoch": trainer.epoch, "best_anchor_map": best_map,
+                                                "train_seconds": train_seconds})
+        else:
+            trial_io.report(metrics)
+
+
+@torch.no_grad()
+def _encode(trainer, split: str) -> torch.Tensor:
+    """(n, d) embeddings of a split with the trainer's current model (inputs pre-standardised)."""
+    trainer.model.eval()
+    x = trainer.x[split]
+    out = torch.cat([trainer.model.encode_normalized(x[i : i + 4096]) for i in range(0, len(x), 4096)])
+    trainer.model.train()
+    return out.cpu()
+
+
+def _write_embeddings(trainer, emb: dict[str, torch.Tensor]) -> None:
+    for split, e in emb.items():
+        trainer.store.write_embeddings(trainer.job.modality, split, trainer.data.ids[split],
+                                       trainer.data.labels[split].cpu().numpy(), e.numpy())

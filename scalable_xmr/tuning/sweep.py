@@ -1,0 +1,325 @@
+"""``run_sweep``: a Ray Tune sweep from request to ``best.json``, tracked in MLflow.
+
+The sweep directory ``<storage>/<name>/`` is Tune's experiment directory and ours:
+
+```
+sweep.json          request, search space, dataset, P, MLflow ids, status (running/interrupted/finished)
+projection.arrow    SDML: the one P every trial reads (written once)
+trials/<trial_id>/  each trial's own run directory: checkpoints, embeddings, starts.jsonl
+best.json           the best configuration (per modality for SDML), for `--config best.json`
+summary.md          the table of the top trials; plots/ the metric against each hyperparameter
+mlflow_runs.json    trial id -> MLflow child run id
+tuner.pkl, experiment_state-*.json, <trainable>_<id>...   Tune's own (resume, results, checkpoints)
+```
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scalable_xmr.config import TrackingConfig
+from scalable_xmr.errors import InputError, MissingError, RunStateError
+from scalable_xmr.io import atomic_write_json, atomic_write_text, read_json
+from scalable_xmr.store import now_iso, versions
+from scalable_xmr.tracking import Tracker
+from scalable_xmr.tuning import results as res
+from scalable_xmr.tuning.backends import backend_for
+from scalable_xmr.tuning.scheduler import SCHEDULERS, make_scheduler
+from scalable_xmr.tuning.space import MODELS, build_space
+
+SWEEP_FILE = "sweep.json"
+BEST_FILE = "best.json"
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """What to sweep, where, and how (the flags of ``jobs/sweep.py``)."""
+
+    model: str
+    dataset_uri: str
+    storage: str = "sweeps"
+    name: str | None = None  # None: <model>-<date>-<time> (or, with resume, the latest sweep)
+    num_samples: int = 4  # samples per grid point (and per modality for SDML)
+    max_concurrent: int | None = None  # None: as many as the cluster's resources allow
+    scheduler: str = "asha"
+    grids: tuple[str, ...] = ()  # "KEY=v1,v2"
+    ranges: tuple[str, ...] = ()  # "KEY=lo:hi[:log]"
+    epochs: int = 10
+    metric: str | None = None  # None: the model's default (anchor_map / rsum)
+    modalities: tuple[str, ...] | None = None  # SDML: a subset of the dataset's modalities
+    gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    cpus_per_trial: float = 1.0
+    base: dict[str, Any] = field(default_factory=dict)  # fixed config values every trial shares
+    tracking: TrackingConfig = TrackingConfig()
+    resume: bool = False
+    seed: int = 0
+    max_failures: int = 2  # restarts of a failed trial (from its last checkpoint)
+    verbose: int = 1  # Tune's console output: 0 silent, 1 status, 2 every result
+
+
+@dataclass
+class SweepSummary:
+    sweep_dir: str
+    n_trials: int
+    finished: bool  # False: interrupted, resume with --resume
+    best: dict[str, Any] | None
+    best_path: str | None
+    table: str
+    plots: list[str]
+    tracking: str
+    seconds: float
+    trials: list[res.TrialRow] = field(default_factory=list)  # every trial's config and last result
+
+
+def _check_request(req: SweepRequest) -> None:
+    if req.model not in MODELS:
+        raise InputError(f"--model must be one of {', '.join(MODELS)}, got {req.model!r}")
+    if req.scheduler not in SCHEDULERS:
+        raise InputError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {req.scheduler!r}")
+    if not isinstance(req.epochs, int) or req.epochs < 1:
+        raise InputError(f"--epochs must be an integer >= 1, got {req.epochs!r}")
+    if req.max_concurrent is not None and req.max_concurrent < 1:
+        raise InputError(f"--max-concurrent must be >= 1, got {req.max_concurrent}")
+    if req.gpus_per_trial is not None and req.gpus_per_trial < 0:
+        raise InputError(f"--gpus-per-trial must be >= 0, got {req.gpus_per_trial}")
+    if req.cpus_per_trial <= 0:
+        raise InputError(f"--cpus-per-trial must be > 0, got {req.cpus_per_trial}")
+    if req.modalities is not None and req.model != "sdml":
+        raise InputError(f"--modality applies to --model sdml only, not {req.model}")
+    backend = backend_for(req.model)
+    if req.metric is not None and req.metric not in backend.metrics:
+        raise InputError(f"--metric for {req.model} must be one of {', '.join(backend.metrics)}, "
+                         f"got {req.metric!r}")
+
+
+def _check_base(req: SweepRequest, space) -> None:
+    """--set values must not collide with what the sweep itself decides."""
+    for key in ("epochs", "model"):
+        if key in req.base:
+            raise InputError(f"--set {key}: not settable here; use --{key}")
+    swept = sorted(set(req.base) & (set(space.tuned()) | set(space.in_trial())))
+    if swept:
+        raise InputError(f"--set {swept[0]}: {swept[0]} is swept; to fix it, give it one value with "
+                         f"--grid {swept[0]}=VALUE")
+
+
+def _latest_sweep(storage: Path, model: str) -> Path:
+    candidates = sorted((p.parent for p in storage.glob(f"*/{SWEEP_FILE}")
+                         if read_json(p).get("model") == model), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise MissingError(f"--resume: no {model} sweep to resume in {storage}")
+    return candidates[-1]
+
+
+def sweep_dir_for(req: SweepRequest) -> Path:
+    storage = Path(req.storage).expanduser().resolve()
+    if req.name:
+        if "/" in req.name or req.name in (".", ".."):
+            raise InputError(f"--name must be a plain directory name, got {req.name!r}")
+        return storage / req.name
+    if req.resume:
+        return _latest_sweep(storage, req.model)
+    return storage / f"{req.model}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _gpus_per_trial(req: SweepRequest) -> float:
+    import ray
+
+    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    if req.gpus_per_trial is None:
+        return 1.0 if has_gpus else 0.0
+    if req.gpus_per_trial > 0 and not has_gpus:
+        from scalable_xmr.distributed.launcher import _can_autoscale, describe_cluster
+
+        if not _can_autoscale():
+            raise InputError(f"--gpus-per-trial {req.gpus_per_trial:g} but this Ray cluster has no "
+                             f"GPUs ({describe_cluster()}); use 0 to run trials on CPUs")
+    return float(req.gpus_per_trial)
+
+
+def _resumable(req: SweepRequest, sweep_dir: Path) -> dict[str, Any]:
+    """sweep.json of the sweep to resume, or MissingError (checked before Ray starts)."""
+    from ray.tune import Tuner
+
+    if not (sweep_dir / SWEEP_FILE).is_file() or not Tuner.can_restore(str(sweep_dir)):
+        raise MissingError(f"--resume: no sweep to resume at {sweep_dir} (no {SWEEP_FILE} / tuner.pkl)")
+    meta = read_json(sweep_dir / SWEEP_FILE)
+    if meta.get("model") != req.model:
+        raise InputError(f"--resume: {sweep_dir} is a {meta.get('model')} sweep, not {req.model}")
+    return meta
+
+
+def _check_new(sweep_dir: Path) -> None:
+    from ray.tune import Tuner
+
+    if (sweep_dir / SWEEP_FILE).exists() or Tuner.can_restore(str(sweep_dir)):
+        raise RunStateError(f"{sweep_dir}: already holds a sweep; pass --resume to continue it or "
+                            "choose another --name")
+
+
+def _open_sweep(req: SweepRequest, sweep_dir: Path, backend) -> dict[str, Any]:
+    """Read sweep.json of a sweep to resume, or create the sweep directory and its sweep.json."""
+    if req.resume:
+        return _resumable(req, sweep_dir)
+    _check_new(sweep_dir)
+    space = build_space(req.model, req.grids, req.ranges)
+    metric_key, mode = backend.metrics[req.metric or backend.default_metric]
+    gpus = _gpus_per_trial(req)
+    created = not sweep_dir.exists()
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    meta: dict[str, Any] = {
+        "format": 1, "model": req.model, "name": sweep_dir.name, "status": "running",
+        "created": now_iso(), "metric": metric_key, "mode": mode, "epochs": req.epochs,
+        "num_samples": req.num_samples, "scheduler": req.scheduler,
+        "max_concurrent": req.max_concurrent, "gpus_per_trial": gpus,
+        "cpus_per_trial": req.cpus_per_trial, "seed": req.seed, "space": space.to_json(),
+        "tuned": sorted(space.tuned()), "swept": space.swept(), "in_trial": space.in_trial(),
+        "log_params": sorted(k for k, d in space.tuned().items() if d.log), "versions": versions(),
+    }
+    try:
+        meta.update(backend.prepare(req, sweep_dir, space))
+    except BaseException:
+        if created:  # leave no half-made sweep behind (a bad dataset, --set value ...)
+            shutil.rmtree(sweep_dir, ignore_errors=True)
+        raise
+    meta["n_trials"] = space.check_nonempty(req.num_samples, backend.n_groups(meta))
+    meta["param_space_json"] = {k: d.to_json() for k, d in space.tuned().items()}
+    atomic_write_json(sweep_dir / SWEEP_FILE, meta)
+    return meta
+
+
+def _fixed(meta: dict[str, Any]) -> dict[str, Any]:
+    """The base configuration values that no trial overrides."""
+    base = {**(meta.get("base") or {}), **(meta.get("trainer_base") or {}), **(meta.get("model_base") or {})}
+    return {k: v for k, v in base.items() if k not in meta["tuned"] and v is not None}
+
+
+def _tracker(req: SweepRequest, meta: dict[str, Any], sweep_dir: Path) -> tuple[Tracker, str | None]:
+    """The sweep's parent MLflow run: created on the first run, found again on --resume."""
+    from scalable_xmr.tracking import default_tracking_uri
+
+    old = meta.get("mlflow") or {}
+    uri = old.get("tracking_uri") or req.tracking.tracking_uri or default_tracking_uri(sweep_dir)
+    tracker = Tracker(uri, old.get("experiment") or req.tracking.experiment, req.tracking.enabled)
+    parent = old.get("parent_run_id")
+    if parent is None and tracker.enabled:
+        parent = tracker.start_run(f"sweep:{meta['name']}", tags={"job": "sweep", "model": meta["model"]})
+        params = {k: meta[k] for k in ("model", "metric", "mode", "epochs", "num_samples", "scheduler",
+                                       "max_concurrent", "gpus_per_trial", "cpus_per_trial", "seed")}
+        params.update({f"space.{k}": v for k, v in meta["param_space_json"].items()})
+        params.update({f"in_trial.{k}": v for k, v in meta["in_trial"].items()})
+        params.update({f"base.{k}": v for k, v in _fixed(meta).items()})
+        if "dataset" in meta:
+            params["dataset"] = meta["dataset"]["name"]
+        if "projection" in meta:
+            params["projection_sha256"] = meta["projection"]["sha256"]
+        tracker.log_params(parent, params)
+        meta["mlflow"] = {"tracking_uri": tracker.uri, "experiment": req.tracking.experiment,
+                          "experiment_id": tracker.experiment_id, "parent_run_id": parent}
+        atomic_write_json(sweep_dir / SWEEP_FILE, meta)
+    return tracker, parent
+
+
+def _tuner(req: SweepRequest, meta: dict[str, Any], sweep_dir: Path, backend, callbacks: list):
+    from ray import tune
+
+    trainable = backend.trainable(meta, sweep_dir)
+    if req.resume:  # param space, scheduler, callbacks come back from tuner.pkl
+        return tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
+    space = build_space(meta["model"], req.grids, req.ranges)
+    scheduler = make_scheduler(meta["scheduler"], meta["max_iterations"], backend.group_key)
+    return tune.Tuner(
+        trainable,
+        param_space=backend.param_space(space.tune_space(), meta),
+        tune_config=tune.TuneConfig(metric=meta["metric"], mode=meta["mode"], scheduler=scheduler,
+                                    num_samples=meta["num_samples"],
+                                    max_concurrent_trials=meta["max_concurrent"], reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=sweep_dir.name, storage_path=str(sweep_dir.parent), callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=req.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=req.verbose),
+    )
+
+
+def run_sweep(req: SweepRequest, address: str | None = None, callbacks: tuple = ()) -> SweepSummary:
+    """Run (or, with ``req.resume``, continue) a sweep; returns where everything went.
+
+    ``callbacks``: extra Tune callbacks (they are stored in tuner.pkl with the sweep's own and come
+    back on resume).
+    """
+    from scalable_xmr.distributed.launcher import connect
+    from scalable_xmr.tuning.tracking import SweepTracking
+
+    start = time.perf_counter()
+    _check_request(req)
+    sweep_dir = sweep_dir_for(req)
+    if req.resume:  # a missing sweep fails before Ray starts
+        _resumable(req, sweep_dir)
+    else:  # and so do a bad --grid / --range / --num-samples / --set, or a name already taken
+        space = build_space(req.model, req.grids, req.ranges)
+        space.check_nonempty(req.num_samples)
+        _check_base(req, space)
+        _check_new(sweep_dir)
+    backend = backend_for(req.model)
+    connect(address)
+    meta = _open_sweep(req, sweep_dir, backend)
+    tracker, parent = _tracker(req, meta, sweep_dir)
+    experiment = meta.get("mlflow", {}).get("experiment", req.tracking.experiment)
+    fixed = {"model": meta["model"], **{f"base.{k}": v for k, v in _fixed(meta).items()}}
+    mlflow_cb = SweepTracking(tracker.uri, experiment, parent, str(sweep_dir), fixed, tracker.enabled)
+    meta["status"] = "running"
+    atomic_write_json(sweep_dir / SWEEP_FILE, meta)
+    try:
+        grid = _tuner(req, meta, sweep_dir, backend, [mlflow_cb, *callbacks]).fit()
+        rows = res.rows_from_results(grid, backend.group_key)
+        # Interrupted: a trial still running/paused, or (trials are created lazily under
+        # max_concurrent) fewer trials than the space holds.
+        finished = grid.num_terminated + grid.num_errors >= len(grid) >= meta["n_trials"]
+        if not finished:
+            meta["status"] = "interrupted"
+            atomic_write_json(sweep_dir / SWEEP_FILE, meta)
+            return SweepSummary(str(sweep_dir), len(rows), False, None, None, "", [],
+                                tracker.run_url(parent), time.perf_counter() - start, rows)
+        summary = _finish(meta, sweep_dir, backend, rows, tracker, parent)
+    except BaseException as e:
+        meta["status"], meta["error"] = "failed", f"{type(e).__name__}: {e}"
+        atomic_write_json(sweep_dir / SWEEP_FILE, meta)
+        tracker.end_run(parent, "FAILED")
+        raise
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _finish(meta: dict[str, Any], sweep_dir: Path, backend, rows: list[res.TrialRow], tracker: Tracker,
+            parent: str | None) -> SweepSummary:
+    """best.json, the summary table and plots, MLflow artifacts; marks the sweep finished."""
+    metric, mode = meta["metric"], meta["mode"]
+    best = res.best_per_group(rows, metric, mode, prefer=backend.complete_key)
+    best_json = {**backend.best_json(best, meta, sweep_dir, meta["tuned"]),
+                 "sweep": meta["name"], "metric": metric, "mode": mode, "epochs": meta["epochs"],
+                 "n_trials": len(rows), "created": now_iso()}
+    atomic_write_json(sweep_dir / BEST_FILE, best_json)
+    table = res.top_table(rows, metric, mode, meta["tuned"], extra=backend.table_extra)
+    atomic_write_text(sweep_dir / "summary.md", f"# Sweep {meta['name']} ({meta['model']})\n\n{table}\n")
+    plot = res.plot_metric_vs_params(
+        rows, meta["swept"], metric, mode, sweep_dir / "plots" / f"{metric}_vs_hyperparameters.png",
+        set(meta["log_params"]), f"{meta['model']} sweep {meta['name']}: {metric} per trial")
+    plots = [str(plot)] if plot else []
+    tracker.log_metrics(parent, backend.parent_metrics(best_json))
+    for path in [sweep_dir / BEST_FILE, sweep_dir / "summary.md", sweep_dir / SWEEP_FILE, *plots]:
+        tracker.log_artifact(parent, path)
+    tracker.end_run(parent)
+    meta.update(status="finished", finished=now_iso(), n_trials=len(rows))
+    meta.pop("error", None)
+    atomic_write_json(sweep_dir / SWEEP_FILE, meta)
+    return SweepSummary(str(sweep_dir), len(rows), True, best_json, str(sweep_dir / BEST_FILE), table,
+                        plots, tracker.run_url(parent), 0.0, rows)
+
+
+__all__ = ["SweepRequest", "SweepSummary", "run_sweep", "sweep_dir_for"]

@@ -1,0 +1,140 @@
+"""SDML sweeps end to end on a local Ray: trials, MLflow parent/children, best.json -> training job,
+and separability (a trial reads its own modality's table and nothing else)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scalable_xmr.config import TrackingConfig
+from scalable_xmr.io import read_json
+
+pytestmark = pytest.mark.slow
+
+BASE = {"dim": 32, "hidden": 64, "batch_size": 20, "checkpoint_every": 1}
+
+
+def _request(data: str, tmp_path: Path, **kw):
+    from scalable_xmr.tuning import SweepRequest
+
+    args = {"model": "sdml", "dataset_uri": data, "storage": str(tmp_path / "sweeps"), "name": "s",
+            "num_samples": 2, "epochs": 2, "scheduler": "fifo", "max_concurrent": 2, "base": BASE,
+            "tracking": TrackingConfig(f"sqlite:///{tmp_path}/mlflow.db", "sweep-test"), "verbose": 0}
+    return SweepRequest(**{**args, **kw})
+
+
+def _mlflow_runs(tmp_path: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("sweep-test")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def test_sdml_sweep_mlflow_best_json_and_training_job(ray_local, small_xmedia, tmp_path):
+    from scalable_xmr.cli.pairs import load_best
+    from scalable_xmr.cli.train import main as train_main
+    from scalable_xmr.errors import InputError
+    from scalable_xmr.functional.retrieval import mean_average_precision
+    from scalable_xmr.store import RunStore
+    from scalable_xmr.tuning import run_sweep
+
+    summary = run_sweep(_request(small_xmedia, tmp_path, modalities=("audio", "text")))
+    assert summary.finished and summary.n_trials == 4  # 2 modalities x 2 samples
+    sweep = Path(summary.sweep_dir)
+
+    # MLflow: one parent, one child per trial under it, with the trial's config and per-epoch metrics.
+    client, parents, children = _mlflow_runs(tmp_path)
+    assert [p.info.run_name for p in parents] == ["sweep:s"]
+    assert parents[0].info.status == "FINISHED"
+    assert len(children) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    per_modality: dict[str, list] = {"audio": [], "text": []}
+    for child in children:
+        params = child.data.params
+        assert 0.0 <= float(params["lam"]) <= 1.0 and 1e-5 <= float(params["lr"]) <= 1e-3
+        assert params["base.hidden"] == "64" and child.info.status == "FINISHED"
+        history = client.get_metric_history(child.info.run_id, "loss/val_label")
+        assert [m.step for m in history] == [1, 2]
+        assert "map/val_anchor_best" in child.data.metrics and "loss/train" in child.data.metrics
+        per_modality[params["modality"]].append(child)
+    assert {m: len(v) for m, v in per_modality.items()} == {"audio": 2, "text": 2}
+
+    # best.json: per modality, the trial with the highest validation anchor mAP (read from MLflow).
+    best = read_json(sweep / "best.json")
+    assert best["model"] == "sdml" and best["metric"] == "best_anchor_map"
+    for m, runs in per_modality.items():
+        winner = max(runs, key=lambda r: r.data.metrics["map/val_anchor_best"])
+        entry = best["per_modality"][m]
+        assert entry["trial_id"] == winner.data.params["trial_id"]
+        assert entry["config"]["lam"] == pytest.approx(float(winner.data.params["lam"]))
+        assert entry["config"]["hidden"] == 64
+    # The cross-modal check scores the two chosen trials' stored test embeddings.
+    emb = {m: RunStore(best["per_modality"][m]["trial_dir"]).read_embeddings(m, "test", 20)
+           for m in ("audio", "text")}
+    expected = mean_average_precision(emb["audio"][2], emb["text"][2], emb["audio"][1], emb["text"][1])
+    assert best["cross_modal"]["map"]["audio-text"] == pytest.approx(expected)
+    pair_maps = best["cross_modal"]["map"]
+    assert best["cross_modal"]["map_mean"] == pytest.approx(np.mean(list(pair_maps.values())))
+    assert parents[0].data.metrics["map/mean"] == pytest.approx(best["cross_modal"]["map_mean"])
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"best.json", "summary.md", "best_anchor_map_vs_hyperparameters.png"} <= artifacts
+    assert (sweep / "plots" / "best_anchor_map_vs_hyperparameters.png").stat().st_size > 0
+    assert len([line for line in (sweep / "summary.md").read_text().splitlines()
+                if line.startswith("| 1 ") or line.startswith("| 2 ")]) == 4
+
+    # The train-pairs job refuses an SDML best.json.
+    with pytest.raises(InputError, match=r"not a branch-model best.json \(model 'sdml'"):
+        load_best(str(sweep / "best.json"))
+
+    # The training job takes best.json and trains each modality with its winner.
+    run = tmp_path / "run"
+    code = train_main(["--data", small_xmedia, "--run", str(run), "--config", str(sweep / "best.json"),
+                       "--epochs", "1", "--dim", "32", "--modality", "audio", "--modality", "text",
+                       "--strategy", "joint", "--no-tracking", "--no-progress"])
+    assert code == 0
+    trained = read_json(run / "run.json")["modalities"]
+    for m in ("audio", "text"):
+        assert trained[m]["config"]["lam"] == pytest.approx(best["per_modality"][m]["config"]["lam"])
+        assert trained[m]["config"]["lr"] == pytest.approx(best["per_modality"][m]["config"]["lr"])
+        assert trained[m]["config"]["hidden"] == 64 and trained[m]["status"] == "finished"
+
+
+def test_a_trial_reads_only_its_own_modality(ray_local, small_xmedia, tmp_path):
+    """Every other modality's table is replaced by garbage: an audio-only sweep must not notice."""
+    from scalable_xmr.data.dataset import open_dataset
+    from scalable_xmr.errors import InputError
+    from scalable_xmr.tuning import run_sweep
+
+    data = tmp_path / "data"
+    shutil.copytree(small_xmedia, data)
+    for m in ("image", "text", "3d", "video"):
+        (data / f"{m}.parquet").write_bytes(b"not a parquet file")
+    with pytest.raises((InputError, OSError)):  # the garbage really is unreadable
+        open_dataset(str(data), validate=False).read_split("text", "train")
+
+    summary = run_sweep(_request(str(data), tmp_path, modalities=("audio",), num_samples=1, epochs=1,
+                                 tracking=TrackingConfig(enabled=False)))
+    assert summary.finished and summary.n_trials == 1
+    assert list(summary.best["per_modality"]) == ["audio"]
+    assert summary.best["per_modality"]["audio"]["anchor_map"] > 0
+    (trial,) = summary.trials
+    assert trial.config["modality"] == "audio" and trial.metrics["n_train"] == 80  # audio's train rows
+    trial_dir = Path(summary.best["per_modality"]["audio"]["trial_dir"])
+    assert [p.name for p in (trial_dir / "modalities").iterdir()] == ["audio"]
+
+
+def test_gpus_asked_of_a_cluster_without_gpus(ray_local, small_xmedia, tmp_path):
+    from scalable_xmr.errors import InputError
+    from scalable_xmr.tuning import run_sweep
+
+    with pytest.raises(InputError, match=r"--gpus-per-trial 1 but this Ray cluster has no GPUs"):
+        run_sweep(_request(small_xmedia, tmp_path, gpus_per_trial=1.0,
+                           tracking=TrackingConfig(enabled=False)))
+    assert not (tmp_path / "sweeps" / "s").exists()
