@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from scalable_xmr.cli.common import add_address_argument, add_tracking_arguments
 from scalable_xmr.config import ModalityOverrides, ResourceConfig, TrackingConfig
 from scalable_xmr.errors import InputError
 
@@ -51,17 +52,14 @@ def add_extend_arguments(p: argparse.ArgumentParser) -> None:
                    help="GPUs per modality actor (fractional packs small modalities; default 0 = CPU)")
     c.add_argument("--cpus-per-modality", type=float, default=None,
                    help="CPUs per modality actor (default: the cluster's CPUs shared out evenly)")
-    c.add_argument("--address", default=None,
-                   help="Ray cluster address; default: attach to this machine's cluster (as under "
-                   "`ray submit`), else start a local Ray; 'local' always starts one")
-    t = p.add_argument_group("tracking")
-    t.add_argument("--tracking-uri", default=None,
-                   help="MLflow URI (default: the run's own; the new modality becomes a child of the "
-                   "run's parent run, and a run trained without tracking stays untracked; another URI "
-                   "or experiment gets a new parent run linking to the old one)")
-    t.add_argument("--experiment", default=None, help="MLflow experiment name (default: the run's)")
-    t.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    t.add_argument("--no-progress", action="store_true", help="no live progress bars")
+    add_address_argument(c)
+    add_tracking_arguments(
+        p,
+        uri_help="MLflow URI (default: the run's own; the new modality becomes a child of the run's parent "
+        "run, and a run trained without tracking stays untracked; another URI or experiment gets a new "
+        "parent run linking to the old one)",
+        experiment_default=None, experiment_help="MLflow experiment name (default: the run's)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -21,6 +21,7 @@ import json
 import sys
 from pathlib import Path
 
+from scalable_xmr.cli.common import add_address_argument, add_tracking_arguments
 from scalable_xmr.config import TrackingConfig
 from scalable_xmr.errors import InputError
 
@@ -61,9 +62,7 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                    help="GPUs per trial (default: 1 when the cluster has GPUs, else 0); small SDML "
                    "modalities (input dim < 1024) take a quarter of it")
     r.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
-    r.add_argument("--address", default=None,
-                   help="Ray cluster address; default: attach to this machine's cluster, else start "
-                   "a local Ray; 'local' always starts one")
+    add_address_argument(r)
     o = p.add_argument_group("output")
     o.add_argument("--storage", default="sweeps", metavar="DIR",
                    help="directory of sweeps (default ./sweeps); the sweep goes to <storage>/<name>")
@@ -72,11 +71,11 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--resume", action="store_true",
                    help="continue an interrupted sweep (--storage/--name); finished trials are kept, "
                    "space flags are taken from the original run")
-    o.add_argument("--tracking-uri", default=None,
-                   help="MLflow URI (default sqlite:///<abs storage>/mlflow.db; http://... on a cluster)")
-    o.add_argument("--experiment", default="scalable_xmr", help="MLflow experiment name")
-    o.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     o.add_argument("--quiet", action="store_true", help="no Tune status table while it runs")
+    add_tracking_arguments(
+        p, uri_help="MLflow URI (default sqlite:///<abs storage>/mlflow.db; http://... on a cluster)",
+        progress=False,
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:

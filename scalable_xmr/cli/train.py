@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from scalable_xmr.cli.common import add_address_argument, add_tracking_arguments
 from scalable_xmr.config import ModalityOverrides, ResourceConfig, SDMLConfig, TrackingConfig
 from scalable_xmr.errors import InputError
 
@@ -58,17 +59,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="GPUs per modality actor (fractional packs small modalities; default 0 = CPU)")
     c.add_argument("--cpus-per-modality", type=float, default=None,
                    help="CPUs per modality actor (default: the cluster's CPUs shared out evenly)")
-    c.add_argument("--address", default=None,
-                   help="Ray cluster address; default: attach to the cluster under `ray submit` (or "
-                   "when RAY_ADDRESS is set), else start a private local Ray; 'auto': attach to a "
-                   "cluster made with `ray start` on this machine; 'local': always start one")
-    t = p.add_argument_group("tracking")
-    t.add_argument("--tracking-uri", default=None,
-                   help="MLflow URI (default: sqlite:///<abs parent of --run>/mlflow.db; "
-                   "http://... on a cluster)")
-    t.add_argument("--experiment", default="scalable_xmr", help="MLflow experiment name")
-    t.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    t.add_argument("--no-progress", action="store_true", help="no live progress bars")
+    add_address_argument(c)
+    add_tracking_arguments(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
