@@ -1,4 +1,7 @@
-"""``xmr data xmedia|h5|mfeat|synthetic|inspect``: build datasets and look at them."""
+"""``xmr data xmedia|h5|mfeat|synthetic|inspect``: build datasets and look at them.
+
+Paired image-text datasets (branch models): ``xmr data precomp|synthetic-pairs|mfeat-pairs``.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("dataset", help="dataset directory or URI")
     i.set_defaults(func=_inspect)
 
+    _register_paired(dsub)
+
 
 def _out_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output dataset directory (written atomically)")
@@ -93,3 +98,94 @@ def _synthetic(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     return _done(args.dataset)
+
+
+# ---------------------------------------------------------------------------------------------
+# Paired image-text datasets (DESIGN.md §2): images.parquet + captions.parquet + vocab.json.
+
+
+def _register_paired(dsub: argparse._SubParsersAction) -> None:
+    p = dsub.add_parser("precomp", help="convert the SCAN/VSE++ precomp layout to a paired dataset")
+    p.add_argument("src", help="directory with {train,dev,test}_ims.npy and {split}_caps.txt")
+    p.add_argument("out", help="output paired dataset directory (written atomically)")
+    p.add_argument("--min-count", type=int, default=4,
+                   help="keep words seen at least this often in the TRAIN captions (VSE++: 4)")
+    p.add_argument("--captions-per-image", type=int, default=5,
+                   help="consecutive caption lines per image (5 for Flickr30K / COCO)")
+    p.add_argument("--test-split", choices=("test", "testall"), default="test",
+                   help="which files become the test split: test (1K) or testall (COCO 5K)")
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset already at OUT")
+    p.set_defaults(func=_precomp)
+
+    s = dsub.add_parser("synthetic-pairs",
+                        help="SYNTHETIC paired data: regions and token captions from latent concepts")
+    s.add_argument("out", help="output paired dataset directory (written atomically)")
+    s.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    s.add_argument("--n-train", type=int, default=1000, help="training images (1000)")
+    s.add_argument("--n-val", type=int, default=100, help="validation images (100)")
+    s.add_argument("--n-test", type=int, default=100, help="test images (100)")
+    s.add_argument("--n-regions", type=int, default=8, help="region features per image (8)")
+    s.add_argument("--dim", type=int, default=64, help="region feature width (64)")
+    s.add_argument("--captions-per-image", type=int, default=5, help="captions per image (5)")
+    s.add_argument("--vocab-size", type=int, default=200, help="vocabulary size incl. <pad>, <unk> (200)")
+    s.add_argument("--n-concepts", type=int, default=20, help="latent concepts, 3 words each (20)")
+    s.add_argument("--overwrite", action="store_true", help="replace a dataset already at OUT")
+    s.set_defaults(func=_synthetic_pairs)
+
+    m = dsub.add_parser("mfeat-pairs",
+                        help="UCI mfeat digits (real, offline) as pairs: two views of one digit match")
+    m.add_argument("out", help="output paired dataset directory (written atomically)")
+    views = ("fou", "fac", "kar", "pix", "zer", "mor")
+    m.add_argument("--view-a", choices=views, default="fou", help="the 'image' view (fou)")
+    m.add_argument("--view-b", choices=views, default="pix", help="the dense 'caption' view (pix)")
+    m.add_argument("--seed", type=int, default=0, help="seed of the 60/20/20 split (0)")
+    m.add_argument("--no-standardize", action="store_true",
+                   help="keep raw feature scales (default: standardise with train mean/std)")
+    m.add_argument("--overwrite", action="store_true", help="replace a dataset already at OUT")
+    m.set_defaults(func=_mfeat_pairs)
+
+
+def describe_paired(path: str) -> str:
+    """Split sizes, captions per image, image and text shapes of a paired dataset."""
+    from scalable_xmr.data.paired import open_paired_dataset
+
+    ds = open_paired_dataset(path)
+    shape = " x ".join(map(str, ds.image_shape))
+    text = f"tokens (vocabulary {len(ds.vocab)})" if ds.vocab is not None else f"features ({ds.text_dim})"
+    lines = [f"paired dataset {path}", f"  images: {ds.image_column} {shape}; captions: {text}"]
+    for split in ds.splits():
+        n_img, n_cap, per = ds.split_sizes(split)
+        each = f"{per} per image" if per else "uneven per image"
+        lines.append(f"  {split:<5}  {n_img:>7} images  {n_cap:>8} captions ({each})")
+    return "\n".join(lines)
+
+
+def _precomp(args: argparse.Namespace) -> int:
+    from scalable_xmr.data.paired import convert_precomp
+
+    convert_precomp(args.src, args.out, min_count=args.min_count,
+                    captions_per_image=args.captions_per_image, test_split=args.test_split,
+                    overwrite=args.overwrite)
+    print(describe_paired(args.out))
+    return 0
+
+
+def _synthetic_pairs(args: argparse.Namespace) -> int:
+    from scalable_xmr.data.paired import make_synthetic_pairs
+
+    make_synthetic_pairs(args.out, seed=args.seed, n_train=args.n_train, n_val=args.n_val,
+                         n_test=args.n_test, n_regions=args.n_regions, dim=args.dim,
+                         captions_per_image=args.captions_per_image, vocab_size=args.vocab_size,
+                         n_concepts=args.n_concepts, overwrite=args.overwrite)
+    print("NOTE: synthetic paired data (not real images or captions); use it to exercise the pipeline.")
+    print(describe_paired(args.out))
+    return 0
+
+
+def _mfeat_pairs(args: argparse.Namespace) -> int:
+    from scalable_xmr.data.paired import mfeat_pairs
+
+    mfeat_pairs(args.out, view_a=args.view_a, view_b=args.view_b, seed=args.seed,
+                standardize=not args.no_standardize, overwrite=args.overwrite)
+    print(describe_paired(args.out))
+    return 0

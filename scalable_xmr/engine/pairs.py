@@ -1,19 +1,18 @@
-"""Training and scoring of one image-text branch model (no Ray, no MLflow inside).
+"""Training of one image-text branch model (no Ray, no MLflow inside).
 
-- :func:`build_branch_model`: the model registry ("vse", "mtfn", "mmca", "vsa"; the last two are
-  imported lazily from ``models/mmca.py`` and ``models/vsa.py``).
-- :class:`PairTensors`: a :class:`~scalable_xmr.data.paired.PairedSplit` as tensors on a device.
-- :func:`encode_gallery`, :func:`similarity_matrix`, :func:`text_similarity_matrix`: chunked
-  scoring of every image against every caption (and caption against caption for MTFN's S_TT).
+- :class:`PairTrainerConfig`: the typed training options.
 - :class:`PairTrainer`: the epoch loop with validation R@K, best-rsum model selection, a
   callback per epoch and resumable checkpoints. MTFN's text-text branch trains after the
-  image-text branch (``text_epochs``), initialised from its best state (MTFN-RR §4.1).
+  image-text branch (``text_epochs``), initialised from its best state (MTFN-RR §4.1). An
+  optional unpaired *target* split (VSA-AE-MMD, papers/002 §3.4) feeds the model's
+  ``extra_loss`` with a random target batch beside every source batch.
+
+The model registry and the chunked scoring live in ``engine/pair_scoring.py``; their public names
+are re-exported here, so ``from scalable_xmr.engine.pairs import similarity_matrix`` keeps working.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import math
 import os
 import time
@@ -25,10 +24,25 @@ from typing import Any
 import torch
 
 from scalable_xmr.data.paired import PairedSplit
+from scalable_xmr.engine.pair_scoring import (
+    BRANCH_MODELS,
+    PairTensors,
+    as_pair_tensors,
+    branch_config,
+    branch_model_classes,
+    build_branch_model,
+    dataclass_from_dict,
+    encode_gallery,
+    nearest_text_recall,
+    similarity_matrix,
+    text_cosine_matrix,
+    text_kind,
+    text_similarity_matrix,
+)
 from scalable_xmr.errors import InputError, MissingError
 from scalable_xmr.functional.contrastive import hinge_max_violation, hinge_sum
 from scalable_xmr.io import atomic_path
-from scalable_xmr.models.base import BranchModel, Repr
+from scalable_xmr.models.base import BranchModel
 
 __all__ = [
     "PairTrainerConfig",
@@ -39,57 +53,11 @@ __all__ = [
     "branch_model_classes",
     "encode_gallery",
     "similarity_matrix",
+    "text_cosine_matrix",
+    "text_kind",
     "text_similarity_matrix",
     "BRANCH_MODELS",
 ]
-
-# name -> (module, model class, config class)
-BRANCH_MODELS: dict[str, tuple[str, str, str]] = {
-    "vse": ("scalable_xmr.models.vse", "VSE", "VSEConfig"),
-    "mtfn": ("scalable_xmr.models.mtfn", "MTFN", "MTFNConfig"),
-    "mmca": ("scalable_xmr.models.mmca", "MMCA", "MMCAConfig"),
-    "vsa": ("scalable_xmr.models.vsa", "VSA", "VSAConfig"),
-}
-
-
-def branch_model_classes(name: str) -> tuple[type[BranchModel], type]:
-    """(model class, config class) of a registered branch model, imported on first use."""
-    if name not in BRANCH_MODELS:
-        raise InputError(f"model: unknown branch model {name!r} (known: {sorted(BRANCH_MODELS)})")
-    module, model_cls, config_cls = BRANCH_MODELS[name]
-    mod = importlib.import_module(module)
-    return getattr(mod, model_cls), getattr(mod, config_cls)
-
-
-def branch_config(name: str, values: Mapping[str, Any] | None = None) -> Any:
-    """The model's config dataclass built from a dict (YAML/CLI/Tune); unknown keys raise."""
-    _, config_cls = branch_model_classes(name)
-    return _dataclass_from_dict(config_cls, values or {}, f"{name} config")
-
-
-def build_branch_model(
-    name: str, config: Any = None, vocab_size: int = 0, image_dim: int = 0, text_dim: int | None = None
-) -> BranchModel:
-    """Instantiate a branch model; ``text_dim`` selects dense text features instead of tokens."""
-    model_cls, config_cls = branch_model_classes(name)
-    config = config_cls() if config is None else config
-    if not isinstance(config, config_cls):
-        raise InputError(f"config: model {name!r} needs a {config_cls.__name__}, got {type(config).__name__}")
-    if not isinstance(image_dim, int) or image_dim < 1:
-        raise InputError(f"image_dim: must be an integer >= 1, got {image_dim!r}")
-    if text_dim is None:
-        return model_cls(config, vocab_size, image_dim)
-    if "text_dim" not in inspect.signature(model_cls).parameters:
-        raise InputError(f"model {name!r} takes token captions only, not dense text features")
-    return model_cls(config, vocab_size, image_dim, text_dim=text_dim)
-
-
-def _dataclass_from_dict(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise InputError(f"{where}: unknown key {unknown[0]!r} (known: {sorted(known)})")
-    return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -151,203 +119,7 @@ class PairTrainerConfig:
         missing = [k for k in required if k not in values]
         if missing:
             raise InputError(f"pair trainer config: missing key {missing[0]!r}")
-        return _dataclass_from_dict(cls, values, "pair trainer config")
-
-
-@dataclass(frozen=True, eq=False)
-class PairTensors:
-    """A paired split on a device: images, texts (tokens or dense features), caption -> image."""
-
-    images: torch.Tensor  # (N, dim) or (N, n_regions, dim) float32
-    texts: torch.Tensor  # (M, T) int64 tokens, or (M, D) float32 features
-    lengths: torch.Tensor  # (M,) int64 (ones for dense features)
-    caption_image_index: torch.Tensor  # (M,) int64, non-decreasing
-    captions_per_image: int | None
-
-    @classmethod
-    def from_split(
-        cls, split: PairedSplit, device: torch.device | str = "cpu", text_input: str = "auto"
-    ) -> PairTensors:
-        kind = text_kind(split, text_input)
-        if kind == "tokens":
-            texts = torch.as_tensor(split.tokens, dtype=torch.long)
-            lengths = torch.as_tensor(split.lengths, dtype=torch.long)
-        else:
-            texts = torch.as_tensor(split.text_features, dtype=torch.float32)
-            lengths = torch.ones(split.n_captions, dtype=torch.long)
-        return cls(
-            images=torch.as_tensor(split.images, dtype=torch.float32).to(device),
-            texts=texts.to(device),
-            lengths=lengths.to(device),
-            caption_image_index=torch.as_tensor(split.caption_image_index).to(device),
-            captions_per_image=split.captions_per_image,
-        )
-
-    @property
-    def n_images(self) -> int:
-        return int(self.images.shape[0])
-
-    @property
-    def n_captions(self) -> int:
-        return int(self.texts.shape[0])
-
-
-def text_kind(split: PairedSplit, text_input: str = "auto") -> str:
-    """Which text column a model reads: "tokens" or "features" (InputError if absent)."""
-    has = {"tokens": split.tokens is not None, "features": split.text_features is not None}
-    if text_input == "auto":
-        return "tokens" if has["tokens"] else "features"
-    if text_input not in has:
-        raise InputError(f"text_input: expected 'auto', 'tokens' or 'features', got {text_input!r}")
-    if not has[text_input]:
-        raise InputError(f"text_input={text_input!r}: split {split.split!r} has no caption {text_input}")
-    return text_input
-
-
-def _as_tensors(
-    data: PairedSplit | PairTensors, model: BranchModel, device: torch.device | str | None
-) -> PairTensors:
-    """A split as tensors on ``device`` (default: the model's), with the text kind the model reads."""
-    if isinstance(data, PairTensors):
-        return data
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    kind = "features" if getattr(model, "text_dim", None) is not None else "tokens"
-    return PairTensors.from_split(data, device, kind)
-
-
-def _cat(parts: list[Repr]) -> Repr:
-    """Concatenate chunk representations (tensors or tuples of tensors) along dim 0.
-
-    Tensors whose other dims differ between chunks (e.g. per-word features of chunks with
-    different longest captions) are zero-padded (False for masks) to the largest size first.
-    """
-    first = parts[0]
-    if isinstance(first, torch.Tensor):
-        if all(p.shape[1:] == first.shape[1:] for p in parts):
-            return torch.cat(parts, dim=0)
-        size = [max(p.shape[d] for p in parts) for d in range(1, first.dim())]
-        out = first.new_zeros((sum(len(p) for p in parts), *size))
-        start = 0
-        for p in parts:
-            out[(slice(start, start + len(p)), *(slice(0, n) for n in p.shape[1:]))] = p
-            start += len(p)
-        return out
-    if isinstance(first, tuple | list):
-        return tuple(_cat([p[i] for p in parts]) for i in range(len(first)))
-    return first  # None or a constant shared by every chunk
-
-
-def _rows(repr_: Repr, start: int, end: int) -> Repr:
-    if isinstance(repr_, torch.Tensor):
-        return repr_[start:end]
-    if isinstance(repr_, tuple | list):
-        return tuple(_rows(r, start, end) for r in repr_)
-    return repr_
-
-
-class _EvalMode:
-    """Context manager: model.eval() and no_grad, restoring the training flag afterwards."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model, self.was_training = model, model.training
-        self.no_grad = torch.no_grad()
-
-    def __enter__(self) -> None:
-        self.model.eval()
-        self.no_grad.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self.no_grad.__exit__(*exc)
-        self.model.train(self.was_training)
-
-
-def encode_gallery(
-    model: BranchModel, data: PairedSplit | PairTensors, chunk: int = 1024, device: torch.device | None = None
-) -> tuple[Repr, Repr]:
-    """(image representations, caption representations) of a whole split, encoded in chunks."""
-    data = _as_tensors(data, model, device)
-    with _EvalMode(model):
-        imgs = [model.encode_images(data.images[s : s + chunk]) for s in range(0, data.n_images, chunk)]
-        txts = [
-            model.encode_texts(data.texts[s : s + chunk], data.lengths[s : s + chunk])
-            for s in range(0, data.n_captions, chunk)
-        ]
-    return _cat(imgs), _cat(txts)
-
-
-def similarity_matrix(
-    model: BranchModel,
-    data: PairedSplit | PairTensors,
-    chunk: int = 1024,
-    device: torch.device | None = None,
-    out_device: torch.device | str = "cpu",
-) -> torch.Tensor:
-    """Scores of every image against every caption, ``(N_img, N_cap)`` float32 on ``out_device``.
-
-    Representations are encoded once; ``similarity`` runs on (chunk × chunk) blocks so models
-    whose score is not a dot product (MTFN, MMCA) keep bounded memory.
-    """
-    data = _as_tensors(data, model, device)
-    img_repr, txt_repr = encode_gallery(model, data, chunk)
-    out = torch.empty(data.n_images, data.n_captions, dtype=torch.float32, device=out_device)
-    with _EvalMode(model):
-        for i in range(0, data.n_images, chunk):
-            img_block = _rows(img_repr, i, i + chunk)
-            for j in range(0, data.n_captions, chunk):
-                block = model.similarity(img_block, _rows(txt_repr, j, j + chunk))
-                out[i : i + chunk, j : j + chunk] = block.to(out_device, torch.float32)
-    return out
-
-
-def _encode_texts_tt(model: BranchModel, data: PairTensors, chunk: int) -> Repr:
-    parts = [
-        model.encode_texts_tt(data.texts[s : s + chunk], data.lengths[s : s + chunk])
-        for s in range(0, data.n_captions, chunk)
-    ]
-    return _cat(parts)
-
-
-def text_similarity_matrix(
-    model: BranchModel,
-    data: PairedSplit | PairTensors,
-    chunk: int = 1024,
-    device: torch.device | None = None,
-    out_device: torch.device | str = "cpu",
-) -> torch.Tensor:
-    """S_TT of every caption against every caption, ``(N_cap, N_cap)`` (MTFN Eq. 6)."""
-    if not getattr(model, "has_text_branch", False):
-        raise InputError(f"model {model.name!r} has no text-text branch (only MTFN has S_TT)")
-    data = _as_tensors(data, model, device)
-    out = torch.empty(data.n_captions, data.n_captions, dtype=torch.float32, device=out_device)
-    with _EvalMode(model):
-        reprs = _encode_texts_tt(model, data, chunk)
-        for i in range(0, data.n_captions, chunk):
-            for j in range(0, data.n_captions, chunk):
-                block = model.text_similarity(_rows(reprs, i, i + chunk), _rows(reprs, j, j + chunk))
-                out[i : i + chunk, j : j + chunk] = block.to(out_device, torch.float32)
-    return out
-
-
-def _nearest_text_recall(model: BranchModel, data: PairTensors, chunk: int) -> float:
-    """% of captions whose most S_TT-similar other caption shares its image (chunked argmax)."""
-    with _EvalMode(model):
-        reprs = _encode_texts_tt(model, data, chunk)
-        hits = torch.zeros((), device=data.texts.device)
-        for i in range(0, data.n_captions, chunk):
-            block = torch.cat(
-                [
-                    model.text_similarity(_rows(reprs, i, i + chunk), _rows(reprs, j, j + chunk))
-                    for j in range(0, data.n_captions, chunk)
-                ],
-                dim=1,
-            )  # (B, M)
-            rows = torch.arange(block.shape[0], device=block.device)
-            block[rows, rows + i] = -math.inf  # never the caption itself
-            nearest = block.argmax(dim=1)  # (B,)
-            index = data.caption_image_index
-            hits += (index[nearest] == index[i : i + block.shape[0]]).sum()
-    return float(hits) * 100.0 / data.n_captions
+        return dataclass_from_dict(cls, values, "pair trainer config")
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -367,6 +139,11 @@ class PairTrainer:
     from the best image-text state, on pairs of two captions of one image (MTFN-RR Eq. 7), and is
     selected by the val "nearest caption shares the image" rate (``tt_r1``).
 
+    ``target_split`` (VSA-AE-MMD): an unpaired target-domain split in the training split's text
+    kind and vocabulary; each training batch then passes ``target={"images", "tokens",
+    "lengths"}`` of B random target images and B independently drawn target captions to the
+    model's ``extra_loss`` (MMD and target reconstruction, papers/002 Eq. 9-12).
+
     ``fit(on_epoch)`` calls ``on_epoch(record)`` after each epoch with ``self.epoch`` already
     advanced, so a checkpoint saved from the callback resumes at the next epoch.
     """
@@ -379,6 +156,7 @@ class PairTrainer:
         val_split: PairedSplit | None = None,
         device: torch.device | str = "cpu",
         model: BranchModel | None = None,
+        target_split: PairedSplit | None = None,
     ) -> None:
         if not isinstance(config, PairTrainerConfig):
             raise InputError(f"config: expected PairTrainerConfig, got {type(config).__name__}")
@@ -412,6 +190,7 @@ class PairTrainer:
             )
         self.train_data = PairTensors.from_split(train_split, self.device, kind)
         self.val_data = None if val_split is None else PairTensors.from_split(val_split, self.device, kind)
+        self.target_data = self._target_tensors(target_split, train_split, kind)
         self.total_epochs = config.epochs + config.text_epochs
         self.epoch, self.stage = 0, "image_text"
         self.optimizer = self._make_optimizer(self.stage)
@@ -514,11 +293,43 @@ class PairTrainer:
             sim = model.similarity(img_repr, txt_repr)  # (B, B), positives on the diagonal
             same_image = img_idx[:, None] == img_idx[None, :]  # (B, B) not negatives
             loss = self._loss(sim, ignore_mask=same_image)
-            loss = loss + model.extra_loss(images, texts, lengths, img_repr, txt_repr)
+            extra = {} if self.target_data is None else {"target": self._target_batch(len(idx))}
+            loss = loss + model.extra_loss(images, texts, lengths, img_repr, txt_repr, **extra)
             self._step(loss)
             total += loss.detach()
             n_batches += 1
         return float(total) / max(n_batches, 1)
+
+    def _target_tensors(
+        self, target: PairedSplit | None, train: PairedSplit, kind: str
+    ) -> PairTensors | None:
+        """The unpaired target split on the device, checked against the training split."""
+        if target is None:
+            return None
+        text_kind(target, kind)
+        if target.images.shape[1:] != train.images.shape[1:]:
+            raise InputError(
+                f"target_split: image arrays {target.images.shape[1:]} differ from train "
+                f"{train.images.shape[1:]}"
+            )
+        if kind == "tokens" and target.vocab_size != train.vocab_size:
+            raise InputError(
+                f"target_split: vocabulary of {target.vocab_size} tokens differs from train's "
+                f"{train.vocab_size}; map its tokens to the training vocabulary first"
+            )
+        if kind == "features" and target.text_dim != train.text_dim:
+            raise InputError(
+                f"target_split: caption features of width {target.text_dim}, train has {train.text_dim}"
+            )
+        return PairTensors.from_split(target, self.device, kind)
+
+    def _target_batch(self, size: int) -> dict[str, torch.Tensor]:
+        """Random target images and (independently drawn) target captions: the pairing of the
+        target set is never used (VSA-AE-MMD §3.4, the target domain is unpaired)."""
+        data = self.target_data
+        img = torch.randint(data.n_images, (size,), generator=self._shuffle).to(self.device)  # (B,)
+        cap = torch.randint(data.n_captions, (size,), generator=self._shuffle).to(self.device)  # (B,)
+        return {"images": data.images[img], "tokens": data.texts[cap], "lengths": data.lengths[cap]}
 
     def _text_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Two different captions (a, b) of every image with >= 2 captions, images shuffled."""
@@ -559,7 +370,7 @@ class PairTrainer:
         """VSE++ R@K (i2t@k, t2i@k, medr, meanr, rsum) on ``split`` (default: the val split)."""
         from scalable_xmr.functional.retrieval import recall_at_k
 
-        data = self.val_data if split is None else _as_tensors(split, self.model, self.device)
+        data = self.val_data if split is None else as_pair_tensors(split, self.model, self.device)
         if data is None:
             raise InputError("evaluate: no split given and the trainer has no val split")
         if data.captions_per_image is None:
@@ -573,7 +384,7 @@ class PairTrainer:
         if stage == "image_text":
             metrics = self.evaluate()
             return metrics, metrics["rsum"]
-        r1 = _nearest_text_recall(self.model, self.val_data, self.config.eval_chunk)
+        r1 = nearest_text_recall(self.model, self.val_data, self.config.eval_chunk)
         return {"tt_r1": r1}, r1
 
     # -- checkpoints -----------------------------------------------------------------------

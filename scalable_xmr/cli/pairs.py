@@ -1,0 +1,300 @@
+"""``xmr train-pairs`` / ``jobs/train_pairs.py``: image-text branch models (VSE, MTFN, MMCA, VSA).
+
+Each --model (and with --ensemble M each of its M seeds) trains in its own Ray actor, in parallel;
+then test R@K is reported plain and re-ranked (MTFN-RR cross-modal re-ranking, K and K' chosen on
+the validation split), with an ensemble row per model when M > 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from scalable_xmr.errors import InputError
+
+MODELS = ("vse", "mtfn", "mmca", "vsa")
+RERANK_KEYS = ("k", "k_text")
+
+
+def add_pairs_arguments(p: argparse.ArgumentParser) -> None:
+    d = p.add_argument_group("data and models")
+    d.add_argument("--model", action="append", choices=MODELS, metavar="NAME",
+                   help="branch model to train: vse (GRU + VSE++ hinge), mtfn (rank-R tensor fusion + "
+                   "S_TT), mmca (cross attention), vsa (autoencoders + MMD). Repeat for several; they "
+                   "train in parallel actors. Default: vse, or the model of --config")
+    d.add_argument("--data", metavar="DIR",
+                   help="a paired dataset (images.parquet, captions.parquet, vocab.json; see `xmr data "
+                   "precomp|synthetic-pairs|mfeat-pairs`). Default: generate SYNTHETIC paired data")
+    d.add_argument("--target", metavar="DIR",
+                   help="VSA only: an unpaired target-domain dataset (same layout; its train split's "
+                   "images and captions join the MMD term, papers/002 §3.4)")
+    r = p.add_argument_group("run store")
+    r.add_argument("--run", metavar="DIR", help="run directory to create (default: runs/pairs-<date>-<time>)")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the run in --run (finished members are kept, the others resume "
+                   "from their checkpoints)")
+    r.add_argument("--overwrite", action="store_true", help="delete whatever is at --run first")
+    h = p.add_argument_group("training (defaults: VSE++ / MTFN-RR)")
+    h.add_argument("--epochs", type=int, default=None, help="image-text training epochs per model (30)")
+    h.add_argument("--text-epochs", type=int, default=None,
+                   help="MTFN only: epochs of the text-text branch S_TT after the image-text one "
+                   "(default: half of --epochs, at least 1; 0 = re-rank T2I with text-embedding cosine)")
+    h.add_argument("--batch-size", type=int, default=None, help="batch size (128)")
+    h.add_argument("--lr", type=float, default=None, help="Adam learning rate (2e-4)")
+    h.add_argument("--margin", type=float, default=None,
+                   help="hinge margin α >= 0 of every model (default: each model's, 0.2)")
+    h.add_argument("--rank", type=int, default=None, help="MTFN: rank R >= 1 of the tensor fusion (20)")
+    h.add_argument("--alpha", type=float, default=None,
+                   help="MMCA: weight α of the cross-attention score, S = i0·c0 + α·i1·c1 (0.2)")
+    h.add_argument("--seed", type=int, default=None, help="seed of the first member (0); synthetic data too")
+    h.add_argument("--ensemble", type=int, default=1, metavar="M",
+                   help="train M seeds of each model and also report the ensemble that averages their "
+                   "similarity matrices (MTFN-RR ensembles; default 1 = no ensemble)")
+    h.add_argument("--set", action="append", default=[], metavar="[MODEL.]KEY=VALUE",
+                   help="any other model-config value, e.g. --set embed_dim=256 or --set mtfn.dim=512 "
+                   "(VALUE is JSON: numbers, lists, strings); repeatable")
+    h.add_argument("--config", metavar="JSON",
+                   help="best.json of `xmr sweep --model <name>`: its configuration for that model "
+                   "(flags given here win)")
+    h.add_argument("--checkpoint-every", type=int, default=1, help="checkpoint every N epochs (1)")
+    k = p.add_argument_group("re-ranking (MTFN-RR §3.2)")
+    k.add_argument("--k", type=int, default=None,
+                   help="re-ranked list length K >= 1 (<= the gallery). Default: the best of 1, 2, 5, "
+                   "10, 15, 20 on the validation split")
+    k.add_argument("--k-text", type=int, default=None,
+                   help="K' >= 0 neighbour texts of T2I re-ranking. Default: the best of 0, 1, 2, 4, 8 "
+                   "on val")
+    c = p.add_argument_group("cluster")
+    c.add_argument("--gpus-per-model", type=float, default=None,
+                   help="GPUs per model actor (fractional packs several on one GPU; default: 1 when the "
+                   "cluster has GPUs, else 0)")
+    c.add_argument("--cpus-per-model", type=float, default=None,
+                   help="CPUs per model actor (default: the cluster's CPUs shared out evenly)")
+    c.add_argument("--address", default=None,
+                   help="Ray cluster address; default: attach to this machine's cluster, else start a "
+                   "local Ray; 'local' always starts one")
+    t = p.add_argument_group("tracking")
+    t.add_argument("--tracking-uri", default=None,
+                   help="MLflow URI (default: sqlite:///<abs parent of --run>/mlflow.db)")
+    t.add_argument("--experiment", default="scalable_xmr", help="MLflow experiment name")
+    t.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    t.add_argument("--no-progress", action="store_true", help="no live progress bars")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-pairs", help="train image-text branch models (VSE, MTFN, MMCA, VSA) in "
+                       "parallel, with R@K and cross-modal re-ranking", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_pairs_arguments(p)
+    p.set_defaults(func=run_pairs)
+
+
+def job_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train_pairs.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_pairs_arguments(p)
+    return p
+
+
+# ------------------------------------------------------------------------------ arguments -> request
+def _check_flags(args: argparse.Namespace) -> None:
+    checks = [("--epochs", args.epochs, 1), ("--text-epochs", args.text_epochs, 0),
+              ("--batch-size", args.batch_size, 2), ("--rank", args.rank, 1), ("--k", args.k, 1),
+              ("--k-text", args.k_text, 0), ("--seed", args.seed, 0), ("--ensemble", args.ensemble, 1),
+              ("--checkpoint-every", args.checkpoint_every, 1)]
+    for flag, value, low in checks:
+        if value is not None and value < low:
+            raise InputError(f"{flag} must be >= {low}, got {value}")
+    for flag, value in (("--margin", args.margin), ("--alpha", args.alpha)):
+        if value is not None and not value >= 0:
+            raise InputError(f"{flag} must be >= 0, got {value}")
+    if args.lr is not None and not args.lr > 0:
+        raise InputError(f"--lr must be > 0, got {args.lr}")
+
+
+def load_best(path: str) -> tuple[str, dict[str, Any]]:
+    """(model, config) of a sweep's best.json: ``{"model": "<name>", "config": {...}}``."""
+    from scalable_xmr.io import read_json
+
+    best = read_json(path)
+    model = best.get("model") if isinstance(best, dict) else None
+    if model not in MODELS:
+        raise InputError(f"--config {path}: not a branch-model best.json (model {model!r}; "
+                         f"expected one of {', '.join(MODELS)})")
+    if not isinstance(best.get("config"), dict):
+        raise InputError(f"--config {path}: no 'config' section")
+    return model, dict(best["config"])
+
+
+def _parse_sets(items: list[str], models: list[str]) -> tuple[dict[str, dict], dict[str, dict]]:
+    """``--set [MODEL.]KEY=VALUE`` -> (model-config values, trainer values) per model.
+
+    A key of the model's config class goes there; otherwise a PairTrainerConfig key (e.g.
+    ``lr_decay_epochs``, ``warmup_sum_epochs``) goes to the trainer. Unqualified keys apply to
+    every selected model that has them; a key no selected model has is an error.
+    """
+    from scalable_xmr.engine.pairs import PairTrainerConfig, branch_model_classes
+
+    trainer_keys = {f.name for f in fields(PairTrainerConfig)} - {"model", "seed"}
+    keys = {m: {f.name for f in fields(branch_model_classes(m)[1])} for m in models}
+    out: dict[str, dict[str, Any]] = {m: {} for m in models}
+    trainer: dict[str, dict[str, Any]] = {m: {} for m in models}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--set {item!r}: expected [MODEL.]KEY=VALUE")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        model, _, name = key.rpartition(".")
+        if model and model not in models:
+            raise InputError(f"--set {item!r}: model {model!r} is not among --model {', '.join(models)}")
+        scope = [model] if model else models
+        targets = [m for m in scope if name in keys[m]]
+        if targets:
+            for m in targets:
+                out[m][name] = value
+        elif name in trainer_keys:
+            for m in scope:
+                trainer[m][name] = value
+        else:
+            known = sorted(set().union(*(keys[m] for m in scope)) | trainer_keys)
+            raise InputError(f"--set {item!r}: no selected model has a config key {name!r} (known: {known})")
+    return out, trainer
+
+
+def _models(args: argparse.Namespace, best: tuple[str, dict] | None) -> list[str]:
+    models = list(dict.fromkeys(args.model or ([best[0]] if best else ["vse"])))
+    if best and best[0] not in models:
+        raise InputError(f"--config {args.config}: a best.json for model {best[0]!r}, but --model is "
+                         f"{', '.join(models)}; train {best[0]!r} or pass that model's best.json")
+    for flag, value, model in (("--rank", args.rank, "mtfn"), ("--alpha", args.alpha, "mmca")):
+        if value is not None and model not in models:
+            raise InputError(f"{flag} applies to --model {model} only (models: {', '.join(models)})")
+    if args.text_epochs and "mtfn" not in models:
+        raise InputError(f"--text-epochs applies to --model mtfn only (models: {', '.join(models)})")
+    return models
+
+
+def build_configs(args: argparse.Namespace, one_caption: bool = False):
+    """(trainer configs, model config values, ks, k_texts) from the flags and --config.
+
+    ``one_caption``: the training data has one caption per image, so MTFN's text-text stage
+    (pairs of captions of one image) cannot train and its default ``text_epochs`` is 0.
+    """
+    from scalable_xmr.engine.pairs import PairTrainerConfig, branch_config
+
+    _check_flags(args)
+    best = load_best(args.config) if args.config else None
+    models = _models(args, best)
+    trainer_keys = {f.name for f in fields(PairTrainerConfig)} - {"model"}
+    set_model, set_trainer = _parse_sets(args.set, models)
+    # Precedence, least to most specific: best.json < the flags < --set.
+    model_values: dict[str, dict[str, Any]] = {m: {} for m in models}
+    trainer_values: dict[str, dict[str, Any]] = {m: {} for m in models}
+    rerank = {"k": args.k, "k_text": args.k_text}
+    if best:
+        model, config = best
+        model_keys = {f.name for f in fields(branch_config(model).__class__)}
+        for key, value in config.items():
+            if key in RERANK_KEYS:
+                rerank[key] = value if rerank[key] is None else rerank[key]
+            elif key in model_keys:
+                model_values[model][key] = value
+            elif key in trainer_keys:
+                trainer_values[model][key] = value
+            else:
+                raise InputError(f"--config {args.config}: unknown key {key!r} for model {model!r}")
+    flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "margin": args.margin,
+             "seed": args.seed}
+    model_flags = {"mtfn": {"rank": args.rank}, "mmca": {"alpha": args.alpha}}
+    trainers = {}
+    for m in models:
+        model_values[m].update({k: v for k, v in model_flags.get(m, {}).items() if v is not None})
+        model_values[m].update(set_model[m])
+        given = {**flags, "text_epochs": args.text_epochs if m == "mtfn" else None}
+        values = {**trainer_values[m], **{k: v for k, v in given.items() if v is not None}, **set_trainer[m]}
+        if m == "mtfn" and "text_epochs" not in values:
+            epochs = values.get("epochs", PairTrainerConfig(model=m).epochs)
+            values["text_epochs"] = 0 if one_caption else max(1, epochs // 2)
+        trainers[m] = PairTrainerConfig.from_dict({"model": m, **values})
+    for m in models:
+        branch_config(m, model_values[m])  # bad values fail before anything starts
+    ks = None if rerank["k"] is None else (int(rerank["k"]),)
+    k_texts = None if rerank["k_text"] is None else (int(rerank["k_text"]),)
+    return trainers, {m: v for m, v in model_values.items() if v}, ks, k_texts
+
+
+def _default_run_dir() -> str:
+    return str(Path("runs") / _dt.datetime.now().strftime("pairs-%Y%m%d-%H%M%S"))
+
+
+def resolve_data(args: argparse.Namespace, run_dir: str) -> str:
+    """``--data`` checked, or synthetic paired data generated once under <run parent>/data."""
+    from scalable_xmr.data.paired import make_synthetic_pairs, open_paired_dataset
+
+    if args.data:
+        if "://" not in args.data and not Path(args.data).exists():
+            raise InputError(f"--data {args.data}: dataset path does not exist")
+        open_paired_dataset(args.data)  # "not a paired dataset" fails here, before anything is written
+        return args.data
+    seed = args.seed or 0
+    out = Path(run_dir).expanduser().resolve().parent / "data" / f"synthetic-pairs-seed{seed}"
+    note = ["NOTE: no --data given: using SYNTHETIC paired image-text data (regions and token",
+            "      captions from latent concepts; R@K here says nothing about Flickr30K/COCO).",
+            f"      Cached at {out}"]
+    print("\n".join(["=" * 78, *note, "=" * 78]), file=sys.stderr)
+    if not (out / "captions.parquet").is_file():
+        make_synthetic_pairs(out, seed=seed, overwrite=out.exists())
+    return str(out)
+
+
+def request_from_args(args: argparse.Namespace):
+    from scalable_xmr.config import TrackingConfig
+    from scalable_xmr.data.paired import open_paired_dataset
+    from scalable_xmr.pairs_pipeline import PairsRequest
+
+    models = build_configs(args)[0]  # flag errors first, before any data is generated or read
+    if args.target and "vsa" not in models:
+        raise InputError("--target is the unpaired target domain of VSA (papers/002): add --model vsa")
+    run_dir = args.run or _default_run_dir()
+    data = resolve_data(args, run_dir)
+    one_caption = open_paired_dataset(data).split_sizes("train")[2] == 1
+    trainers, model_configs, ks, k_texts = build_configs(args, one_caption)
+    return PairsRequest(
+        run_dir=run_dir, dataset_uri=data, trainers=trainers, model_configs=model_configs,
+        ensemble=args.ensemble, target_uri=args.target, ks=ks, k_texts=k_texts,
+        checkpoint_every=args.checkpoint_every, gpus_per_model=args.gpus_per_model,
+        cpus_per_model=args.cpus_per_model,
+        tracking=TrackingConfig(args.tracking_uri, args.experiment, not args.no_tracking),
+        resume=args.resume, overwrite=args.overwrite, show_progress=not args.no_progress,
+    )
+
+
+def run_pairs(args: argparse.Namespace) -> int:
+    from scalable_xmr.pairs_pipeline import train_pairs
+
+    summary = train_pairs(request_from_args(args), address=args.address)
+    print()
+    print(summary.table)
+    print()
+    print(f"run directory : {summary.run_dir}")
+    print(f"metrics       : {os.path.join(summary.run_dir, 'metrics.json')}")
+    print(f"plots         : {os.path.join(summary.run_dir, 'plots')}")
+    print(f"MLflow        : {summary.tracking}")
+    print(f"wall time     : {summary.seconds:.1f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from scalable_xmr.cli import run_cli
+
+    args = job_parser().parse_args(argv)
+    return run_cli(lambda: run_pairs(args))

@@ -1,0 +1,359 @@
+"""Train one branch model on a paired dataset and evaluate it, plain and re-ranked (no Ray inside).
+
+:func:`train_branch` is the one function both the ``train-pairs`` job's Ray actors and a Tune
+trial call. It reads its own splits from the dataset path (no arrays travel through a driver),
+trains a :class:`~scalable_xmr.engine.pairs.PairTrainer`, writes an atomic checkpoint every
+``checkpoint_every`` epochs and resumes from the last one when it finds it (a restarted actor or
+a restored trial continues where it stopped), then scores val and test, evaluates the re-ranking
+grid on val (``engine.pair_eval``) and applies the chosen K / K' to test.
+
+Everything lands in ``out_dir``::
+
+    model.pt               best state_dict + configs (torch.load(weights_only=True))
+    checkpoints/last.pt    PairTrainer state (resumable); checkpoints/job.json: its settings
+    sims/{val,test}.npy    image x caption similarity; sims/{val,test}_text.npy caption x caption
+    result.json            history, selected epoch, val/test R@K, the K grid and the choice
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scalable_xmr.data.paired import UNK, PairedSplit, open_paired_dataset
+from scalable_xmr.engine.pair_eval import (
+    recall_report,
+    rerank_grid,
+    rerank_grid_for,
+    select_rerank,
+)
+from scalable_xmr.engine.pairs import (
+    PairTrainer,
+    PairTrainerConfig,
+    branch_config,
+    similarity_matrix,
+    text_cosine_matrix,
+    text_similarity_matrix,
+)
+from scalable_xmr.errors import InputError
+from scalable_xmr.io import atomic_path, atomic_write_json, read_json
+
+EpochHook = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class BranchJob:
+    """Everything one branch model's training needs, by reference (paths, not arrays)."""
+
+    out_dir: str  # absolute: model.pt, checkpoints/, sims/, result.json go here
+    dataset_uri: str
+    trainer: PairTrainerConfig
+    model_config: dict[str, Any] = field(default_factory=dict)  # keys of the model's config class
+    name: str = ""  # label in progress rows and results (default: the model name)
+    target_uri: str | None = None  # VSA: unpaired target-domain dataset (its train split)
+    ks: tuple[int, ...] | None = None  # re-ranking K values tried on val (None: default grid)
+    k_texts: tuple[int, ...] | None = None  # K' values tried on val (None: default grid)
+    checkpoint_every: int = 1
+    device: str = "auto"  # "auto": cuda when this process sees a GPU
+    num_threads: int | None = None
+    save_sims: bool = True
+    fail_after_epoch: int | None = None  # fault injection for tests: die once after this epoch
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.trainer, PairTrainerConfig):
+            raise InputError(f"trainer: expected PairTrainerConfig, got {type(self.trainer).__name__}")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
+            raise InputError(f"checkpoint_every must be an integer >= 1, got {self.checkpoint_every!r}")
+        branch_config(self.trainer.model, self.model_config)  # unknown keys / bad values fail here
+
+    @property
+    def label(self) -> str:
+        return self.name or self.trainer.model
+
+
+@dataclass
+class BranchResult:
+    name: str
+    model: str
+    seed: int
+    out_dir: str
+    history: list[dict[str, Any]]
+    best_epoch: dict[str, int | None]  # per stage ("image_text", "text_text")
+    val: dict[str, float]  # plain val R@K of the selected model
+    test: dict[str, dict[str, float]]  # recall_report: plain, rerank (+ _1k for 5000 images)
+    grid: dict[str, list[dict[str, float]]]  # re-ranking grid on val
+    choice: dict[str, int]  # k_i2t, k_t2i, k_text
+    text_sim: str  # "S_TT" or "cosine"
+    trainer_config: dict[str, Any]
+    model_config: dict[str, Any]
+    captions_per_image: int
+    resumed_at_epoch: list[int] = field(default_factory=list)
+    train_seconds: float = 0.0
+    device: str = "cpu"
+    pid: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def checkpoint_dir(out_dir: str | os.PathLike) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def sims_path(out_dir: str | os.PathLike, split: str, text: bool = False) -> Path:
+    return Path(out_dir) / "sims" / f"{split}{'_text' if text else ''}.npy"
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def remap_tokens(split: PairedSplit, vocab: list[str], to_vocab: list[str]) -> PairedSplit:
+    """``split``'s tokens (indices into ``vocab``) as indices into ``to_vocab``; words missing
+    there become <unk>. Lets a target set with its own vocabulary feed the source model."""
+    if split.tokens is None:
+        return split
+    index = {w: i for i, w in enumerate(to_vocab)}
+    unk = index.get(UNK, 1)
+    mapping = np.array([0] + [index.get(w, unk) for w in vocab[1:]], np.int64)  # 0 stays padding
+    return dataclasses.replace(split, tokens=mapping[split.tokens], vocab_size=len(to_vocab))
+
+
+def _read_splits(job: BranchJob) -> tuple[dict[str, PairedSplit], PairedSplit | None, list[str] | None]:
+    ds = open_paired_dataset(job.dataset_uri)
+    present = ds.splits()
+    for split in ("train", "val"):
+        if split not in present:
+            raise InputError(f"{job.dataset_uri}: no {split!r} split (has {present})")
+    splits = {s: ds.read_split(s) for s in ("train", "val", "test") if s in present}
+    target = None
+    if job.target_uri is not None:
+        tds = open_paired_dataset(job.target_uri)
+        if "train" not in tds.splits():
+            raise InputError(f"--target {job.target_uri}: no 'train' split (has {tds.splits()})")
+        target = tds.read_split("train")
+        if ds.vocab is not None and tds.vocab is not None:
+            target = remap_tokens(target, tds.vocab, ds.vocab)
+    return splits, target, ds.vocab
+
+
+class _Checkpoints:
+    """``checkpoints/last.pt`` + ``job.json`` (the settings it belongs to and the restarts)."""
+
+    def __init__(self, job: BranchJob, model_config: dict[str, Any]) -> None:
+        self.dir = checkpoint_dir(job.out_dir)
+        self.state = self.dir / "last.pt"
+        self.meta_path = self.dir / "job.json"
+        self.settings = {"trainer": asdict(job.trainer), "model_config": model_config,
+                         "dataset_uri": job.dataset_uri, "target_uri": job.target_uri}
+        self.resumed_at: list[int] = []
+
+    def resume(self, trainer: PairTrainer) -> None:
+        if not self.state.is_file():
+            return
+        meta = read_json(self.meta_path) if self.meta_path.is_file() else {}
+        saved = {k: meta.get(k) for k in self.settings}
+        if saved != jsonable(self.settings):
+            raise InputError(
+                f"{self.state}: checkpoint was written with other settings {saved}; delete "
+                f"{self.dir} or train with the same settings"
+            )
+        trainer.load_checkpoint(self.state)
+        self.resumed_at = [*meta.get("resumed_at", []), trainer.epoch]
+        self._write_meta()
+
+    def save(self, trainer: PairTrainer) -> None:
+        if not self.meta_path.is_file():
+            self._write_meta()
+        trainer.save_checkpoint(self.state)
+
+    def _write_meta(self) -> None:
+        atomic_write_json(self.meta_path, {**jsonable(self.settings), "resumed_at": self.resumed_at})
+
+
+def jsonable(value: Any) -> Any:
+    """Tuples as lists, so settings compare equal after a JSON round trip."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def _epoch_hook(job: BranchJob, trainer: PairTrainer, ckpt: _Checkpoints, progress, on_epoch):
+    def hook(record: dict[str, Any]) -> None:
+        epoch, total = trainer.epoch, trainer.total_epochs
+        saved = epoch % job.checkpoint_every == 0 or epoch == total
+        if saved:
+            ckpt.save(trainer)
+        best = trainer.best[record["stage"]]
+        row = {"name": job.label, "modality": job.label, "epoch": epoch, "epochs": total,
+               "stage": record["stage"], "loss": record["loss"], "val_score": record["val_score"],
+               "best_epoch": None if best is None else best["epoch"] + 1}
+        if progress is not None:
+            progress(row)
+        if on_epoch is not None:
+            on_epoch({**record, "checkpointed": saved, "checkpoint_dir": str(ckpt.dir)})
+        if saved and job.fail_after_epoch is not None and job.fail_after_epoch <= epoch < total:
+            marker = ckpt.dir / ".fault_injected"
+            if not marker.exists():
+                marker.write_text(f"{os.getpid()} {epoch}\n")
+                os._exit(1)  # a hard crash, as a dying node or an OOM kill looks to Ray
+
+    return hook
+
+
+def _save_model(job: BranchJob, trainer: PairTrainer, split: PairedSplit, model_config: dict) -> None:
+    best = {s: (None if b is None else b["epoch"]) for s, b in trainer.best.items()}
+    payload = {
+        "format": "scalable_xmr.branch_model/1",
+        "model": job.trainer.model,
+        "state_dict": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
+        "model_config": model_config,
+        "trainer_config": asdict(job.trainer),
+        "vocab_size": int(split.vocab_size),
+        "image_shape": [int(d) for d in split.images.shape[1:]],
+        "text_dim": split.text_dim if trainer.train_data.texts.is_floating_point() else None,
+        "best_epoch": best,
+    }
+    with atomic_path(Path(job.out_dir) / "model.pt") as tmp:
+        torch.save(payload, tmp)
+
+
+def _save_array(path: Path, array: torch.Tensor) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array.numpy())
+
+
+def score_split(trainer: PairTrainer, split: PairedSplit) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(image x caption sim, caption x caption sim, "S_TT" | "cosine") of a split, on the CPU.
+
+    T2I re-ranking's text neighbours come from MTFN's trained S_TT, else from the cosine of the
+    model's text embeddings (MTFN-RR §3.2; DESIGN.md §5) -- never from the caption groups.
+    """
+    model, chunk = trainer.model, trainer.config.eval_chunk
+    sim = similarity_matrix(model, split, chunk, device=trainer.device)
+    if getattr(model, "has_text_branch", False) and trainer.config.text_epochs > 0:
+        return sim, text_similarity_matrix(model, split, chunk, device=trainer.device), "S_TT"
+    return sim, text_cosine_matrix(model, split, chunk, device=trainer.device), "cosine"
+
+
+def train_branch(
+    job: BranchJob, progress: EpochHook | None = None, on_epoch: EpochHook | None = None
+) -> BranchResult:
+    """Train ``job``'s model (resuming from its checkpoint), then evaluate plain and re-ranked.
+
+    ``progress(row)`` gets a small row per epoch (name, epoch, epochs, stage, loss, val_score,
+    best_epoch) for progress bars; ``on_epoch(record)`` the trainer's full epoch record plus
+    ``checkpointed`` / ``checkpoint_dir`` after that epoch's checkpoint is on disk (a Tune trial
+    reports from there).
+    """
+    start = time.perf_counter()
+    if job.num_threads:
+        torch.set_num_threads(job.num_threads)
+    device = resolve_device(job.device)
+    splits, target, _ = _read_splits(job)
+    model_cfg = branch_config(job.trainer.model, job.model_config)
+    trainer = PairTrainer(job.trainer, model_cfg, splits["train"], splits["val"], device,
+                          target_split=target)
+    model_config = jsonable(asdict(trainer.model.config)) if hasattr(trainer.model, "config") else {}
+    ckpt = _Checkpoints(job, model_config)
+    ckpt.resume(trainer)
+    trainer.fit(on_epoch=_epoch_hook(job, trainer, ckpt, progress, on_epoch))
+    train_seconds = time.perf_counter() - start
+    _save_model(job, trainer, splits["train"], model_config)
+    evaluation = evaluate_branch(trainer, splits, job)
+    result = BranchResult(
+        name=job.label, model=job.trainer.model, seed=job.trainer.seed, out_dir=str(job.out_dir),
+        history=[_history_row(r) for r in trainer.history],
+        best_epoch={s: (None if b is None else b["epoch"] + 1) for s, b in trainer.best.items()},
+        trainer_config=asdict(job.trainer), model_config=model_config,
+        resumed_at_epoch=list(ckpt.resumed_at), train_seconds=train_seconds, device=str(device),
+        pid=os.getpid(), **evaluation,
+    )
+    atomic_write_json(Path(job.out_dir) / "result.json", result.to_dict())
+    return result
+
+
+def evaluate_branch(trainer: PairTrainer, splits: dict[str, PairedSplit], job: BranchJob) -> dict[str, Any]:
+    """Val plain R@K, the re-ranking grid on val and its choice, test plain and re-ranked R@K."""
+    val = splits["val"]
+    n = val.require_captions_per_image()
+    val_sim, val_text, text_source = score_split(trainer, val)
+    grid_spec = rerank_grid_for(val.n_images, val.n_captions, job.ks, job.k_texts)
+    grid = rerank_grid(val_sim, val_text, n, grid_spec)
+    choice = select_rerank(grid)
+    test, n_test = {}, n
+    if "test" in splits:
+        test_split = splits["test"]
+        n_test = test_split.require_captions_per_image()
+        test_sim, test_text, _ = score_split(trainer, test_split)
+        test = recall_report(test_sim, test_text, n_test, choice)
+        if job.save_sims:
+            _save_array(sims_path(job.out_dir, "test"), test_sim)
+            _save_array(sims_path(job.out_dir, "test", text=True), test_text)
+    if job.save_sims:
+        _save_array(sims_path(job.out_dir, "val"), val_sim)
+        _save_array(sims_path(job.out_dir, "val", text=True), val_text)
+    val_plain = recall_report(val_sim, val_text, n, None)["plain"]
+    return {"val": val_plain, "test": test, "grid": grid, "choice": choice.to_dict(),
+            "text_sim": text_source, "captions_per_image": n_test if test else n}
+
+
+def _history_row(record: dict[str, Any]) -> dict[str, Any]:
+    row = {k: record[k] for k in ("epoch", "stage", "loss", "lr", "val_score", "is_best", "seconds")}
+    row["epoch"] = int(row["epoch"]) + 1  # 1-based, as the progress rows and MLflow steps
+    if "val_rsum" in record:
+        row["val_rsum"] = record["val_rsum"]
+    return row
+
+
+def _load_sim(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise InputError(f"{path}: similarity matrix not found (was the member trained with save_sims?)")
+    return np.load(path, mmap_mode="r")
+
+
+def evaluate_ensemble(
+    member_dirs: list[str],
+    out_dir: str,
+    captions_per_image: tuple[int, int],
+    ks: tuple[int, ...] | None = None,
+    k_texts: tuple[int, ...] | None = None,
+) -> dict[str, Any]:
+    """An ensemble of trained members (MTFN-RR's ensembles, papers/001 §4): the mean of their
+    val / test image-text similarities and of their text-text similarities, re-ranking K chosen
+    on the mean val matrices, applied to the mean test matrices (written to ``out_dir/sims``).
+
+    ``captions_per_image`` is (val, test). Returns the same keys as :func:`evaluate_branch`.
+    """
+    from scalable_xmr.engine.pair_eval import average_similarities
+
+    n_val, n_test = captions_per_image
+    mean = {}
+    for split in ("val", "test"):
+        for text in (False, True):
+            mats = [_load_sim(sims_path(d, split, text)) for d in member_dirs]
+            mean[(split, text)] = average_similarities(mats, f"{split}{'_text' if text else ''} sims")
+            _save_array(sims_path(out_dir, split, text), mean[(split, text)])
+    val_sim, val_text = mean[("val", False)], mean[("val", True)]
+    grid_spec = rerank_grid_for(val_sim.shape[0], val_sim.shape[1], ks, k_texts)
+    grid = rerank_grid(val_sim, val_text, n_val, grid_spec)
+    choice = select_rerank(grid)
+    test = recall_report(mean[("test", False)], mean[("test", True)], n_test, choice)
+    val_plain = recall_report(val_sim, val_text, n_val, None)["plain"]
+    result = {"members": [str(d) for d in member_dirs], "val": val_plain, "test": test, "grid": grid,
+              "choice": choice.to_dict(), "captions_per_image": n_test}
+    atomic_write_json(Path(out_dir) / "ensemble.json", result)
+    return result

@@ -1,0 +1,321 @@
+"""Branch-model registry and chunked scoring of a paired split (no training, no Ray, no MLflow).
+
+- :func:`build_branch_model`: the model registry ("vse", "mtfn", "mmca", "vsa"), each model
+  module imported on first use.
+- :class:`PairTensors`: a :class:`~scalable_xmr.data.paired.PairedSplit` as tensors on a device.
+- :func:`encode_gallery`, :func:`similarity_matrix`, :func:`text_similarity_matrix`: chunked
+  scoring of every image against every caption (and caption against caption for MTFN's S_TT);
+  :func:`text_cosine_matrix`: cosine of text embeddings, the text-text similarity of models
+  without an S_TT branch (MTFN-RR §3.2 re-ranking needs one; DESIGN.md §5).
+
+Split out of ``engine/pairs.py`` (which re-exports every public name here).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from scalable_xmr.data.paired import PairedSplit
+from scalable_xmr.errors import InputError
+from scalable_xmr.models.base import BranchModel, Repr
+
+__all__ = [
+    "BRANCH_MODELS",
+    "PairTensors",
+    "as_pair_tensors",
+    "branch_config",
+    "branch_model_classes",
+    "build_branch_model",
+    "encode_gallery",
+    "nearest_text_recall",
+    "similarity_matrix",
+    "text_cosine_matrix",
+    "text_kind",
+    "text_similarity_matrix",
+]
+
+# name -> (module, model class, config class)
+BRANCH_MODELS: dict[str, tuple[str, str, str]] = {
+    "vse": ("scalable_xmr.models.vse", "VSE", "VSEConfig"),
+    "mtfn": ("scalable_xmr.models.mtfn", "MTFN", "MTFNConfig"),
+    "mmca": ("scalable_xmr.models.mmca", "MMCA", "MMCAConfig"),
+    "vsa": ("scalable_xmr.models.vsa", "VSA", "VSAConfig"),
+}
+
+
+def branch_model_classes(name: str) -> tuple[type[BranchModel], type]:
+    """(model class, config class) of a registered branch model, imported on first use."""
+    if name not in BRANCH_MODELS:
+        raise InputError(f"model: unknown branch model {name!r} (known: {sorted(BRANCH_MODELS)})")
+    module, model_cls, config_cls = BRANCH_MODELS[name]
+    mod = importlib.import_module(module)
+    return getattr(mod, model_cls), getattr(mod, config_cls)
+
+
+def branch_config(name: str, values: Mapping[str, Any] | None = None) -> Any:
+    """The model's config dataclass built from a dict (YAML/CLI/Tune); unknown keys raise."""
+    _, config_cls = branch_model_classes(name)
+    return dataclass_from_dict(config_cls, values or {}, f"{name} config")
+
+
+def build_branch_model(
+    name: str, config: Any = None, vocab_size: int = 0, image_dim: int = 0, text_dim: int | None = None
+) -> BranchModel:
+    """Instantiate a branch model; ``text_dim`` selects dense text features instead of tokens."""
+    model_cls, config_cls = branch_model_classes(name)
+    config = config_cls() if config is None else config
+    if not isinstance(config, config_cls):
+        raise InputError(f"config: model {name!r} needs a {config_cls.__name__}, got {type(config).__name__}")
+    if not isinstance(image_dim, int) or image_dim < 1:
+        raise InputError(f"image_dim: must be an integer >= 1, got {image_dim!r}")
+    if text_dim is None:
+        return model_cls(config, vocab_size, image_dim)
+    if "text_dim" not in inspect.signature(model_cls).parameters:
+        raise InputError(f"model {name!r} takes token captions only, not dense text features")
+    return model_cls(config, vocab_size, image_dim, text_dim=text_dim)
+
+
+def dataclass_from_dict(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(f"{where}: unknown key {unknown[0]!r} (known: {sorted(known)})")
+    return cls(**values)
+
+
+
+@dataclass(frozen=True, eq=False)
+class PairTensors:
+    """A paired split on a device: images, texts (tokens or dense features), caption -> image."""
+
+    images: torch.Tensor  # (N, dim) or (N, n_regions, dim) float32
+    texts: torch.Tensor  # (M, T) int64 tokens, or (M, D) float32 features
+    lengths: torch.Tensor  # (M,) int64 (ones for dense features)
+    caption_image_index: torch.Tensor  # (M,) int64, non-decreasing
+    captions_per_image: int | None
+
+    @classmethod
+    def from_split(
+        cls, split: PairedSplit, device: torch.device | str = "cpu", text_input: str = "auto"
+    ) -> PairTensors:
+        kind = text_kind(split, text_input)
+        if kind == "tokens":
+            texts = torch.as_tensor(split.tokens, dtype=torch.long)
+            lengths = torch.as_tensor(split.lengths, dtype=torch.long)
+        else:
+            texts = torch.as_tensor(split.text_features, dtype=torch.float32)
+            lengths = torch.ones(split.n_captions, dtype=torch.long)
+        return cls(
+            images=torch.as_tensor(split.images, dtype=torch.float32).to(device),
+            texts=texts.to(device),
+            lengths=lengths.to(device),
+            caption_image_index=torch.as_tensor(split.caption_image_index).to(device),
+            captions_per_image=split.captions_per_image,
+        )
+
+    @property
+    def n_images(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def n_captions(self) -> int:
+        return int(self.texts.shape[0])
+
+
+def text_kind(split: PairedSplit, text_input: str = "auto") -> str:
+    """Which text column a model reads: "tokens" or "features" (InputError if absent)."""
+    has = {"tokens": split.tokens is not None, "features": split.text_features is not None}
+    if text_input == "auto":
+        return "tokens" if has["tokens"] else "features"
+    if text_input not in has:
+        raise InputError(f"text_input: expected 'auto', 'tokens' or 'features', got {text_input!r}")
+    if not has[text_input]:
+        raise InputError(f"text_input={text_input!r}: split {split.split!r} has no caption {text_input}")
+    return text_input
+
+
+def as_pair_tensors(
+    data: PairedSplit | PairTensors, model: BranchModel, device: torch.device | str | None
+) -> PairTensors:
+    """A split as tensors on ``device`` (default: the model's), with the text kind the model reads."""
+    if isinstance(data, PairTensors):
+        return data
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    kind = "features" if getattr(model, "text_dim", None) is not None else "tokens"
+    return PairTensors.from_split(data, device, kind)
+
+
+def _cat(parts: list[Repr]) -> Repr:
+    """Concatenate chunk representations (tensors or tuples of tensors) along dim 0.
+
+    Tensors whose other dims differ between chunks (e.g. per-word features of chunks with
+    different longest captions) are zero-padded (False for masks) to the largest size first.
+    """
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        if all(p.shape[1:] == first.shape[1:] for p in parts):
+            return torch.cat(parts, dim=0)
+        size = [max(p.shape[d] for p in parts) for d in range(1, first.dim())]
+        out = first.new_zeros((sum(len(p) for p in parts), *size))
+        start = 0
+        for p in parts:
+            out[(slice(start, start + len(p)), *(slice(0, n) for n in p.shape[1:]))] = p
+            start += len(p)
+        return out
+    if isinstance(first, tuple | list):
+        return tuple(_cat([p[i] for p in parts]) for i in range(len(first)))
+    return first  # None or a constant shared by every chunk
+
+
+def _rows(repr_: Repr, start: int, end: int) -> Repr:
+    if isinstance(repr_, torch.Tensor):
+        return repr_[start:end]
+    if isinstance(repr_, tuple | list):
+        return tuple(_rows(r, start, end) for r in repr_)
+    return repr_
+
+
+class _EvalMode:
+    """Context manager: model.eval() and no_grad, restoring the training flag afterwards."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.was_training = model, model.training
+        self.no_grad = torch.no_grad()
+
+    def __enter__(self) -> None:
+        self.model.eval()
+        self.no_grad.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.no_grad.__exit__(*exc)
+        self.model.train(self.was_training)
+
+
+def encode_gallery(
+    model: BranchModel, data: PairedSplit | PairTensors, chunk: int = 1024, device: torch.device | None = None
+) -> tuple[Repr, Repr]:
+    """(image representations, caption representations) of a whole split, encoded in chunks."""
+    data = as_pair_tensors(data, model, device)
+    with _EvalMode(model):
+        imgs = [model.encode_images(data.images[s : s + chunk]) for s in range(0, data.n_images, chunk)]
+        txts = [
+            model.encode_texts(data.texts[s : s + chunk], data.lengths[s : s + chunk])
+            for s in range(0, data.n_captions, chunk)
+        ]
+    return _cat(imgs), _cat(txts)
+
+
+def similarity_matrix(
+    model: BranchModel,
+    data: PairedSplit | PairTensors,
+    chunk: int = 1024,
+    device: torch.device | None = None,
+    out_device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Scores of every image against every caption, ``(N_img, N_cap)`` float32 on ``out_device``.
+
+    Representations are encoded once; ``similarity`` runs on (chunk × chunk) blocks so models
+    whose score is not a dot product (MTFN, MMCA) keep bounded memory.
+    """
+    data = as_pair_tensors(data, model, device)
+    img_repr, txt_repr = encode_gallery(model, data, chunk)
+    out = torch.empty(data.n_images, data.n_captions, dtype=torch.float32, device=out_device)
+    with _EvalMode(model):
+        for i in range(0, data.n_images, chunk):
+            img_block = _rows(img_repr, i, i + chunk)
+            for j in range(0, data.n_captions, chunk):
+                block = model.similarity(img_block, _rows(txt_repr, j, j + chunk))
+                out[i : i + chunk, j : j + chunk] = block.to(out_device, torch.float32)
+    return out
+
+
+def _encode_texts_tt(model: BranchModel, data: PairTensors, chunk: int) -> Repr:
+    parts = [
+        model.encode_texts_tt(data.texts[s : s + chunk], data.lengths[s : s + chunk])
+        for s in range(0, data.n_captions, chunk)
+    ]
+    return _cat(parts)
+
+
+def text_similarity_matrix(
+    model: BranchModel,
+    data: PairedSplit | PairTensors,
+    chunk: int = 1024,
+    device: torch.device | None = None,
+    out_device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """S_TT of every caption against every caption, ``(N_cap, N_cap)`` (MTFN Eq. 6)."""
+    if not getattr(model, "has_text_branch", False):
+        raise InputError(f"model {model.name!r} has no text-text branch (only MTFN has S_TT)")
+    data = as_pair_tensors(data, model, device)
+    out = torch.empty(data.n_captions, data.n_captions, dtype=torch.float32, device=out_device)
+    with _EvalMode(model):
+        reprs = _encode_texts_tt(model, data, chunk)
+        for i in range(0, data.n_captions, chunk):
+            for j in range(0, data.n_captions, chunk):
+                block = model.text_similarity(_rows(reprs, i, i + chunk), _rows(reprs, j, j + chunk))
+                out[i : i + chunk, j : j + chunk] = block.to(out_device, torch.float32)
+    return out
+
+
+def nearest_text_recall(model: BranchModel, data: PairTensors, chunk: int) -> float:
+    """% of captions whose most S_TT-similar other caption shares its image (chunked argmax)."""
+    with _EvalMode(model):
+        reprs = _encode_texts_tt(model, data, chunk)
+        hits = torch.zeros((), device=data.texts.device)
+        for i in range(0, data.n_captions, chunk):
+            block = torch.cat(
+                [
+                    model.text_similarity(_rows(reprs, i, i + chunk), _rows(reprs, j, j + chunk))
+                    for j in range(0, data.n_captions, chunk)
+                ],
+                dim=1,
+            )  # (B, M)
+            rows = torch.arange(block.shape[0], device=block.device)
+            block[rows, rows + i] = -math.inf  # never the caption itself
+            nearest = block.argmax(dim=1)  # (B,)
+            index = data.caption_image_index
+            hits += (index[nearest] == index[i : i + block.shape[0]]).sum()
+    return float(hits) * 100.0 / data.n_captions
+
+
+def _text_embedding(repr_: Repr) -> torch.Tensor:
+    """The global text vector of a representation: the tensor itself or a tuple's first element
+    (MMCA's c0), flattened to ``(B, D)``."""
+    first = repr_[0] if isinstance(repr_, tuple | list) else repr_
+    return first.reshape(first.shape[0], -1)
+
+
+def text_cosine_matrix(
+    model: BranchModel,
+    data: PairedSplit | PairTensors,
+    chunk: int = 1024,
+    device: torch.device | None = None,
+    out_device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Cosine similarity of every caption's text embedding with every other's, ``(N_cap, N_cap)``.
+
+    The text-text similarity for T2I re-ranking of models without an S_TT branch (MTFN-RR §3.2;
+    DESIGN.md §5): VSE's GRU embedding, MMCA's c0, VSA's code h_c, MTFN's projected t̃. It reads
+    only the captions, never which image a caption belongs to.
+    """
+    data = as_pair_tensors(data, model, device)
+    with _EvalMode(model):
+        parts = [
+            _text_embedding(model.encode_texts(data.texts[s : s + chunk], data.lengths[s : s + chunk]))
+            for s in range(0, data.n_captions, chunk)
+        ]
+        emb = F.normalize(torch.cat(parts).float(), dim=-1)  # (M, D)
+        out = torch.empty(data.n_captions, data.n_captions, dtype=torch.float32, device=out_device)
+        for i in range(0, data.n_captions, chunk):
+            out[i : i + chunk] = (emb[i : i + chunk] @ emb.T).to(out_device)  # (B, M)
+    return out

@@ -1,0 +1,406 @@
+"""The branch-model job as a library function: paired data -> parallel actors -> R@K -> tracking.
+
+``train_pairs`` is what ``jobs/train_pairs.py`` and ``xmr train-pairs`` call. Every *member* (a
+model, or with ``ensemble = M`` each of its M seeds) trains in its own Ray actor, all at once in one
+placement group (one GPU each when the cluster has GPUs). An actor gets only a
+:class:`~scalable_xmr.engine.branch_job.BranchJob` (paths and configs), reads its own splits, and
+runs :func:`~scalable_xmr.engine.branch_job.train_branch`, checkpointing into the run store: a
+restarted actor resumes from its last checkpoint. The driver then averages each model's members
+(the ensemble), writes ``metrics.json`` and plots, logs MLflow runs and marks the run finished.
+
+Run store (DESIGN.md §7, kind "pairs")::
+
+    <run>/run.json                          dataset, members with their configs, status
+    <run>/models/<member>/model.pt          best state_dict + configs (weights_only loadable)
+    <run>/models/<member>/checkpoints/      resumable trainer state
+    <run>/models/<member>/sims/<split>.npy  similarity matrices (and <split>_text.npy)
+    <run>/models/<model>/sims/, ensemble.json   the mean of a model's M members (M > 1)
+    <run>/metrics.json                      plain and re-ranked R@K per member and ensemble
+    <run>/plots/rerank_k.png                R@1 against the re-ranking K on val (MTFN-RR Fig. 7a)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scalable_xmr.config import ResourceConfig, TrackingConfig
+from scalable_xmr.distributed.progress import ProgressBars
+from scalable_xmr.engine.branch_job import BranchJob, BranchResult, jsonable
+from scalable_xmr.engine.pairs import BRANCH_MODELS, PairTrainerConfig
+from scalable_xmr.errors import InputError
+from scalable_xmr.pairs_report import (
+    build_metrics,
+    ensembles,
+    log_members,
+    pairs_table,
+    plot_rerank_k,
+    run_params,
+)
+from scalable_xmr.store import RunStore, now_iso, versions
+from scalable_xmr.tracking import Tracker, default_tracking_uri
+
+
+@dataclass(frozen=True)
+class PairsRequest:
+    """What ``train_pairs`` trains: members = models x ensemble seeds."""
+
+    run_dir: str
+    dataset_uri: str
+    trainers: dict[str, PairTrainerConfig]  # model name -> its training options (seed = first seed)
+    model_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> config values
+    ensemble: int = 1  # M members per model, seeds seed .. seed + M - 1, similarities averaged
+    target_uri: str | None = None  # VSA only: unpaired target-domain dataset
+    ks: tuple[int, ...] | None = None  # fixed re-ranking K (None: grid on val)
+    k_texts: tuple[int, ...] | None = None  # fixed K' (None: grid on val)
+    checkpoint_every: int = 1
+    gpus_per_model: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    cpus_per_model: float | None = None  # None: the cluster's CPUs shared out evenly
+    max_restarts: int = 2
+    tracking: TrackingConfig = TrackingConfig()
+    resume: bool = False
+    overwrite: bool = False
+    show_progress: bool = True
+    fail_after_epoch: dict[str, int] = field(default_factory=dict)  # member -> epoch (tests)
+
+    def __post_init__(self) -> None:
+        if not self.trainers:
+            raise InputError("give at least one --model")
+        for name, cfg in self.trainers.items():
+            if name not in BRANCH_MODELS or not isinstance(cfg, PairTrainerConfig) or cfg.model != name:
+                raise InputError(f"trainers: entry {name!r} must be a PairTrainerConfig of that model")
+        unknown = sorted(set(self.model_configs) - set(self.trainers))
+        if unknown:
+            raise InputError(f"model_configs: {unknown[0]!r} is not among the models {list(self.trainers)}")
+        if not isinstance(self.ensemble, int) or isinstance(self.ensemble, bool) or self.ensemble < 1:
+            raise InputError(f"--ensemble must be an integer >= 1, got {self.ensemble!r}")
+        if self.target_uri is not None and "vsa" not in self.trainers:
+            raise InputError("--target is the unpaired target domain of VSA (papers/002): add --model vsa")
+        if self.gpus_per_model is not None and self.gpus_per_model < 0:
+            raise InputError(f"--gpus-per-model must be >= 0, got {self.gpus_per_model}")
+
+    def members(self) -> list[tuple[str, str, int]]:
+        """(member name, model, seed) of every member, model by model."""
+        out = []
+        for model, cfg in self.trainers.items():
+            for i in range(self.ensemble):
+                seed = cfg.seed + i
+                out.append((model if self.ensemble == 1 else f"{model}-seed{seed}", model, seed))
+        return out
+
+
+@dataclass
+class PairsSummary:
+    run_dir: str
+    metrics: dict[str, Any]
+    results: dict[str, BranchResult]
+    table: str
+    tracking: str
+    seconds: float
+
+
+# ------------------------------------------------------------------------------ validation
+def check_dataset(req: PairsRequest) -> dict[str, Any]:
+    """Validate the paired dataset (and target) at the door, without reading image features.
+
+    Catches unknown image references, empty or out-of-vocabulary captions, uneven caption counts
+    in val/test (R@K needs a constant n) and re-ranking K / K' that do not fit the galleries.
+    Returns the split sizes recorded in run.json.
+    """
+    from scalable_xmr.data.paired import open_paired_dataset
+    from scalable_xmr.engine.pair_eval import COCO_5K, COCO_FOLDS, rerank_grid_for
+
+    ds = open_paired_dataset(req.dataset_uri)
+    present = ds.splits()
+    missing = [s for s in ("train", "val", "test") if s not in present]
+    if missing:
+        raise InputError(f"--data {req.dataset_uri}: no {missing[0]!r} split (it has {present})")
+    sizes = {}
+    for split in ("train", "val", "test"):
+        n_img, n_cap, per_image = ds.split_sizes(split)
+        if per_image is None and split != "train":
+            raise InputError(
+                f"--data {req.dataset_uri}: split {split!r} has {n_cap} captions for {n_img} images but not "
+                "the same number of captions for every image, which R@K needs (VSE++ protocol)"
+            )
+        sizes[split] = {"images": n_img, "captions": n_cap, "captions_per_image": per_image}
+    mtfn = req.trainers.get("mtfn")
+    if mtfn is not None and mtfn.text_epochs > 0 and sizes["train"]["captions_per_image"] == 1:
+        raise InputError(
+            f"--text-epochs {mtfn.text_epochs}: MTFN's S_TT trains on two captions of one image "
+            f"(MTFN-RR Eq. 7) but {req.dataset_uri} has 1 caption per image; use --text-epochs 0 "
+            "(T2I re-ranking then uses the cosine of MTFN's text embeddings)"
+        )
+    val, test = sizes["val"], sizes["test"]
+    rerank_grid_for(val["images"], val["captions"], req.ks, req.k_texts)  # on val: the selection
+    fold = COCO_5K // COCO_FOLDS if test["images"] == COCO_5K else test["images"]
+    rerank_grid_for(min(fold, test["images"]), fold * test["captions_per_image"], req.ks, req.k_texts)
+    if req.target_uri is not None:
+        target = open_paired_dataset(req.target_uri)
+        if "train" not in target.splits():
+            raise InputError(f"--target {req.target_uri}: no 'train' split (it has {target.splits()})")
+        target.split_sizes("train")
+    return {"uri": _abs_uri(req.dataset_uri), "splits": sizes,
+            "text": "tokens" if ds.vocab is not None else "features"}
+
+
+def _abs_uri(uri: str) -> str:
+    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
+
+
+# ------------------------------------------------------------------------------ the job
+def train_pairs(req: PairsRequest, address: str | None = None) -> PairsSummary:
+    """Train every member in parallel Ray actors, evaluate, ensemble, write the run, track."""
+    from scalable_xmr.distributed.launcher import check_resources, connect
+
+    start = time.perf_counter()
+    dataset = check_dataset(req)
+    connect(address)
+    try:
+        check_resources(ResourceConfig(gpus_per_modality=req.gpus_per_model or 0.0))
+    except InputError as e:  # the launcher names the SDML flag
+        raise InputError(str(e).replace("--gpus-per-modality", "--gpus-per-model")) from None
+    store = RunStore(req.run_dir)
+    mode = store.prepare_new(overwrite=req.overwrite, resume=req.resume)
+    meta = _open_run(store, mode, req, dataset)
+    tracker = Tracker(req.tracking.tracking_uri or default_tracking_uri(store.root),
+                      req.tracking.experiment, req.tracking.enabled)
+    parent = meta.get("mlflow", {}).get("parent_run_id") if mode == "resume" else None
+    if parent is None:
+        parent = tracker.start_run(f"pairs:{store.root.name}", tags={"job": "train_pairs"})
+        tracker.log_params(parent, run_params(meta))
+        meta["mlflow"] = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
+                          "parent_run_id": parent}
+        store.write(meta)
+    try:
+        results = _finished_results(store, meta)
+        jobs = [_job(store, req, name, model, seed) for name, model, seed in req.members()
+                if name not in results]
+        for name, result in _train_members(jobs, req).items():
+            meta["members"][name].update(_member_entry(result))
+            store.write(meta)  # each finished member is recorded as soon as it is known
+            results[name] = result
+        metrics = _finish(store, meta, results, tracker, parent)
+    except BaseException as e:
+        meta["status"], meta["error"] = "failed", f"{type(e).__name__}: {e}"
+        store.write(meta)
+        tracker.end_run(parent, "FAILED")
+        raise
+    tracker.end_run(parent)
+    return PairsSummary(str(store.root), metrics, results, pairs_table(metrics),
+                        tracker.run_url(parent), time.perf_counter() - start)
+
+
+def _finish(store: RunStore, meta: dict[str, Any], results: dict[str, BranchResult], tracker: Tracker,
+            parent: str | None) -> dict[str, Any]:
+    """Ensembles, metrics.json, plots, MLflow children and artifacts; then status finished."""
+    metrics = build_metrics(meta, results, ensembles(store, meta, results))
+    store.write_metrics(metrics)
+    plot = plot_rerank_k(metrics, store.plots_dir / "rerank_k.png")
+    log_members(tracker, parent, meta, metrics, results)
+    for path in (store.metrics_path, store.run_json, plot):
+        tracker.log_artifact(parent, path)
+    meta["status"] = "finished"
+    meta.pop("error", None)
+    store.write(meta)
+    return metrics
+
+
+def _member_settings(req: PairsRequest, model: str, seed: int) -> dict[str, Any]:
+    from dataclasses import replace
+
+    trainer = asdict(replace(req.trainers[model], seed=seed))
+    return {"model": model, "seed": seed, "trainer": trainer,
+            "model_config": dict(req.model_configs.get(model, {})),
+            "target_uri": _abs_uri(req.target_uri) if req.target_uri and model == "vsa" else None}
+
+
+def _open_run(store: RunStore, mode: str, req: PairsRequest, dataset: dict[str, Any]) -> dict[str, Any]:
+    wanted = {name: jsonable(_member_settings(req, model, seed)) for name, model, seed in req.members()}
+    rerank = {"ks": list(req.ks) if req.ks else None, "k_texts": list(req.k_texts) if req.k_texts else None}
+    if mode == "resume":
+        meta = store.read()
+        if meta.get("kind") != "pairs":
+            raise InputError(f"{store.root}: a {meta.get('kind')!r} run, not a train-pairs run")
+        if meta["dataset"]["uri"] != dataset["uri"]:
+            raise InputError(
+                f"{store.root}: run was trained on {meta['dataset']['uri']}, not {dataset['uri']}"
+            )
+        if meta.get("rerank") != rerank:
+            raise InputError(
+                f"{store.root}: run chose re-ranking K with {meta.get('rerank')}, these flags ask for "
+                f"{rerank}; resume with the same --k / --k-text or pass --overwrite"
+            )
+        if sorted(meta["members"]) != sorted(wanted):
+            raise InputError(
+                f"{store.root}: run has members {sorted(meta['members'])}, these flags ask for "
+                f"{sorted(wanted)}; resume with the same --model / --ensemble / --seed or pass --overwrite"
+            )
+        for name, settings in wanted.items():
+            old = meta["members"][name]
+            if old.get("settings") != settings:
+                raise InputError(
+                    f"{store.root}: member {name!r} was started with other settings "
+                    f"({old.get('settings')}); resume with the same flags or pass --overwrite"
+                )
+        meta["status"] = "running"
+        store.write(meta)
+        return meta
+    store.root.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": 1, "kind": "pairs", "status": "running", "created": now_iso(), "dataset": dataset,
+        "target": _abs_uri(req.target_uri) if req.target_uri else None,
+        "models": list(req.trainers), "ensemble": req.ensemble, "rerank": rerank,
+        "members": {name: {"status": "pending", "settings": s} for name, s in wanted.items()},
+        "versions": versions(),
+    }
+    store.write(meta)
+    return meta
+
+
+def _finished_results(store: RunStore, meta: dict[str, Any]) -> dict[str, BranchResult]:
+    from scalable_xmr.io import read_json
+
+    out = {}
+    for name, entry in meta["members"].items():
+        if entry.get("status") == "finished":
+            out[name] = BranchResult(**read_json(store.root / "models" / name / "result.json"))
+    return out
+
+
+def _job(store: RunStore, req: PairsRequest, name: str, model: str, seed: int) -> BranchJob:
+    from dataclasses import replace
+
+    gpus = _gpus(req)
+    return BranchJob(
+        out_dir=str(store.root / "models" / name), dataset_uri=_abs_uri(req.dataset_uri),
+        trainer=replace(req.trainers[model], seed=seed), model_config=dict(req.model_configs.get(model, {})),
+        name=name, target_uri=_abs_uri(req.target_uri) if req.target_uri and model == "vsa" else None,
+        ks=req.ks, k_texts=req.k_texts, checkpoint_every=req.checkpoint_every,
+        device="cuda" if gpus > 0 else "cpu", fail_after_epoch=req.fail_after_epoch.get(name),
+    )
+
+
+def _member_entry(result: BranchResult) -> dict[str, Any]:
+    return {"status": "finished", "best_epoch": result.best_epoch, "choice": result.choice,
+            "resumed_at_epoch": result.resumed_at_epoch, "train_seconds": result.train_seconds,
+            "device": result.device, "finished": now_iso()}
+
+
+# ------------------------------------------------------------------------------ Ray
+class _BranchWorker:
+    """One member's training in its own process; a restart re-runs __init__ and the call."""
+
+    def __init__(self, job: BranchJob, hub_name: str | None = None) -> None:
+        import ray
+
+        from scalable_xmr.engine.branch_job import checkpoint_dir
+
+        self.job = job
+        # By name, not as a handle argument: handles in constructor args can break restarts.
+        self.hub = None if hub_name is None else ray.get_actor(hub_name)
+        if self.hub is not None and (checkpoint_dir(job.out_dir) / "last.pt").is_file():
+            self.hub.event.remote(f"{job.label}: actor (pid {os.getpid()}) resumes from its checkpoint")
+
+    def train(self) -> BranchResult:
+        from scalable_xmr.engine.branch_job import train_branch
+
+        hub = self.hub
+        return train_branch(self.job, progress=None if hub is None else (lambda row: hub.update.remote(row)))
+
+
+def _gpus(req: PairsRequest) -> float:
+    if req.gpus_per_model is not None:
+        return req.gpus_per_model
+    import ray
+
+    return 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+def _train_members(jobs: list[BranchJob], req: PairsRequest) -> dict[str, BranchResult]:
+    """All members at once: one placement group, one bundle and actor per member."""
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from scalable_xmr.distributed.actors import ProgressHub, wait_with_progress
+    from scalable_xmr.distributed.launcher import _ready, _unwrap
+
+    if not jobs:
+        return {}
+    gpus = _gpus(req)
+    resources = ResourceConfig(gpus_per_modality=gpus, cpus_per_modality=req.cpus_per_model,
+                               max_restarts=req.max_restarts)
+    total = ray.cluster_resources().get("CPU", 1.0)
+    cpus = req.cpus_per_model or (1.0 if gpus > 0 else max(math.floor(100 * total / len(jobs)) / 100, 0.01))
+    bundle = {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}
+    hub_name = f"xmr-pairs-progress-{uuid.uuid4().hex[:12]}"
+    hub = ProgressHub.options(name=hub_name).remote()
+    bars = PairProgressBars([j.label for j in jobs], enabled=req.show_progress, stream=sys.stderr)
+    pg = placement_group([dict(bundle) for _ in jobs], strategy="PACK")
+    try:
+        _ready(pg, resources)
+        worker = ray.remote(_BranchWorker)
+        actors = [
+            worker.options(
+                num_cpus=cpus, num_gpus=gpus, max_restarts=req.max_restarts,
+                max_task_retries=req.max_restarts,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
+            ).remote(_with_threads(job, cpus), hub_name)
+            for i, job in enumerate(jobs)
+        ]
+        refs = [a.train.remote() for a in actors]
+        wait_with_progress(refs, hub, bars)
+        results = {}
+        for job, ref in zip(jobs, refs, strict=True):
+            try:
+                results[job.label] = ray.get(ref)
+            except (RayTaskError, RayActorError) as e:
+                raise _unwrap(e) from None
+        for a in actors:
+            ray.kill(a)
+        return results
+    finally:
+        bars.close()
+        ray.kill(hub)
+        remove_placement_group(pg)
+
+
+def _with_threads(job: BranchJob, cpus: float) -> BranchJob:
+    from dataclasses import replace
+
+    return job if job.num_threads else replace(job, num_threads=max(1, int(cpus)))
+
+
+class PairProgressBars(ProgressBars):
+    """One bar (or a plain line every tenth of the epochs) per member, on the driver."""
+
+    def _update_bar(self, name: str, row: dict[str, Any]) -> None:
+        bar = self.bars.get(name)
+        if bar is None:
+            return
+        bar.total = bar.total or int(row["epochs"])
+        bar.n = int(row["epoch"])
+        bar.set_postfix_str(_postfix(row), refresh=False)
+        bar.refresh()
+
+    def _print_line(self, name: str, row: dict[str, Any]) -> None:
+        epoch, total = int(row["epoch"]), int(row["epochs"])
+        last = self.last_printed.get(name, 0)
+        if epoch != last and (epoch - last >= max(1, total // 10) or epoch == total):
+            self.last_printed[name] = epoch
+            print(f"{name:<{self.width}}  epoch {epoch:>4}/{total}  {_postfix(row)}",
+                  file=self.stream, flush=True)
+
+
+def _postfix(row: dict[str, Any]) -> str:
+    what = "val rsum" if row["stage"] == "image_text" else "val S_TT r@1"
+    return (f"{row['stage']} loss {row['loss']:.4f} | {what} {row['val_score']:.1f} "
+            f"(best ep {row['best_epoch']})")
