@@ -109,7 +109,7 @@ class BranchBackend:
         return {"model": self.model, "config": config, "dataset": info["dataset"],
                 "trial_id": row.trial_id, "trial_dir": str(trial_dir(sweep_dir, row.trial_id)),
                 "val": {"rsum": m.get("best_rsum"), "rsum_selected": m.get("rsum_selected"),
-                        **{k: m[k] for k in m if k.startswith(("i2t_at_", "t2i_at_"))}},
+                        **{k: m[k] for k in m if k.startswith(("i2t_", "t2i_")) and k[4:].isdigit()}},
                 "rerank": {"k_i2t": m.get("best_k"), "k_t2i": m.get("best_k_t2i"),
                            "k_text": m.get("best_k_text"), "rsum": m.get("rsum_rerank"),
                            "rsum_plain": m.get("rsum_selected"), "split": "val"},

@@ -47,8 +47,8 @@ def split_config(model: str, config: dict[str, Any]) -> tuple[dict[str, Any], di
 
 
 def _recalls(val: dict[str, float]) -> dict[str, float]:
-    """``i2t@1`` -> ``i2t_at_1`` (MLflow refuses '@' in metric names)."""
-    return {k.replace("@", "_at_"): float(v) for k, v in val.items() if "@" in k}
+    """``i2t@1`` -> ``i2t_1``: MLflow refuses "@" in metric names; same names as the train-pairs job."""
+    return {k.replace("@", "_"): float(v) for k, v in val.items() if "@" in k}
 
 
 class _Reporter:

@@ -282,7 +282,7 @@ def test_top_table_lists_each_group_best_first():
 
 
 def test_mlflow_metric_names():
-    result = {"loss_train": 1.5, "val_anchor_map": 0.25, "i2t_at_1": 40.0, "rsum": 300.0,
+    result = {"loss_train": 1.5, "val_anchor_map": 0.25, "i2t_1": 40.0, "rsum": 300.0,
               "done": True, "training_iteration": 2, "trial_id": "x", "nan": float("nan")}
     assert mlflow_metrics(result) == {"loss/train": 1.5, "map/val_anchor": 0.25,
-                                      "recall/i2t_at_1": 40.0, "rsum": 300.0}
+                                      "recall/i2t_1": 40.0, "rsum": 300.0}
