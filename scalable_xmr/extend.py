@@ -49,7 +49,7 @@ from scalable_xmr.engine import evaluate
 from scalable_xmr.engine.sdml import ModalityJob, TrainResult
 from scalable_xmr.errors import InputError, MissingError, RunStateError
 from scalable_xmr.io import atomic_write_bytes
-from scalable_xmr.pipeline import RunSummary, _modality_entry, finish_run
+from scalable_xmr.pipeline import RunSummary, finish_run, modality_entry
 from scalable_xmr.projection import load_projection
 from scalable_xmr.store import RunStore, now_iso, versions
 from scalable_xmr.tracking import Tracker, absolute_tracking_uri, default_tracking_uri
@@ -307,7 +307,7 @@ def _commit(store: RunStore, meta: dict, staging: _Staging, results: dict[str, T
             dest.parent.mkdir(exist_ok=True)
             os.replace(staging.store.modality_dir(m), dest)  # atomic: the folder appears whole
             moved_in.append(dest)
-            meta["modalities"][m] = {**_modality_entry(results[m]), "config": configs[m].to_dict(),
+            meta["modalities"][m] = {**modality_entry(results[m]), "config": configs[m].to_dict(),
                                      "source": sources[m].to_json(), "added": now_iso()}
         meta.setdefault("additions", []).append({
             "modalities": list(results), "replaced": replaced, "at": now_iso(),

@@ -43,6 +43,7 @@ from scalable_xmr.pairs_report import (
     plot_rerank_k,
     run_params,
 )
+from scalable_xmr.pipeline import RunSummary, parent_run
 from scalable_xmr.store import RunStore, now_iso, versions
 from scalable_xmr.tracking import Tracker, default_tracking_uri
 
@@ -96,13 +97,8 @@ class PairsRequest:
 
 
 @dataclass
-class PairsSummary:
-    run_dir: str
-    metrics: dict[str, Any]
-    results: dict[str, BranchResult]
-    table: str
-    tracking: str
-    seconds: float
+class PairsSummary(RunSummary):
+    table: str = ""  # the R@K table printed at the end
 
 
 # ------------------------------------------------------------------------------ validation
@@ -171,14 +167,8 @@ def train_pairs(req: PairsRequest, address: str | None = None) -> PairsSummary:
     meta = _open_run(store, mode, req, dataset)
     tracker = Tracker(req.tracking.tracking_uri or default_tracking_uri(store.root),
                       req.tracking.experiment, req.tracking.enabled)
-    parent = meta.get("mlflow", {}).get("parent_run_id") if mode == "resume" else None
-    if parent is None:
-        parent = tracker.start_run(f"pairs:{store.root.name}", tags={"job": "train_pairs"})
-        tracker.log_params(parent, run_params(meta))
-        meta["mlflow"] = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
-                          "parent_run_id": parent}
-        store.write(meta)
-    try:
+    run_name = f"pairs:{store.root.name}"
+    with parent_run(store, meta, tracker, mode, run_name, "train_pairs", run_params(meta)) as parent:
         results = _finished_results(store, meta)
         jobs = [_job(store, req, name, model, seed) for name, model, seed in req.members()
                 if name not in results]
@@ -187,14 +177,8 @@ def train_pairs(req: PairsRequest, address: str | None = None) -> PairsSummary:
             store.write(meta)  # each finished member is recorded as soon as it is known
             results[name] = result
         metrics = _finish(store, meta, results, tracker, parent)
-    except BaseException as e:
-        meta["status"], meta["error"] = "failed", f"{type(e).__name__}: {e}"
-        store.write(meta)
-        tracker.end_run(parent, "FAILED")
-        raise
-    tracker.end_run(parent)
-    return PairsSummary(str(store.root), metrics, results, pairs_table(metrics),
-                        tracker.run_url(parent), time.perf_counter() - start)
+    return PairsSummary(str(store.root), metrics, results, tracker.run_url(parent),
+                        time.perf_counter() - start, table=pairs_table(metrics))
 
 
 def _finish(store: RunStore, meta: dict[str, Any], results: dict[str, BranchResult], tracker: Tracker,
@@ -326,12 +310,11 @@ def _gpus(req: PairsRequest) -> float:
 def _train_members(jobs: list[BranchJob], req: PairsRequest) -> dict[str, BranchResult]:
     """All members at once: one placement group, one bundle and actor per member."""
     import ray
-    from ray.exceptions import RayActorError, RayTaskError
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     from scalable_xmr.distributed.actors import ProgressHub, wait_with_progress
-    from scalable_xmr.distributed.launcher import _ready, _unwrap
+    from scalable_xmr.distributed.launcher import get_results, wait_for_placement
 
     if not jobs:
         return {}
@@ -346,7 +329,7 @@ def _train_members(jobs: list[BranchJob], req: PairsRequest) -> dict[str, Branch
     bars = PairProgressBars([j.label for j in jobs], enabled=req.show_progress, stream=sys.stderr)
     pg = placement_group([dict(bundle) for _ in jobs], strategy="PACK")
     try:
-        _ready(pg, resources)
+        wait_for_placement(pg, resources)
         worker = ray.remote(_BranchWorker)
         actors = [
             worker.options(
@@ -358,12 +341,7 @@ def _train_members(jobs: list[BranchJob], req: PairsRequest) -> dict[str, Branch
         ]
         refs = [a.train.remote() for a in actors]
         wait_with_progress(refs, hub, bars)
-        results = {}
-        for job, ref in zip(jobs, refs, strict=True):
-            try:
-                results[job.label] = ray.get(ref)
-            except (RayTaskError, RayActorError) as e:
-                raise _unwrap(e) from None
+        results = get_results([job.label for job in jobs], refs)
         for a in actors:
             ray.kill(a)
         return results

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,9 +44,11 @@ class TrainRequest:
 
 @dataclass
 class RunSummary:
+    """What a training job hands back: where the run is, its metrics, per-actor results, MLflow."""
+
     run_dir: str
     metrics: dict[str, Any]
-    results: dict[str, TrainResult]
+    results: dict[str, Any]  # per modality a TrainResult; per branch model a BranchResult
     tracking: str
     seconds: float
 
@@ -68,30 +72,46 @@ def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
     mode = store.prepare_new(overwrite=req.overwrite, resume=req.resume)
     meta = _open_run(store, mode, req, ds, modalities)
     tracker = _tracker(req.tracking, store)
-    parent = meta.get("mlflow", {}).get("parent_run_id") if mode == "resume" else None
-    if parent is None:
-        parent = tracker.start_run(f"sdml:{store.root.name}", tags={"job": "train_xmedia"})
-        tracker.log_params(parent, _run_params(meta, req))
-        meta["mlflow"] = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
-                          "parent_run_id": parent}
-        store.write(meta)
-    try:
+    name, params = f"sdml:{store.root.name}", _run_params(meta, req)
+    with parent_run(store, meta, tracker, mode, name, "train_xmedia", params) as parent:
         todo = [m for m in modalities if meta["modalities"][m].get("status") != "finished"]
         jobs = [_job(store, meta, req, m, ds.info.n_classes) for m in todo]
         results = train_modalities(jobs, req.resources, show_progress=req.show_progress)
         for m, result in results.items():
-            meta["modalities"][m].update(_modality_entry(result))
+            meta["modalities"][m].update(modality_entry(result))
             store.write(meta)  # each finished modality is recorded as soon as it is known
         metrics = finish_run(store, meta, new_modalities=todo, tracker=tracker, parent_run=parent,
                              results=results, top_k=req.top_k)
+    return RunSummary(str(store.root), metrics, results, tracker.run_url(parent),
+                      time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def parent_run(
+    store: RunStore, meta: dict[str, Any], tracker: Tracker, mode: str, name: str, job: str,
+    params: dict[str, Any],
+) -> Iterator[str]:
+    """The job's MLflow parent run around its work; yields the run id.
+
+    On resume the run recorded in run.json is continued; otherwise a new one is started, given
+    ``params`` and recorded in run.json at once. If the body raises (including Ctrl-C), run.json
+    says ``failed`` with the error and the MLflow run ends FAILED; the error goes on up.
+    """
+    parent = meta.get("mlflow", {}).get("parent_run_id") if mode == "resume" else None
+    if parent is None:
+        parent = tracker.start_run(name, tags={"job": job})
+        tracker.log_params(parent, params)
+        meta["mlflow"] = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
+                          "parent_run_id": parent}
+        store.write(meta)
+    try:
+        yield parent
     except BaseException as e:
         meta["status"], meta["error"] = "failed", f"{type(e).__name__}: {e}"
         store.write(meta)
         tracker.end_run(parent, "FAILED")
         raise
     tracker.end_run(parent)
-    return RunSummary(str(store.root), metrics, results, tracker.run_url(parent),
-                      time.perf_counter() - start)
 
 
 def _open_run(store: RunStore, mode: str, req: TrainRequest, ds, modalities: list[str]) -> dict:
@@ -157,7 +177,8 @@ def _job(store: RunStore, meta: dict, req: TrainRequest, modality: str, n_classe
     )
 
 
-def _modality_entry(result: TrainResult) -> dict[str, Any]:
+def modality_entry(result: TrainResult) -> dict[str, Any]:
+    """run.json's record of a finished modality (shared with the add-modality job)."""
     return {"status": "finished", "best_epoch": result.best_epoch,
             "best_val_label": result.best_val_label, "epochs": result.epochs,
             "resumed_at_epoch": result.resumed_at_epoch, "train_seconds": result.train_seconds,

@@ -29,3 +29,14 @@ def small_xmedia(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("data") / "xmedia-small"
     make_synthetic_xmedia(str(out), scale="small", seed=0)
     return str(out)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run fastest (and deterministically) on one intra-op thread; restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,13 +12,7 @@ from scalable_xmr.errors import InputError
 from scalable_xmr.functional.contrastive import hinge_max_violation
 from scalable_xmr.models.mtfn import MTFN, MTFNConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Rank R = 2, d_v = d_t = d_f = 3; 2-d image vectors and 2-d dense "text" vectors.

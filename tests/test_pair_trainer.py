@@ -25,12 +25,7 @@ SMALL_VSE = VSEConfig(embed_dim=16, word_dim=8)
 SMALL_MTFN = MTFNConfig(rank=2, dim=8, word_dim=8, text_hidden=8, dropout=0.1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

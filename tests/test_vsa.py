@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from toy_pairs import make_pairs, recall_at
 
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.contrastive import hinge_sum
@@ -211,36 +212,6 @@ def test_bad_config(overrides, match) -> None:
 def test_config_lists_become_tuples() -> None:
     cfg = VSAConfig(**{**TINY, "conv_channels": [10], "strides": [2]})
     assert cfg.conv_channels == (10,) and cfg.strides == (2,)
-
-
-def make_pairs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """n images of 4 regions x 16 dims, one caption each over a 30-word vocabulary.
-
-    Image j shows 3 of 20 concepts (a distinct set per image): 3 regions are noisy prototypes of
-    its concepts (prototypes fixed across seeds), one is clutter. The caption names the concepts
-    (ids 1-20) in random order with 1-2 filler words (ids 21-29).
-    """
-    protos = np.random.default_rng(0).normal(size=(21, 16))
-    rng = np.random.default_rng(seed)
-    sets: set[tuple[int, ...]] = set()
-    while len(sets) < n:
-        sets.add(tuple(sorted(rng.choice(np.arange(1, 21), 3, replace=False))))
-    images, tokens = np.zeros((n, 4, 16)), np.zeros((n, 5), dtype=np.int64)
-    lengths = np.zeros(n, dtype=np.int64)
-    for j, concepts in enumerate(sorted(sets)):
-        regions = [protos[c] + 0.3 * rng.normal(size=16) for c in concepts]
-        images[j] = rng.permutation(np.stack([*regions, rng.normal(size=16)]))
-        words = rng.permutation(list(concepts) + list(rng.integers(21, 30, rng.integers(1, 3))))
-        tokens[j, : len(words)], lengths[j] = words, len(words)
-    return torch.tensor(images, dtype=torch.float32), torch.tensor(tokens), torch.tensor(lengths)
-
-
-def recall_at(sim: torch.Tensor, k: int) -> tuple[float, float]:
-    """R@k of image->text and text->image when pair j is (image j, text j)."""
-    target = torch.arange(sim.shape[0])
-    i2t = (sim.argsort(dim=1, descending=True)[:, :k] == target[:, None]).any(1).float().mean()
-    t2i = (sim.argsort(dim=0, descending=True)[:k, :] == target[None, :]).any(0).float().mean()
-    return float(i2t), float(t2i)
 
 
 def test_tiny_training_learns_the_pairing() -> None:

@@ -11,13 +11,7 @@ from scalable_xmr.engine.pairs import PairTrainer, PairTrainerConfig
 from scalable_xmr.errors import InputError, MissingError
 from scalable_xmr.models.vse import VSE, VSEConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(text_dim=None):

@@ -3,6 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Callable
+
+AddArguments = Callable[[argparse.ArgumentParser], None]
+
+
+def add_job_subcommand(
+    sub: argparse._SubParsersAction, name: str, help: str, description: str | None,
+    add_arguments: AddArguments, func: Callable[[argparse.Namespace], int],
+) -> argparse.ArgumentParser:
+    """``xmr <name>``: a subcommand with the same flags as the job script (``add_arguments``)."""
+    p = sub.add_parser(name, help=help, description=description,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=func)
+    return p
+
+
+def job_script_parser(
+    prog: str, description: str | None, add_arguments: AddArguments
+) -> argparse.ArgumentParser:
+    """The parser of a thin script in jobs/ (``prog`` is its file name)."""
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return p
 
 ADDRESS_HELP = (
     "Ray cluster address; default: attach to the cluster under `ray submit` (or when RAY_ADDRESS is "
@@ -31,3 +57,22 @@ def add_tracking_arguments(
     t.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     if progress:
         t.add_argument("--no-progress", action="store_true", help="no live progress bars")
+
+
+def run_job(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int],
+            argv: list[str] | None) -> int:
+    """Parse ``argv`` and run ``func`` with the one-line error handling of ``xmr``."""
+    from scalable_xmr.cli import run_cli
+
+    args = parser.parse_args(argv)
+    return run_cli(lambda: func(args))
+
+
+def print_run_footer(run_dir: str, tracking: str, seconds: float, metrics_file: bool = False) -> None:
+    """The last lines of a training job: where the run, its plots and its MLflow run are."""
+    print(f"run directory : {run_dir}")
+    if metrics_file:
+        print(f"metrics       : {os.path.join(run_dir, 'metrics.json')}")
+    print(f"plots         : {os.path.join(run_dir, 'plots')}")
+    print(f"MLflow        : {tracking}")
+    print(f"wall time     : {seconds:.1f} s")

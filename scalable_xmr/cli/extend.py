@@ -12,9 +12,15 @@ run.json, metrics.json and plots/ are rewritten). Hyperparameters default to the
 from __future__ import annotations
 
 import argparse
-import os
 
-from scalable_xmr.cli.common import add_address_argument, add_tracking_arguments
+from scalable_xmr.cli.common import (
+    add_address_argument,
+    add_job_subcommand,
+    add_tracking_arguments,
+    job_script_parser,
+    print_run_footer,
+    run_job,
+)
 from scalable_xmr.config import ModalityOverrides, ResourceConfig, TrackingConfig
 from scalable_xmr.errors import InputError
 
@@ -63,17 +69,12 @@ def add_extend_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("add-modality", help="add a modality to a finished SDML run (trains only its network)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_extend_arguments(p)
-    p.set_defaults(func=run_add)
+    add_job_subcommand(sub, "add-modality", "add a modality to a finished SDML run (trains only its "
+                       "network)", __doc__, add_extend_arguments, run_add)
 
 
 def job_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="add_modality.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_extend_arguments(p)
-    return p
+    return job_script_parser("add_modality.py", __doc__, add_extend_arguments)
 
 
 def request_from_args(args: argparse.Namespace):
@@ -115,15 +116,9 @@ def run_add(args: argparse.Namespace) -> int:
     for m, r in summary.results.items():
         print(f"  {m:<12}best epoch {r.best_epoch}/{r.epochs}, "
               f"trained in {r.train_seconds:.1f} s on {r.device}")
-    print(f"run directory : {summary.run_dir}")
-    print(f"plots         : {os.path.join(summary.run_dir, 'plots')}")
-    print(f"MLflow        : {summary.tracking}")
-    print(f"wall time     : {summary.seconds:.1f} s")
+    print_run_footer(summary.run_dir, summary.tracking, summary.seconds)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scalable_xmr.cli import run_cli
-
-    args = job_parser().parse_args(argv)
-    return run_cli(lambda: run_add(args))
+    return run_job(job_parser(), run_add, argv)

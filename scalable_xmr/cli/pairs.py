@@ -10,12 +10,19 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
 import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from scalable_xmr.cli.common import (
+    add_address_argument,
+    add_job_subcommand,
+    add_tracking_arguments,
+    job_script_parser,
+    print_run_footer,
+    run_job,
+)
 from scalable_xmr.errors import InputError
 
 MODELS = ("vse", "mtfn", "mmca", "vsa")
@@ -76,30 +83,18 @@ def add_pairs_arguments(p: argparse.ArgumentParser) -> None:
                    "cluster has GPUs, else 0)")
     c.add_argument("--cpus-per-model", type=float, default=None,
                    help="CPUs per model actor (default: the cluster's CPUs shared out evenly)")
-    c.add_argument("--address", default=None,
-                   help="Ray cluster address; default: attach to this machine's cluster, else start a "
-                   "local Ray; 'local' always starts one")
-    t = p.add_argument_group("tracking")
-    t.add_argument("--tracking-uri", default=None,
-                   help="MLflow URI (default: sqlite:///<abs parent of --run>/mlflow.db)")
-    t.add_argument("--experiment", default="scalable_xmr", help="MLflow experiment name")
-    t.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    t.add_argument("--no-progress", action="store_true", help="no live progress bars")
+    add_address_argument(c)
+    add_tracking_arguments(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-pairs", help="train image-text branch models (VSE, MTFN, MMCA, VSA) in "
-                       "parallel, with R@K and cross-modal re-ranking", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_pairs_arguments(p)
-    p.set_defaults(func=run_pairs)
+    add_job_subcommand(sub, "train-pairs", "train image-text branch models (VSE, MTFN, MMCA, VSA) in "
+                       "parallel, with R@K and cross-modal re-ranking", __doc__, add_pairs_arguments,
+                       run_pairs)
 
 
 def job_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train_pairs.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_pairs_arguments(p)
-    return p
+    return job_script_parser("train_pairs.py", __doc__, add_pairs_arguments)
 
 
 # ------------------------------------------------------------------------------ arguments -> request
@@ -285,16 +280,9 @@ def run_pairs(args: argparse.Namespace) -> int:
     print()
     print(summary.table)
     print()
-    print(f"run directory : {summary.run_dir}")
-    print(f"metrics       : {os.path.join(summary.run_dir, 'metrics.json')}")
-    print(f"plots         : {os.path.join(summary.run_dir, 'plots')}")
-    print(f"MLflow        : {summary.tracking}")
-    print(f"wall time     : {summary.seconds:.1f} s")
+    print_run_footer(summary.run_dir, summary.tracking, summary.seconds, metrics_file=True)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scalable_xmr.cli import run_cli
-
-    args = job_parser().parse_args(argv)
-    return run_cli(lambda: run_pairs(args))
+    return run_job(job_parser(), run_pairs, argv)

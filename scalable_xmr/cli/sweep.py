@@ -21,7 +21,13 @@ import json
 import sys
 from pathlib import Path
 
-from scalable_xmr.cli.common import add_address_argument, add_tracking_arguments
+from scalable_xmr.cli.common import (
+    add_address_argument,
+    add_job_subcommand,
+    add_tracking_arguments,
+    job_script_parser,
+    run_job,
+)
 from scalable_xmr.config import TrackingConfig
 from scalable_xmr.errors import InputError
 
@@ -79,18 +85,12 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sweep", help="hyperparameter sweep with Ray Tune (SDML per modality, or a "
-                       "branch model)", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sweep_arguments(p)
-    p.set_defaults(func=run_sweep_cli)
+    add_job_subcommand(sub, "sweep", "hyperparameter sweep with Ray Tune (SDML per modality, or a branch "
+                       "model)", __doc__, add_sweep_arguments, run_sweep_cli)
 
 
 def job_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sweep.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sweep_arguments(p)
-    return p
+    return job_script_parser("sweep.py", __doc__, add_sweep_arguments)
 
 
 def _value(text: str):
@@ -179,7 +179,4 @@ def run_sweep_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scalable_xmr.cli import run_cli
-
-    args = job_parser().parse_args(argv)
-    return run_cli(lambda: run_sweep_cli(args))
+    return run_job(job_parser(), run_sweep_cli, argv)

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import os
 import sys
 from pathlib import Path
 
-from scalable_xmr.cli.common import add_address_argument, add_tracking_arguments
+from scalable_xmr.cli.common import (
+    add_address_argument,
+    add_tracking_arguments,
+    print_run_footer,
+    run_job,
+)
 from scalable_xmr.config import ModalityOverrides, ResourceConfig, SDMLConfig, TrackingConfig
 from scalable_xmr.errors import InputError
 
@@ -164,10 +168,7 @@ def run_train(args: argparse.Namespace) -> int:
     print()
     print(map_table(summary.metrics))
     print()
-    print(f"run directory : {summary.run_dir}")
-    print(f"plots         : {os.path.join(summary.run_dir, 'plots')}")
-    print(f"MLflow        : {summary.tracking}")
-    print(f"wall time     : {summary.seconds:.1f} s")
+    print_run_footer(summary.run_dir, summary.tracking, summary.seconds)
     if args.demo:
         print(f"\nThis was the {args.epochs}-epoch demo. The paper's full setting is 200 epochs:\n"
               "  python jobs/train_xmedia.py --epochs 200            (synthetic XMedia-shaped data)\n"
@@ -176,7 +177,4 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scalable_xmr.cli import run_cli
-
-    args = job_parser().parse_args(argv)
-    return run_cli(lambda: run_train(args))
+    return run_job(job_parser(), run_train, argv)

@@ -17,6 +17,7 @@ import os
 import sys
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
@@ -68,12 +69,23 @@ def describe_cluster() -> str:
     return ", ".join(parts) + f", {len(ray.nodes())} node(s)"
 
 
-def _unwrap(error: Exception) -> Exception:
+def unwrap_actor_error(error: Exception) -> Exception:
     """The user-facing error inside a Ray task error, when there is one."""
     cause = getattr(error, "cause", None)
     if isinstance(error, RayTaskError) and isinstance(cause, XMRError | ValueError | FileNotFoundError):
         return cause
     return error
+
+
+def get_results(names: list[str], refs: list) -> dict[str, Any]:
+    """``ray.get`` each actor's result by name; an actor's user-facing error is raised as itself."""
+    results = {}
+    for name, ref in zip(names, refs, strict=True):
+        try:
+            results[name] = ray.get(ref)
+        except (RayTaskError, RayActorError) as e:
+            raise unwrap_actor_error(e) from None
+    return results
 
 
 def _cpu_share(resources: ResourceConfig, n_actors: int) -> float:
@@ -108,7 +120,8 @@ def _bundles(resources: ResourceConfig, n: int, cpus: float) -> list[dict[str, f
     return [dict(bundle) for _ in range(n)]
 
 
-def _ready(pg, resources: ResourceConfig) -> None:
+def wait_for_placement(pg, resources: ResourceConfig) -> None:
+    """Wait for the placement group's bundles; on timeout remove it and say what the cluster has."""
     timeout = resources.placement_timeout_s if _can_autoscale() else 60.0
     try:
         ray.get(pg.ready(), timeout=timeout)
@@ -158,7 +171,7 @@ def _run_groups(groups, resources, hub, hub_name, bars) -> dict[str, TrainResult
         cpus = _cpu_share(resources, len(group))
         threads = max(1, int(cpus))
         pg = placement_group(_bundles(resources, len(group), cpus), strategy="PACK")
-        _ready(pg, resources)
+        wait_for_placement(pg, resources)
         try:
             actors = [
                 modality_actor(**_actor_options(resources, cpus, pg, i)).remote(
@@ -168,11 +181,7 @@ def _run_groups(groups, resources, hub, hub_name, bars) -> dict[str, TrainResult
             ]
             refs = [a.train.remote() for a in actors]
             wait_with_progress(refs, hub, bars)
-            for job, ref in zip(group, refs, strict=True):
-                try:
-                    results[job.modality] = ray.get(ref)
-                except (RayTaskError, RayActorError) as e:
-                    raise _unwrap(e) from None
+            results.update(get_results([job.modality for job in group], refs))
             for a in actors:
                 ray.kill(a)
         finally:
@@ -183,16 +192,13 @@ def _run_groups(groups, resources, hub, hub_name, bars) -> dict[str, TrainResult
 def _run_joint(jobs, resources, hub, hub_name, bars) -> dict[str, TrainResult]:
     cpus = _cpu_share(resources, 1)
     pg = placement_group(_bundles(resources, 1, cpus), strategy="PACK")
-    _ready(pg, resources)
+    wait_for_placement(pg, resources)
     try:
         threads = max(1, int(cpus))
         jobs = [dataclasses.replace(j, num_threads=j.num_threads or threads) for j in jobs]
         actor = joint_actor(**_actor_options(resources, cpus, pg, 0)).remote(jobs, hub_name)
         ref = actor.train.remote()
         wait_with_progress([ref], hub, bars)
-        try:
-            return ray.get(ref)
-        except (RayTaskError, RayActorError) as e:
-            raise _unwrap(e) from None
+        return get_results(["joint"], [ref])["joint"]
     finally:
         remove_placement_group(pg)

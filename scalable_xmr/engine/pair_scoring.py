@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -228,13 +228,22 @@ def similarity_matrix(
     """
     data = as_pair_tensors(data, model, device)
     img_repr, txt_repr = encode_gallery(model, data, chunk)
-    out = torch.empty(data.n_images, data.n_captions, dtype=torch.float32, device=out_device)
     with _EvalMode(model):
-        for i in range(0, data.n_images, chunk):
-            img_block = _rows(img_repr, i, i + chunk)
-            for j in range(0, data.n_captions, chunk):
-                block = model.similarity(img_block, _rows(txt_repr, j, j + chunk))
-                out[i : i + chunk, j : j + chunk] = block.to(out_device, torch.float32)
+        return _blockwise(model.similarity, img_repr, data.n_images, txt_repr, data.n_captions, chunk,
+                          out_device)
+
+
+def _blockwise(
+    score: Callable[[Repr, Repr], torch.Tensor], rows: Repr, n_rows: int, cols: Repr, n_cols: int,
+    chunk: int, out_device: torch.device | str,
+) -> torch.Tensor:
+    """``score`` of every row against every column, one (chunk × chunk) block at a time."""
+    out = torch.empty(n_rows, n_cols, dtype=torch.float32, device=out_device)
+    for i in range(0, n_rows, chunk):
+        row_block = _rows(rows, i, i + chunk)
+        for j in range(0, n_cols, chunk):
+            out[i : i + chunk, j : j + chunk] = score(row_block, _rows(cols, j, j + chunk)).to(
+                out_device, torch.float32)
     return out
 
 
@@ -257,14 +266,10 @@ def text_similarity_matrix(
     if not getattr(model, "has_text_branch", False):
         raise InputError(f"model {model.name!r} has no text-text branch (only MTFN has S_TT)")
     data = as_pair_tensors(data, model, device)
-    out = torch.empty(data.n_captions, data.n_captions, dtype=torch.float32, device=out_device)
     with _EvalMode(model):
         reprs = _encode_texts_tt(model, data, chunk)
-        for i in range(0, data.n_captions, chunk):
-            for j in range(0, data.n_captions, chunk):
-                block = model.text_similarity(_rows(reprs, i, i + chunk), _rows(reprs, j, j + chunk))
-                out[i : i + chunk, j : j + chunk] = block.to(out_device, torch.float32)
-    return out
+        return _blockwise(model.text_similarity, reprs, data.n_captions, reprs, data.n_captions, chunk,
+                          out_device)
 
 
 def nearest_text_recall(model: BranchModel, data: PairTensors, chunk: int) -> float:

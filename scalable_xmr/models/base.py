@@ -24,13 +24,49 @@ from typing import Any
 import torch
 from torch import nn
 
+from scalable_xmr.errors import InputError
+
 Repr = Any  # a tensor or a tuple of tensors
+
+
+def check_positive_int(name: str, value: object) -> None:
+    """Raise a one-line InputError unless ``value`` is an int >= 1 (bools refused)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InputError(f"{name}: must be a positive integer, got {value!r}")
+
+
+def check_positive_ints(obj: object, *names: str) -> None:
+    """:func:`check_positive_int` on each named field of a config, named ``Config.field``."""
+    for name in names:
+        check_positive_int(f"{type(obj).__name__}.{name}", getattr(obj, name))
 
 
 class BranchModel(nn.Module):
     """Base class of the image-text branch models."""
 
     name: str = "base"
+
+    def set_input_dims(self, vocab_size: int, image_dim: int, text_dim: int | None) -> None:
+        """Check and keep the input sizes: vocabulary, image feature size, dense caption size."""
+        check_positive_int("vocab_size", vocab_size)
+        check_positive_int("image_dim", image_dim)
+        if text_dim is not None:
+            check_positive_int("text_dim", text_dim)
+        self.vocab_size, self.image_dim, self.text_dim = vocab_size, image_dim, text_dim
+
+    def check_dense_captions(self, captions: torch.Tensor) -> None:
+        """InputError unless ``captions`` is a (B >= 1, text_dim) batch this model was built for."""
+        if self.text_dim is None:
+            raise InputError(
+                f"tokens: got a float tensor {tuple(captions.shape)} (dense caption vectors) but "
+                f"this {self.name.upper()} was built for token ids (vocab_size={self.vocab_size}); build "
+                "it with text_dim=<caption vector size> to use dense captions"
+            )
+        if captions.dim() != 2 or captions.shape[1] != self.text_dim or not len(captions):
+            raise InputError(
+                f"tokens: dense captions must have shape (B, {self.text_dim}), got "
+                f"{tuple(captions.shape)}"
+            )
 
     def encode_images(self, images: torch.Tensor) -> Repr:  # pragma: no cover - interface
         raise NotImplementedError

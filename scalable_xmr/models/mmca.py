@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scalable_xmr.errors import InputError
-from scalable_xmr.models.base import BranchModel
+from scalable_xmr.models.base import BranchModel, check_positive_int
 
 __all__ = ["MMCA", "MMCAConfig", "NGramPool", "as_regions", "check_tokens", "concat_text_reprs"]
 
@@ -72,9 +72,9 @@ class MMCAConfig:
     def __post_init__(self) -> None:
         for name in ("embed_dim", "n_heads", "n_layers", "text_layers", "n_filters", "max_len",
                      "pair_chunk"):
-            _check_positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if self.ffn_dim is not None:
-            _check_positive_int("ffn_dim", self.ffn_dim)
+            check_positive_int("ffn_dim", self.ffn_dim)
         if self.embed_dim % self.n_heads:
             raise InputError(
                 f"MMCAConfig: embed_dim ({self.embed_dim}) must be divisible by n_heads "
@@ -89,10 +89,6 @@ class MMCAConfig:
         if self.hinge not in ("max", "sum"):
             raise InputError(f"MMCAConfig.hinge: expected 'max' or 'sum', got {self.hinge!r}")
 
-
-def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InputError(f"{name}: must be a positive integer, got {value!r}")
 
 
 def as_regions(images: torch.Tensor, image_dim: int) -> torch.Tensor:
@@ -203,12 +199,8 @@ class MMCA(BranchModel):
         self, config: MMCAConfig, vocab_size: int, image_dim: int, *, text_dim: int | None = None
     ) -> None:
         super().__init__()
-        _check_positive_int("vocab_size", vocab_size)
-        _check_positive_int("image_dim", image_dim)
-        if text_dim is not None:
-            _check_positive_int("text_dim", text_dim)
-        self.config, self.vocab_size, self.image_dim, self.text_dim = (
-            config, vocab_size, image_dim, text_dim)
+        self.set_input_dims(vocab_size, image_dim, text_dim)
+        self.config = config
         d = config.embed_dim
         self.region_fc = nn.Linear(image_dim, d)  # §3.2: FC from region features to R
         self.image_attn = _transformer(config, config.n_layers)  # §3.3: R -> R_s
@@ -248,17 +240,7 @@ class MMCA(BranchModel):
         return self.text_pool0(words, valid), words, valid
 
     def _dense_fragment(self, captions: torch.Tensor) -> torch.Tensor:
-        if self.dense_text is None:
-            raise InputError(
-                f"tokens: got a float tensor {tuple(captions.shape)} (dense caption vectors) but "
-                f"this MMCA was built for token ids (vocab_size={self.vocab_size}); build it with "
-                "text_dim=<caption vector size> to use dense captions"
-            )
-        if captions.dim() != 2 or captions.shape[1] != self.text_dim or not len(captions):
-            raise InputError(
-                f"tokens: dense captions must have shape (B, {self.text_dim}), got "
-                f"{tuple(captions.shape)}"
-            )
+        self.check_dense_captions(captions)
         return self.dense_text(captions).unsqueeze(1)  # (B, 1, d): one text fragment
 
     def cross_embeddings(

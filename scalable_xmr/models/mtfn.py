@@ -37,12 +37,11 @@ import torch
 from torch import nn
 
 from scalable_xmr.errors import InputError
-from scalable_xmr.models.base import BranchModel
+from scalable_xmr.models.base import BranchModel, check_positive_ints
 from scalable_xmr.models.vse import (
     DenseTextEncoder,
     GRUTextEncoder,
     check_margin_hinge,
-    check_positive_ints,
     pool_regions,
 )
 

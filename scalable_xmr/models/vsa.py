@@ -45,7 +45,7 @@ from torch import nn
 
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.contrastive import mmd_gaussian
-from scalable_xmr.models.base import BranchModel
+from scalable_xmr.models.base import BranchModel, check_positive_int
 from scalable_xmr.models.mmca import as_regions, check_tokens
 
 __all__ = ["VSA", "VSAConfig", "ConvTextAutoencoder", "conv_lengths"]
@@ -74,10 +74,10 @@ class VSAConfig:
         object.__setattr__(self, "conv_channels", tuple(self.conv_channels))
         object.__setattr__(self, "strides", tuple(self.strides))
         for name in ("embed_dim", "word_dim", "filter_size", "max_len"):
-            _check_positive_int(f"VSAConfig.{name}", getattr(self, name))
+            check_positive_int(f"VSAConfig.{name}", getattr(self, name))
         for name in ("conv_channels", "strides"):
             for value in getattr(self, name):
-                _check_positive_int(f"VSAConfig.{name}", value)
+                check_positive_int(f"VSAConfig.{name}", value)
         if len(self.conv_channels) != len(self.strides):
             raise InputError(
                 f"VSAConfig: conv_channels {self.conv_channels} and strides {self.strides} "
@@ -93,10 +93,6 @@ class VSAConfig:
             raise InputError(f"VSAConfig.hinge: expected 'max' or 'sum', got {self.hinge!r}")
         conv_lengths(self.max_len, self.filter_size, self.strides)  # raises if too short
 
-
-def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InputError(f"{name}: must be a positive integer, got {value!r}")
 
 
 def conv_lengths(max_len: int, filter_size: int, strides: tuple[int, ...]) -> list[int]:
@@ -200,12 +196,8 @@ class VSA(BranchModel):
         self, config: VSAConfig, vocab_size: int, image_dim: int, *, text_dim: int | None = None
     ) -> None:
         super().__init__()
-        _check_positive_int("vocab_size", vocab_size)
-        _check_positive_int("image_dim", image_dim)
-        if text_dim is not None:
-            _check_positive_int("text_dim", text_dim)
-        self.config, self.vocab_size, self.image_dim, self.text_dim = (
-            config, vocab_size, image_dim, text_dim)
+        self.set_input_dims(vocab_size, image_dim, text_dim)
+        self.config = config
         self.visual_ae = DenseAutoencoder(image_dim, config.embed_dim)
         self.text_ae = ConvTextAutoencoder(vocab_size, config)
         self.dense_text_ae = (
@@ -216,17 +208,7 @@ class VSA(BranchModel):
         return as_regions(images, self.image_dim).mean(dim=1)  # (B, dim): Φ(i)
 
     def _dense_captions(self, captions: torch.Tensor) -> DenseAutoencoder:
-        if self.dense_text_ae is None:
-            raise InputError(
-                f"tokens: got a float tensor {tuple(captions.shape)} (dense caption vectors) but "
-                f"this VSA was built for token ids (vocab_size={self.vocab_size}); build it with "
-                "text_dim=<caption vector size> to use dense captions"
-            )
-        if captions.dim() != 2 or captions.shape[1] != self.text_dim or not len(captions):
-            raise InputError(
-                f"tokens: dense captions must have shape (B, {self.text_dim}), got "
-                f"{tuple(captions.shape)}"
-            )
+        self.check_dense_captions(captions)
         return self.dense_text_ae
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

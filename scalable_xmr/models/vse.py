@@ -24,17 +24,9 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from scalable_xmr.errors import InputError
-from scalable_xmr.models.base import BranchModel
+from scalable_xmr.models.base import BranchModel, check_positive_ints
 
-__all__ = ["VSE", "VSEConfig", "GRUTextEncoder", "DenseTextEncoder", "pool_regions", "check_positive_ints"]
-
-
-def check_positive_ints(obj: object, *names: str) -> None:
-    """InputError unless each named field of a config is an int >= 1."""
-    for name in names:
-        v = getattr(obj, name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise InputError(f"{type(obj).__name__}.{name}: must be an integer >= 1, got {v!r}")
+__all__ = ["VSE", "VSEConfig", "GRUTextEncoder", "DenseTextEncoder", "pool_regions"]
 
 
 @dataclass(frozen=True)

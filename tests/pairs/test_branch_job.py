@@ -31,12 +31,7 @@ TINY_VSE = {"embed_dim": 8, "word_dim": 4}
 TINY_VSA = {"embed_dim": 8, "word_dim": 4, "conv_channels": (4, 8), "max_len": 16}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
