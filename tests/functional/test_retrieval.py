@@ -238,7 +238,7 @@ def test_recall_at_k_matches_vsepp_loop(monkeypatch, n, ties):
         size=(n_img, n_img * n))
     expected = recall_at_k_loop(sim, n)
     assert recall_at_k(sim, n) == pytest.approx(expected, abs=1e-12)
-    monkeypatch.setattr(retrieval, "_BLOCK_ELEMENTS", 7 * n)  # force many row/column chunks
+    monkeypatch.setattr(retrieval.recall, "_BLOCK_ELEMENTS", 7 * n)  # force many row/column chunks
     assert recall_at_k(sim, n) == pytest.approx(expected, abs=1e-12)
     assert set(expected) == {"i2t@1", "i2t@5", "i2t@10", "t2i@1", "t2i@5", "t2i@10",
                              "i2t_medr", "t2i_medr", "i2t_meanr", "t2i_meanr", "rsum"}

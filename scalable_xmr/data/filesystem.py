@@ -1,0 +1,49 @@
+"""Local paths and ``pyarrow.fs`` URIs (``file://``, ``s3://``, ``gs://``) of datasets."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from scalable_xmr.errors import InputError, MissingError
+
+
+def _resolve(uri: str, filesystem: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a local path or a pyarrow.fs URI."""
+    uri = os.fspath(uri)
+    if filesystem is not None:
+        return filesystem, uri
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowException, ValueError, OSError) as e:
+        raise InputError(f"{uri}: not a usable file-system URI ({e})") from e
+
+
+def _kind(fs: pafs.FileSystem, path: str) -> pafs.FileType:
+    return fs.get_file_info(path).type
+
+
+def _read_json(fs: pafs.FileSystem, path: str) -> Any:
+    if _kind(fs, path) != pafs.FileType.File:
+        raise MissingError(f"{path}: file not found")
+    try:
+        with fs.open_input_stream(path) as f:
+            return json.loads(f.read().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from e
+
+
+def _open_table(fs: pafs.FileSystem, path: str) -> pads.Dataset:
+    if _kind(fs, path) == pafs.FileType.NotFound:
+        raise MissingError(f"{path}: modality table not found")
+    try:
+        return pads.dataset(path, format="parquet", filesystem=fs)
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"{path}: not a readable Parquet table ({e})") from e
