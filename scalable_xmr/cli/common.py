@@ -8,6 +8,12 @@ from collections.abc import Callable
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
 
+ADDRESS_HELP = (
+    "Ray cluster address; default: attach to the cluster under `ray submit` (or when RAY_ADDRESS is "
+    "set), else start a private local Ray; 'auto': attach to a cluster made with `ray start` on this "
+    "machine; 'local': always start one"
+)
+
 
 def add_job_subcommand(
     sub: argparse._SubParsersAction, name: str, help: str, description: str | None,
@@ -29,12 +35,6 @@ def job_script_parser(
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     return p
-
-ADDRESS_HELP = (
-    "Ray cluster address; default: attach to the cluster under `ray submit` (or when RAY_ADDRESS is "
-    "set), else start a private local Ray; 'auto': attach to a cluster made with `ray start` on this "
-    "machine; 'local': always start one"
-)
 
 
 def add_address_argument(group: argparse._ArgumentGroup) -> None:

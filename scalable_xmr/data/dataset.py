@@ -128,6 +128,7 @@ def open_dataset(
         ds.validate()
     return ds
 
+
 def _check_target(fs: pafs.FileSystem, root: str, info: DatasetInfo, overwrite: bool) -> None:
     kind = _kind(fs, root)
     if kind == pafs.FileType.NotFound:

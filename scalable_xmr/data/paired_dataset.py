@@ -71,6 +71,7 @@ class PairedSplit:
             )
         return self.captions_per_image
 
+
 class PairedDataset:
     """A paired image-text dataset opened for reading (see the module docstring)."""
 
@@ -140,59 +141,54 @@ class PairedDataset:
         """(images, captions, constant captions per image or None) of one split, checking the
         captions as :meth:`read_split` does (ids, image references, tokens, features) without
         reading any image features: cheap enough for a driver to validate a big dataset."""
-        if split not in SPLITS:
-            raise InputError(f"split: expected one of {SPLITS}, got {split!r}")
+        _, image_ids = self._split_images(split, columns=["image_id"])
+        caps, cap_ids, img_idx, _ = self._split_captions(split, image_ids)
         cap_where = f"{self.uri}/{CAPTIONS_FILE}"
-        flt = [("split", "=", split)]
-        imgs = pq.read_table(self._path(IMAGES_FILE), columns=["image_id"], filters=flt, filesystem=self._fs)
-        if imgs.num_rows == 0:
-            raise InputError(f"{self.uri}/{IMAGES_FILE}: no images in split {split!r}")
-        image_ids = np.asarray(imgs.column("image_id").to_pylist(), dtype=object)
-        _check_unique(image_ids, f"{self.uri}/{IMAGES_FILE}: column image_id")
-        caps = pq.read_table(self._path(CAPTIONS_FILE), filters=flt, filesystem=self._fs)
-        cap_ids = np.asarray(caps.column("caption_id").to_pylist(), dtype=object)
-        _check_unique(cap_ids, f"{cap_where}: column caption_id")
-        all_imgs = pq.read_table(self._path(IMAGES_FILE), columns=["image_id", "split"], filesystem=self._fs)
-        all_map = dict(
-            zip(all_imgs.column("image_id").to_pylist(), all_imgs.column("split").to_pylist(), strict=True)
-        )
-        img_idx, _ = _group_captions(
-            np.asarray(caps.column("image_id").to_pylist()), cap_ids, image_ids, split, all_map, cap_where
-        )
         if self.vocab is not None:
             _pad_tokens(caps.column("tokens"), len(self.vocab), cap_ids, f"{cap_where}: column tokens")
         if self.text_dim is not None:
             _to_numpy_list(caps.column("features"), (self.text_dim,), f"{cap_where}: column features")
-        counts = np.bincount(img_idx, minlength=len(image_ids))
-        per_image = int(counts[0]) if len(counts) and (counts == counts[0]).all() and counts[0] else None
-        return len(image_ids), len(cap_ids), per_image
+        return len(image_ids), len(cap_ids), _captions_per_image(img_idx, len(image_ids))
 
-    def read_split(self, split: str, mean_regions: bool = False) -> PairedSplit:
-        """Read one split; ``mean_regions`` averages region features to one vector per image."""
+    def _split_images(self, split: str, columns: list[str] | None = None):
+        """(images.parquet rows of ``split``, ``columns`` only; their image ids, checked unique)."""
         if split not in SPLITS:
             raise InputError(f"split: expected one of {SPLITS}, got {split!r}")
-        img_where, cap_where = f"{self.uri}/{IMAGES_FILE}", f"{self.uri}/{CAPTIONS_FILE}"
-        flt = [("split", "=", split)]
-        imgs = pq.read_table(self._path(IMAGES_FILE), filters=flt, filesystem=self._fs)
-        caps = pq.read_table(self._path(CAPTIONS_FILE), filters=flt, filesystem=self._fs)
+        where = f"{self.uri}/{IMAGES_FILE}"
+        imgs = pq.read_table(self._path(IMAGES_FILE), columns=columns, filters=[("split", "=", split)],
+                             filesystem=self._fs)
         if imgs.num_rows == 0:
-            raise InputError(f"{img_where}: no images in split {split!r}")
+            raise InputError(f"{where}: no images in split {split!r}")
         image_ids = np.asarray(imgs.column("image_id").to_pylist(), dtype=object)
-        _check_unique(image_ids, f"{img_where}: column image_id")
-        images = _to_numpy_list(
-            imgs.column(self.image_column), self.image_shape, f"{img_where}: column {self.image_column}"
-        )
-        if mean_regions and images.ndim == 3:
-            images = images.mean(axis=1)
+        _check_unique(image_ids, f"{where}: column image_id")
+        return imgs, image_ids
+
+    def _split_captions(self, split: str, image_ids: np.ndarray):
+        """(captions table, caption ids, image index per caption, order grouping them by image)."""
+        where = f"{self.uri}/{CAPTIONS_FILE}"
+        caps = pq.read_table(self._path(CAPTIONS_FILE), filters=[("split", "=", split)], filesystem=self._fs)
         cap_ids = np.asarray(caps.column("caption_id").to_pylist(), dtype=object)
-        _check_unique(cap_ids, f"{cap_where}: column caption_id")
+        _check_unique(cap_ids, f"{where}: column caption_id")
+        # every image's split, only to say which split a wrongly referenced image is in
         all_imgs = pq.read_table(self._path(IMAGES_FILE), columns=["image_id", "split"], filesystem=self._fs)
         all_map = dict(
             zip(all_imgs.column("image_id").to_pylist(), all_imgs.column("split").to_pylist(), strict=True)
         )
         img_idx, order = _group_captions(
-            np.asarray(caps.column("image_id").to_pylist()), cap_ids, image_ids, split, all_map, cap_where
+            np.asarray(caps.column("image_id").to_pylist()), cap_ids, image_ids, split, all_map, where
         )
+        return caps, cap_ids, img_idx, order
+
+    def read_split(self, split: str, mean_regions: bool = False) -> PairedSplit:
+        """Read one split; ``mean_regions`` averages region features to one vector per image."""
+        img_where, cap_where = f"{self.uri}/{IMAGES_FILE}", f"{self.uri}/{CAPTIONS_FILE}"
+        imgs, image_ids = self._split_images(split)
+        images = _to_numpy_list(
+            imgs.column(self.image_column), self.image_shape, f"{img_where}: column {self.image_column}"
+        )
+        if mean_regions and images.ndim == 3:
+            images = images.mean(axis=1)
+        caps, cap_ids, img_idx, order = self._split_captions(split, image_ids)
         tokens = lengths = feats = None
         if self.vocab is not None:
             tokens, lengths = _pad_tokens(
@@ -203,8 +199,6 @@ class PairedDataset:
             feats = _to_numpy_list(
                 caps.column("features"), (self.text_dim,), f"{cap_where}: column features"
             )[order]
-        counts = np.bincount(img_idx, minlength=len(image_ids))
-        per_image = int(counts[0]) if len(counts) and (counts == counts[0]).all() else None
         return PairedSplit(
             split=split,
             image_ids=image_ids,
@@ -214,9 +208,16 @@ class PairedDataset:
             tokens=tokens,
             lengths=lengths,
             text_features=feats,
-            captions_per_image=per_image or None,
+            captions_per_image=_captions_per_image(img_idx, len(image_ids)),
             vocab_size=0 if self.vocab is None else len(self.vocab),
         )
+
+
+def _captions_per_image(img_idx: np.ndarray, n_images: int) -> int | None:
+    """The number of captions every image has, or None when it varies (or is 0)."""
+    counts = np.bincount(img_idx, minlength=n_images)
+    return int(counts[0]) if len(counts) and (counts == counts[0]).all() and counts[0] else None
+
 
 def open_paired_dataset(uri: str | os.PathLike) -> PairedDataset:
     """Open a paired dataset directory or URI (``s3://...``, ``gs://...``) for reading."""
@@ -228,6 +229,7 @@ def open_paired_dataset(uri: str | os.PathLike) -> PairedDataset:
         if not Path(root).is_dir():
             raise MissingError(f"{text}: paired dataset directory not found")
     return PairedDataset(text, fs, root)
+
 
 def check_paired_dataset(path: str | os.PathLike) -> None:
     """Read every split of a dataset, raising InputError on the first problem found."""

@@ -115,6 +115,7 @@ def _check_unique(ids: np.ndarray, where: str) -> None:
     if len(uniq) != len(ids):
         raise InputError(f"{where}: duplicate id {str(uniq[counts > 1][0])!r}")
 
+
 def _check_vocab(vocab: Any, where: str) -> None:
     if not isinstance(vocab, list) or len(vocab) < 2 or not all(isinstance(w, str) for w in vocab):
         raise InputError(f"{where}: expected a JSON list of >= 2 strings ('<pad>', '<unk>', ...)")

@@ -147,6 +147,7 @@ def write_paired_dataset(
         check_paired_dataset(tmp)
     return out
 
+
 def _check_keys(d: Mapping[str, Any], required: set[str], optional: set[str], where: str):
     if not isinstance(d, Mapping):
         raise InputError(f"{where}: expected a dict of columns, got {type(d).__name__}")

@@ -91,7 +91,6 @@ def dataclass_from_dict(cls: type, values: Mapping[str, Any], where: str) -> Any
     return cls(**values)
 
 
-
 @dataclass(frozen=True, eq=False)
 class PairTensors:
     """A paired split on a device: images, texts (tokens or dense features), caption -> image."""

@@ -90,7 +90,6 @@ class MMCAConfig:
             raise InputError(f"MMCAConfig.hinge: expected 'max' or 'sum', got {self.hinge!r}")
 
 
-
 def as_regions(images: torch.Tensor, image_dim: int) -> torch.Tensor:
     """Validate ``images`` ``(B, dim)`` or ``(B, R, dim)`` and return ``(B, R, dim)`` (R = 1)."""
     if not isinstance(images, torch.Tensor) or not images.is_floating_point():

@@ -94,7 +94,6 @@ class VSAConfig:
         conv_lengths(self.max_len, self.filter_size, self.strides)  # raises if too short
 
 
-
 def conv_lengths(max_len: int, filter_size: int, strides: tuple[int, ...]) -> list[int]:
     """Sequence lengths ``[T⁽⁰⁾, ..., T⁽ᴺ⁻¹⁾]`` through the strided convolutions (papers/002 Eq. 1).
 
