@@ -46,7 +46,7 @@ import numpy as np
 
 from scalable_xmr.config import ModalityOverrides, ResourceConfig, SDMLConfig, TrackingConfig, from_dict
 from scalable_xmr.engine import evaluate
-from scalable_xmr.engine.sdml import ModalityJob, TrainResult
+from scalable_xmr.engine.sdml import ModalityJob, TrainResult, check_split_sizes
 from scalable_xmr.errors import InputError, MissingError, RunStateError
 from scalable_xmr.io import atomic_write_bytes
 from scalable_xmr.pipeline import RunSummary, finish_run, modality_entry
@@ -194,14 +194,14 @@ def _sources(store: RunStore, meta: dict, req: AddRequest,
                 raise InputError(f"--modality {m!r}: not in dataset {uri} "
                                  f"(it has: {', '.join(ds.modalities)})")
             splits = {s: ds.read_split(m, s) for s in SPLITS}  # checks dims, labels, NaN/inf, ids
-            _check_splits(splits, ds.table_path(m), multi_label, configs[m])
+            _check_splits(m, splits, ds.table_path(m), multi_label, configs[m])
             out[m] = _Source(uri, None)
         return out
     for m, path in zip(req.modalities, req.table_paths, strict=True):
         path = _absolute(path)
         # Labels are class indices of the run (a loose table has no class names to compare).
         splits = read_modality_table(path, n_classes=n_classes, multi_label=multi_label)
-        _check_splits(splits, path, multi_label, configs[m])
+        _check_splits(m, splits, path, multi_label, configs[m])
         out[m] = _Source(None, path)
     return out
 
@@ -222,7 +222,7 @@ def _check_classes(n: int, names, source: str, store: RunStore, meta: dict) -> N
                          f"{run_names[i]!r} in {store.run_json}")
 
 
-def _check_splits(splits: dict, where: str, multi_label: bool, cfg: SDMLConfig) -> None:
+def _check_splits(modality: str, splits: dict, where: str, multi_label: bool, cfg: SDMLConfig) -> None:
     if not multi_label:
         for s, data in splits.items():
             counts = data.labels.sum(axis=1)  # (n,)
@@ -230,10 +230,7 @@ def _check_splits(splits: dict, where: str, multi_label: bool, cfg: SDMLConfig) 
                 i = int(np.flatnonzero(counts > 1)[0])
                 raise InputError(f"{where}: row id {data.ids[i]!r} ({s}) has {int(counts[i])} labels but "
                                  "the run is single-label")
-    n_train = len(splits["train"])
-    if n_train < cfg.batch_size:
-        raise InputError(f"{where}: train split has {n_train} rows, fewer than one batch of "
-                         f"{cfg.batch_size} (--batch-size)")
+    check_split_sizes(modality, {s: len(d) for s, d in splits.items()}, cfg.batch_size, where)
 
 
 @contextlib.contextmanager

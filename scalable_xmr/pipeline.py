@@ -17,7 +17,7 @@ import numpy as np
 
 from scalable_xmr.config import ModalityOverrides, ResourceConfig, SDMLConfig, TrackingConfig
 from scalable_xmr.engine import evaluate
-from scalable_xmr.engine.sdml import ModalityJob, TrainResult
+from scalable_xmr.engine.sdml import ModalityJob, TrainResult, check_split_sizes
 from scalable_xmr.errors import InputError
 from scalable_xmr.projection import create_projection, load_projection, save_projection
 from scalable_xmr.store import RunStore, now_iso, versions
@@ -66,6 +66,10 @@ def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
             f"modality {missing[0]!r} not in dataset {req.dataset_uri} "
             f"(it has: {', '.join(ds.modalities)})"
         )
+    sizes = ds.split_sizes()  # every modality can train before any actor starts
+    for m in modalities:
+        batch = req.overrides.config_for(req.sdml, m).batch_size
+        check_split_sizes(m, sizes[m], batch, ds.table_path(m))
     connect(address)
     check_resources(req.resources)  # before anything is written
     store = RunStore(req.run_dir)

@@ -40,12 +40,14 @@ SHAPES: dict[str, dict[str, tuple[int, tuple[int, int, int]]]] = {
         "3d": (4700, (400, 50, 50)),
         "video": (4096, (969, 87, 87)),
     },
+    # "small": every train split holds at least one default batch (100 rows, SDML §4.2), so
+    # `xmr data synthetic --scale small` trains with default flags.
     "small": {
         "image": (64, (120, 30, 30)),
         "text": (80, (120, 30, 30)),
-        "audio": (16, (80, 20, 20)),
-        "3d": (48, (60, 20, 20)),
-        "video": (64, (80, 20, 20)),
+        "audio": (16, (100, 20, 20)),
+        "3d": (48, (100, 20, 20)),
+        "video": (64, (100, 20, 20)),
     },
 }
 LATENT_DIM = 16  # shared class space

@@ -55,6 +55,21 @@ class ModalityJob:
             raise InputError("give exactly one of dataset_uri and table_path")
 
 
+def check_split_sizes(modality: str, sizes: dict[str, int], batch_size: int, where: str) -> None:
+    """One line unless ``modality`` can train: a full batch of train rows, val and test rows.
+
+    Called by the jobs before any actor starts (a modality that cannot train must not cost the
+    others a minute of training first). ``sizes`` maps split -> rows; ``where`` names the table.
+    """
+    n_train = int(sizes.get("train", 0))
+    if n_train < batch_size:
+        raise InputError(f"modality {modality!r} ({where}): train split has {n_train} rows, fewer than "
+                         f"one batch of {batch_size}; lower --batch-size to at most {n_train} or add rows")
+    for split in ("val", "test"):  # model selection reads val, evaluation reads test
+        if int(sizes.get(split, 0)) < 1:
+            raise InputError(f"modality {modality!r} ({where}): {split} split has no rows")
+
+
 @dataclass
 class EpochStats:
     epoch: int

@@ -170,7 +170,7 @@ def test_bad_tables(tmp_path, capsys, fake_run):
           "modality table not found")
     good = write_table(tmp_path / "good.parquet", labels, feats)
     fails(capsys, fake_run, ["--modality", "lidar", "--table", good, "--batch-size", "50"],
-          "train split has 40 rows, fewer than one batch of 50 (--batch-size)")
+          "train split has 40 rows, fewer than one batch of 50; lower --batch-size to at most 40")
 
 
 def test_dataset_dim_differs_from_its_json(tmp_path, capsys, fake_run, small_xmedia):

@@ -32,6 +32,29 @@ def test_bad_arguments_fail_before_anything_is_written(tmp_path, capsys, small_x
         assert not run.exists()
 
 
+def test_a_modality_smaller_than_one_batch_fails_before_ray_starts(tmp_path, capsys, small_xmedia):
+    """image and text have 120 train rows, the other modalities 100: with batch 110 the first
+    modality that cannot train is named, with its split, rows and batch, before any actor runs."""
+    import ray
+
+    started = ray.is_initialized()
+    run = tmp_path / "run"
+    _fails(capsys, ["--data", small_xmedia, "--run", str(run), "--batch-size", "110", "--no-tracking"],
+           "modality 'audio' (")
+    _fails(capsys, ["--data", small_xmedia, "--run", str(run), "--batch-size", "110", "--no-tracking"],
+           "train split has 100 rows, fewer than one batch of 110; lower --batch-size to at most 100")
+    assert not run.exists()
+    assert ray.is_initialized() == started  # the check ran before Ray was started
+
+
+def test_small_synthetic_scale_fits_the_default_batch():
+    from scalable_xmr.config import SDMLConfig
+    from scalable_xmr.data.synthetic import SHAPES
+
+    for modality, (_, (n_train, n_val, n_test)) in SHAPES["small"].items():
+        assert n_train >= SDMLConfig().batch_size and n_val and n_test, modality
+
+
 def test_not_a_dataset(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     _fails(capsys, ["--data", str(tmp_path / "empty"), "--run", str(tmp_path / "run")], "dataset.json")
