@@ -3,8 +3,9 @@
 Independent of scalable_xmr on purpose: the tests and bench/rerank_speed.py compare the
 vectorised library against these. They follow the MTFN-RR reference script's loops (argsort per
 list, look the query up with np.where) with the project's rules: stable ties (descending score,
-lower index first), the reverse ranking over the whole gallery, and G(T, K') from a text-text
-similarity. ``queries`` restricts the work to some queries (for timing a subset).
+lower index first), the reverse ranking over the whole gallery, and G(T, K') = T and its K'
+nearest texts under a text-text similarity (T2I: the candidate text's group as Eq. 15 writes it,
+or the query's group). ``queries`` restricts the work to some queries (for timing a subset).
 """
 
 from __future__ import annotations
@@ -31,19 +32,36 @@ def rerank_i2t_loop(sim: np.ndarray, k: int, queries=None) -> dict[int, list[int
     return out
 
 
+def text_group(text_sim: np.ndarray, t: int, k_text: int) -> list[int]:
+    """G(t, K'): t and its K' nearest other texts (row t of ``text_sim``, stable)."""
+    return [t] + [int(u) for u in stable_desc(text_sim[t]) if u != t][:k_text]
+
+
 def rerank_t2i_loop(
-    sim: np.ndarray, k: int, text_sim: np.ndarray, k_text: int, queries=None
+    sim: np.ndarray, k: int, text_sim: np.ndarray, k_text: int, queries=None,
+    groups: str = "candidate",
 ) -> dict[int, list[int]]:
-    """Re-ranked image list of each text in ``queries`` (all by default)."""
-    out = {}
+    """Re-ranked image list of each text in ``queries`` (all by default).
+
+    MTFN-RR Eq. 15: walk each candidate image's text ranking from the top and stop at the first
+    text T_k with t in G(T_k, K') (``groups="candidate"``) or T_k in G(t, K') (``"query"``).
+    """
+    out, group_of = {}, {}  # group_of: G(u, K') of the texts met so far
+
+    def group(u: int) -> list[int]:
+        if u not in group_of:
+            group_of[u] = text_group(text_sim, u, k_text)
+        return group_of[u]
+
     for t in range(sim.shape[1]) if queries is None else queries:
         initial = stable_desc(sim[:, t])
-        neighbours = [int(u) for u in stable_desc(text_sim[t]) if u != t][:k_text]
-        group = [t] + neighbours
         positions = []
         for i in initial[:k]:
-            text_ranking = stable_desc(sim[i])
-            positions.append(min(int(np.where(text_ranking == g)[0][0]) for g in group))
+            ranking = enumerate(int(u) for u in stable_desc(sim[i]))
+            if groups == "query":  # the first T_k in the query's group G(t, K')
+                positions.append(next(p for p, t_k in ranking if t_k in group(t)))
+            else:  # Eq. 15: the first T_k whose own group G(T_k, K') holds t
+                positions.append(next(p for p, t_k in ranking if t in group(t_k)))
         new = [initial[j] for j in sorted(range(k), key=lambda j: (positions[j], j))]
         out[t] = [int(i) for i in new] + [int(i) for i in initial[k:]]
     return out

@@ -59,19 +59,48 @@ def test_i2t_matches_loop(strategy, ties, seed):
         _check_invariant(sim, out.numpy(), k)
 
 
+@pytest.mark.parametrize("groups", ["candidate", "query"])
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("seed", range(4))
-def test_t2i_matches_loop(strategy, ties, seed):
+def test_t2i_matches_loop(strategy, groups, ties, seed):
     rng = np.random.default_rng(100 + seed)
     n_img, n_txt = int(rng.integers(2, 8)), int(rng.integers(2, 14))
     sim = _random_sim(rng, n_img, n_txt, ties)
     text_sim = _random_sim(rng, n_txt, n_txt, ties)
     for k in sorted({1, 2 if n_img > 2 else 1, n_img}):
-        for k_text in sorted({0, 1, n_txt // 2, n_txt - 1}):
-            out = rerank_t2i(sim, k, text_sim, k_text)
-            expected = rerank_t2i_loop(sim, k, text_sim, k_text)
+        for k_text in sorted({0, 1, 2 if n_txt > 2 else 1, n_txt // 2, n_txt - 1}):
+            out = rerank_t2i(sim, k, text_sim, k_text, groups=groups)
+            expected = rerank_t2i_loop(sim, k, text_sim, k_text, groups=groups)
             assert _rows_order(out.T) == [expected[t] for t in range(n_txt)]
             _check_invariant(sim.T, out.numpy().T, k)
+
+
+def test_t2i_default_is_candidate_groups_and_variants_differ_somewhere():
+    rng = np.random.default_rng(5)
+    sim, text_sim = rng.normal(size=(6, 30)), rng.normal(size=(30, 30))
+    default = rerank_t2i(sim, 6, text_sim, 3)
+    assert torch.equal(default, rerank_t2i(sim, 6, text_sim, 3, groups="candidate"))
+    assert not torch.equal(default, rerank_t2i(sim, 6, text_sim, 3, groups="query"))
+
+
+def test_hand_example_candidate_and_query_groups():
+    # K' = 1 under a symmetric text-text similarity; the neighbour relation is still not:
+    # t0 -> t2, t1 -> t2, t2 -> t0, so G(t0) = {t0, t2}, G(t1) = {t1, t2}, G(t2) = {t2, t0}.
+    text_sim = np.array([[1.0, 0.1, 0.9], [0.1, 1.0, 0.8], [0.9, 0.8, 1.0]])
+    sim = np.array([[0.7, 0.6, 0.9],   # img0 ranks t2, t0, t1
+                    [0.1, 0.5, 0.8]])  # img1 ranks t2, t1, t0
+    query = _rows_order(rerank_t2i(sim, 2, text_sim, 1, groups="query").T)
+    candidate = _rows_order(rerank_t2i(sim, 2, text_sim, 1, groups="candidate").T)
+    # Query t1, column (.6, .5): img0, img1.
+    #   "query": first text of G(t1) = {t1, t2} -> t2 at 0 in both rows: tie, order kept.
+    #   "candidate" (Eq. 15): first T_k with t1 in G(T_k) -> only t1 itself: img0 2, img1 1.
+    assert query[1] == [0, 1] and candidate[1] == [1, 0]
+    # Query t0, column (.7, .1): img0, img1. Texts whose group holds t0: t0 and t2 = G(t0), so
+    # both variants agree: t2 at 0 in both rows -> tie, order kept.
+    assert query[0] == candidate[0] == [0, 1]
+    # Query t2, column (.9, .8): img0, img1. "query": G(t2) = {t2, t0} -> 0, 0. "candidate": t2
+    # is in every group -> the top text of each row, 0, 0. Kept.
+    assert query[2] == candidate[2] == [0, 1]
 
 
 def test_hand_example_3x6():
@@ -93,8 +122,10 @@ def test_hand_example_3x6():
         [1, 4, 5, 0, 3, 2],
     ]
     # T2I, K=2, K'=1, text-text similarity pairing (t0,t1), (t2,t3), (t4,t5):
+    # This neighbour relation is symmetric, so the candidate's and the query's groups agree.
     text_sim = np.kron(np.eye(3), np.ones((2, 2)))
     out = _rows_order(rerank_t2i(sim, 2, text_sim, 1).T)
+    assert out == _rows_order(rerank_t2i(sim, 2, text_sim, 1, groups="query").T)
     # text t2: column (.70, .20, .10) -> top-2 img0, img1; G = {t2, t3}.
     #   img0 ranks texts t0 t1 t2 t5 t4 t3: t2 at 2, t3 at 5 -> 2
     #   img1 ranks texts t0 t3 t4 t5 t2 t1: t3 at 1         -> 1   => img1, img0, img2
@@ -109,7 +140,7 @@ def test_hand_example_3x6():
 
 def test_rerankers_take_only_matrices():
     assert list(inspect.signature(rerank_i2t).parameters) == ["sim", "k"]
-    assert list(inspect.signature(rerank_t2i).parameters) == ["sim", "k", "text_sim", "k_text"]
+    assert list(inspect.signature(rerank_t2i).parameters) == ["sim", "k", "text_sim", "k_text", "groups"]
 
 
 def test_input_untouched_dtype_kept_numpy_and_torch_agree():
@@ -136,7 +167,10 @@ def test_input_untouched_dtype_kept_numpy_and_torch_agree():
         (lambda s, ts: rerank_t2i(s, 4, ts, 1), r"k must be an integer in \[1, 3\], got 4"),
         (lambda s, ts: rerank_t2i(s, 2, ts, 6), r"k_text must be an integer in \[0, 5\], got 6"),
         (lambda s, ts: rerank_t2i(s, 2, ts, -1), r"k_text must be an integer in \[0, 5\]"),
-        (lambda s, ts: rerank_t2i(s, 2, ts[:5], 1), r"text_sim must be \(6, 6\)"),
+        (lambda s, ts: rerank_t2i(s, 2, ts[:5], 1),
+         r"text_sim must be \(6, 6\) for sim \(3, 6\), got \(5, 6\)"),
+        (lambda s, ts: rerank_t2i(s, 2, ts, 1, groups="both"),
+         "groups must be one of candidate, query, got 'both'"),
         (lambda s, ts: rerank_t2i(s, 2, np.where(ts > 0, np.inf, ts), 1), "text_sim contains NaN"),
     ],
 )

@@ -1,8 +1,12 @@
-"""Cross-modal evaluation of a run from its stored test embeddings (DESIGN.md §4).
+"""Cross-modal evaluation of a run from its stored test embeddings (docs/metrics.md).
 
 Every ordered pair (query modality q, target modality t), q ≠ t: mAP@all (and mAP@k when asked)
 with cosine similarity and share-a-label relevance, computed in chunks of queries. Works from the
 embeddings in the run store alone, so adding a modality later scores only the new pairs.
+
+mAP@k is stored in metrics.json as ``map_at_k = {"k": k, "no_relevant": "zero" | "skip", "<q>-<t>":
+value, ...}``: ``no_relevant`` says how a query with no relevant item in its top k was scored
+(``functional.retrieval.average_precision``); files written before it existed used "zero".
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from scalable_xmr.functional.retrieval import mean_average_precision
+from scalable_xmr.functional.retrieval import check_no_relevant, mean_average_precision
 from scalable_xmr.store import RunStore, now_iso
 
 Embeddings = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # m -> (ids, labels, emb)
+AT_K_SETTINGS = ("k", "no_relevant")  # the keys of metrics["map_at_k"] that are not pairs
 
 
 def pair_key(query: str, target: str) -> str:
@@ -28,15 +33,27 @@ def load_test_embeddings(store: RunStore, modalities: Iterable[str], n_classes: 
 
 
 def pair_maps(
-    emb: Embeddings, pairs: Sequence[tuple[str, str]], top_k: int | None = None
+    emb: Embeddings, pairs: Sequence[tuple[str, str]], top_k: int | None = None,
+    no_relevant: str = "zero",
 ) -> dict[str, float]:
-    """mAP (or mAP@k) of each ordered pair; keys ``"<query>-<target>"``."""
+    """mAP (or mAP@k) of each ordered pair; keys ``"<query>-<target>"``. ``no_relevant``: how a
+    query with no relevant item in the ranks scored counts ("zero" or "skip")."""
     out = {}
     for q, t in pairs:
         _, q_labels, q_emb = emb[q]
         _, t_labels, t_emb = emb[t]
-        out[pair_key(q, t)] = mean_average_precision(q_emb, t_emb, q_labels, t_labels, top_k=top_k)
+        out[pair_key(q, t)] = mean_average_precision(q_emb, t_emb, q_labels, t_labels, top_k=top_k,
+                                                     no_relevant=no_relevant)
     return out
+
+
+def stored_maps_at_k(metrics: dict[str, Any], top_k: int, no_relevant: str) -> dict[str, float]:
+    """The per-pair mAP@k values of stored ``metrics`` if they were computed with this ``top_k``
+    and ``no_relevant`` (files without ``no_relevant`` used "zero"), else none."""
+    at_k = metrics.get("map_at_k") or {}
+    if at_k.get("k") != top_k or at_k.get("no_relevant", "zero") != no_relevant:
+        return {}
+    return {key: v for key, v in at_k.items() if key not in AT_K_SETTINGS}
 
 
 def all_pairs(modalities: Sequence[str]) -> list[tuple[str, str]]:
@@ -50,7 +67,7 @@ def pairs_involving(new: Sequence[str], modalities: Sequence[str]) -> list[tuple
 
 def build_metrics(
     maps: dict[str, float], modalities: Sequence[str], maps_at_k: dict[str, float] | None = None,
-    top_k: int | None = None, n_test: dict[str, int] | None = None,
+    top_k: int | None = None, n_test: dict[str, int] | None = None, no_relevant: str = "zero",
 ) -> dict[str, Any]:
     ordered = {pair_key(q, t): maps[pair_key(q, t)] for q, t in all_pairs(modalities)}
     metrics: dict[str, Any] = {
@@ -60,7 +77,7 @@ def build_metrics(
         "updated": now_iso(),
     }
     if maps_at_k:
-        metrics["map_at_k"] = {"k": top_k, **maps_at_k}
+        metrics["map_at_k"] = {"k": top_k, "no_relevant": check_no_relevant(no_relevant), **maps_at_k}
     if n_test:
         metrics["n_test"] = n_test
     return metrics

@@ -1,6 +1,6 @@
 """R@K of a trained branch model, plain and re-ranked, with K (and K') chosen on validation.
 
-MTFN-RR (papers/001 §3.2, Fig. 7) re-ranks after training; K and K' are cheap to sweep because
+MTFN-RR (§3.2, Fig. 7) re-ranks after training; K and K' are cheap to sweep because
 only the similarity matrices are needed. The protocol here:
 
 1. :func:`rerank_grid` scores every K of a grid with I2T re-ranking and every (K, K') with T2I
@@ -11,11 +11,13 @@ only the similarity matrices are needed. The protocol here:
    against K), then the highest R@1+R@5+R@10, then the smaller K and K'.
 3. :func:`recall_report` applies the choice to the TEST split: plain and re-ranked R@K over all
    test images, plus the COCO "1K" protocol (5 folds of 1000 images, each re-ranked inside its
-   fold) when the test split has exactly 5000 images (DESIGN.md §5).
+   fold) when the test split has exactly 5000 images (docs/metrics.md).
 
 The text-text similarity for T2I is MTFN's S_TT or the cosine of text embeddings
 (``engine.pair_scoring``); nothing here reads which image a caption belongs to, except the
-recall computation itself.
+recall computation itself. ``t2i_groups`` picks T2I's neighbour groups (``rerank.rerank_t2i``):
+"candidate" (Eq. 15 as written, the default) or "query"; the grid on val and the test figures
+use the same one.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.retrieval import ArrayLike, as_float_matrix, recall_at_k
-from scalable_xmr.rerank import rerank_i2t, rerank_t2i
+from scalable_xmr.rerank import T2I_GROUPS, rerank_i2t, rerank_t2i
 
 K_GRID = (1, 2, 5, 10, 15, 20)  # re-ranked list lengths tried on val (MTFN-RR Fig. 7a: 1..20)
 K_TEXT_GRID = (0, 1, 2, 4, 8)  # neighbour texts K' of T2I re-ranking (MTFN-RR Eq. 14)
@@ -94,23 +96,40 @@ def _direction(metrics: dict[str, float], direction: str) -> dict[str, float]:
     return {f"{direction}@{k}": metrics[f"{direction}@{k}"] for k in KS}
 
 
+def check_t2i_groups(value: str, name: str = "t2i_groups") -> str:
+    """``value`` if it is one of rerank.T2I_GROUPS, else InputError naming ``name`` (a flag)."""
+    if value not in T2I_GROUPS:
+        raise InputError(f"{name} must be one of {', '.join(T2I_GROUPS)}, got {value!r}")
+    return value
+
+
+def _check_pair(sim: ArrayLike, text_sim: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
+    s = as_float_matrix(sim, "sim")
+    ts = as_float_matrix(text_sim, "text_sim")
+    if ts.shape != (s.shape[1], s.shape[1]):
+        raise InputError(f"text_sim must be ({s.shape[1]}, {s.shape[1]}) for sim {tuple(s.shape)} "
+                         f"(captions x captions), got {tuple(ts.shape)}")
+    return s, ts
+
+
 def rerank_grid(
-    sim: ArrayLike, text_sim: ArrayLike, captions_per_image: int, grid: RerankGrid
+    sim: ArrayLike, text_sim: ArrayLike, captions_per_image: int, grid: RerankGrid,
+    t2i_groups: str = "candidate",
 ) -> dict[str, list[dict[str, float]]]:
     """R@1/5/10 of I2T re-ranking for every K and of T2I re-ranking for every (K, K').
 
     Returns ``{"i2t": [{"k", "i2t@1", "i2t@5", "i2t@10"}, ...], "t2i": [{"k", "k_text",
-    "t2i@1", ...}, ...]}`` in grid order.
+    "t2i@1", ...}, ...]}`` in grid order; T2I with ``t2i_groups`` ("candidate" or "query").
     """
-    s = as_float_matrix(sim, "sim")
-    ts = as_float_matrix(text_sim, "text_sim")
+    check_t2i_groups(t2i_groups)
+    s, ts = _check_pair(sim, text_sim)
     rows: dict[str, list[dict[str, float]]] = {"i2t": [], "t2i": []}
     for k in grid.k_i2t:
         m = recall_at_k(rerank_i2t(s, k), captions_per_image, KS)
         rows["i2t"].append({"k": k, **_direction(m, "i2t")})
     for k in grid.k_t2i:
         for k_text in grid.k_text:
-            m = recall_at_k(rerank_t2i(s, k, ts, k_text), captions_per_image, KS)
+            m = recall_at_k(rerank_t2i(s, k, ts, k_text, t2i_groups), captions_per_image, KS)
             rows["t2i"].append({"k": k, "k_text": k_text, **_direction(m, "t2i")})
     return rows
 
@@ -131,13 +150,14 @@ def select_rerank(grid_rows: dict[str, list[dict[str, float]]]) -> RerankChoice:
 
 
 def reranked_recall(
-    sim: ArrayLike, text_sim: ArrayLike, captions_per_image: int, choice: RerankChoice
+    sim: ArrayLike, text_sim: ArrayLike, captions_per_image: int, choice: RerankChoice,
+    t2i_groups: str = "candidate",
 ) -> dict[str, float]:
-    """R@K after re-ranking: i2t from ``rerank_i2t(K)``, t2i from ``rerank_t2i(K, K')``."""
-    s = as_float_matrix(sim, "sim")
-    ts = as_float_matrix(text_sim, "text_sim")
+    """R@K after re-ranking: i2t from ``rerank_i2t(K)``, t2i from ``rerank_t2i(K, K', t2i_groups)``."""
+    check_t2i_groups(t2i_groups)
+    s, ts = _check_pair(sim, text_sim)
     i2t = recall_at_k(rerank_i2t(s, choice.k_i2t), captions_per_image, KS)
-    t2i = recall_at_k(rerank_t2i(s, choice.k_t2i, ts, choice.k_text), captions_per_image, KS)
+    t2i = recall_at_k(rerank_t2i(s, choice.k_t2i, ts, choice.k_text, t2i_groups), captions_per_image, KS)
     out = {k: v for k, v in i2t.items() if k.startswith("i2t")}
     out.update({k: v for k, v in t2i.items() if k.startswith("t2i")})
     out["rsum"] = sum(out[f"{d}@{k}"] for d in ("i2t", "t2i") for k in KS)
@@ -149,26 +169,29 @@ def _mean(dicts: Sequence[dict[str, float]]) -> dict[str, float]:
 
 
 def recall_report(
-    sim: ArrayLike, text_sim: ArrayLike, captions_per_image: int, choice: RerankChoice | None
+    sim: ArrayLike, text_sim: ArrayLike, captions_per_image: int, choice: RerankChoice | None,
+    t2i_groups: str = "candidate",
 ) -> dict[str, dict[str, float]]:
     """Plain (and, with ``choice``, re-ranked) R@K of a test split.
 
     Keys ``plain`` / ``rerank``: over all images (the "5K" numbers for a 5000-image split).
     For a 5000-image split also ``plain_1k`` / ``rerank_1k``: the mean over 5 folds of 1000
-    images and their captions, each fold re-ranked on its own sub-matrices (COCO 1K).
+    images and their captions, each fold re-ranked on its own sub-matrices (COCO 1K). T2I
+    re-ranking uses ``t2i_groups`` ("candidate" or "query").
     """
-    s = as_float_matrix(sim, "sim")
-    ts = as_float_matrix(text_sim, "text_sim")
+    check_t2i_groups(t2i_groups)
+    s, ts = _check_pair(sim, text_sim)
     n = captions_per_image
     out = {"plain": recall_at_k(s, n, KS)}
     if choice is not None:
-        out["rerank"] = reranked_recall(s, ts, n, choice)
+        out["rerank"] = reranked_recall(s, ts, n, choice, t2i_groups)
     if s.shape[0] == COCO_5K:
         m = COCO_5K // COCO_FOLDS
         folds = [(slice(f * m, (f + 1) * m), slice(f * m * n, (f + 1) * m * n)) for f in range(COCO_FOLDS)]
         out["plain_1k"] = _mean([recall_at_k(s[i, c], n, KS) for i, c in folds])
         if choice is not None:
-            out["rerank_1k"] = _mean([reranked_recall(s[i, c], ts[c, c], n, choice) for i, c in folds])
+            out["rerank_1k"] = _mean([reranked_recall(s[i, c], ts[c, c], n, choice, t2i_groups)
+                                      for i, c in folds])
     return out
 
 

@@ -19,6 +19,7 @@ from scalable_xmr.functional.retrieval import (
     precision_scope_curve,
     recall_at_k,
     recall_at_k_folds,
+    scope_levels,
     stable_argsort_desc,
     stable_rank,
     stable_topk_indices,
@@ -50,8 +51,10 @@ def _ranked_rel(q, g, ql, gl) -> list[np.ndarray]:
     return out
 
 
-def ap_reference(q, g, ql, gl, k=None) -> np.ndarray:
-    """SDML fx_calc_map_label: p += r / (j + 1) at each relevant j of the top k; AP = p / r."""
+def ap_reference(q, g, ql, gl, k=None, no_relevant="zero") -> np.ndarray:
+    """SDML fx_calc_map_label: p += r / (j + 1) at each relevant j of the top k; AP = p / r.
+    A query with nothing relevant found: 0 (fx_calc_map_label) or NaN = left out of the mean
+    (fx_calc_map_multilabel_k)."""
     res = []
     for rel in _ranked_rel(q, g, ql, gl):
         depth = len(rel) if k is None else min(k, len(rel))
@@ -61,8 +64,14 @@ def ap_reference(q, g, ql, gl, k=None) -> np.ndarray:
                 r += 1
                 p += r / (j + 1)
         denom = rel.sum() if k is None else r
-        res.append(p / denom if denom > 0 else 0.0)
+        res.append(p / denom if denom > 0 else (0.0 if no_relevant == "zero" else float("nan")))
     return np.array(res)
+
+
+def map_reference(q, g, ql, gl, k=None, no_relevant="zero") -> float:
+    """Plain mean over the queries that count (every one for "zero")."""
+    kept = [a for a in ap_reference(q, g, ql, gl, k, no_relevant) if a == a]
+    return sum(kept) / len(kept) if kept else float("nan")
 
 
 def pr_reference(q, g, ql, gl, levels) -> np.ndarray:
@@ -143,6 +152,44 @@ def test_ap_matches_reference(multi, ties, top_k):
         got = average_precision_per_query(q, g, ql, gl, top_k=top_k, chunk_size=chunk)
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
     assert mean_average_precision(q, g, ql, gl, top_k) == pytest.approx(expected.mean(), abs=1e-12)
+
+
+@pytest.mark.parametrize("no_relevant", ["zero", "skip"])
+@pytest.mark.parametrize("multi", [False, True])
+@pytest.mark.parametrize("top_k", [None, 1, 2, 5])
+def test_no_relevant_modes_match_reference(no_relevant, multi, top_k):
+    # 9 classes: few relevant items per query; query 0's class 8 is nowhere in the gallery
+    q, g, ql, gl = _data(seed=31, n_classes=9, multi=multi)
+    if multi:
+        gl[:, 8], ql[0] = 0, np.eye(9, dtype=ql.dtype)[8]
+    else:
+        gl[gl == 8], ql[0] = 0, 8
+    expected = ap_reference(q, g, ql, gl, top_k, no_relevant)
+    assert (expected == 0).any() if no_relevant == "zero" else np.isnan(expected).any()
+    for chunk in (1, 5, 1024):
+        got = average_precision_per_query(q, g, ql, gl, top_k, chunk, no_relevant)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)  # NaN where expected NaN
+    got = mean_average_precision(q, g, ql, gl, top_k, no_relevant=no_relevant)
+    assert got == pytest.approx(map_reference(q, g, ql, gl, top_k, no_relevant), abs=1e-12)
+
+
+def test_no_relevant_modes_by_hand():
+    q = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    g = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    ql, gl = [0, 1, 2], [1, 0, 0]  # class 2: nothing in the gallery
+    # query 0 ranks g0, g1, g2 (rel 0, 1, 1); query 1 ranks g2, g1, g0 (rel 0, 0, 1);
+    # query 2 ranks g1 (cos .99), then g0 and g2 tie at .71 -> g0, g2; it has no relevant item.
+    # top 2: query 0 finds g1 at rank 2 -> AP 1/2; query 1 finds nothing in its top 2; query 2 none.
+    np.testing.assert_allclose(average_precision_per_query(q, g, ql, gl, top_k=2), [0.5, 0, 0])
+    assert mean_average_precision(q, g, ql, gl, top_k=2) == pytest.approx(0.5 / 3)
+    skipped = average_precision_per_query(q, g, ql, gl, top_k=2, no_relevant="skip")
+    np.testing.assert_allclose(skipped, [0.5, np.nan, np.nan])
+    assert mean_average_precision(q, g, ql, gl, top_k=2, no_relevant="skip") == pytest.approx(0.5)
+    # mAP@all: query 0 (1/2 + 2/3) / 2 = 7/12, query 1 1/3, query 2 has no relevant item at all
+    assert mean_average_precision(q, g, ql, gl) == pytest.approx((7 / 12 + 1 / 3 + 0) / 3)
+    assert mean_average_precision(q, g, ql, gl, no_relevant="skip") == pytest.approx((7 / 12 + 1 / 3) / 2)
+    # every query skipped: nothing to average
+    assert np.isnan(mean_average_precision(q, g, [2, 2, 2], gl, top_k=1, no_relevant="skip"))
 
 
 @pytest.mark.parametrize("top_k", [None, 4])
@@ -228,6 +275,19 @@ def test_precision_scope_curve_matches_reference():
     assert default_scopes[0] == 1 and default_scopes[-1] == 25
 
 
+def test_scope_levels_are_the_papers_capped_by_the_gallery():
+    # SDML Fig. 2-4: K = 100, 200, ..., 1000, only those a gallery of that size can return
+    assert scope_levels(250) == (100, 200)
+    assert scope_levels(1500) == (100, 200, 300, 400, 500, 600, 700, 800, 900, 1000)
+    assert scope_levels(1000)[-1] == 1000 and scope_levels(100) == (100,)
+    assert scope_levels(25) == (1, 4, 6, 9, 12, 14, 17, 20, 22, 25)  # fallback: 10 spread K
+    assert scope_levels(3) == (1, 2, 3)
+    q, g, ql, gl = _data(seed=8, n_q=4, n_g=250, dim=3)
+    scopes, prec = precision_scope_curve(q, g, ql, gl)
+    assert scopes.tolist() == [100, 200]
+    np.testing.assert_allclose(prec, scope_reference(q, g, ql, gl, [100, 200]), atol=1e-12)
+
+
 # ------------------------------------------------------------------ R@K
 @pytest.mark.parametrize("n", [1, 2, 5])
 @pytest.mark.parametrize("ties", [False, True])
@@ -299,6 +359,7 @@ def _nan(a):
          "different numbers of classes"),
         ({"top_k": 0}, "top_k must be an integer >= 1"),
         ({"top_k": 2.5}, "top_k must be an integer >= 1"),
+        ({"no_relevant": "drop"}, "no_relevant must be one of zero, skip, got 'drop'"),
         ({"chunk_size": 0}, "chunk_size must be an integer >= 1"),
     ],
 )

@@ -11,12 +11,18 @@ One module per concept: ``checks`` (input checks), ``ranking`` (stable orders), 
 """
 
 from scalable_xmr.functional.retrieval.average_precision import (
+    NO_RELEVANT_MODES,
     average_precision_per_query,
+    check_no_relevant,
     mean_average_precision,
 )
 from scalable_xmr.functional.retrieval.checks import ArrayLike as ArrayLike  # type alias, not in __all__
 from scalable_xmr.functional.retrieval.checks import as_float_matrix
-from scalable_xmr.functional.retrieval.curves import precision_recall_curve, precision_scope_curve
+from scalable_xmr.functional.retrieval.curves import (
+    precision_recall_curve,
+    precision_scope_curve,
+    scope_levels,
+)
 from scalable_xmr.functional.retrieval.ranking import (
     stable_argsort_desc,
     stable_rank,
@@ -29,11 +35,14 @@ from scalable_xmr.functional.retrieval.recall import recall_at_k, recall_at_k_fo
 __test__ = {"mean_average_precision": mean_average_precision, "recall_at_k": recall_at_k}
 
 __all__ = [
+    "NO_RELEVANT_MODES",
     "as_float_matrix",
     "average_precision_per_query",
+    "check_no_relevant",
     "mean_average_precision",
     "precision_recall_curve",
     "precision_scope_curve",
+    "scope_levels",
     "recall_at_k",
     "recall_at_k_folds",
     "stable_argsort_desc",

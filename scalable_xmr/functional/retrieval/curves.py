@@ -59,6 +59,25 @@ def precision_recall_curve(
     return levels, (total / max(n_used, 1)).numpy()
 
 
+# SDML Fig. 2-4 (after its ref. [43]): precision at the top K = 100, 200, ..., 1000 items returned
+# (Wikipedia's curves stop at 800, the others at 1000).
+PAPER_SCOPES = tuple(range(100, 1001, 100))
+_FALLBACK_POINTS = 10
+
+
+def scope_levels(n_gallery: int) -> tuple[int, ...]:
+    """The scopes K of a precision-scope curve over a gallery of ``n_gallery`` items.
+
+    SDML's K = 100, 200, ..., 1000, those that fit the gallery (K <= n_gallery): a gallery of 250
+    gives (100, 200), one of 1500 all ten. Fallback (not in the paper, whose galleries hold
+    hundreds of items or more): a gallery smaller than 100 gets 10 evenly spaced K from 1 to
+    n_gallery (rounded, duplicates dropped), so a small test split still draws a curve.
+    """
+    n = _check_positive_int(n_gallery, "n_gallery")
+    ks = tuple(k for k in PAPER_SCOPES if k <= n)
+    return ks or tuple(sorted(set(np.linspace(1, n, _FALLBACK_POINTS).round().astype(int).tolist())))
+
+
 def precision_scope_curve(
     query_emb: ArrayLike,
     gallery_emb: ArrayLike,
@@ -69,17 +88,16 @@ def precision_scope_curve(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean precision@K over all queries for each scope K (SDML Fig. 2-4, right panels).
 
-    ``scopes`` defaults to K = 100, 200, ..., 1000 (SDML, after its ref. [43]) up to the gallery
-    size, or 10 evenly spaced K in [1, n_gallery] when the gallery has fewer than 100 items.
-    Returns (scopes, precision).
+    ``scopes`` defaults to :func:`scope_levels` of the gallery: K = 100, 200, ..., 1000 (SDML,
+    after its ref. [43]) up to the gallery size, or 10 evenly spaced K in [1, n_gallery] when the
+    gallery has fewer than 100 items. Returns (scopes, precision).
     """
     q, g, ql, gl = _check_retrieval_inputs(
         query_emb, gallery_emb, query_labels, gallery_labels, chunk_size
     )
     n_gallery = g.shape[0]
     if scopes is None:
-        ks = [k for k in range(100, 1001, 100) if k <= n_gallery]
-        ks = ks or sorted(set(np.linspace(1, n_gallery, 10).round().astype(int).tolist()))
+        ks = list(scope_levels(n_gallery))
     else:
         ks = [_check_positive_int(k, "scopes") for k in scopes]
         if not ks or max(ks) > n_gallery:

@@ -1,0 +1,63 @@
+"""engine.evaluate (mAP@k settings in metrics.json) and the run's plots (precision-scope scopes)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from scalable_xmr import plots
+from scalable_xmr.engine import evaluate
+from scalable_xmr.errors import InputError
+from scalable_xmr.pipeline import make_plots
+
+
+def _emb(n: int, seed: int, n_classes: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"x{i}" for i in range(n)])
+    return ids, rng.integers(0, n_classes, n), rng.normal(size=(n, 4)).astype(np.float32)
+
+
+def test_pair_maps_and_metrics_record_the_no_relevant_mode():
+    # query "a" (one item, class 0) against gallery "b" (classes 1, 1, 0; ranked by cosine)
+    emb = {"a": (np.array(["q"]), np.array([0]), np.array([[1.0, 0.0]])),
+           "b": (np.array(["g0", "g1", "g2"]), np.array([1, 1, 0]),
+                 np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]]))}
+    # "a" ranks b's g0, g1, g2: its relevant g2 sits at rank 3, outside the top 2;
+    # "b"'s queries: g2 (class 0) finds "a"'s item at rank 1 (AP 1), g0 and g1 have nothing.
+    zero = evaluate.pair_maps(emb, [("a", "b"), ("b", "a")], top_k=2)
+    skip = evaluate.pair_maps(emb, [("a", "b"), ("b", "a")], top_k=2, no_relevant="skip")
+    assert zero == pytest.approx({"a-b": 0.0, "b-a": 1 / 3})
+    assert np.isnan(skip["a-b"]) and skip["b-a"] == pytest.approx(1.0)
+    metrics = evaluate.build_metrics({"a-b": 0.5, "b-a": 0.5}, ["a", "b"], zero, 2, no_relevant="zero")
+    assert metrics["map_at_k"] == {"k": 2, "no_relevant": "zero", **zero}
+    assert evaluate.stored_maps_at_k(metrics, 2, "zero") == zero
+    assert evaluate.stored_maps_at_k(metrics, 2, "skip") == {}  # other mode: recompute
+    assert evaluate.stored_maps_at_k(metrics, 3, "zero") == {}  # other k: recompute
+    old_file = {"map_at_k": {"k": 2, "a-b": 0.1}}  # written before no_relevant existed: "zero"
+    assert evaluate.stored_maps_at_k(old_file, 2, "zero") == {"a-b": 0.1}
+    with pytest.raises(InputError, match="no_relevant must be one of zero, skip, got 'all'"):
+        evaluate.build_metrics({"a-b": 0.5, "b-a": 0.5}, ["a", "b"], zero, 2, no_relevant="all")
+
+
+def test_precision_scope_plot_uses_the_papers_scopes(tmp_path, monkeypatch):
+    emb = {"image": _emb(1500, 0), "text": _emb(250, 1), "3d": _emb(40, 2)}
+    seen = {}
+    real_curves = plots.curves
+
+    def spy(data, path, *args):
+        seen[path.name] = {pair: x.tolist() for pair, (x, _) in data.items()}
+        return real_curves(data, path, *args)
+
+    monkeypatch.setattr(plots, "curves", spy)
+    maps = {evaluate.pair_key(q, t): 0.5 for q, t in evaluate.all_pairs(list(emb))}
+    metrics = evaluate.build_metrics(maps, list(emb))
+    paths = make_plots(SimpleNamespace(plots_dir=tmp_path), metrics, emb)
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
+    scopes = seen["precision_scope.png"]
+    # SDML Fig. 2-4: K = 100, ..., 1000 within the target gallery (250 -> 100, 200; 1500 -> all ten)
+    assert scopes[("text", "image")] == list(range(100, 1001, 100))
+    assert scopes[("image", "text")] == [100, 200] == scopes[("3d", "text")]
+    # a gallery under 100 items: the documented fallback, 10 K spread over [1, 40]
+    assert scopes[("image", "3d")] == [1, 5, 10, 14, 18, 23, 27, 31, 36, 40]
