@@ -52,14 +52,18 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _s_it(v, t):
-    """MTFN Eq. 2-4 for one pair, written out with explicit loops."""
+def _logit_it(v, t):
+    """W_m f of MTFN Eq. 2-4 for one pair (no bias b_m, no sigmoid), with explicit loops."""
     v_t = np.tanh(W_V @ v + B_V)  # ṽ
     t_t = np.tanh(W_T @ t + B_T)  # t̃
     f = np.zeros(3)
     for r in range(2):  # Eq. 3
         f += (W_VR[r] @ v_t + B_VR[r]) * (W_TR[r] @ t_t + B_TR[r])
-    return _sigmoid(W_M @ f + B_M)  # Eq. 4
+    return W_M @ f
+
+
+def _s_it(v, t):
+    return _sigmoid(_logit_it(v, t) + B_M)  # Eq. 4
 
 
 def _s_tt(t_a, t_b):
@@ -89,6 +93,44 @@ def test_similarity_matches_hand_computation():
         loss += max(max(0.0, margin - ref[p, p] + ref[h, p]) for h in range(3) if h != p)
     got_loss = hinge_max_violation(model.similarity(img, txt), margin).detach()
     assert float(got_loss) == pytest.approx(loss)
+
+
+def test_ranking_scores_are_the_logits_the_loss_sigmoid_is_applied_to():
+    model = _hand_model()
+    ones = torch.ones(3, dtype=torch.long)
+    img, txt = model.encode_images(torch.tensor(IMAGES)), model.encode_texts(torch.tensor(TEXTS), ones)
+    logits = model.ranking_scores(img, txt).detach().numpy()
+    ref = np.array([[_logit_it(v, t) for t in TEXTS] for v in IMAGES])  # W_m f, by hand
+    np.testing.assert_allclose(logits, ref, rtol=1e-12)
+    # the scores Eq. 5's hinge is computed on are sigmoid(logit + b_m)
+    np.testing.assert_allclose(model.similarity(img, txt).detach().numpy(), _sigmoid(ref + B_M), rtol=1e-12)
+    # same ranking, row-wise (I2T) and column-wise (T2I), wherever the sigmoids are distinct
+    sig = _sigmoid(ref + B_M)
+    assert len(np.unique(sig)) == sig.size
+    np.testing.assert_array_equal(np.argsort(-logits, axis=1), np.argsort(-sig, axis=1))
+    np.testing.assert_array_equal(np.argsort(-logits, axis=0), np.argsort(-sig, axis=0))
+    # the text-text branch likewise (Eq. 6 / Eq. 7)
+    model.init_text_branch()
+    t = model.encode_texts_tt(torch.tensor(TEXTS), ones)
+    tt_ref = np.array([[_s_tt(a, b) for b in TEXTS] for a in TEXTS])
+    tt_logits = model.text_ranking_scores(t, t).detach().numpy()
+    np.testing.assert_allclose(_sigmoid(tt_logits + B_M), tt_ref, rtol=1e-12)
+
+
+def test_logits_keep_apart_what_float32_sigmoids_tie():
+    """Where float32 sigmoids saturate (here: all to 1.0) the logits still rank."""
+    model = _hand_model().float()
+    with torch.no_grad():
+        model.score.weight.mul_(100.0)  # a confident model: logits of tens
+    ones = torch.ones(3, dtype=torch.long)
+    x = torch.tensor(IMAGES, dtype=torch.float32)
+    img, txt = model.encode_images(x), model.encode_texts(torch.tensor(TEXTS, dtype=torch.float32), ones)
+    with torch.no_grad():
+        logits, sig = model.ranking_scores(img, txt), model.similarity(img, txt)
+    ref = 100.0 * np.array([[_logit_it(v, t) for t in TEXTS] for v in IMAGES])
+    np.testing.assert_allclose(logits.numpy(), ref, rtol=1e-5)
+    assert len(np.unique(logits.numpy())) == 9
+    assert len(np.unique(sig.numpy())) < 9  # float32 sigmoid(x) == 1.0 for every x >~ 17
 
 
 def test_text_branch_initialised_from_image_text_branch():

@@ -51,7 +51,7 @@ def test_shapes_and_region_pooling() -> None:
      (10, 4, (2, 1), [10, 4, 1])],
 )
 def test_conv_lengths_and_decoder_mirror(max_len, z, strides, expected) -> None:
-    assert conv_lengths(max_len, z, strides) == expected  # papers/002 Eq. 1 by hand
+    assert conv_lengths(max_len, z, strides) == expected  # VSA-AE-MMD Eq. 1 by hand
     model = _model(max_len=max_len, filter_size=z, strides=strides,
                    conv_channels=(4,) * len(strides))
     out = model.text_ae.decode(torch.randn(2, 8))
@@ -71,7 +71,7 @@ def test_image_recon_loss_against_loop() -> None:
     loss = float(model.image_recon_loss(images, codes).detach())
     w, b = _np(model.visual_ae.dec.weight), _np(model.visual_ae.dec.bias)
     x = _np(images).mean(axis=1)
-    ref = np.mean([np.sum((w @ _np(codes[i]) + b - x[i]) ** 2) for i in range(3)])  # Eq. 6
+    ref = sum(np.sum((w @ _np(codes[i]) + b - x[i]) ** 2) for i in range(3))  # Eq. 6, summed (Eq. 11)
     assert abs(loss - ref) < 1e-4 * max(1.0, ref)
 
 
@@ -92,7 +92,7 @@ def test_text_recon_loss_against_loop() -> None:
             logp = cos / 0.5 - np.log(np.sum(np.exp(cos / 0.5)))  # Eq. 2
             total -= logp[int(tokens[b, t]) - 1]  # Eq. 3
         ref.append(total)
-    assert abs(loss - np.mean(ref)) < 1e-4 * max(1.0, abs(np.mean(ref)))
+    assert abs(loss - sum(ref)) < 1e-4 * max(1.0, abs(sum(ref)))  # summed over the batch (Eq. 11)
 
 
 def _mmd_loop(x: np.ndarray, y: np.ndarray, sigma: float) -> float:
@@ -112,7 +112,7 @@ def _unit(t: torch.Tensor) -> np.ndarray:
 
 @pytest.mark.parametrize("sigma", [1.0, 0.5])
 def test_mmd_aligns_images_with_texts_over_source_and_target(sigma: float) -> None:
-    """papers/002 Eq. 9: p = image embeddings, q = text embeddings, each source ∪ target."""
+    """VSA-AE-MMD Eq. 9: p = image embeddings, q = text embeddings, each source ∪ target."""
     model = _model(recon_weight=0.0, mmd_weight=1.0, sigma=sigma)
     images, (tokens, lengths) = torch.randn(3, 5), _tokens([4, 2, 6])
     t_images, (t_tokens, t_lengths) = torch.randn(2, 4, 5), _tokens([3, 7], seed=9)
@@ -164,7 +164,7 @@ def test_dense_text_vectors() -> None:
     img, txt = model.encode_images(images), model.encode_texts(captions, torch.zeros(3))
     assert txt.shape == (3, 8)
     w, b = _np(model.dense_text_ae.dec.weight), _np(model.dense_text_ae.dec.bias)
-    ref = np.mean([np.sum((w @ _np(txt[i]) + b - _np(captions[i])) ** 2) for i in range(3)])
+    ref = sum(np.sum((w @ _np(txt[i]) + b - _np(captions[i])) ** 2) for i in range(3))
     got = float(model.text_recon_loss(captions, None, txt).detach())
     assert abs(got - ref) < 1e-4 * max(1, ref)
     target = {"tokens": torch.randn(2, 4)}  # dense target captions need no lengths
@@ -228,7 +228,7 @@ def test_tiny_training_learns_the_pairing() -> None:
     hinge, extra = [], []
     for _ in range(40):
         img, txt = model.encode_images(images), model.encode_texts(tokens, lengths)
-        rank_loss = hinge_sum(model.similarity(img, txt), cfg.margin)  # papers/002 Eq. 8
+        rank_loss = hinge_sum(model.similarity(img, txt), cfg.margin)  # VSA-AE-MMD Eq. 8
         other = model.extra_loss(images, tokens, lengths, img, txt, target)  # Eq. 9-11
         opt.zero_grad()
         (rank_loss + other).backward()  # Eq. 12
@@ -241,3 +241,73 @@ def test_tiny_training_learns_the_pairing() -> None:
     assert np.mean(hinge[-5:]) < 0.2 * np.mean(hinge[:5]), hinge
     assert np.mean(extra[-5:]) < 0.5 * np.mean(extra[:5]), extra
     assert i2t >= 0.6 and t2i >= 0.6, (i2t, t2i)  # chance is 5/40 = 12.5 %
+
+
+def _split(images: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, index: list[int]):
+    from scalable_xmr.data.paired import PairedSplit
+
+    n, m = len(images), len(tokens)
+    return PairedSplit(split="train", image_ids=np.array([f"i{k}" for k in range(n)]),
+                       images=images.numpy(), caption_ids=np.array([f"c{k}" for k in range(m)]),
+                       caption_image_index=np.array(index), tokens=tokens.numpy(),
+                       lengths=lengths.numpy(), text_features=None, captions_per_image=None,
+                       vocab_size=12)
+
+
+def _text_nll(model: VSA, tokens: torch.Tensor, lengths: torch.Tensor, codes: torch.Tensor) -> list:
+    """Eq. 2-3 of each caption with explicit loops over words and vocabulary."""
+    recon, emb = _np(model.text_ae.decode(codes)), _np(model.text_ae.word_emb.weight)
+    tau, out = model.config.tau, []
+    for b, n in enumerate(lengths.tolist()):
+        total = 0.0
+        for t in range(n):
+            cos = np.array([recon[b, t] @ emb[v] / np.linalg.norm(recon[b, t]) / np.linalg.norm(emb[v])
+                            for v in range(1, 12)])
+            total -= cos[int(tokens[b, t]) - 1] / tau - np.log(np.sum(np.exp(cos / tau)))
+        out.append(total)
+    return out
+
+
+def test_trainer_total_loss_sums_every_per_sample_term() -> None:
+    """VSA-AE-MMD Eq. 12 on one batch as the trainer computes it: L_SH (Eq. 8) + L_AE (Eq. 11)
+    summed over the batch's pairs, source and target, + one L_MMD (Eq. 9) -- by hand."""
+    from scalable_xmr.engine.pairs import PairTrainer, PairTrainerConfig
+
+    cfg = VSAConfig(**{**TINY, "tau": 0.5})  # recon_weight = mmd_weight = 1: Eq. 12 unweighted
+    images = torch.randn(2, 5, generator=torch.Generator().manual_seed(3))
+    tokens, lengths = _tokens([4, 2, 6])
+    img_idx = torch.tensor([0, 0, 1])  # captions 0 and 1 describe image 0: not each other's negatives
+    t_images = torch.randn(2, 5, generator=torch.Generator().manual_seed(4))
+    t_tokens, t_lengths = _tokens([3, 7], seed=9)
+    trainer = PairTrainer(PairTrainerConfig(model="vsa"), cfg, _split(images, tokens, lengths, [0, 0, 1]),
+                          model=_model(tau=0.5))
+    model = trainer.model
+    target = {"images": t_images, "tokens": t_tokens, "lengths": t_lengths}
+    got = float(trainer.batch_loss(images[img_idx], tokens, lengths, img_idx, target).detach())
+
+    with torch.no_grad():
+        h_i, h_c = _np(model.encode_images(images[img_idx])), _np(model.encode_texts(tokens, lengths))
+        t_h_i, t_h_c = _np(model.encode_images(t_images)), _np(model.encode_texts(t_tokens, t_lengths))
+        nll = _text_nll(model, tokens, lengths, torch.tensor(h_c, dtype=torch.float32))
+        t_nll = _text_nll(model, t_tokens, t_lengths, torch.tensor(t_h_c, dtype=torch.float32))
+    w_e, b_e = _np(model.visual_ae.enc.weight), _np(model.visual_ae.enc.bias)
+    w_d, b_d = _np(model.visual_ae.dec.weight), _np(model.visual_ae.dec.bias)
+
+    def s(i: int, c: int) -> float:  # Eq. 7
+        return float(h_i[i] @ h_c[c] / np.linalg.norm(h_i[i]) / np.linalg.norm(h_c[c]))
+
+    def image_ae(x: np.ndarray) -> float:  # Eq. 4-6
+        return float(np.sum((w_d @ np.tanh(w_e @ x + b_e) + b_d - x) ** 2))
+
+    alpha, l_sh = cfg.margin, 0.0
+    for p in range(3):  # Eq. 8 for each positive pair (image of caption p, caption p)
+        for q in range(3):
+            if img_idx[q] != img_idx[p]:  # q's caption / image is a negative of pair p
+                l_sh += max(0.0, alpha - s(p, p) + s(p, q)) + max(0.0, alpha - s(p, p) + s(q, p))
+    l_ae = sum(image_ae(_np(images[int(k)])) for k in img_idx) + sum(nll)  # Eq. 11, source pairs
+    l_ae += sum(image_ae(x) for x in _np(t_images)) + sum(t_nll)  # ... and target pairs
+    l_mmd = _mmd_loop(_unit(torch.tensor(np.concatenate([h_i, t_h_i]))),
+                      _unit(torch.tensor(np.concatenate([h_c, t_h_c]))), cfg.sigma)  # Eq. 9-10
+    ref = l_sh + l_ae + l_mmd  # Eq. 12
+    assert l_sh > 0 and l_mmd > 0
+    assert abs(got - ref) < 1e-4 * ref, (got, l_sh, l_ae, l_mmd)

@@ -64,6 +64,7 @@ def test_similarity_is_cosine_and_dense_text_path():
     ref = np.array([[float(a @ b) for b in txt.detach()] for a in img.detach()])
     np.testing.assert_allclose(sim.detach().numpy(), ref, rtol=1e-5, atol=1e-6)
     assert float(sim.detach().abs().max()) <= 1 + 1e-6
+    assert torch.equal(model.ranking_scores(img, txt), sim)  # cosines rank as they are (no sigmoid)
 
 
 @pytest.mark.parametrize(

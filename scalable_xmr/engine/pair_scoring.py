@@ -6,7 +6,11 @@
 - :func:`encode_gallery`, :func:`similarity_matrix`, :func:`text_similarity_matrix`: chunked
   scoring of every image against every caption (and caption against caption for MTFN's S_TT);
   :func:`text_cosine_matrix`: cosine of text embeddings, the text-text similarity of models
-  without an S_TT branch (MTFN-RR §3.2 re-ranking needs one; DESIGN.md §5).
+  without an S_TT branch (MTFN-RR §3.2 re-ranking needs one; docs/metrics.md).
+
+Everything here ranks or evaluates, so it scores with the models' ``ranking_scores`` /
+``text_ranking_scores`` (MTFN: the pre-sigmoid logits, which do not saturate into float32 ties;
+every other model: its ``similarity``); training losses call ``similarity`` directly.
 
 Split out of ``engine/pairs.py`` (which re-exports every public name here).
 """
@@ -220,16 +224,17 @@ def similarity_matrix(
     device: torch.device | None = None,
     out_device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Scores of every image against every caption, ``(N_img, N_cap)`` float32 on ``out_device``.
+    """Ranking scores of every image against every caption, ``(N_img, N_cap)`` float32 on
+    ``out_device``: ``model.ranking_scores`` (MTFN: logits of S_IT, not its sigmoid).
 
-    Representations are encoded once; ``similarity`` runs on (chunk × chunk) blocks so models
+    Representations are encoded once; the scores run on (chunk × chunk) blocks so models
     whose score is not a dot product (MTFN, MMCA) keep bounded memory.
     """
     data = as_pair_tensors(data, model, device)
     img_repr, txt_repr = encode_gallery(model, data, chunk)
     with _EvalMode(model):
-        return _blockwise(model.similarity, img_repr, data.n_images, txt_repr, data.n_captions, chunk,
-                          out_device)
+        return _blockwise(model.ranking_scores, img_repr, data.n_images, txt_repr, data.n_captions,
+                          chunk, out_device)
 
 
 def _blockwise(
@@ -261,25 +266,27 @@ def text_similarity_matrix(
     device: torch.device | None = None,
     out_device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """S_TT of every caption against every caption, ``(N_cap, N_cap)`` (MTFN Eq. 6)."""
+    """S_TT of every caption against every caption, ``(N_cap, N_cap)`` (MTFN Eq. 6), as the
+    pre-sigmoid logits ``model.text_ranking_scores`` (same order, no float32 ties)."""
     if not getattr(model, "has_text_branch", False):
         raise InputError(f"model {model.name!r} has no text-text branch (only MTFN has S_TT)")
     data = as_pair_tensors(data, model, device)
     with _EvalMode(model):
         reprs = _encode_texts_tt(model, data, chunk)
-        return _blockwise(model.text_similarity, reprs, data.n_captions, reprs, data.n_captions, chunk,
-                          out_device)
+        return _blockwise(model.text_ranking_scores, reprs, data.n_captions, reprs, data.n_captions,
+                          chunk, out_device)
 
 
 def nearest_text_recall(model: BranchModel, data: PairTensors, chunk: int) -> float:
-    """% of captions whose most S_TT-similar other caption shares its image (chunked argmax)."""
+    """% of captions whose most S_TT-similar other caption shares its image (chunked argmax over
+    ``model.text_ranking_scores``, the S_TT logits)."""
     with _EvalMode(model):
         reprs = _encode_texts_tt(model, data, chunk)
         hits = torch.zeros((), device=data.texts.device)
         for i in range(0, data.n_captions, chunk):
             block = torch.cat(
                 [
-                    model.text_similarity(_rows(reprs, i, i + chunk), _rows(reprs, j, j + chunk))
+                    model.text_ranking_scores(_rows(reprs, i, i + chunk), _rows(reprs, j, j + chunk))
                     for j in range(0, data.n_captions, chunk)
                 ],
                 dim=1,
@@ -309,7 +316,7 @@ def text_cosine_matrix(
     """Cosine similarity of every caption's text embedding with every other's, ``(N_cap, N_cap)``.
 
     The text-text similarity for T2I re-ranking of models without an S_TT branch (MTFN-RR §3.2;
-    DESIGN.md §5): VSE's GRU embedding, MMCA's c0, VSA's code h_c, MTFN's projected t̃. It reads
+    docs/metrics.md): VSE's GRU embedding, MMCA's c0, VSA's code h_c, MTFN's projected t̃. It reads
     only the captions, never which image a caption belongs to.
     """
     data = as_pair_tensors(data, model, device)

@@ -4,7 +4,7 @@
 - :class:`PairTrainer`: the epoch loop with validation R@K, best-rsum model selection, a
   callback per epoch and resumable checkpoints. MTFN's text-text branch trains after the
   image-text branch (``text_epochs``), initialised from its best state (MTFN-RR §4.1). An
-  optional unpaired *target* split (VSA-AE-MMD, papers/002 §3.4) feeds the model's
+  optional unpaired *target* split (VSA-AE-MMD §3.4) feeds the model's
   ``extra_loss`` with a random target batch beside every source batch.
 
 The model registry and the chunked scoring live in ``engine/pair_scoring.py``; their public names
@@ -80,7 +80,7 @@ class PairTrainer:
     ``target_split`` (VSA-AE-MMD): an unpaired target-domain split in the training split's text
     kind and vocabulary; each training batch then passes ``target={"images", "tokens",
     "lengths"}`` of B random target images and B independently drawn target captions to the
-    model's ``extra_loss`` (MMD and target reconstruction, papers/002 Eq. 9-12).
+    model's ``extra_loss`` (MMD and target reconstruction, VSA-AE-MMD Eq. 9-12).
 
     ``fit(on_epoch)`` calls ``on_epoch(record)`` after each epoch with ``self.epoch`` already
     advanced, so a checkpoint saved from the callback resumes at the next epoch.
@@ -195,8 +195,7 @@ class PairTrainer:
     def _set_lr(self) -> float:
         cfg = self.config
         stage_epoch = self.epoch if self.stage == "image_text" else self.epoch - cfg.epochs
-        steps = stage_epoch // cfg.lr_decay_epochs if cfg.lr_decay_epochs else 0
-        lr = cfg.lr * cfg.lr_decay**steps  # VSE++ / MTFN-RR step decay
+        lr = cfg.lr_at(stage_epoch)  # the model's schedule (VSE++ / MTFN-RR step decay)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -226,17 +225,33 @@ class PairTrainer:
                 continue
             img_idx = data.caption_image_index[idx]  # (B,)
             images, texts, lengths = data.images[img_idx], data.texts[idx], data.lengths[idx]
-            img_repr = model.encode_images(images)
-            txt_repr = model.encode_texts(texts, lengths)
-            sim = model.similarity(img_repr, txt_repr)  # (B, B), positives on the diagonal
-            same_image = img_idx[:, None] == img_idx[None, :]  # (B, B) not negatives
-            loss = self._loss(sim, ignore_mask=same_image)
-            extra = {} if self.target_data is None else {"target": self._target_batch(len(idx))}
-            loss = loss + model.extra_loss(images, texts, lengths, img_repr, txt_repr, **extra)
+            target = None if self.target_data is None else self._target_batch(len(idx))
+            loss = self.batch_loss(images, texts, lengths, img_idx, target)
             self._step(loss)
             total += loss.detach()
             n_batches += 1
         return float(total) / max(n_batches, 1)
+
+    def batch_loss(
+        self,
+        images: torch.Tensor,
+        texts: torch.Tensor,
+        lengths: torch.Tensor,
+        img_idx: torch.Tensor,
+        target: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Image-text loss of one batch of B captions with their images (``img_idx`` (B,): image
+        ids, equal ids are not negatives): the hinge on ``model.similarity`` -- the training scores
+        (MTFN: sigmoid, Eq. 5), never the ranking scores -- summed over the batch, plus
+        ``model.extra_loss`` (VSA: its per-sample terms summed the same way, VSA-AE-MMD Eq. 11-12)."""
+        model = self.model
+        img_repr = model.encode_images(images)
+        txt_repr = model.encode_texts(texts, lengths)
+        sim = model.similarity(img_repr, txt_repr)  # (B, B), positives on the diagonal
+        same_image = img_idx[:, None] == img_idx[None, :]  # (B, B) not negatives
+        loss = self._loss(sim, ignore_mask=same_image)
+        extra = {} if target is None else {"target": target}
+        return loss + model.extra_loss(images, texts, lengths, img_repr, txt_repr, **extra)
 
     def _target_tensors(
         self, target: PairedSplit | None, train: PairedSplit, kind: str

@@ -5,8 +5,8 @@ image-to-text) and columns = texts; the positive pair of row ``i`` is column ``i
 
 - :func:`hinge_max_violation`: VSE++ (Faghri et al. 2018, Eq. 5 there) / MTFN-RR Eq. 5 — for each
   positive pair only the hardest negative in the batch counts, in both directions.
-- :func:`hinge_sum`: the older sum over all negatives (Kiros et al.; VSA, papers/002).
-- :func:`mmd_gaussian`: biased MMD² with the kernel exp(-||a - b||² / (2 sigma²)) (VSA, papers/002).
+- :func:`hinge_sum`: the older sum over all negatives (Kiros et al.; VSA, VSA-AE-MMD).
+- :func:`mmd_gaussian`: biased MMD² with the kernel exp(-||a - b||² / (2 sigma²)) (VSA, VSA-AE-MMD).
 
 ``ignore_mask`` marks off-diagonal pairs that are *not* negatives (e.g. two captions of the same
 image in one batch). The reference codes of VSE++ and MTFN have no such mask and count those pairs
@@ -95,9 +95,12 @@ def hinge_sum(
     bidirectional: bool = True,
     reduction: str = "sum",
 ) -> torch.Tensor:
-    """Sum-of-hinges loss over every negative (Kiros et al. 2014; papers/002 Eq. for L_emb).
+    """Sum-of-hinges loss over every negative (Kiros et al. 2014; VSA-AE-MMD Eq. 8).
 
     loss = Σ_i Σ_{j≠i} [m − s_ii + s_ij]_+  +  Σ_j Σ_{i≠j} [m − s_jj + s_ij]_+
+    ``reduction='sum'`` (default) sums Eq. 8 over the batch's positive pairs, as VSA-AE-MMD Eq.
+    11-12 sum their per-pair terms (models/vsa.py sums its autoencoder terms the same way); 'mean'
+    divides by B.
     """
     _check_sim(sim, margin, ignore_mask)
     cost_txt, cost_img = _violations(sim, margin, ignore_mask)

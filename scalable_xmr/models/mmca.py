@@ -1,4 +1,4 @@
-"""MMCA: Multi-Modality Cross Attention network for image-sentence matching (papers/003).
+"""MMCA: Multi-Modality Cross Attention network for image-sentence matching (MMCA).
 
 Wei et al., CVPR 2020. Two modules score an (image, sentence) pair:
 
@@ -41,11 +41,13 @@ Deviations from the paper, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scalable_xmr.config import TrainSchedule
 from scalable_xmr.errors import InputError
 from scalable_xmr.models.base import BranchModel, check_positive_int
 
@@ -56,6 +58,11 @@ __all__ = ["MMCA", "MMCAConfig", "NGramPool", "as_regions", "check_tokens", "con
 class MMCAConfig:
     """Hyperparameters of :class:`MMCA`; defaults follow MMCA §4.2 unless noted."""
 
+    # MMCA §4.2: "trained for 20 epochs with the Adam optimizer ... a learning rate 0.0002 for the
+    # first 10 epochs, and then decay the learning rate by 0.1 for the rest epochs. The
+    # batch-size is set to 64".
+    schedule: ClassVar[TrainSchedule] = TrainSchedule(
+        epochs=20, batch_size=64, lr=2e-4, lr_decay_epochs=10, lr_decay=0.1, source="MMCA §4.2")
     embed_dim: int = 256  # d; Tables 4-5: 256 is best on Flickr30K and COCO
     n_heads: int = 16  # §4.2: 16 heads in the image and the cross-attention transformers
     n_layers: int = 1  # transformer layers of the image self-attention and the cross attention
@@ -185,7 +192,7 @@ def _transformer(cfg: MMCAConfig, n_layers: int) -> nn.TransformerEncoder:
 
 
 class MMCA(BranchModel):
-    """Multi-Modality Cross Attention branch model (papers/003).
+    """Multi-Modality Cross Attention branch model (MMCA).
 
     Representations (plain tuples, batch first, so they can be sliced and concatenated):
     ``encode_images -> (i0 (B, d), regions R (B, k, d))`` and
@@ -272,7 +279,11 @@ class MMCA(BranchModel):
     def similarity(
         self, img_repr: tuple[torch.Tensor, ...], txt_repr: tuple[torch.Tensor, ...]
     ) -> torch.Tensor:
-        """``S(I, T) = i0·c0 + α·(i1·c1)`` for every image x text: ``(B_img, B_txt)`` (§3.5)."""
+        """``S(I, T) = i0·c0 + α·(i1·c1)`` for every image x text: ``(B_img, B_txt)`` (§3.5).
+
+        Also the ranking score: a sum of cosines in [-1-α, 1+α] with no squashing function after
+        it, so it keeps float32 resolution (no MTFN-style sigmoid ties; audit in models/base.py).
+        """
         i0, c0 = img_repr[0], txt_repr[0]
         scores = i0 @ c0.T  # (B_img, B_txt): self-attention part
         if self.config.alpha == 0.0:

@@ -1,10 +1,22 @@
-"""MTFN: Multi-modal Tensor Fusion Network (Wang et al., MTFN-RR, ACM MM 2019; papers/001 §3.1).
+"""MTFN: Multi-modal Tensor Fusion Network (Wang et al., MTFN-RR, ACM MM 2019; MTFN-RR §3.1).
 
 Image-Text fusion branch:
 - ṽ = W_v v, t̃ = W_t t (§3.1), each with dropout 0.25 on the input and tanh after the map (the
   reference code's ``dropout_v/t`` and ``activation_v/t``); d_v = d_t = d_f = 1024 (§4.1).
 - Eq. 3: f = Σ_{r=1..R} (W_ṽ^r ṽ) ⊙ (W_t^r t̃), R = 20; Eq. 4: S_IT = sigmoid(W_m f).
 - Eq. 5: bidirectional hinge with the hardest in-batch negatives, margin α = 0.2.
+
+Training scores vs ranking scores. The losses (Eq. 5, Eq. 7) are hinges (margin α) on the
+sigmoid scores S = sigmoid(W_m f + b_m), so :meth:`MTFN.similarity` / :meth:`MTFN.text_similarity`
+return those. Everything that only ranks -- R@K, re-ranking, the K' text neighbours, model
+selection, the stored similarity matrices -- uses the pre-sigmoid logit W_m f instead
+(:meth:`MTFN.ranking_scores`, :meth:`MTFN.text_ranking_scores`), without the bias b_m, a constant
+shared by every pair. sigmoid(x + b_m) is strictly increasing in x, so the order is the same, but
+float32 sigmoids saturate into ties: a lightly trained model's scores all crowd into a band
+~1e-2 wide around 0.5 (float32 spacing 6e-8 there), a confident one's near 0 or 1; many pairs then
+share one value and rankings are decided by index tie-breaks that flip with BLAS summation order.
+Leaving b_m out matters when the pair-dependent part is small next to it (a float32 sum keeps
+~7 significant digits of the larger term). docs/models.md.
 
 Text-Text fusion branch (Eq. 6): S_TT(T, T') = sigmoid(W_m' Σ_r (W_t^r t̃) ⊙ (W_t'^r t̃')),
 trained after the image-text branch with the triplet loss of Eq. 7, its parameters initialised
@@ -26,16 +38,20 @@ Deviations, and why:
 - Region features are averaged to one global vector (the reference code's ``torch.mean(v, 1)``).
 - W_ṽ^r, W_t^r and W_m have biases (the reference code's ``nn.Linear``); the R maps of each side
   are stored stacked as one Linear(d, R·d_f).
+- Retrieval, re-ranking and model selection rank by W_m f, not by S_IT as the paper and its
+  reference code do: the same order in exact arithmetic, without float32 sigmoid ties (above).
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from scalable_xmr.config import TrainSchedule
 from scalable_xmr.errors import InputError
 from scalable_xmr.models.base import BranchModel, check_positive_ints
 from scalable_xmr.models.vse import (
@@ -45,13 +61,18 @@ from scalable_xmr.models.vse import (
     pool_regions,
 )
 
-__all__ = ["MTFN", "MTFNConfig", "fused_scores"]
+__all__ = ["MTFN", "MTFNConfig", "fused_logits", "fused_scores"]
 
 
 @dataclass(frozen=True)
 class MTFNConfig:
     """Hyper-parameters of MTFN (defaults from MTFN-RR §4.1 and its reference code)."""
 
+    # MTFN-RR §4.1: "Adam optimizer with a mini-batch size of 128 for 50 epochs. The initial
+    # learning rate is 0.0001, decayed by 2 every 10 epochs." The paper gives no epoch count for
+    # the text-text branch trained after it (``text_epochs``: the jobs' default, half of epochs).
+    schedule: ClassVar[TrainSchedule] = TrainSchedule(
+        epochs=50, batch_size=128, lr=1e-4, lr_decay_epochs=10, lr_decay=0.5, source="MTFN-RR §4.1")
     rank: int = 20  # R, the number of rank-1 fusion terms (Eq. 3)
     dim: int = 1024  # d_v = d_t = d_f
     dropout: float = 0.25  # on v and t before W_v / W_t (reference code)
@@ -67,16 +88,24 @@ class MTFNConfig:
         check_margin_hinge(self)
 
 
-def fused_scores(
+def fused_logits(
     left: torch.Tensor, right: torch.Tensor, w_left: nn.Linear, w_right: nn.Linear, w_m: nn.Linear, rank: int
 ) -> torch.Tensor:
-    """sigmoid(W_m Σ_r (W_l^r x_i) ⊙ (W_r^r y_j)) for all pairs (i, j) (MTFN Eq. 3-4 / Eq. 6)."""
+    """W_m Σ_r (W_l^r x_i) ⊙ (W_r^r y_j) for all pairs (i, j), ``(B_l, B_r)``: MTFN Eq. 3-4 / Eq. 6
+    before the bias b_m of W_m and the sigmoid. The ranking score (see the module docstring)."""
     n_left, n_right, d_f = left.shape[0], right.shape[0], w_m.in_features
     a = w_left(left).view(n_left, rank, d_f)  # (B_l, R, d_f): W_l^r x_i for every r
     b = w_right(right).view(n_right, rank, d_f)  # (B_r, R, d_f)
     a = a * w_m.weight.view(1, 1, d_f)  # fold W_m into the left factor
-    logits = a.reshape(n_left, rank * d_f) @ b.reshape(n_right, rank * d_f).T  # (B_l, B_r)
-    return torch.sigmoid(logits + w_m.bias)  # Eq. 4 / Eq. 6
+    return a.reshape(n_left, rank * d_f) @ b.reshape(n_right, rank * d_f).T  # (B_l, B_r)
+
+
+def fused_scores(
+    left: torch.Tensor, right: torch.Tensor, w_left: nn.Linear, w_right: nn.Linear, w_m: nn.Linear, rank: int
+) -> torch.Tensor:
+    """sigmoid(W_m f + b_m) in (0, 1): S_IT of Eq. 4 / S_TT of Eq. 6, the scores the hinge losses
+    of Eq. 5 / Eq. 7 are defined on (their margin α = 0.2 is in these units)."""
+    return torch.sigmoid(fused_logits(left, right, w_left, w_right, w_m, rank) + w_m.bias)
 
 
 class _TextProjection(nn.Module):
@@ -143,8 +172,14 @@ class MTFN(BranchModel):
         return self.txt_proj(tokens, lengths)  # t̃ (B, dim)
 
     def similarity(self, img_repr: torch.Tensor, txt_repr: torch.Tensor) -> torch.Tensor:
-        """S_IT for every (image, text) pair, (B_img, B_txt) in (0, 1) (Eq. 3-4)."""
+        """S_IT for every (image, text) pair, (B_img, B_txt) in (0, 1) (Eq. 3-4). Kept as a
+        sigmoid because the loss of Eq. 5 (margin α = 0.2) is defined on it; never ranked by."""
         return fused_scores(img_repr, txt_repr, self.fuse_img, self.fuse_txt, self.score, self.config.rank)
+
+    def ranking_scores(self, img_repr: torch.Tensor, txt_repr: torch.Tensor) -> torch.Tensor:
+        """W_m f of S_IT = sigmoid(W_m f + b_m), (B_img, B_txt): the same order as
+        :meth:`similarity` without its float32 ties (module docstring)."""
+        return fused_logits(img_repr, txt_repr, self.fuse_img, self.fuse_txt, self.score, self.config.rank)
 
     # -- text-text branch -------------------------------------------------------------------
     def encode_texts_tt(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -152,8 +187,14 @@ class MTFN(BranchModel):
         return self.tt_txt_proj(tokens, lengths)
 
     def text_similarity(self, txt_a: torch.Tensor, txt_b: torch.Tensor) -> torch.Tensor:
-        """S_TT(T_i, T'_j) for every pair of ``encode_texts_tt`` outputs, (B_a, B_b) (Eq. 6)."""
+        """S_TT(T_i, T'_j) for every pair of ``encode_texts_tt`` outputs, (B_a, B_b) in (0, 1)
+        (Eq. 6). Kept as a sigmoid for the loss of Eq. 7; never ranked by."""
         return fused_scores(txt_a, txt_b, self.tt_fuse_a, self.tt_fuse_b, self.tt_score, self.config.rank)
+
+    def text_ranking_scores(self, txt_a: torch.Tensor, txt_b: torch.Tensor) -> torch.Tensor:
+        """W_m' f of S_TT, (B_a, B_b): the K' text neighbours of T2I re-ranking (Eq. 14-15) and
+        the ``tt_r1`` model selection rank by these (module docstring)."""
+        return fused_logits(txt_a, txt_b, self.tt_fuse_a, self.tt_fuse_b, self.tt_score, self.config.rank)
 
     def init_text_branch(self) -> None:
         """Initialise S_TT from the trained image-text branch (§4.1; mapping in the docstring)."""

@@ -1,13 +1,13 @@
 """SDML's deep supervised autoencoder (DSAE), one per modality (SDML §3.1, Fig. 1).
 
-Architecture as the reference code and DESIGN.md §4: encoder dim→1024→1024→d (ReLU between,
+Architecture as the reference code (docs/models.md): encoder dim→1024→1024→d (ReLU between,
 linear last layer, output L2-normalised onto the unit sphere of the common space), decoder
 d→1024→1024→dim (ReLU between, linear output).
 
 Deviations, and why:
 - The reference code L2-normalises the decoder output too. Raw features (CNN activations, BoW
   counts) are not unit vectors, so a normalised reconstruction cannot fit them; the decoder output
-  here is linear (DESIGN.md §4).
+  here is linear (docs/models.md).
 - Inputs are standardised per feature with statistics fitted on the modality's train split, held in
   buffers of the model so that every later encode (evaluation, add-a-modality, serving) applies
   the same transform. Feature scales differ by orders of magnitude across modalities; the paper's raw

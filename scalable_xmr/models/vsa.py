@@ -1,4 +1,4 @@
-"""VSA-AE-MMD: visual and textual autoencoders aligned by MMD (papers/002).
+"""VSA-AE-MMD: visual and textual autoencoders aligned by MMD (VSA-AE-MMD).
 
 Carraggi et al., "Visual-Semantic Alignment Across Domains Using a Semi-Supervised Approach",
 ECCV-W 2018. The codes of two autoencoders are the joint embedding:
@@ -19,8 +19,23 @@ ECCV-W 2018. The codes of two autoencoders are the joint embedding:
 - total (Eq. 11-12): L = L_AE(source) + L_AE(target) + L_MMD + L_SH; the hinge only on the source.
 
 :meth:`VSA.extra_loss` returns ``recon_weight · L_AE + mmd_weight · L_MMD`` (both weights 1 in the
-paper). Deviations, and why:
-- Eq. 11 sums over the whole dataset; we average each term over its batch (scale only).
+paper); the trainer adds L_SH (``engine/pairs.py``: ``hinge_sum`` / ``hinge_max_violation`` with
+their default ``reduction="sum"``).
+
+Reduction of each term over a mini-batch, as the paper defines them: Eq. 11 SUMS J(i, c) =
+L_AE^i(i) + L_AE^c(c) over the pairs (we sum over the batch, source and target batches alike);
+Eq. 8 is the hinge of ONE pair (i, c) ("the sums of Eq. 8 are taken only inside the single
+mini-batch" sums over its negatives), and Eq. 12 adds it to the summed L_AE, so L_SH is summed over
+the batch's pairs too (the trainer's default). Both per-sample terms thus keep the same weight
+relative to each other whatever the batch size. L_MMD (Eq. 9) is one squared distance between
+the two embedding distributions, not a sum over samples: it enters once per batch, estimated on
+that batch's samples, so its share shrinks as the batch grows (the paper trains with batches of
+32, §4.2). (Averaging the AE terms while summing the hinge weighs the autoencoders ~1/B of Eq. 12.)
+
+Deviations, and why:
+- Eq. 11-12 sum over the whole dataset and add one L_MMD; we minimise them per mini-batch (above).
+- Eq. 6 is ‖î − Φ(i)‖² (summed over feature dimensions) although the text calls it "mean square
+  error"; we follow the equation.
 - Padded positions: the encoder sees zero vectors there; Eq. 3 is summed over the real words only
   and the padding id 0 is not a candidate word of the softmax (a zero vector has no cosine).
 - Captions longer than ``max_len`` are truncated (the convolutional encoder needs a fixed T⁽⁰⁾).
@@ -38,11 +53,13 @@ paper). Deviations, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scalable_xmr.config import TrainSchedule
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.contrastive import mmd_gaussian
 from scalable_xmr.models.base import BranchModel, check_positive_int
@@ -55,8 +72,15 @@ TARGET_KEYS = frozenset({"images", "tokens", "lengths"})
 
 @dataclass(frozen=True)
 class VSAConfig:
-    """Hyperparameters of :class:`VSA`; defaults follow papers/002 §4.2 unless noted."""
+    """Hyperparameters of :class:`VSA`; defaults follow VSA-AE-MMD §4.2 unless noted."""
 
+    # VSA-AE-MMD §4.2: "mini-batches of size 32 ... Adam optimizer with an initial learning rate
+    # of 2e-4 for 20 epochs, which is then decreased by a factor of 10 for the rest of the
+    # training" -- the total is not given. Our choice: 20 more epochs at 2e-5 (40 in all), the
+    # equal halves of VSE++ (15 + 15) and MMCA (10 + 10); with 20 the decay would never happen.
+    schedule: ClassVar[TrainSchedule] = TrainSchedule(
+        epochs=40, batch_size=32, lr=2e-4, lr_decay_epochs=20, lr_decay=0.1, source="VSA-AE-MMD §4.2",
+        note="the paper gives 20 epochs at 2e-4 then /10 for an unstated rest; 40 in all is our choice")
     embed_dim: int = 500  # size of both AE codes (§4.2)
     margin: float = 0.2  # α of Eq. 8 (§4.2); used by the trainer's hinge_sum
     mmd_weight: float = 1.0  # Eq. 12 adds L_MMD unweighted
@@ -95,7 +119,7 @@ class VSAConfig:
 
 
 def conv_lengths(max_len: int, filter_size: int, strides: tuple[int, ...]) -> list[int]:
-    """Sequence lengths ``[T⁽⁰⁾, ..., T⁽ᴺ⁻¹⁾]`` through the strided convolutions (papers/002 Eq. 1).
+    """Sequence lengths ``[T⁽⁰⁾, ..., T⁽ᴺ⁻¹⁾]`` through the strided convolutions (VSA-AE-MMD Eq. 1).
 
     ``T⁽ⁿ⁺¹⁾ = ⌊(T⁽ⁿ⁾ − z) / r⁽ⁿ⁾ + 1⌋``; the last conv then spans all of T⁽ᴺ⁻¹⁾.
 
@@ -115,7 +139,7 @@ def conv_lengths(max_len: int, filter_size: int, strides: tuple[int, ...]) -> li
 
 
 class ConvTextAutoencoder(nn.Module):
-    """Convolutional caption autoencoder (papers/002 §3.1, after Zhang et al. 2017 [30])."""
+    """Convolutional caption autoencoder (VSA-AE-MMD §3.1, after Zhang et al. 2017 [30])."""
 
     def __init__(self, vocab_size: int, cfg: VSAConfig) -> None:
         super().__init__()
@@ -158,17 +182,17 @@ class ConvTextAutoencoder(nn.Module):
         return F.normalize(x.transpose(1, 2), dim=-1)  # (B, T⁽⁰⁾, k)
 
     def loss(self, tokens: torch.Tensor, valid: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """Eq. 2-3: −Σ_t log softmax_v(cos(x̂ᵗ, W_e[v]) / τ)[wᵗ] over real words; batch mean."""
+        """Eq. 2-3: −Σ_t log softmax_v(cos(x̂ᵗ, W_e[v]) / τ)[wᵗ] over real words; batch sum."""
         recon = self.decode(codes)[:, : tokens.shape[1]]  # (B, T, k)
         logits = recon @ self.unit_words().T / self.cfg.tau  # (B, T, V): Eq. 2 (both unit norm)
         logits[..., 0] = float("-inf")  # the padding id is not a word
         targets = tokens.masked_fill(~valid, 0)  # (B, T); id 0 is ignored below
         nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=0, reduction="none")
-        return nll.sum(dim=1).mean()  # (B, T) -> Eq. 3 per caption -> batch mean
+        return nll.sum()  # (B, T) -> Eq. 3 per caption, summed over the batch (Eq. 11)
 
 
 class DenseAutoencoder(nn.Module):
-    """One tanh layer and a linear decoder: papers/002 Eq. 4-6 (the visual AE)."""
+    """One tanh layer and a linear decoder: VSA-AE-MMD Eq. 4-6 (the visual AE)."""
 
     def __init__(self, in_dim: int, code_dim: int) -> None:
         super().__init__()
@@ -179,11 +203,11 @@ class DenseAutoencoder(nn.Module):
         return torch.tanh(self.enc(x))  # (B, d): Eq. 4
 
     def loss(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        return (self.dec(codes) - x).pow(2).sum(dim=1).mean()  # Eq. 5-6, batch mean
+        return (self.dec(codes) - x).pow(2).sum()  # Eq. 5-6 per sample, summed over the batch (Eq. 11)
 
 
 class VSA(BranchModel):
-    """VSA-AE-MMD branch model (papers/002).
+    """VSA-AE-MMD branch model (VSA-AE-MMD).
 
     ``encode_images`` / ``encode_texts`` return the raw codes h_i, h_c ``(B, embed_dim)`` (the
     decoders need them unnormalised); :meth:`similarity` takes their cosine (Eq. 7).
@@ -222,17 +246,18 @@ class VSA(BranchModel):
         return self.text_ae.encode(tokens, valid)
 
     def similarity(self, img_repr: torch.Tensor, txt_repr: torch.Tensor) -> torch.Tensor:
-        """Cosine of every image code with every caption code ``(B_img, B_txt)`` (Eq. 7)."""
+        """Cosine of every image code with every caption code ``(B_img, B_txt)`` (Eq. 7); also the
+        ranking score: in [-1, 1], nothing squashes it into float32 ties (audit in models/base.py)."""
         return F.normalize(img_repr, dim=-1) @ F.normalize(txt_repr, dim=-1).T
 
     def image_recon_loss(self, images: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """Eq. 6, averaged over the batch."""
+        """Eq. 6, summed over the batch (Eq. 11)."""
         return self.visual_ae.loss(self._image_features(images), codes)
 
     def text_recon_loss(
         self, tokens: torch.Tensor, lengths: torch.Tensor | None, codes: torch.Tensor
     ) -> torch.Tensor:
-        """Eq. 3 (token captions) or Eq. 6 applied to dense captions, averaged over the batch."""
+        """Eq. 3 (token captions) or Eq. 6 applied to dense captions, summed over the batch."""
         if isinstance(tokens, torch.Tensor) and tokens.is_floating_point():
             return self._dense_captions(tokens).loss(tokens, codes)
         tokens, valid = check_tokens(tokens, lengths, self.vocab_size, self.config.max_len)
@@ -247,7 +272,8 @@ class VSA(BranchModel):
         txt_repr: torch.Tensor,
         target: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """``recon_weight · L_AE + mmd_weight · L_MMD`` (papers/002 Eq. 11-12, without L_SH).
+        """``recon_weight · L_AE + mmd_weight · L_MMD`` (VSA-AE-MMD Eq. 11-12, without L_SH), with
+        L_AE summed over the batch and L_MMD once per batch (module docstring).
 
         ``target`` is an optional unpaired target-domain batch: ``{"images": (B_t, ...)}`` and/or
         ``{"tokens": ..., "lengths": ...}``. Its samples add their reconstruction terms (Eq. 11)
