@@ -160,7 +160,7 @@ def step_worker(conn: Connection, data: str, run_dir: str, mode: str, threads: i
     trainer = make_trainer(data, Path(run_dir), "image", SDMLConfig(), threads)
     cfg = trainer.cfg
     if mode == "naive":
-        opt = torch.optim.Adam(trainer.model.parameters(), lr=cfg.lr_for(trainer.data.input_dim),
+        opt = torch.optim.Adam(trainer.model.parameters(), lr=cfg.lr_for(trainer.job.modality),
                                betas=(0.5, 0.999))  # default flags: the single-tensor loop on CPU
         x, y = trainer.x["train"], trainer.data.labels["train"]
 

@@ -1,4 +1,4 @@
-"""Add modalities to a finished SDML run with one job (SDML §3.2 and Table 7; DESIGN.md §4, §7).
+"""Add modalities to a finished SDML run with one job (SDML §3.2 and Table 7; docs/run-store.md).
 
 P fixes the common space, so a new modality costs only its own autoencoder: the networks already
 in the run are never loaded, retrained or re-encoded. The new ordered pairs (new→existing,
@@ -309,9 +309,10 @@ def _commit(store: RunStore, meta: dict, staging: _Staging, results: dict[str, T
         meta.setdefault("additions", []).append({
             "modalities": list(results), "replaced": replaced, "at": now_iso(),
             "mlflow_parent_run_id": parent, "versions": versions()})
-        old_k = store.read_metrics().get("map_at_k", {}).get("k")  # keep reporting the run's mAP@k
+        old_at_k = store.read_metrics().get("map_at_k", {})  # keep reporting the run's mAP@k
         return finish_run(store, meta, new_modalities=list(results), tracker=tracker, parent_run=parent,
-                          results=results, top_k=old_k)
+                          results=results, top_k=old_at_k.get("k"),
+                          no_relevant=old_at_k.get("no_relevant", "zero"))
     except BaseException:
         _rollback(store, snapshot, moved_in, moved_aside)
         raise
@@ -327,7 +328,8 @@ def _commit_without(store: RunStore, meta: dict, dropped: list[str]) -> None:
         store.write_metrics(evaluate.build_metrics(
             {k: old["map"][k] for k in pairs}, keep,
             {k: at_k[k] for k in pairs} if at_k else None, at_k["k"] if at_k else None,
-            {m: n for m, n in old.get("n_test", {}).items() if m in keep} or None))
+            {m: n for m, n in old.get("n_test", {}).items() if m in keep} or None,
+            no_relevant=at_k.get("no_relevant", "zero") if at_k else "zero"))
     for m in dropped:
         meta["modalities"].pop(m)
     store.write(meta)

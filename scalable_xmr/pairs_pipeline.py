@@ -8,7 +8,7 @@ runs :func:`~scalable_xmr.engine.branch_job.train_branch`, checkpointing into th
 restarted actor resumes from its last checkpoint. The driver then averages each model's members
 (the ensemble), writes ``metrics.json`` and plots, logs MLflow runs and marks the run finished.
 
-Run store (DESIGN.md §7, kind "pairs")::
+Run store (docs/run-store.md, kind "pairs")::
 
     <run>/run.json                          dataset, members with their configs, status
     <run>/models/<member>/model.pt          best state_dict + configs (weights_only loadable)
@@ -33,6 +33,7 @@ from typing import Any
 from scalable_xmr.config import ResourceConfig, TrackingConfig
 from scalable_xmr.distributed.progress import ProgressBars
 from scalable_xmr.engine.branch_job import BranchJob, BranchResult, jsonable
+from scalable_xmr.engine.pair_eval import check_t2i_groups
 from scalable_xmr.engine.pairs import BRANCH_MODELS, PairTrainerConfig
 from scalable_xmr.errors import InputError
 from scalable_xmr.pairs_report import (
@@ -60,6 +61,7 @@ class PairsRequest:
     target_uri: str | None = None  # VSA only: unpaired target-domain dataset
     ks: tuple[int, ...] | None = None  # fixed re-ranking K (None: grid on val)
     k_texts: tuple[int, ...] | None = None  # fixed K' (None: grid on val)
+    t2i_groups: str = "candidate"  # T2I re-ranking's neighbour groups: "candidate" (Eq. 15) or "query"
     checkpoint_every: int = 1
     gpus_per_model: float | None = None  # None: 1 when the cluster has GPUs, else 0
     cpus_per_model: float | None = None  # None: the cluster's CPUs shared out evenly
@@ -82,7 +84,8 @@ class PairsRequest:
         if not isinstance(self.ensemble, int) or isinstance(self.ensemble, bool) or self.ensemble < 1:
             raise InputError(f"--ensemble must be an integer >= 1, got {self.ensemble!r}")
         if self.target_uri is not None and "vsa" not in self.trainers:
-            raise InputError("--target is the unpaired target domain of VSA (papers/002): add --model vsa")
+            raise InputError("--target is the unpaired target domain of VSA (VSA-AE-MMD): add --model vsa")
+        check_t2i_groups(self.t2i_groups, "--t2i-groups")
         if self.gpus_per_model is not None and self.gpus_per_model < 0:
             raise InputError(f"--gpus-per-model must be >= 0, got {self.gpus_per_model}")
 
@@ -207,7 +210,8 @@ def _member_settings(req: PairsRequest, model: str, seed: int) -> dict[str, Any]
 
 def _open_run(store: RunStore, mode: str, req: PairsRequest, dataset: dict[str, Any]) -> dict[str, Any]:
     wanted = {name: jsonable(_member_settings(req, model, seed)) for name, model, seed in req.members()}
-    rerank = {"ks": list(req.ks) if req.ks else None, "k_texts": list(req.k_texts) if req.k_texts else None}
+    rerank = {"ks": list(req.ks) if req.ks else None, "k_texts": list(req.k_texts) if req.k_texts else None,
+              "t2i_groups": req.t2i_groups}
     if mode == "resume":
         meta = store.read()
         if meta.get("kind") != "pairs":
@@ -216,10 +220,12 @@ def _open_run(store: RunStore, mode: str, req: PairsRequest, dataset: dict[str, 
             raise InputError(
                 f"{store.root}: run was trained on {meta['dataset']['uri']}, not {dataset['uri']}"
             )
+        if meta.get("rerank") is not None:  # runs from before t2i_groups re-ranked with the query's group
+            meta["rerank"].setdefault("t2i_groups", "query")
         if meta.get("rerank") != rerank:
             raise InputError(
                 f"{store.root}: run chose re-ranking K with {meta.get('rerank')}, these flags ask for "
-                f"{rerank}; resume with the same --k / --k-text or pass --overwrite"
+                f"{rerank}; resume with the same --k / --k-text / --t2i-groups or pass --overwrite"
             )
         if sorted(meta["members"]) != sorted(wanted):
             raise InputError(
@@ -254,7 +260,8 @@ def _finished_results(store: RunStore, meta: dict[str, Any]) -> dict[str, Branch
     out = {}
     for name, entry in meta["members"].items():
         if entry.get("status") == "finished":
-            out[name] = BranchResult(**read_json(store.root / "models" / name / "result.json"))
+            saved = read_json(store.root / "models" / name / "result.json")
+            out[name] = BranchResult(**{"t2i_groups": "query", **saved})  # older results: query groups
     return out
 
 
@@ -266,13 +273,14 @@ def _job(store: RunStore, req: PairsRequest, name: str, model: str, seed: int) -
         out_dir=str(store.root / "models" / name), dataset_uri=_abs_uri(req.dataset_uri),
         trainer=replace(req.trainers[model], seed=seed), model_config=dict(req.model_configs.get(model, {})),
         name=name, target_uri=_abs_uri(req.target_uri) if req.target_uri and model == "vsa" else None,
-        ks=req.ks, k_texts=req.k_texts, checkpoint_every=req.checkpoint_every,
+        ks=req.ks, k_texts=req.k_texts, t2i_groups=req.t2i_groups, checkpoint_every=req.checkpoint_every,
         device="cuda" if gpus > 0 else "cpu", fail_after_epoch=req.fail_after_epoch.get(name),
     )
 
 
 def _member_entry(result: BranchResult) -> dict[str, Any]:
     return {"status": "finished", "best_epoch": result.best_epoch, "choice": result.choice,
+            "t2i_groups": result.t2i_groups,
             "resumed_at_epoch": result.resumed_at_epoch, "train_seconds": result.train_seconds,
             "device": result.device, "finished": now_iso()}
 

@@ -30,7 +30,8 @@ def ensembles(store: RunStore, meta: dict[str, Any], results: dict[str, BranchRe
     for model in meta["models"]:
         members = [r for r in results.values() if r.model == model]
         dirs = [r.out_dir for r in sorted(members, key=lambda r: r.seed)]
-        out[model] = evaluate_ensemble(dirs, str(store.root / "models" / model), per_image, ks, k_texts)
+        out[model] = evaluate_ensemble(dirs, str(store.root / "models" / model), per_image, ks, k_texts,
+                                       rerank.get("t2i_groups", "query"))  # older runs: query groups
         out[model]["members"] = [r.name for r in sorted(members, key=lambda r: r.seed)]
     return out
 
@@ -40,11 +41,12 @@ def build_metrics(meta: dict[str, Any], results: dict[str, BranchResult], ens: d
     models = {}
     for name in meta["members"]:
         r = results[name]
-        models[name] = {"model": r.model, "seed": r.seed, **r.test, "choice": r.choice, "val": r.val,
-                        "val_grid": r.grid, "best_epoch": r.best_epoch, "text_sim": r.text_sim}
+        models[name] = {"model": r.model, "seed": r.seed, **r.test, "choice": r.choice,
+                        "t2i_groups": r.t2i_groups, "val": r.val, "val_grid": r.grid,
+                        "best_epoch": r.best_epoch, "text_sim": r.text_sim}
     ensemble_rows = {
-        m: {"members": e["members"], **e["test"], "choice": e["choice"], "val": e["val"],
-            "val_grid": e["grid"]}
+        m: {"members": e["members"], **e["test"], "choice": e["choice"], "t2i_groups": e["t2i_groups"],
+            "val": e["val"], "val_grid": e["grid"]}
         for m, e in ens.items()
     }
     return {"kind": "pairs", "dataset": meta["dataset"]["uri"],
@@ -62,7 +64,9 @@ def _rows(metrics: dict[str, Any], suffix: str) -> list[tuple[str, dict[str, flo
         rows.append((name, entry[f"plain{suffix}"]))
         if f"rerank{suffix}" in entry:
             choice = RerankChoice(**entry["choice"])
-            rows.append((f"  + re-rank (i2t K={choice.k_i2t}; t2i K={choice.k_t2i}, K'={choice.k_text})",
+            groups = entry.get("t2i_groups", "query")
+            rows.append((f"  + re-rank (i2t K={choice.k_i2t}; t2i K={choice.k_t2i}, K'={choice.k_text}, "
+                         f"{groups} groups)",
                          entry[f"rerank{suffix}"]))
     return rows
 
@@ -143,7 +147,8 @@ def log_members(tracker: Tracker, parent: str | None, meta: dict[str, Any], metr
         r = results[name]
         child = tracker.start_run(name, parent_id=parent, tags={"model": r.model, "member": name})
         tracker.log_params(child, {"model": r.model, "seed": r.seed, "dataset": meta["dataset"]["uri"],
-                                   "text_sim": r.text_sim, "trainer": r.trainer_config,
+                                   "text_sim": r.text_sim, "t2i_groups": r.t2i_groups,
+                                   "trainer": r.trainer_config,
                                    "model_config": r.model_config})
         rows = []
         for h in r.history:
@@ -161,7 +166,7 @@ def log_members(tracker: Tracker, parent: str | None, meta: dict[str, Any], metr
         child = tracker.start_run(f"{model}-ensemble", parent_id=parent,
                                   tags={"model": model, "member": "ensemble"})
         tracker.log_params(child, {"model": model, "members": ",".join(entry["members"]),
-                                   "ensemble": len(entry["members"])})
+                                   "ensemble": len(entry["members"]), "t2i_groups": entry["t2i_groups"]})
         tracker.log_metrics(child, {mlflow_name(k): v for k, v in _recall_metrics(entry).items()})
         tracker.end_run(child)
     parent_metrics = {}
@@ -177,4 +182,5 @@ def run_params(meta: dict[str, Any]) -> dict[str, Any]:
     return {"dataset": meta["dataset"]["uri"], "models": ",".join(meta["models"]),
             "ensemble": meta["ensemble"], "target": meta.get("target"),
             "rerank_ks": meta["rerank"]["ks"], "rerank_k_texts": meta["rerank"]["k_texts"],
+            "rerank_t2i_groups": meta["rerank"].get("t2i_groups", "query"),
             "ks": ",".join(map(str, KS))}

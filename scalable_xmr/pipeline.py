@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from scalable_xmr.config import ModalityOverrides, ResourceConfig, SDMLConfig, TrackingConfig
 from scalable_xmr.engine import evaluate
 from scalable_xmr.engine.sdml import ModalityJob, TrainResult, check_split_sizes
 from scalable_xmr.errors import InputError
+from scalable_xmr.functional.retrieval import check_no_relevant
 from scalable_xmr.projection import create_projection, load_projection, save_projection
 from scalable_xmr.store import RunStore, now_iso, versions
 from scalable_xmr.tracking import Tracker, default_tracking_uri
@@ -38,6 +37,7 @@ class TrainRequest:
     resume: bool = False
     overwrite: bool = False
     top_k: int | None = None  # also report mAP@k
+    top_k_no_relevant: str = "zero"  # mAP@k, a query with no relevant item in its top k: "zero" | "skip"
     show_progress: bool = True
     fail_after_epoch: dict[str, int] = field(default_factory=dict)  # fault injection (tests)
 
@@ -58,6 +58,7 @@ def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
     from scalable_xmr.distributed.launcher import check_resources, connect, train_modalities
 
     start = time.perf_counter()
+    check_no_relevant(req.top_k_no_relevant, "top_k_no_relevant")
     ds = open_dataset(req.dataset_uri)
     modalities = list(req.modalities or ds.modalities)
     missing = [m for m in modalities if m not in ds.modalities]
@@ -85,7 +86,7 @@ def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
             meta["modalities"][m].update(modality_entry(result))
             store.write(meta)  # each finished modality is recorded as soon as it is known
         metrics = finish_run(store, meta, new_modalities=todo, tracker=tracker, parent_run=parent,
-                             results=results, top_k=req.top_k)
+                             results=results, top_k=req.top_k, no_relevant=req.top_k_no_relevant)
     return RunSummary(str(store.root), metrics, results, tracker.run_url(parent),
                       time.perf_counter() - start)
 
@@ -194,14 +195,23 @@ def _tracker(cfg: TrackingConfig, store: RunStore) -> Tracker:
 
 
 def _run_params(meta: dict, req: TrainRequest) -> dict[str, Any]:
+    # The parent's `lr` lists the rate each modality actually trains with (one value when all
+    # agree); each child run also records its own.
+    rates = {m: req.overrides.config_for(req.sdml, m).lr for m in meta["modalities"]}
+    lr = next(iter(rates.values())) if len(set(rates.values())) == 1 else ",".join(
+        f"{m}={r:g}" for m, r in rates.items())
     return {"dataset": meta["dataset"]["name"], "projection_sha256": meta["projection"]["sha256"],
             "strategy": req.resources.strategy, "gpus_per_modality": req.resources.gpus_per_modality,
-            "modalities": ",".join(meta["modalities"]), **req.sdml.to_dict()}
+            "modalities": ",".join(meta["modalities"]), **req.sdml.to_dict(), "lr": lr}
 
 
 def finish_run(store: RunStore, meta: dict, new_modalities: list[str], tracker: Tracker,
-               parent_run: str | None, results: dict[str, TrainResult], top_k: int | None) -> dict:
-    """Evaluate the pairs the new modalities change, write metrics/plots, log, mark finished."""
+               parent_run: str | None, results: dict[str, TrainResult], top_k: int | None,
+               no_relevant: str = "zero") -> dict:
+    """Evaluate the pairs the new modalities change, write metrics/plots, log, mark finished.
+
+    ``top_k``: also mAP@k, a query with no relevant item in its top k scored as ``no_relevant``
+    says ("zero" or "skip"); stored mAP@k of another k or mode is recomputed for every pair."""
     modalities = store.finished_modalities(meta)
     n_classes = meta["dataset"]["n_classes"]
     emb = evaluate.load_test_embeddings(store, modalities, n_classes)
@@ -212,9 +222,10 @@ def finish_run(store: RunStore, meta: dict, new_modalities: list[str], tracker: 
     maps.update(evaluate.pair_maps(emb, pairs))
     maps_at_k = None
     if top_k:
-        maps_at_k = {k: v for k, v in old.get("map_at_k", {}).items() if k != "k"}
-        maps_at_k.update(evaluate.pair_maps(emb, pairs, top_k=top_k))
-    metrics = evaluate.build_metrics(maps, modalities, maps_at_k, top_k,
+        maps_at_k = evaluate.stored_maps_at_k(old, top_k, no_relevant)
+        todo = pairs if maps_at_k else evaluate.all_pairs(modalities)
+        maps_at_k.update(evaluate.pair_maps(emb, todo, top_k=top_k, no_relevant=no_relevant))
+    metrics = evaluate.build_metrics(maps, modalities, maps_at_k, top_k, no_relevant=no_relevant,
                                      n_test={m: len(emb[m][0]) for m in modalities})
     store.write_metrics(metrics)
     plot_paths = make_plots(store, metrics, emb)
@@ -254,12 +265,12 @@ def make_plots(store: RunStore, metrics: dict, emb: evaluate.Embeddings) -> list
 
     out = [plots.map_heatmap(metrics, store.plots_dir / "map_heatmap.png")]
     pr, scope = {}, {}
-    gallery = min(len(e[0]) for e in emb.values()) if emb else 0
-    scopes = np.unique(np.linspace(1, max(gallery, 1), 20).astype(int))
     for q, t in evaluate.all_pairs(list(emb)):
         args = (emb[q][2], emb[t][2], emb[q][1], emb[t][1])
         pr[(q, t)] = precision_recall_curve(*args)
-        scope[(q, t)] = precision_scope_curve(*args, scopes=tuple(int(s) for s in scopes))
+        # SDML Fig. 2-4 scopes K = 100, 200, ..., 1000 within the target's gallery (a gallery
+        # under 100 items: 10 spread K; functional.retrieval.scope_levels).
+        scope[(q, t)] = precision_scope_curve(*args)
     out.append(plots.curves(pr, store.plots_dir / "precision_recall.png", "recall", "precision",
                             "Precision-recall (SDML Fig. 2-3)"))
     out.append(plots.curves(scope, store.plots_dir / "precision_scope.png", "scope K (items returned)",

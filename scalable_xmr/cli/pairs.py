@@ -29,6 +29,31 @@ MODELS = ("vse", "mtfn", "mmca", "vsa")
 RERANK_KEYS = ("k", "k_text")
 
 
+class _PerModelDefault(argparse.Action):
+    """Stores the flag's value; its help ends with each branch model's default for ``key``.
+
+    The defaults are each model's config ``schedule`` (models/<model>.py, from its paper). The
+    model modules import torch, so they are read only when the help is printed, never to parse.
+    """
+
+    def __init__(self, *args: Any, key: str, **kwargs: Any) -> None:
+        self.key = key
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+
+    @property
+    def help(self) -> str:  # argparse reads it only to print the help
+        from scalable_xmr.engine.pair_config import schedule_help
+
+        return f"{self._help} ({schedule_help(self.key)})"
+
+    @help.setter
+    def help(self, text: str) -> None:
+        self._help = text
+
+
 def add_pairs_arguments(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("data and models")
     d.add_argument("--model", action="append", choices=MODELS, metavar="NAME",
@@ -40,20 +65,24 @@ def add_pairs_arguments(p: argparse.ArgumentParser) -> None:
                    "precomp|synthetic-pairs|mfeat-pairs`). Default: generate SYNTHETIC paired data")
     d.add_argument("--target", metavar="DIR",
                    help="VSA only: an unpaired target-domain dataset (same layout; its train split's "
-                   "images and captions join the MMD term, papers/002 §3.4)")
+                   "images and captions join the MMD term, VSA-AE-MMD §3.4)")
     r = p.add_argument_group("run store")
     r.add_argument("--run", metavar="DIR", help="run directory to create (default: runs/pairs-<date>-<time>)")
     r.add_argument("--resume", action="store_true",
                    help="continue the run in --run (finished members are kept, the others resume "
                    "from their checkpoints)")
     r.add_argument("--overwrite", action="store_true", help="delete whatever is at --run first")
-    h = p.add_argument_group("training (defaults: VSE++ / MTFN-RR)")
-    h.add_argument("--epochs", type=int, default=None, help="image-text training epochs per model (30)")
+    h = p.add_argument_group("training (defaults: each model's own paper; these flags override them)")
+    h.add_argument("--epochs", type=int, default=None, action=_PerModelDefault, key="epochs",
+                   help="image-text training epochs of every model")
     h.add_argument("--text-epochs", type=int, default=None,
                    help="MTFN only: epochs of the text-text branch S_TT after the image-text one "
-                   "(default: half of --epochs, at least 1; 0 = re-rank T2I with text-embedding cosine)")
-    h.add_argument("--batch-size", type=int, default=None, help="batch size (128)")
-    h.add_argument("--lr", type=float, default=None, help="Adam learning rate (2e-4)")
+                   "(default: half of mtfn's image-text epochs, at least 1 -- MTFN-RR §4.1 gives no "
+                   "number, this is our choice; 0 = re-rank T2I with text-embedding cosine)")
+    h.add_argument("--batch-size", type=int, default=None, action=_PerModelDefault, key="batch_size",
+                   help="batch size of every model")
+    h.add_argument("--lr", type=float, default=None, action=_PerModelDefault, key="lr",
+                   help="Adam's initial learning rate of every model")
     h.add_argument("--margin", type=float, default=None,
                    help="hinge margin α >= 0 of every model (default: each model's, 0.2)")
     h.add_argument("--rank", type=int, default=None, help="MTFN: rank R >= 1 of the tensor fusion (20)")
@@ -64,8 +93,10 @@ def add_pairs_arguments(p: argparse.ArgumentParser) -> None:
                    help="train M seeds of each model and also report the ensemble that averages their "
                    "similarity matrices (MTFN-RR ensembles; default 1 = no ensemble)")
     h.add_argument("--set", action="append", default=[], metavar="[MODEL.]KEY=VALUE",
-                   help="any other model-config value, e.g. --set embed_dim=256 or --set mtfn.dim=512 "
-                   "(VALUE is JSON: numbers, lists, strings); repeatable")
+                   help="any other model-config or trainer value, e.g. --set embed_dim=256, --set "
+                   "mtfn.dim=512 or --set mmca.lr_decay_epochs=5 (schedule keys: epochs, batch_size, "
+                   "lr, lr_decay_epochs, lr_decay; text_epochs for mtfn only; each model's defaults "
+                   "under --epochs). VALUE is JSON: numbers, lists, strings; repeatable")
     h.add_argument("--config", metavar="JSON",
                    help="best.json of `xmr sweep --model <name>`: its configuration for that model "
                    "(flags given here win)")
@@ -77,6 +108,10 @@ def add_pairs_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--k-text", type=int, default=None,
                    help="K' >= 0 neighbour texts of T2I re-ranking. Default: the best of 0, 1, 2, 4, 8 "
                    "on val")
+    k.add_argument("--t2i-groups", default="candidate", metavar="{candidate,query}",
+                   help="T2I re-ranking scores a candidate image by the first text T_k of its ranking "
+                   "that has the query text in T_k's own K'-neighbour group (candidate: MTFN-RR Eq. 15, "
+                   "default) or that lies in the query's group (query); K / K' are chosen on val with it")
     c = p.add_argument_group("cluster")
     c.add_argument("--gpus-per-model", type=float, default=None,
                    help="GPUs per model actor (fractional packs several on one GPU; default: 1 when the "
@@ -132,11 +167,14 @@ def _parse_sets(items: list[str], models: list[str]) -> tuple[dict[str, dict], d
 
     A key of the model's config class goes there; otherwise a PairTrainerConfig key (e.g.
     ``lr_decay_epochs``, ``warmup_sum_epochs``) goes to the trainer. Unqualified keys apply to
-    every selected model that has them; a key no selected model has is an error.
+    every selected model that has them; a key no selected model has is an error, and so is a
+    schedule key the named model does not have (``text_epochs`` is MTFN's alone).
     """
+    from scalable_xmr.engine.pair_config import SCHEDULE_KEYS, TEXT_STAGE_KEY, schedule_keys
     from scalable_xmr.engine.pairs import PairTrainerConfig, branch_model_classes
 
-    trainer_keys = {f.name for f in fields(PairTrainerConfig)} - {"model", "seed"}
+    common = {f.name for f in fields(PairTrainerConfig)} - {"model", "seed", *SCHEDULE_KEYS, TEXT_STAGE_KEY}
+    trainer_keys = {m: common | set(schedule_keys(m)) for m in models}
     keys = {m: {f.name for f in fields(branch_model_classes(m)[1])} for m in models}
     out: dict[str, dict[str, Any]] = {m: {} for m in models}
     trainer: dict[str, dict[str, Any]] = {m: {} for m in models}
@@ -153,14 +191,18 @@ def _parse_sets(items: list[str], models: list[str]) -> tuple[dict[str, dict], d
             raise InputError(f"--set {item!r}: model {model!r} is not among --model {', '.join(models)}")
         scope = [model] if model else models
         targets = [m for m in scope if name in keys[m]]
+        trainer_targets = [m for m in scope if name in trainer_keys[m]]
         if targets:
             for m in targets:
                 out[m][name] = value
-        elif name in trainer_keys:
-            for m in scope:
+        elif trainer_targets:
+            for m in trainer_targets:
                 trainer[m][name] = value
+        elif name == TEXT_STAGE_KEY:
+            raise InputError(f"--set {item!r}: {name!r} is not a schedule key of {', '.join(scope)} "
+                             f"(schedule keys: {', '.join(schedule_keys(scope[0]))}; {name} is mtfn's)")
         else:
-            known = sorted(set().union(*(keys[m] for m in scope)) | trainer_keys)
+            known = sorted(set().union(*(keys[m] | trainer_keys[m] for m in scope)))
             raise InputError(f"--set {item!r}: no selected model has a config key {name!r} (known: {known})")
     return out, trainer
 
@@ -184,6 +226,7 @@ def build_configs(args: argparse.Namespace, one_caption: bool = False):
     ``one_caption``: the training data has one caption per image, so MTFN's text-text stage
     (pairs of captions of one image) cannot train and its default ``text_epochs`` is 0.
     """
+    from scalable_xmr.engine.pair_config import default_text_epochs, model_schedule
     from scalable_xmr.engine.pairs import PairTrainerConfig, branch_config
 
     _check_flags(args)
@@ -216,9 +259,9 @@ def build_configs(args: argparse.Namespace, one_caption: bool = False):
         model_values[m].update(set_model[m])
         given = {**flags, "text_epochs": args.text_epochs if m == "mtfn" else None}
         values = {**trainer_values[m], **{k: v for k, v in given.items() if v is not None}, **set_trainer[m]}
-        if m == "mtfn" and "text_epochs" not in values:
-            epochs = values.get("epochs", PairTrainerConfig(model=m).epochs)
-            values["text_epochs"] = 0 if one_caption else max(1, epochs // 2)
+        if "text_epochs" not in values:  # MTFN: half its image-text epochs (our choice), else 0
+            epochs = values.get("epochs", model_schedule(m).epochs)
+            values["text_epochs"] = default_text_epochs(m, epochs, one_caption)
         trainers[m] = PairTrainerConfig.from_dict({"model": m, **values})
     for m in models:
         branch_config(m, model_values[m])  # bad values fail before anything starts
@@ -254,11 +297,13 @@ def resolve_data(args: argparse.Namespace, run_dir: str) -> str:
 def request_from_args(args: argparse.Namespace):
     from scalable_xmr.config import TrackingConfig
     from scalable_xmr.data.paired import open_paired_dataset
+    from scalable_xmr.engine.pair_eval import check_t2i_groups
     from scalable_xmr.pairs_pipeline import PairsRequest
 
+    check_t2i_groups(args.t2i_groups, "--t2i-groups")
     models = build_configs(args)[0]  # flag errors first, before any data is generated or read
     if args.target and "vsa" not in models:
-        raise InputError("--target is the unpaired target domain of VSA (papers/002): add --model vsa")
+        raise InputError("--target is the unpaired target domain of VSA (VSA-AE-MMD): add --model vsa")
     run_dir = args.run or _default_run_dir()
     data = resolve_data(args, run_dir)
     one_caption = open_paired_dataset(data).split_sizes("train")[2] == 1
@@ -266,8 +311,8 @@ def request_from_args(args: argparse.Namespace):
     return PairsRequest(
         run_dir=run_dir, dataset_uri=data, trainers=trainers, model_configs=model_configs,
         ensemble=args.ensemble, target_uri=args.target, ks=ks, k_texts=k_texts,
-        checkpoint_every=args.checkpoint_every, gpus_per_model=args.gpus_per_model,
-        cpus_per_model=args.cpus_per_model,
+        t2i_groups=args.t2i_groups, checkpoint_every=args.checkpoint_every,
+        gpus_per_model=args.gpus_per_model, cpus_per_model=args.cpus_per_model,
         tracking=TrackingConfig(args.tracking_uri, args.experiment, not args.no_tracking),
         resume=args.resume, overwrite=args.overwrite, show_progress=not args.no_progress,
     )

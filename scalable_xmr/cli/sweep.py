@@ -51,12 +51,15 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a config value for every trial (repeatable); SDML: dim, hidden, "
                    "batch_size, normalize, checkpoint_every; branch: trainer keys (batch_size, "
-                   "text_epochs, ...) or model keys (dim, embed_dim, ...)")
+                   "lr_decay_epochs, lr_decay, text_epochs for mtfn, ...; unset: the model's own "
+                   "paper schedule) or model keys (dim, embed_dim, ...)")
     s.add_argument("--modality", action="append", metavar="NAME",
                    help="SDML: sweep only this modality (repeatable; default: every modality)")
     s.add_argument("--epochs", type=int, default=10, help="training epochs per trial (default 10)")
     s.add_argument("--metric", default=None,
-                   help="what selects the best: SDML anchor_map (default) or label_loss; branch: rsum")
+                   help="what selects the best, always on the validation split: SDML anchor_map "
+                   "(default) or label_loss; branch: rsum. Trials never see the test split; the "
+                   "chosen configuration is scored on test once, at the end")
     s.add_argument("--seed", type=int, default=0, help="seed of P (SDML) and of every network (0)")
     r = p.add_argument_group("scheduling")
     r.add_argument("--scheduler", choices=("asha", "fifo"), default="asha",
@@ -161,14 +164,14 @@ def run_sweep_cli(args: argparse.Namespace) -> int:
         print(f"  python jobs/sweep.py --model {args.model} --storage {Path(summary.sweep_dir).parent} "
               f"--name {Path(summary.sweep_dir).name} --resume")
         return 130
-    print(summary.table)
-    cross = (summary.best or {}).get("cross_modal", {})
-    if "map_mean" in cross:
-        print(f"\ncross-modal check of the chosen combination: mean test mAP {cross['map_mean']:.4f}")
+    print(summary.table)  # every figure in it is a validation one
     rerank = (summary.best or {}).get("rerank")
     if rerank:
         print(f"\nre-ranking on the best trial (val): I2T K={rerank['k_i2t']}, T2I K={rerank['k_t2i']} "
-              f"K'={rerank['k_text']}: rsum {rerank['rsum']:.2f} (plain {rerank['rsum_plain']:.2f})")
+              f"K'={rerank['k_text']} ({rerank.get('t2i_groups', 'query')} groups): "
+              f"rsum {rerank['rsum']:.2f} (plain {rerank['rsum_plain']:.2f})")
+    if summary.test_line:
+        print(f"\n{summary.test_line}")
     print(f"\nsweep directory : {summary.sweep_dir} ({summary.n_trials} trials)")
     print(f"best config     : {summary.best_path}")
     for plot in summary.plots:

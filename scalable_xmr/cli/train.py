@@ -45,7 +45,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     h.add_argument("--lam", type=float, default=0.5,
                    help="λ of SDML Eq. 1 in [0, 1]: weight of reconstruction vs label loss (0.5)")
     h.add_argument("--lr", type=float, default=None,
-                   help="Adam learning rate (default: 1e-4 for inputs >= 1024-d, 2e-4 otherwise)")
+                   help="Adam learning rate of every modality (default: the SDML reference code's "
+                   "rule, 1e-4 for the modality named 'image' and 2e-4 for every other one)")
     h.add_argument("--dim", type=int, default=512, help="common-space dimension d = rows of P (512)")
     h.add_argument("--batch-size", type=int, default=100, help="batch size (100; last partial dropped)")
     h.add_argument("--seed", type=int, default=0, help="seed of P and of every network (0)")
@@ -55,6 +56,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     h.add_argument("--config", metavar="JSON",
                    help="best.json from `xmr sweep --model sdml`: per-modality λ / lr overrides")
     h.add_argument("--top-k", type=int, default=None, help="also report mAP@k (reference definition)")
+    h.add_argument("--top-k-no-relevant", default="zero", metavar="{zero,skip}",
+                   help="mAP@k of a query with no relevant item in its top k: zero = AP 0, kept in the "
+                   "mean (default; SDML reference code, single-label); skip = left out of the mean "
+                   "(its multi-label code)")
     c = p.add_argument_group("cluster")
     c.add_argument("--strategy", choices=("parallel", "serial", "joint"), default="parallel",
                    help="parallel: one actor per modality at once (SDML-3, default); serial: one after "
@@ -136,6 +141,7 @@ def load_overrides(path: str | None) -> ModalityOverrides:
 
 
 def request_from_args(args: argparse.Namespace):
+    from scalable_xmr.functional.retrieval import check_no_relevant
     from scalable_xmr.pipeline import TrainRequest
 
     if args.demo and args.epochs == 200:
@@ -149,13 +155,15 @@ def request_from_args(args: argparse.Namespace):
     tracking = TrackingConfig(args.tracking_uri, args.experiment, not args.no_tracking)
     if args.top_k is not None and args.top_k < 1:
         raise InputError(f"--top-k must be >= 1, got {args.top_k}")
+    check_no_relevant(args.top_k_no_relevant, "--top-k-no-relevant")
     data = resolve_data(args, run_dir)
     return TrainRequest(
         run_dir=run_dir, dataset_uri=data, sdml=sdml,
         modalities=tuple(args.modality) if args.modality else None,
         overrides=load_overrides(args.config), resources=resources, tracking=tracking,
         projection_file=args.projection, projection_seed=args.seed, resume=args.resume,
-        overwrite=args.overwrite, top_k=args.top_k, show_progress=not args.no_progress,
+        overwrite=args.overwrite, top_k=args.top_k, top_k_no_relevant=args.top_k_no_relevant,
+        show_progress=not args.no_progress,
     )
 
 

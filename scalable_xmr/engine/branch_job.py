@@ -11,8 +11,10 @@ Everything lands in ``out_dir``::
 
     model.pt               best state_dict + configs (torch.load(weights_only=True))
     checkpoints/last.pt    PairTrainer state (resumable); checkpoints/job.json: its settings
-    sims/{val,test}.npy    image x caption similarity; sims/{val,test}_text.npy caption x caption
+    sims/{val,test}.npy    image x caption ranking scores; sims/{val,test}_text.npy caption x caption
+                           (``model.ranking_scores``: MTFN's logits W_m f, not its sigmoid S_IT)
     result.json            history, selected epoch, val/test R@K, the K grid and the choice
+                           (with ``t2i_groups``, the T2I neighbour groups the grid and test used)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 
 from scalable_xmr.data.paired import UNK, PairedSplit, open_paired_dataset
 from scalable_xmr.engine.pair_eval import (
+    check_t2i_groups,
     recall_report,
     rerank_grid,
     rerank_grid_for,
@@ -39,12 +42,14 @@ from scalable_xmr.engine.pairs import (
     PairTrainer,
     PairTrainerConfig,
     branch_config,
+    build_branch_model,
     similarity_matrix,
     text_cosine_matrix,
     text_similarity_matrix,
 )
 from scalable_xmr.errors import InputError
 from scalable_xmr.io import atomic_path, atomic_write_json, read_json
+from scalable_xmr.models.base import BranchModel
 
 EpochHook = Callable[[dict[str, Any]], None]
 
@@ -61,10 +66,14 @@ class BranchJob:
     target_uri: str | None = None  # VSA: unpaired target-domain dataset (its train split)
     ks: tuple[int, ...] | None = None  # re-ranking K values tried on val (None: default grid)
     k_texts: tuple[int, ...] | None = None  # K' values tried on val (None: default grid)
+    t2i_groups: str = "candidate"  # T2I neighbour groups: "candidate" (Eq. 15) or "query"
     checkpoint_every: int = 1
     device: str = "auto"  # "auto": cuda when this process sees a GPU
     num_threads: int | None = None
     save_sims: bool = True
+    # False: a sweep trial -- it selects on val only and never reads the test split; the sweep
+    # scores its chosen trial on test once, at its end (tuning/final_test.py).
+    score_test: bool = True
     fail_after_epoch: int | None = None  # fault injection for tests: die once after this epoch
 
     def __post_init__(self) -> None:
@@ -73,6 +82,7 @@ class BranchJob:
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
             raise InputError(f"checkpoint_every must be an integer >= 1, got {self.checkpoint_every!r}")
         branch_config(self.trainer.model, self.model_config)  # unknown keys / bad values fail here
+        check_t2i_groups(self.t2i_groups)
 
     @property
     def label(self) -> str:
@@ -99,6 +109,7 @@ class BranchResult:
     train_seconds: float = 0.0
     device: str = "cpu"
     pid: int = 0
+    t2i_groups: str = "candidate"  # T2I re-ranking's neighbour groups (grid and test alike)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,7 +146,8 @@ def _read_splits(job: BranchJob) -> tuple[dict[str, PairedSplit], PairedSplit | 
     for split in ("train", "val"):
         if split not in present:
             raise InputError(f"{job.dataset_uri}: no {split!r} split (has {present})")
-    splits = {s: ds.read_split(s) for s in ("train", "val", "test") if s in present}
+    wanted = ("train", "val", "test") if job.score_test else ("train", "val")
+    splits = {s: ds.read_split(s) for s in wanted if s in present}
     target = None
     if job.target_uri is not None:
         tds = open_paired_dataset(job.target_uri)
@@ -237,16 +249,36 @@ def _save_array(path: Path, array: torch.Tensor) -> None:
 
 
 def score_split(trainer: PairTrainer, split: PairedSplit) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(image x caption sim, caption x caption sim, "S_TT" | "cosine") of a split, on the CPU.
+    """(image x caption sim, caption x caption sim, "S_TT" | "cosine") of a split, on the CPU."""
+    return score_model(trainer.model, trainer.config, split, trainer.device)
+
+
+def score_model(
+    model: BranchModel, config: PairTrainerConfig, split: PairedSplit, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """:func:`score_split` of a model trained with ``config``.
 
     T2I re-ranking's text neighbours come from MTFN's trained S_TT, else from the cosine of the
-    model's text embeddings (MTFN-RR §3.2; DESIGN.md §5) -- never from the caption groups.
+    model's text embeddings (MTFN-RR §3.2; docs/metrics.md) -- never from the caption groups.
     """
-    model, chunk = trainer.model, trainer.config.eval_chunk
-    sim = similarity_matrix(model, split, chunk, device=trainer.device)
-    if getattr(model, "has_text_branch", False) and trainer.config.text_epochs > 0:
-        return sim, text_similarity_matrix(model, split, chunk, device=trainer.device), "S_TT"
-    return sim, text_cosine_matrix(model, split, chunk, device=trainer.device), "cosine"
+    chunk = config.eval_chunk
+    sim = similarity_matrix(model, split, chunk, device=device)
+    if getattr(model, "has_text_branch", False) and config.text_epochs > 0:
+        return sim, text_similarity_matrix(model, split, chunk, device=device), "S_TT"
+    return sim, text_cosine_matrix(model, split, chunk, device=device), "cosine"
+
+
+def load_branch_model(path: str | os.PathLike, device: torch.device) -> tuple[BranchModel, PairTrainerConfig]:
+    """The selected model a training job or trial saved (``model.pt``) and its trainer config."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != "scalable_xmr.branch_model/1":
+        raise InputError(f"{path}: not a branch-model file")
+    name = payload["model"]
+    model = build_branch_model(name, branch_config(name, payload["model_config"]),
+                               vocab_size=payload["vocab_size"], image_dim=payload["image_shape"][-1],
+                               text_dim=payload["text_dim"])
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device), PairTrainerConfig.from_dict(payload["trainer_config"])
 
 
 def train_branch(
@@ -292,14 +324,14 @@ def evaluate_branch(trainer: PairTrainer, splits: dict[str, PairedSplit], job: B
     n = val.require_captions_per_image()
     val_sim, val_text, text_source = score_split(trainer, val)
     grid_spec = rerank_grid_for(val.n_images, val.n_captions, job.ks, job.k_texts)
-    grid = rerank_grid(val_sim, val_text, n, grid_spec)
+    grid = rerank_grid(val_sim, val_text, n, grid_spec, job.t2i_groups)
     choice = select_rerank(grid)
     test, n_test = {}, n
     if "test" in splits:
         test_split = splits["test"]
         n_test = test_split.require_captions_per_image()
         test_sim, test_text, _ = score_split(trainer, test_split)
-        test = recall_report(test_sim, test_text, n_test, choice)
+        test = recall_report(test_sim, test_text, n_test, choice, job.t2i_groups)
         if job.save_sims:
             _save_array(sims_path(job.out_dir, "test"), test_sim)
             _save_array(sims_path(job.out_dir, "test", text=True), test_text)
@@ -308,7 +340,8 @@ def evaluate_branch(trainer: PairTrainer, splits: dict[str, PairedSplit], job: B
         _save_array(sims_path(job.out_dir, "val", text=True), val_text)
     val_plain = recall_report(val_sim, val_text, n, None)["plain"]
     return {"val": val_plain, "test": test, "grid": grid, "choice": choice.to_dict(),
-            "text_sim": text_source, "captions_per_image": n_test if test else n}
+            "t2i_groups": job.t2i_groups, "text_sim": text_source,
+            "captions_per_image": n_test if test else n}
 
 
 def _history_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -331,15 +364,23 @@ def evaluate_ensemble(
     captions_per_image: tuple[int, int],
     ks: tuple[int, ...] | None = None,
     k_texts: tuple[int, ...] | None = None,
+    t2i_groups: str = "candidate",
 ) -> dict[str, Any]:
-    """An ensemble of trained members (MTFN-RR's ensembles, papers/001 §4): the mean of their
+    """An ensemble of trained members (MTFN-RR's ensembles, MTFN-RR §4): the mean of their
     val / test image-text similarities and of their text-text similarities, re-ranking K chosen
     on the mean val matrices, applied to the mean test matrices (written to ``out_dir/sims``).
 
-    ``captions_per_image`` is (val, test). Returns the same keys as :func:`evaluate_branch`.
+    The members' matrices are their stored ranking scores: for MTFN the logits W_m f (and W_m' f
+    of S_TT), not the sigmoids S_IT / S_TT (the paper says only that it averages M models). Each
+    member's order is the same either way, but a mean of logits weighs a confident member more
+    than a mean of sigmoids would, and next to other models' cosines MTFN weighs by its logit scale.
+
+    ``captions_per_image`` is (val, test); ``t2i_groups`` as in :class:`BranchJob`. Returns the
+    same keys as :func:`evaluate_branch`.
     """
     from scalable_xmr.engine.pair_eval import average_similarities
 
+    check_t2i_groups(t2i_groups)
     n_val, n_test = captions_per_image
     mean = {}
     for split in ("val", "test"):
@@ -349,11 +390,11 @@ def evaluate_ensemble(
             _save_array(sims_path(out_dir, split, text), mean[(split, text)])
     val_sim, val_text = mean[("val", False)], mean[("val", True)]
     grid_spec = rerank_grid_for(val_sim.shape[0], val_sim.shape[1], ks, k_texts)
-    grid = rerank_grid(val_sim, val_text, n_val, grid_spec)
+    grid = rerank_grid(val_sim, val_text, n_val, grid_spec, t2i_groups)
     choice = select_rerank(grid)
-    test = recall_report(mean[("test", False)], mean[("test", True)], n_test, choice)
+    test = recall_report(mean[("test", False)], mean[("test", True)], n_test, choice, t2i_groups)
     val_plain = recall_report(val_sim, val_text, n_val, None)["plain"]
     result = {"members": [str(d) for d in member_dirs], "val": val_plain, "test": test, "grid": grid,
-              "choice": choice.to_dict(), "captions_per_image": n_test}
+              "choice": choice.to_dict(), "t2i_groups": t2i_groups, "captions_per_image": n_test}
     atomic_write_json(Path(out_dir) / "ensemble.json", result)
     return result

@@ -49,10 +49,15 @@ class ModalityJob:
     device: str = "auto"
     num_threads: int | None = None
     fail_after_epoch: int | None = None  # fault injection for tests: die once after this epoch
+    # Splits read besides train: val selects the epoch, test gets embeddings for evaluation. A
+    # sweep trial reads ("val",) alone: its sweep scores the chosen trial on test once, at the end.
+    eval_splits: tuple[str, ...] = ("val", "test")
 
     def __post_init__(self) -> None:
         if (self.dataset_uri is None) == (self.table_path is None):
             raise InputError("give exactly one of dataset_uri and table_path")
+        if self.eval_splits not in (("val", "test"), ("val",)):
+            raise InputError(f"eval_splits must be ('val', 'test') or ('val',), got {self.eval_splits!r}")
 
 
 def check_split_sizes(modality: str, sizes: dict[str, int], batch_size: int, where: str) -> None:
@@ -161,11 +166,12 @@ class ModalityData:
 def _load_splits(job: ModalityJob) -> dict[str, Any]:
     from scalable_xmr.data.dataset import open_dataset, read_modality_table
 
+    splits = ("train", *job.eval_splits)
     if job.table_path is not None:
         tables = read_modality_table(job.table_path, n_classes=job.n_classes)
-        return {s: tables[s] for s in ("train", "val", "test")}
+        return {s: tables[s] for s in splits}
     ds = open_dataset(job.dataset_uri, validate=False)
-    return {s: ds.read_split(job.modality, s) for s in ("train", "val", "test")}
+    return {s: ds.read_split(job.modality, s) for s in splits}
 
 
 class ModalityTrainer:
@@ -192,7 +198,7 @@ class ModalityTrainer:
             self.model.fit_normalizer(self.data.features["train"])
         # Standardise each split once; the normaliser's buffers still travel with the model.
         self.x = {s: self.model.normalize(f) for s, f in self.data.features.items()}
-        self.optimizer = make_adam(self.model.parameters(), self.cfg.lr_for(self.data.input_dim), self.device)
+        self.optimizer = make_adam(self.model.parameters(), self.cfg.lr_for(job.modality), self.device)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self.epoch = 0
         self.best_val, self.best_epoch = float("inf"), 0
@@ -342,11 +348,8 @@ class ModalityTrainer:
             os._exit(1)  # a hard crash, as a dying node or OOM kill would look to Ray
 
     # ---- outputs -------------------------------------------------------------------------------
-    def write_outputs(self) -> None:
-        """Best model, val/test embeddings and the training log, each written atomically."""
-        if self.best_state is not None:
-            self.model.load_state_dict(self.best_state)
-        self.model.eval()
+    def save_model(self) -> None:
+        """``model.pt``: the current network, its configs and the selected epoch (atomic)."""
         m = self.job.modality
         self.store.save_model(m, {
             "state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()},
@@ -356,7 +359,16 @@ class ModalityTrainer:
             "best_epoch": self.best_epoch,
             "projection_sha256": self.job.projection_sha256 or "",
         })
-        for split in ("val", "test"):
+
+    def write_outputs(self) -> None:
+        """Best model, the embeddings of the job's ``eval_splits`` and the training log, each
+        written atomically."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        self.model.eval()
+        m = self.job.modality
+        self.save_model()
+        for split in self.job.eval_splits:
             with torch.no_grad():
                 emb = self.model.encode(self.data.features[split]).cpu().numpy()
             self.store.write_embeddings(m, split, self.data.ids[split],

@@ -1,4 +1,4 @@
-"""Hyperparameter sweeps with Ray Tune (DESIGN.md §6, issue 6).
+"""Hyperparameter sweeps with Ray Tune.
 
 - :mod:`.space`: the models' hyperparameters, domains, default spaces, ``--grid`` / ``--range``.
 - :mod:`.sdml_trial` / :mod:`.pairs_trial`: the trainables (one modality / one branch model).

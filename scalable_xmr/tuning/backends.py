@@ -14,7 +14,7 @@ from typing import Any
 from scalable_xmr.errors import InputError
 from scalable_xmr.tuning.results import TrialRow
 
-SMALL_INPUT_DIM = 1024  # below: a "small" modality (the split SDML's lr rule uses too)
+SMALL_INPUT_DIM = 1024  # below: a "small" modality, packed onto a share of a GPU
 SMALL_GPU_SHARE = 0.25  # a small modality's trial takes this share of --gpus-per-trial
 
 
@@ -96,7 +96,9 @@ class SDMLBackend:
     def best_json(self, best: dict[Any, TrialRow], info: dict[str, Any], sweep_dir: Path,
                   tuned: list[str]) -> dict[str, Any]:
         """``{"model": "sdml", "per_modality": {m: {"config": {...}, ...}}}`` (cli/train.py's
-        load_overrides format) plus the cross-modal check of the chosen combination."""
+        load_overrides format) plus the chosen combination scored on test once
+        (``cross_modal``, labelled ``final_test.TEST_LABEL``)."""
+        from scalable_xmr.tuning.final_test import sdml_test
         from scalable_xmr.tuning.trial_io import trial_dir
 
         base = info["base"]
@@ -115,37 +117,30 @@ class SDMLBackend:
                       "epochs_trained": row.metrics.get("training_iteration"),
                       "trial_dir": str(trial_dir(sweep_dir, row.trial_id))}
         return {"model": "sdml", "dataset": info["dataset"], "projection": info["projection"],
-                "per_modality": per, "cross_modal": self.cross_modal_check(per, info)}
+                "per_modality": per, "cross_modal": sdml_test(per, info, sweep_dir)}
 
     @staticmethod
     def parent_metrics(best: dict[str, Any]) -> dict[str, float]:
-        """The parent run's final metrics: each modality's best scores and the cross-modal check."""
+        """The parent run's final metrics: each modality's best validation scores, and the test
+        figures of the chosen combination (scored once): ``test/<m>/anchor_map``, ``map/<q>-<t>``,
+        ``map/mean``."""
         out = {}
         for m, entry in best["per_modality"].items():
             for key in ("anchor_map", "val_label_loss"):
                 if isinstance(entry.get(key), int | float):
                     out[f"best/{m}/{key}"] = float(entry[key])
-        cross = best["cross_modal"]
-        out.update({f"map/{k}": v for k, v in cross.get("map", {}).items()})
-        if "map_mean" in cross:
-            out["map/mean"] = cross["map_mean"]
+        test = best["cross_modal"]
+        out.update({f"test/{m}/anchor_map": v for m, v in test.get("anchor_map", {}).items()})
+        out.update({f"map/{k}": v for k, v in test.get("map", {}).items()})
+        if "map_mean" in test:
+            out["map/mean"] = test["map_mean"]
         return out
 
     @staticmethod
-    def cross_modal_check(per: dict[str, dict[str, Any]], info: dict[str, Any]) -> dict[str, Any]:
-        """Test-split mAP of every ordered pair of the chosen trials' stored embeddings."""
-        from scalable_xmr.engine import evaluate
-        from scalable_xmr.store import RunStore
+    def summary_line(best: dict[str, Any]) -> str:
+        from scalable_xmr.tuning.final_test import sdml_summary
 
-        mods = list(per)
-        if len(mods) < 2:
-            return {"note": "one modality: no cross-modal pair to score"}
-        n_classes = info["dataset"]["n_classes"]
-        emb = {m: RunStore(per[m]["trial_dir"]).read_embeddings(m, "test", n_classes) for m in mods}
-        maps = evaluate.pair_maps(emb, evaluate.all_pairs(mods))
-        metrics = evaluate.build_metrics(maps, mods, n_test={m: len(emb[m][0]) for m in mods})
-        return {"split": "test", "map": metrics["map"], "map_mean": metrics["map_mean"],
-                "note": "embeddings of each modality's best trial (its selected epoch), not retrained"}
+        return sdml_summary(best["cross_modal"])
 
 
 def backend_for(model: str):

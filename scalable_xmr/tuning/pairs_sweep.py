@@ -14,21 +14,28 @@ from scalable_xmr.tuning.space import SearchSpace
 # engine.pair_eval's default grids: a sweep that keeps them lets the trial cut them to its gallery.
 DEFAULT_KS = (1, 2, 5, 10, 15, 20)
 DEFAULT_K_TEXTS = (0, 1, 2, 4, 8)
+T2I_GROUPS = "candidate"  # the trials' T2I neighbour groups: MTFN-RR Eq. 15 (rerank.rerank_t2i)
 _NOT_IN_BEST = ("model", "epochs", "text_epochs", "seed", "eval_chunk")  # the training job's own
 
 
 def split_base(model: str, base: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``--set`` values as (PairTrainerConfig values, model-config values); unknown keys raise."""
+    """``--set`` values as (PairTrainerConfig values, model-config values); unknown keys raise,
+    and so does a schedule key this model does not have (``text_epochs`` is MTFN's alone)."""
+    from scalable_xmr.engine.pair_config import SCHEDULE_KEYS, TEXT_STAGE_KEY, schedule_keys
     from scalable_xmr.engine.pairs import PairTrainerConfig, branch_model_classes
 
     model_keys = {f.name for f in fields(branch_model_classes(model)[1])}
-    trainer_keys = {f.name for f in fields(PairTrainerConfig)} - {"model", "epochs"}
+    common = {f.name for f in fields(PairTrainerConfig)} - {"model", *SCHEDULE_KEYS, TEXT_STAGE_KEY}
+    trainer_keys = (common | set(schedule_keys(model))) - {"epochs"}
     trainer, model_values = {}, {}
     for key, value in base.items():
         if key in model_keys:
             model_values[key] = value
         elif key in trainer_keys:
             trainer[key] = value
+        elif key == TEXT_STAGE_KEY:
+            raise InputError(f"--set {key}: not a schedule key of {model} (schedule keys: "
+                             f"{', '.join(schedule_keys(model))}; {key} is mtfn's)")
         else:
             raise InputError(f"--set {key}: not a config key of {model} or of the trainer (known: "
                              f"{', '.join(sorted(model_keys | trainer_keys))})")
@@ -49,6 +56,7 @@ class BranchBackend:
 
     def prepare(self, req, sweep_dir: Path, space: SearchSpace) -> dict[str, Any]:
         from scalable_xmr.data.paired import open_paired_dataset
+        from scalable_xmr.engine.pair_config import default_text_epochs
         from scalable_xmr.engine.pairs import PairTrainerConfig, branch_config
 
         ds = open_paired_dataset(req.dataset_uri)
@@ -58,8 +66,8 @@ class BranchBackend:
                 raise InputError(f"--data {req.dataset_uri}: no {split!r} split (has {present})")
         trainer, model_values = split_base(self.model, req.base)
         trainer.setdefault("seed", req.seed)
-        if self.model == "mtfn":  # the text-text branch trains after, as in the train-pairs job
-            trainer.setdefault("text_epochs", max(1, req.epochs // 2))
+        # MTFN: the text-text branch trains after, as in the train-pairs job
+        trainer.setdefault("text_epochs", default_text_epochs(self.model, req.epochs))
         cfg = PairTrainerConfig.from_dict({**trainer, "model": self.model, "epochs": req.epochs})
         branch_config(self.model, model_values)  # bad fixed values fail before any trial
         in_trial = space.in_trial()
@@ -69,6 +77,7 @@ class BranchBackend:
                 "model_base": model_values,
                 "ks": None if ks in (None, DEFAULT_KS) else list(ks),
                 "k_texts": None if k_texts in (None, DEFAULT_K_TEXTS) else list(k_texts),
+                "t2i_groups": T2I_GROUPS,
                 "max_iterations": cfg.epochs + cfg.text_epochs}
 
     def n_groups(self, info: dict[str, Any]) -> int:
@@ -87,6 +96,7 @@ class BranchBackend:
             trainer_base=info["trainer_base"], model_base=info["model_base"],
             ks=None if info["ks"] is None else tuple(info["ks"]),
             k_texts=None if info["k_texts"] is None else tuple(info["k_texts"]),
+            t2i_groups=info.get("t2i_groups", T2I_GROUPS),
             device="cuda" if info["gpus_per_trial"] > 0 else "cpu",
             threads=max(1, int(info["cpus_per_trial"])))
         return tune.with_resources(tune.with_parameters(branch_trial, setup=setup), _resources(info))
@@ -97,8 +107,10 @@ class BranchBackend:
 
         ``config`` holds the tuned values and the fixed ones the sweep trained with (not epochs:
         those are the training job's). K / K' are left out: the training job picks them on its
-        own validation split after training (the trial's choice is under ``rerank``).
+        own validation split after training (the trial's choice is under ``rerank``). ``test``:
+        the chosen trial scored on test once, now (labelled ``final_test.TEST_LABEL``).
         """
+        from scalable_xmr.tuning.final_test import branch_test
         from scalable_xmr.tuning.trial_io import trial_dir
 
         row = best[None]
@@ -111,14 +123,23 @@ class BranchBackend:
                 "val": {"rsum": m.get("best_rsum"), "rsum_selected": m.get("rsum_selected"),
                         **{k: m[k] for k in m if k.startswith(("i2t_", "t2i_")) and k[4:].isdigit()}},
                 "rerank": {"k_i2t": m.get("best_k"), "k_t2i": m.get("best_k_t2i"),
-                           "k_text": m.get("best_k_text"), "rsum": m.get("rsum_rerank"),
+                           "k_text": m.get("best_k_text"), "t2i_groups": info.get("t2i_groups", T2I_GROUPS),
+                           "rsum": m.get("rsum_rerank"),
                            "rsum_plain": m.get("rsum_selected"), "split": "val"},
-                "test": {k: m[k] for k in ("test_rsum", "test_rsum_rerank") if k in m}}
+                "test": branch_test(row, info, sweep_dir)}
 
     @staticmethod
     def parent_metrics(best: dict[str, Any]) -> dict[str, float]:
+        test = best["test"]
         out = {"rsum_best": best["val"]["rsum"], "rsum_rerank": best["rerank"]["rsum"],
                "rerank/k_i2t": best["rerank"]["k_i2t"], "rerank/k_t2i": best["rerank"]["k_t2i"],
-               "rerank/k_text": best["rerank"]["k_text"]}
-        out.update({f"test/{k[len('test_'):]}": v for k, v in best["test"].items()})
+               "rerank/k_text": best["rerank"]["k_text"],  # the above: val; below: test, scored once
+               "test/rsum": test.get("plain", {}).get("rsum"),
+               "test/rsum_rerank": test.get("rerank", {}).get("rsum")}
         return {k: float(v) for k, v in out.items() if isinstance(v, int | float)}
+
+    @staticmethod
+    def summary_line(best: dict[str, Any]) -> str:
+        from scalable_xmr.tuning.final_test import branch_summary
+
+        return branch_summary(best["test"])

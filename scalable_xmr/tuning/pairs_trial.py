@@ -8,6 +8,10 @@ scores the selected model on val for the whole grid of re-ranking K (I2T) and (K
 (MTFN-RR §3.2, ``engine.pair_eval``): K never multiplies the trials. The last epoch is reported
 only after that evaluation, with the chosen K / K' and their rsum, because Tune may end a trial as
 soon as it has its last result.
+
+A trial selects on validation only: it never reads the test split, so no test figure can reach
+Tune, MLflow or the choice of the best trial. The sweep scores the configuration it chose on test
+once, at its end (``tuning/final_test.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class BranchTrialSetup:
     model_base: dict[str, Any] = field(default_factory=dict)  # the model config's fixed values
     ks: tuple[int, ...] | None = None  # None: engine.pair_eval's default grid, cut to the gallery
     k_texts: tuple[int, ...] | None = None
+    t2i_groups: str = "candidate"  # T2I re-ranking's neighbour groups (engine.pair_eval)
     checkpoint_every: int = 1
     device: str = "auto"
     threads: int = 1
@@ -85,7 +90,7 @@ class _Reporter:
             trial_io.report(metrics)
 
     def final(self, result) -> dict[str, Any]:
-        """The last epoch's result plus the re-ranking choice on val and the test R@K."""
+        """The last epoch's result plus the re-ranking choice on val (no test figure: see above)."""
         choice = result.choice
         i2t = next(r for r in result.grid["i2t"] if r["k"] == choice["k_i2t"])
         t2i = next(r for r in result.grid["t2i"]
@@ -99,9 +104,6 @@ class _Reporter:
             "best_k": int(choice["k_i2t"]), "best_k_t2i": int(choice["k_t2i"]),
             "best_k_text": int(choice["k_text"]), "train_seconds": self.train_seconds,
         })
-        for name, key in (("plain", "test_rsum"), ("rerank", "test_rsum_rerank")):
-            if name in result.test:
-                out[key] = float(result.test[name]["rsum"])
         return out
 
 
@@ -121,8 +123,9 @@ def branch_trial(config: dict[str, Any], setup: BranchTrialSetup) -> None:
     trainer = PairTrainerConfig.from_dict({**setup.trainer_base, **trainer_values, "model": setup.model})
     job = BranchJob(out_dir=str(directory), dataset_uri=setup.dataset_uri, trainer=trainer,
                     model_config={**setup.model_base, **model_values}, ks=setup.ks,
-                    k_texts=setup.k_texts, checkpoint_every=setup.checkpoint_every,
-                    device=setup.device, num_threads=setup.threads, save_sims=False)
+                    k_texts=setup.k_texts, t2i_groups=setup.t2i_groups,
+                    checkpoint_every=setup.checkpoint_every,
+                    device=setup.device, num_threads=setup.threads, save_sims=False, score_test=False)
     reporter = _Reporter(state, trainer.epochs + trainer.text_epochs, ckpt_dir)
     result = train_branch(job, on_epoch=reporter.on_epoch)
     final = reporter.final(result)

@@ -6,8 +6,10 @@ The sweep directory ``<storage>/<name>/`` is Tune's experiment directory and our
 sweep.json          request, search space, dataset, P, MLflow ids, status (running/interrupted/finished)
 projection.arrow    SDML: the one P every trial reads (written once)
 trials/<trial_id>/  each trial's own run directory: checkpoints, embeddings, starts.jsonl
-best.json           the best configuration (per modality for SDML), for `--config best.json`
-summary.md          the table of the top trials; plots/ the metric against each hyperparameter
+best.json           the best configuration (per modality for SDML), for `--config best.json`, and
+                    its test figures: trials select on val only; the chosen configuration is
+                    scored on test once, at the end (final_test.py)
+summary.md          the table of the top trials and that test line; plots/ the metric per hyperparameter
 mlflow_runs.json    trial id -> MLflow child run id
 tuner.pkl, experiment_state-*.json, <trainable>_<id>...   Tune's own (resume, results, checkpoints)
 ```
@@ -74,6 +76,7 @@ class SweepSummary:
     tracking: str
     seconds: float
     trials: list[res.TrialRow] = field(default_factory=list)  # every trial's config and last result
+    test_line: str = ""  # the chosen configuration's test figures, scored once (final_test.py)
 
 
 def _check_request(req: SweepRequest) -> None:
@@ -298,7 +301,13 @@ def run_sweep(req: SweepRequest, address: str | None = None, callbacks: tuple = 
 
 def _finish(meta: dict[str, Any], sweep_dir: Path, backend, rows: list[res.TrialRow], tracker: Tracker,
             parent: str | None) -> SweepSummary:
-    """best.json, the summary table and plots, MLflow artifacts; marks the sweep finished."""
+    """best.json, the summary table and plots, MLflow artifacts; marks the sweep finished.
+
+    The best trials are chosen on the validation metric alone; ``backend.best_json`` then scores
+    that choice on test, once (final_test.py), and only the parent run gets those figures.
+    """
+    from scalable_xmr.tuning.final_test import TEST_LABEL
+
     metric, mode = meta["metric"], meta["mode"]
     best = res.best_per_group(rows, metric, mode, prefer=backend.complete_key)
     best_json = {**backend.best_json(best, meta, sweep_dir, meta["tuned"]),
@@ -306,12 +315,15 @@ def _finish(meta: dict[str, Any], sweep_dir: Path, backend, rows: list[res.Trial
                  "n_trials": len(rows), "created": now_iso()}
     atomic_write_json(sweep_dir / BEST_FILE, best_json)
     table = res.top_table(rows, metric, mode, meta["tuned"], extra=backend.table_extra)
-    atomic_write_text(sweep_dir / "summary.md", f"# Sweep {meta['name']} ({meta['model']})\n\n{table}\n")
+    test_line = backend.summary_line(best_json)
+    atomic_write_text(sweep_dir / "summary.md", f"# Sweep {meta['name']} ({meta['model']})\n\n"
+                      f"Trials ranked by validation {metric}.\n\n{table}\n\n{test_line}\n")
     plot = res.plot_metric_vs_params(
         rows, meta["swept"], metric, mode, sweep_dir / "plots" / f"{metric}_vs_hyperparameters.png",
         set(meta["log_params"]), f"{meta['model']} sweep {meta['name']}: {metric} per trial")
     plots = [str(plot)] if plot else []
     tracker.log_metrics(parent, backend.parent_metrics(best_json))
+    tracker.log_params(parent, {"test_figures": TEST_LABEL})
     for path in [sweep_dir / BEST_FILE, sweep_dir / "summary.md", sweep_dir / SWEEP_FILE, *plots]:
         tracker.log_artifact(parent, path)
     tracker.end_run(parent)
@@ -319,7 +331,7 @@ def _finish(meta: dict[str, Any], sweep_dir: Path, backend, rows: list[res.Trial
     meta.pop("error", None)
     atomic_write_json(sweep_dir / SWEEP_FILE, meta)
     return SweepSummary(str(sweep_dir), len(rows), True, best_json, str(sweep_dir / BEST_FILE), table,
-                        plots, tracker.run_url(parent), 0.0, rows)
+                        plots, tracker.run_url(parent), 0.0, rows, test_line)
 
 
 __all__ = ["SweepRequest", "SweepSummary", "run_sweep", "sweep_dir_for"]

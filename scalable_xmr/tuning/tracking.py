@@ -2,7 +2,7 @@
 
 Why our own Tune callback rather than Ray's ``MLflowLoggerCallback``: that callback also runs on
 the driver, but it creates one top-level run per trial; it has no notion of a parent, and the
-parent is what ties a sweep's trials together in the MLflow UI (DESIGN.md §8). This callback goes
+parent is what ties a sweep's trials together in the MLflow UI (docs/metrics.md). This callback goes
 through :class:`scalable_xmr.tracking.Tracker` (so a tracking failure only warns and never stops
 the sweep), logs each trial's configuration as params, every reported epoch as metrics with
 ``step = training_iteration``, and ends the child run FINISHED / FAILED with the trial.
@@ -26,24 +26,30 @@ from scalable_xmr.tracking import Tracker
 
 RUNS_FILE = "mlflow_runs.json"
 
-# Tune result key -> MLflow metric name (DESIGN.md §8 names; MLflow refuses '@' in names).
+# Tune result key -> MLflow metric name (docs/metrics.md names; MLflow refuses '@' in names).
 METRIC_NAMES = {
     "loss_train": "loss/train", "loss_recon": "loss/recon", "loss_label": "loss/label",
     "val_label_loss": "loss/val_label", "best_val_label_loss": "loss/val_label_best",
     "val_anchor_map": "map/val_anchor", "best_anchor_map": "map/val_anchor_best",
     "loss": "loss/train", "rsum": "rsum", "best_rsum": "rsum_best", "rsum_rerank": "rsum_rerank",
     "best_k": "rerank/k_i2t", "best_k_t2i": "rerank/k_t2i", "best_k_text": "rerank/k_text",
-    "tt_r1": "recall/tt_r1", "test_rsum": "test/rsum", "test_rsum_rerank": "test/rsum_rerank",
+    "tt_r1": "recall/tt_r1",
 }
 _SKIP = {"training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore",
          "iterations_since_restore", "pid", "done", "epoch"}
 
 
 def mlflow_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """The numeric, finite entries of a Tune result under their MLflow names."""
+    """The numeric, finite entries of a Tune result under their MLflow names.
+
+    Trials select on validation only and report no test figure; a ``test*`` key, should one ever
+    appear, is still kept out of MLflow (the sweep's one test score is on its parent run).
+    """
     out = {}
     for key, value in result.items():
         if key in _SKIP or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if key.startswith("test"):
             continue
         if not math.isfinite(value):
             continue

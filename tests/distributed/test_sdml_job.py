@@ -1,6 +1,7 @@
 """End-to-end SDML runs on a local 2-CPU Ray: strategies, restarts, MLflow, run-store contract."""
 
 import json
+from dataclasses import replace
 
 import mlflow
 import pytest
@@ -60,11 +61,21 @@ def test_parallel_run_is_complete_and_tracked(tmp_path, small_xmedia, ray_local)
 @pytest.mark.parametrize("strategy", ["serial", "joint"])
 def test_serial_and_joint_runs_are_complete(tmp_path, small_xmedia, ray_local, strategy):
     mods = ("image", "audio", "3d")
-    summary = train_sdml(_request(tmp_path, small_xmedia, modalities=mods,
+    summary = train_sdml(_request(tmp_path, small_xmedia, modalities=mods, sdml=replace(TINY, lr=None),
                                   resources=ResourceConfig(strategy=strategy)))
     meta, _ = _assert_complete(summary.run_dir, list(mods))
     assert meta["strategy"] == strategy
     assert all(meta["modalities"][m]["epochs"] == TINY.epochs for m in mods)
+    # lr=None: the SDML reference code's rate per modality (image 1e-4, every other 2e-4), recorded
+    # as used in run.json and in each modality's MLflow child run.
+    reference = {"image": 1e-4, "audio": 2e-4, "3d": 2e-4}
+    assert {m: meta["modalities"][m]["config"]["lr"] for m in mods} == reference
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    children = {m: client.get_run(meta["modalities"][m]["mlflow_run_id"]).data.params for m in mods}
+    assert all(params["modality"] == m for m, params in children.items())
+    assert {m: float(params["lr"]) for m, params in children.items()} == reference
+    parent = client.get_run(meta["mlflow"]["parent_run_id"]).data.params
+    assert parent["lr"] == "image=0.0001,audio=0.0002,3d=0.0002"  # never "None"
 
 
 def test_killed_actor_restarts_and_resumes_from_checkpoint(tmp_path, small_xmedia, ray_local):

@@ -81,3 +81,41 @@ def test_wrong_projection_checksum_refused(tmp_path, small_xmedia):
     bad = ModalityJob(**{**vars(job), "projection_sha256": "0" * 64})
     with pytest.raises(ValueError, match="checksum check failed"):
         ModalityTrainer(bad)
+
+
+# The SDML authors' reference code: Adam at 1e-4 for the image network, 2e-4 for text, audio, 3d
+# and video (docs/models.md). By name: a dataset without "image" trains everything at 2e-4.
+REFERENCE_LR = {"image": 1e-4, "text": 2e-4, "audio": 2e-4, "3d": 2e-4, "video": 2e-4, "fou": 2e-4}
+
+
+def test_per_modality_learning_rate_follows_the_reference_code():
+    from scalable_xmr.config import ModalityOverrides
+
+    base = SDMLConfig()
+    assert base.lr is None
+    for modality, lr in REFERENCE_LR.items():
+        assert base.lr_for(modality) == lr
+        assert ModalityOverrides().config_for(base, modality).lr == lr  # what run.json records
+    overrides = ModalityOverrides({"text": {"lr": 5e-4}})
+    assert overrides.config_for(base, "text").lr == 5e-4  # an explicit rate wins
+    assert overrides.config_for(SDMLConfig(lr=3e-3), "image").lr == 3e-3
+    with pytest.raises(TypeError, match="modality name"):
+        base.lr_for(4096)  # the rule is no longer by input dim
+
+
+@pytest.mark.parametrize("modality", ["image", "audio"])
+def test_the_trainer_uses_the_resolved_rate(tmp_path, small_xmedia, modality):
+    cfg = SDMLConfig(**{**CFG.to_dict(), "lr": None})
+    trainer = ModalityTrainer(_job(tmp_path, small_xmedia, modality=modality, cfg=cfg))
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [REFERENCE_LR[modality]]
+
+
+def test_a_sweep_trial_job_never_reads_the_test_split(tmp_path, small_xmedia):
+    trainer = ModalityTrainer(_job(tmp_path, small_xmedia, modality="audio", eval_splits=("val",)))
+    assert sorted(trainer.data.features) == ["train", "val"]
+    trainer.fit()
+    store = RunStore(tmp_path / "run")
+    assert store.model_path("audio").is_file() and store.embeddings_path("audio", "val").is_file()
+    assert not store.embeddings_path("audio", "test").exists()
+    with pytest.raises(ValueError, match="eval_splits must be"):
+        _job(tmp_path, small_xmedia, eval_splits=("test",))

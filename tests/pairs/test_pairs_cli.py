@@ -81,9 +81,44 @@ def test_set_routes_model_and_trainer_keys():
     assert trainers["vse"].margin == 0.1 == trainers["mmca"].margin
 
 
+def test_each_model_trains_on_its_own_schedule_unless_a_flag_overrides_it():
+    trainers, _, _, _ = build_configs(_args("--model", "vsa", "--model", "mmca", "--model", "mtfn"))
+    # VSA-AE-MMD §4.2 batch 32 (40 epochs: our choice), MMCA §4.2, MTFN-RR §4.1
+    got = {m: (t.epochs, t.batch_size, t.lr, t.lr_decay_epochs, t.lr_decay) for m, t in trainers.items()}
+    assert got == {"vsa": (40, 32, 2e-4, 20, 0.1), "mmca": (20, 64, 2e-4, 10, 0.1),
+                   "mtfn": (50, 128, 1e-4, 10, 0.5)}
+    assert trainers["mtfn"].text_epochs == 25  # half of MTFN's 50 image-text epochs
+    trainers, _, _, _ = build_configs(_args("--model", "vsa", "--model", "mmca", "--epochs", "3",
+                                            "--batch-size", "8", "--set", "mmca.lr=0.001"))
+    assert {m: (t.epochs, t.batch_size, t.lr) for m, t in trainers.items()} == {
+        "vsa": (3, 8, 2e-4), "mmca": (3, 8, 1e-3)}
+    assert trainers["mmca"].lr_decay_epochs == 10  # what no flag names stays the model's
+
+
+def test_help_lists_each_models_schedule_and_parsing_needs_no_torch():
+    import subprocess
+    import sys
+
+    text = " ".join(job_parser().format_help().split())
+    for line in ("--epochs EPOCHS image-text training epochs of every model (default per model: "
+                 "vse 30, mtfn 50, mmca 20, vsa 40.",
+                 "batch size of every model (default per model: vse 128, mtfn 128, mmca 64, vsa 32)",
+                 "learning rate of every model (default per model: vse 2e-4, mtfn 1e-4, mmca 2e-4, "
+                 "vsa 2e-4)",
+                 "mtfn: 50 epochs, batch 128, lr 1e-4 x0.5 every 10 epochs (MTFN-RR §4.1)",
+                 "40 in all is our choice"):
+        assert line in text, line
+    code = ("import sys; from scalable_xmr.cli.pairs import job_parser; "
+            "job_parser().parse_args(['--epochs', '3']); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # the model configs are read only to print the help
+
+
 @pytest.mark.parametrize(
     "argv, match",
     [
+        (["--set", "vse.text_epochs=2"], "--set 'vse.text_epochs=2': 'text_epochs' is not a schedule "
+         "key of vse \\(schedule keys: epochs, batch_size, lr, lr_decay_epochs, lr_decay; text_epochs"),
         (["--model", "mtfn", "--rank", "0"], "--rank must be >= 1, got 0"),
         (["--margin", "-0.1"], "--margin must be >= 0, got -0.1"),
         (["--k", "0"], "--k must be >= 1, got 0"),
@@ -98,12 +133,23 @@ def test_set_routes_model_and_trainer_keys():
         (["--set", "embed_dim"], "expected \\[MODEL.\\]KEY=VALUE"),
         (["--set", "vse.embed_dim=0"], "embed_dim"),
         (["--model", "mmca", "--alpha", "nan"], "--alpha must be >= 0"),
+        (["--t2i-groups", "both"], "--t2i-groups must be one of candidate, query, got 'both'"),
     ],
 )
 def test_bad_flags_are_one_line_errors(tmp_path, capsys, argv, match):
     rc, line = _run(["--data", str(tmp_path / "nowhere"), "--run", str(tmp_path / "run"), *argv], capsys)
     assert rc == 2 and line.startswith("xmr: error: ")
     assert re.search(match, line), line
+    assert not (tmp_path / "run").exists()
+
+
+def test_t2i_groups_reach_the_request(tmp_path):
+    from scalable_xmr.cli.pairs import request_from_args
+
+    data = str(_tiny(tmp_path))
+    base = ["--data", data, "--run", str(tmp_path / "run")]
+    assert request_from_args(_args(*base)).t2i_groups == "candidate"  # MTFN-RR Eq. 15
+    assert request_from_args(_args(*base, "--t2i-groups", "query")).t2i_groups == "query"
     assert not (tmp_path / "run").exists()
 
 

@@ -283,6 +283,17 @@ def test_top_table_lists_each_group_best_first():
 
 def test_mlflow_metric_names():
     result = {"loss_train": 1.5, "val_anchor_map": 0.25, "i2t_1": 40.0, "rsum": 300.0,
-              "done": True, "training_iteration": 2, "trial_id": "x", "nan": float("nan")}
+              "done": True, "training_iteration": 2, "trial_id": "x", "nan": float("nan"),
+              "test_rsum": 280.0}  # trials report none; one that did would still not reach MLflow
     assert mlflow_metrics(result) == {"loss/train": 1.5, "map/val_anchor": 0.25,
                                       "recall/i2t_1": 40.0, "rsum": 300.0}
+
+
+def test_branch_sweep_set_routes_schedule_keys_per_model():
+    from scalable_xmr.tuning.pairs_sweep import split_base
+
+    trainer, model = split_base("mtfn", {"text_epochs": 2, "lr_decay": 0.1, "rank": 4})
+    assert trainer == {"text_epochs": 2, "lr_decay": 0.1} and model == {"rank": 4}
+    with pytest.raises(InputError, match=r"--set text_epochs: not a schedule key of vse \(schedule keys: "
+                       r"epochs, batch_size, lr, lr_decay_epochs, lr_decay; text_epochs is mtfn's\)"):
+        split_base("vse", {"text_epochs": 2})

@@ -63,7 +63,11 @@ def test_sdml_sweep_mlflow_best_json_and_training_job(ray_local, small_xmedia, t
         history = client.get_metric_history(child.info.run_id, "loss/val_label")
         assert [m.step for m in history] == [1, 2]
         assert "map/val_anchor_best" in child.data.metrics and "loss/train" in child.data.metrics
+        # lr is always swept for SDML: the child's param is the rate the trial trained with
+        assert not any("test" in k for k in child.data.metrics), child.data.metrics  # val only
         per_modality[params["modality"]].append(child)
+    for trial in summary.trials:  # what the trials reported to Tune: no test figure
+        assert not any("test" in k for k in trial.metrics), sorted(trial.metrics)
     assert {m: len(v) for m, v in per_modality.items()} == {"audio": 2, "text": 2}
 
     # best.json: per modality, the trial with the highest validation anchor mAP (read from MLflow).
@@ -75,14 +79,26 @@ def test_sdml_sweep_mlflow_best_json_and_training_job(ray_local, small_xmedia, t
         assert entry["trial_id"] == winner.data.params["trial_id"]
         assert entry["config"]["lam"] == pytest.approx(float(winner.data.params["lam"]))
         assert entry["config"]["hidden"] == 64
-    # The cross-modal check scores the two chosen trials' stored test embeddings.
+    # Only the chosen trials are scored on test, once, after the sweep: their test embeddings are
+    # written then (by the selected model of each); no other trial ever encoded its test split.
+    chosen = {best["per_modality"][m]["trial_id"] for m in ("audio", "text")}
+    for trial in summary.trials:
+        m = trial.config["modality"]
+        tested = RunStore(sweep / "trials" / trial.trial_id).embeddings_path(m, "test").is_file()
+        assert tested == (trial.trial_id in chosen), trial.trial_id
     emb = {m: RunStore(best["per_modality"][m]["trial_dir"]).read_embeddings(m, "test", 20)
            for m in ("audio", "text")}
     expected = mean_average_precision(emb["audio"][2], emb["text"][2], emb["audio"][1], emb["text"][1])
-    assert best["cross_modal"]["map"]["audio-text"] == pytest.approx(expected)
-    pair_maps = best["cross_modal"]["map"]
-    assert best["cross_modal"]["map_mean"] == pytest.approx(np.mean(list(pair_maps.values())))
-    assert parents[0].data.metrics["map/mean"] == pytest.approx(best["cross_modal"]["map_mean"])
+    test = best["cross_modal"]
+    assert test["label"] == "test (chosen config, scored once)" and test["split"] == "test"
+    assert test["map"]["audio-text"] == pytest.approx(expected)
+    assert test["map_mean"] == pytest.approx(np.mean(list(test["map"].values())))
+    assert set(test["anchor_map"]) == {"audio", "text"}
+    assert parents[0].data.metrics["map/mean"] == pytest.approx(test["map_mean"])
+    assert parents[0].data.metrics["test/audio/anchor_map"] == pytest.approx(test["anchor_map"]["audio"])
+    assert parents[0].data.params["test_figures"] == "test (chosen config, scored once)"
+    assert summary.test_line.startswith("test (chosen config, scored once): anchor mAP audio ")
+    assert summary.test_line in (sweep / "summary.md").read_text()
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"best.json", "summary.md", "best_anchor_map_vs_hyperparameters.png"} <= artifacts
     assert (sweep / "plots" / "best_anchor_map_vs_hyperparameters.png").stat().st_size > 0
@@ -125,7 +141,8 @@ def test_a_trial_reads_only_its_own_modality(ray_local, small_xmedia, tmp_path):
     assert list(summary.best["per_modality"]) == ["audio"]
     assert summary.best["per_modality"]["audio"]["anchor_map"] > 0
     (trial,) = summary.trials
-    assert trial.config["modality"] == "audio" and trial.metrics["n_train"] == 80  # audio's train rows
+    n_train = open_dataset(small_xmedia).split_sizes()["audio"]["train"]
+    assert trial.config["modality"] == "audio" and trial.metrics["n_train"] == n_train
     trial_dir = Path(summary.best["per_modality"]["audio"]["trial_dir"])
     assert [p.name for p in (trial_dir / "modalities").iterdir()] == ["audio"]
 
