@@ -8,7 +8,7 @@ logistic regression into label space 0.83. Target: >= 0.85.
     python bench/quality_mfeat.py [--epochs 200] [--seed 0] [--out DIR] [--inputs standard]
 
 ``--inputs`` is an ablation of the input scaling, not a model option: ``standard`` is the default
-per-feature standardisation (DESIGN.md §4). ``unit`` also divides by sqrt(dim), so E||x||^2 = 1 as
+per-feature standardisation (docs/models.md). ``unit`` also divides by sqrt(dim), so E||x||^2 = 1 as
 in the reference code's unit-norm regime. ``shrunk`` divides by sqrt(var_j + median_k var_k), so
 low-variance (often noisy) features are not blown up to unit variance. The other two are applied
 to a copy of the dataset (train-split statistics) and trained with ``normalize=False``, through

@@ -1,4 +1,4 @@
-"""The fixed projection P that defines SDML's common space (DESIGN.md §3, SDML §3.1).
+"""The fixed projection P that defines SDML's common space (docs/run-store.md, SDML §3.1).
 
 SDML Eq. (1) maps a common representation h (d-dim) into label space with Pᵀh; P is a fixed d×c
 matrix with orthonormal columns so that the one-dimensional subspaces of the c categories are

@@ -1,4 +1,4 @@
-"""The run store (DESIGN.md §7): a directory a later job can read and extend.
+"""The run store (docs/run-store.md): a directory a later job can read and extend.
 
 ```
 <run>/run.json                      dataset, modalities, classes, seed, configs, versions, status

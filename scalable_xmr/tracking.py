@@ -1,4 +1,4 @@
-"""MLflow tracking, on the driver only (DESIGN.md §8).
+"""MLflow tracking, on the driver only (docs/metrics.md).
 
 One parent run per job, one nested child run per modality (or model / trial). Tracking failures
 never lose training: every result is already in the run store, and a failure here only prints a

@@ -101,7 +101,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Paired image-text datasets (DESIGN.md §2): images.parquet + captions.parquet + vocab.json.
+# Paired image-text datasets (docs/data.md): images.parquet + captions.parquet + vocab.json.
 
 
 def _register_paired(dsub: argparse._SubParsersAction) -> None:

@@ -1,6 +1,6 @@
 """Datasets (dataset.json + one Parquet table per modality), converters and synthetic data.
 
-See DESIGN.md §2 for the layout. Converters live in their own modules (``xmedia``, ``h5``,
+See docs/data.md for the layout. Converters live in their own modules (``xmedia``, ``h5``,
 ``mfeat``, ``synthetic``) and are re-exported here; importing this package is cheap (no h5py or
 scipy.io until a converter runs).
 """

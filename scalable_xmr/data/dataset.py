@@ -1,4 +1,4 @@
-"""Datasets: one ``dataset.json`` plus one Parquet table per modality (DESIGN.md §2).
+"""Datasets: one ``dataset.json`` plus one Parquet table per modality (docs/data.md).
 
 A dataset is a directory (or any ``pyarrow.fs`` URI: ``file://``, ``s3://``, ``gs://``) holding
 

@@ -1,4 +1,4 @@
-"""The content of ``dataset.json``: a dataset's name, classes and modalities (DESIGN.md §2)."""
+"""The content of ``dataset.json``: a dataset's name, classes and modalities (docs/data.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Wikipedia / NUS-WIDE / MS-COCO converter: the SDML ``.h5`` layout -> a dataset (DESIGN.md §2).
+"""Wikipedia / NUS-WIDE / MS-COCO converter: the SDML ``.h5`` layout -> a dataset (docs/data.md).
 
 Keys: ``train_imgs_deep, train_imgs_labels, train_text, train_texts_labels, test_imgs_deep,
 test_imgs_labels, test_text, test_texts_labels``. Image and text rows are paired by index, so both

@@ -1,4 +1,4 @@
-"""UCI multiple features (handwritten digits, real data, offline) -> a dataset (DESIGN.md §2).
+"""UCI multiple features (handwritten digits, real data, offline) -> a dataset (docs/data.md).
 
 2000 digits ("0".."9", 200 each) described by six feature sets, aligned row by row: Fourier
 coefficients (fou, 76), profile correlations (fac, 216), Karhunen-Loeve coefficients (kar, 64),

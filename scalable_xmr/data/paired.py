@@ -1,4 +1,4 @@
-"""Paired image-text datasets for the branch models (DESIGN.md §2).
+"""Paired image-text datasets for the branch models (docs/data.md).
 
 A paired dataset is a directory (or pyarrow.fs URI, read-only) holding
 

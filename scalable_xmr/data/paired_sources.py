@@ -1,4 +1,4 @@
-"""Sources of paired image-text datasets (DESIGN.md §2), split out of ``data/paired.py``.
+"""Sources of paired image-text datasets (docs/data.md), split out of ``data/paired.py``.
 
 - :func:`convert_precomp`: the SCAN/VSE++ "precomp" layout (``{split}_ims.npy`` + ``{split}_caps.txt``);
 - :func:`make_synthetic_pairs`: region features and token captions from shared latent concepts;

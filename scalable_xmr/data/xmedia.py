@@ -1,4 +1,4 @@
-"""PKU XMedia converter: ``XMediaFeatures.mat`` -> a scalable_xmr dataset (DESIGN.md §2).
+"""PKU XMedia converter: ``XMediaFeatures.mat`` -> a scalable_xmr dataset (docs/data.md).
 
 The file (from the SDML authors' release) holds features ``I_tr_CNN/I_te_CNN`` (image, 4096),
 ``T_tr_BOW/T_te_BOW`` (text, 3000), ``A_tr/A_te`` (audio, 29), ``d3_tr/d3_te`` (3d, 4700),

@@ -1,4 +1,4 @@
-"""Ray actors wrapping the plain trainers (DESIGN.md §6).
+"""Ray actors wrapping the plain trainers.
 
 An actor receives only a ``ModalityJob`` (paths and a config); it loads its modality's data and P
 itself. Ray restarts a crashed actor (``max_restarts``), which re-runs ``__init__`` with the same

@@ -16,7 +16,7 @@ def sdml_loss(
     """SDML Eq. (1) for one batch: λ·mean_i ‖x̂ᵢ − xᵢ‖₂ + (1−λ)·mean_{labeled i} ‖Pᵀhᵢ − yᵢ‖₂.
 
     Norms are per-sample L2 norms, not squared (Eq. 1 writes ‖·‖₂). Rows whose ``y`` is all zeros
-    are unlabeled and contribute only the reconstruction term (DESIGN.md §2); a batch without any
+    are unlabeled and contribute only the reconstruction term (docs/data.md); a batch without any
     labeled row has label term 0.
 
     Args:

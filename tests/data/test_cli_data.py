@@ -30,12 +30,12 @@ def test_synthetic_and_inspect(tmp_path, capsys):
     assert main(["data", "synthetic", "--out", out, "--scale", "small", "--seed", "1"]) == 0
     printed = capsys.readouterr().out
     assert "synthetic data (not real XMedia)" in printed and "synthetic-xmedia-small" in printed
-    assert open_dataset(out).split_sizes()["audio"] == {"train": 80, "val": 20, "test": 20}
+    assert open_dataset(out).split_sizes()["audio"] == {"train": 100, "val": 20, "test": 20}
     assert main(["data", "inspect", out]) == 0
     text = capsys.readouterr().out
     assert "20, single-label" in text
     row = next(ln for ln in text.splitlines() if ln.startswith("audio"))
-    assert row.split() == ["audio", "16", "80", "20", "20", "120"]
+    assert row.split() == ["audio", "16", "100", "20", "20", "140"]
 
 
 def test_existing_different_dataset_needs_overwrite(tmp_path, capsys):

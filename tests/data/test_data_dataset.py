@@ -1,4 +1,4 @@
-"""Dataset layout (DESIGN.md §2): round trips, split-only reads, every bad input named."""
+"""Dataset layout (docs/data.md): round trips, split-only reads, every bad input named."""
 
 from __future__ import annotations
 

@@ -1,0 +1,121 @@
+"""README.md runs as written: every ```bash block, top to bottom, in one fresh directory.
+
+Each command is run as a user would type it from the repository root (here: a scratch directory
+whose `.venv` and `jobs` point into this checkout, so nothing is written into the repo), with one
+change: training commands get `--epochs 1` so the whole README runs in a few minutes. `make run` is
+run as its Makefile recipe (also with 1 epoch); `make test` is this suite itself. A block the test
+cannot run must say why, in an HTML comment right above it (`<!-- not run ...: reason -->`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAINING = ("jobs/train_xmedia.py", "jobs/add_modality.py", "jobs/train_pairs.py", "jobs/sweep.py")
+NOT_RUN = re.compile(r"<!--\s*not run[^:]*:\s*(.+?)\s*-->")
+
+
+def readme_blocks(text: str) -> list[tuple[str | None, list[str]]]:
+    """(reason it is not run or None, commands) of every ```bash block, in order."""
+    blocks, lines = [], text.splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].strip() == "```bash":
+            before = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+            reason = m.group(1) if (m := NOT_RUN.search(before)) else None
+            body = []
+            i += 1
+            while lines[i].strip() != "```":
+                body.append(lines[i])
+                i += 1
+            blocks.append((reason, join_continuations(body)))
+        i += 1
+    return blocks
+
+
+def join_continuations(body: list[str]) -> list[str]:
+    commands, current = [], ""
+    for line in body:
+        current += line.rstrip()
+        if current.endswith("\\"):
+            current = current[:-1] + " "
+            continue
+        if current.strip():
+            commands.append(current.strip())
+        current = ""
+    return commands
+
+
+def one_epoch(argv: list[str]) -> list[str]:
+    """``argv`` with ``--epochs 1`` (replacing a given value) when it trains and is not --help."""
+    if not any(a.endswith(TRAINING) for a in argv) or "--help" in argv:
+        return argv
+    if "--epochs" in argv:
+        i = argv.index("--epochs")
+        return [*argv[:i + 1], "1", *argv[i + 2:]]
+    return [*argv, "--epochs", "1"]
+
+
+def make_recipe(target: str) -> list[str]:
+    """The Makefile's one-line recipe of ``target`` as argv ($(PY) -> .venv/bin/python)."""
+    lines = (ROOT / "Makefile").read_text().splitlines()
+    at = lines.index(next(line for line in lines if line.startswith(f"{target}:")))
+    recipe = lines[at + 1].strip().replace("$(PY)", ".venv/bin/python")
+    return shlex.split(recipe)
+
+
+def as_argv(command: str) -> list[str] | None:
+    """The argv a command line runs (comments dropped), or None for `make test` (this suite)."""
+    argv = shlex.split(command, comments=True)
+    if argv[:1] == ["make"]:
+        assert argv[1:] in (["run"], ["test"]), f"README: unexpected make command {command!r}"
+        return None if argv[1] == "test" else make_recipe("run")
+    return argv
+
+
+def test_readme_blocks_are_found_and_unrunnable_ones_say_why():
+    blocks = readme_blocks((ROOT / "README.md").read_text())
+    assert len([b for b in blocks if b[0] is None]) >= 6
+    assert all(reason for reason, _ in blocks if reason is not None)
+    assert one_epoch(["x", "jobs/sweep.py", "--epochs", "50", "--name", "s"]) == [
+        "x", "jobs/sweep.py", "--epochs", "1", "--name", "s"]
+    assert make_recipe("run")[-2:] == ["jobs/train_xmedia.py", "--demo"]
+
+
+@pytest.mark.slow
+def test_readme_runs_top_to_bottom(tmp_path):
+    work = tmp_path / "repo"
+    work.mkdir()
+    (work / ".venv").symlink_to(ROOT / ".venv")
+    (work / "jobs").symlink_to(ROOT / "jobs")
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    ran = []
+    for reason, commands in readme_blocks((ROOT / "README.md").read_text()):
+        if reason is not None:
+            continue
+        for command in commands:
+            argv = as_argv(command)
+            if argv is None:
+                continue
+            argv = one_epoch(argv)
+            done = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+            tail = (done.stdout + done.stderr)[-3000:]
+            assert done.returncode == 0, f"README command failed: {command}\n{tail}"
+            ran.append(command)
+    assert len(ran) >= 12, ran
+    # What the README promises the commands leave behind.
+    mfeat = json.loads((work / "runs/mfeat/run.json").read_text())
+    assert mfeat["status"] == "finished" and "mor" in mfeat["modalities"]
+    pairs = json.loads((work / "runs/pairs/run.json").read_text())
+    assert pairs["status"] == "finished"
+    assert (work / "sweeps/mfeat-sweep/best.json").is_file()
+    assert json.loads((work / "runs/mfeat-tuned/run.json").read_text())["status"] == "finished"
