@@ -148,13 +148,17 @@ def test_recall_table_layout():
 # ------------------------------------------------------------------------------ MTFN-RR Fig. 7a
 @pytest.fixture(scope="module")
 def fig7a_pairs(tmp_path_factory):
-    """30 concepts, 2-3 per image: images sharing concepts make some captions hubs, which I2T
-    re-ranking (the reverse ranking of each candidate caption) demotes. Seed 5 gives a clear
-    effect for both models (their plain i2t R@1 is 10-20% on 200 test images)."""
+    """30 concepts, 2-3 per image: images sharing concepts make some captions hubs, the setting in
+    which MTFN-RR's I2T re-ranking (the reverse ranking of each candidate caption) can help."""
     from scalable_xmr.data.paired import make_synthetic_pairs
 
     return make_synthetic_pairs(tmp_path_factory.mktemp("fig7a") / "syn", seed=5, n_train=400, n_val=200,
                                 n_test=200, n_regions=4, dim=32, vocab_size=120, n_concepts=30)
+
+
+def loop_r1(lists: dict[int, list[int]], owner) -> float:
+    """% of queries whose first item is a match (``owner(query, item)``), from explicit lists."""
+    return 100.0 * sum(owner(q, items[0]) for q, items in lists.items()) / len(lists)
 
 
 @pytest.mark.slow
@@ -163,10 +167,20 @@ def fig7a_pairs(tmp_path_factory):
     ("mtfn", 12, 1, {"rank": 8, "dim": 64, "word_dim": 16, "text_hidden": 64, "dropout": 0.0,
                      "hinge": "sum"}),
 ])
-def test_reranking_with_the_selected_k_improves_i2t_r1(fig7a_pairs, tmp_path, model, epochs, text_epochs,
-                                                        config):
+def test_rerank_choice_and_test_figures_follow_from_the_stored_matrices(
+        fig7a_pairs, tmp_path, model, epochs, text_epochs, config):
+    """What holds on every machine: K is the val grid's best, re-ranking with it cannot lose val
+    R@1 (K = 1 is plain and is in the grid), and the test figures are exactly what loop references
+    compute from the stored matrices. Whether re-ranking beats plain on *test* is an empirical
+    question measured over seeds in bench/rerank_effect.py (BENCHMARKS.md), not asserted here."""
+    import sys
+    from pathlib import Path
+
     from scalable_xmr.engine.branch_job import BranchJob, sims_path, train_branch
     from scalable_xmr.engine.pairs import PairTrainerConfig
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from _reference import rerank_i2t_loop, rerank_t2i_loop
 
     before = torch.get_num_threads()
     cfg = PairTrainerConfig(model=model, epochs=epochs, text_epochs=text_epochs, batch_size=32, lr=5e-3,
@@ -176,10 +190,20 @@ def test_reranking_with_the_selected_k_improves_i2t_r1(fig7a_pairs, tmp_path, mo
                                         trainer=cfg, model_config=config, num_threads=1))
     finally:
         torch.set_num_threads(before)
-    plain, rr = result.test["plain"], result.test["rerank"]
-    assert result.choice["k_i2t"] > 1  # chosen on val: plain (K = 1) was beaten there
-    assert rr["i2t@1"] > plain["i2t@1"], (plain, rr, result.grid["i2t"])
-    # Independent check of the re-ranked number from the stored test similarities.
-    sim = np.load(sims_path(tmp_path / model, "test"))
-    assert plain["i2t@1"] == pytest.approx(ref_recall(sim, 5, 1)[0])
     assert result.text_sim == ("S_TT" if model == "mtfn" else "cosine")
+    choice = select_rerank(result.grid)
+    assert choice == RerankChoice(**result.choice)
+    best_val_i2t = next(r for r in result.grid["i2t"] if r["k"] == choice.k_i2t)["i2t@1"]
+    plain_val_i2t = next(r for r in result.grid["i2t"] if r["k"] == 1)["i2t@1"]
+    assert best_val_i2t >= plain_val_i2t == pytest.approx(result.val["i2t@1"])
+    # Test figures, recomputed by loops from the stored test matrices with the chosen K, K'.
+    sim = np.load(sims_path(tmp_path / model, "test"))
+    text = np.load(sims_path(tmp_path / model, "test", text=True))
+    per = 5
+    plain, rr = result.test["plain"], result.test["rerank"]
+    assert plain["i2t@1"] == pytest.approx(ref_recall(sim, per, 1)[0])
+    assert plain["t2i@1"] == pytest.approx(ref_recall(sim, per, 1)[1])
+    i2t = rerank_i2t_loop(sim, choice.k_i2t)
+    t2i = rerank_t2i_loop(sim, choice.k_t2i, text, choice.k_text, groups="candidate")
+    assert rr["i2t@1"] == pytest.approx(loop_r1(i2t, lambda i, t: t // per == i))
+    assert rr["t2i@1"] == pytest.approx(loop_r1(t2i, lambda t, i: i == t // per))
