@@ -30,10 +30,10 @@ from pathlib import Path
 from _common import machine_info, print_info, print_table
 
 from scalable_xmr.config import SDMLConfig, TrackingConfig
-from scalable_xmr.data.synthetic import MODALITIES, make_synthetic_xmedia
+from scalable_xmr.data.modality.synthetic import MODALITIES, make_synthetic_xmedia
 from scalable_xmr.distributed.launcher import connect, describe_cluster
-from scalable_xmr.extend import AddRequest, add_modalities
-from scalable_xmr.pipeline import TrainRequest, train_sdml
+from scalable_xmr.sdml.extend import AddRequest, add_modalities
+from scalable_xmr.sdml.job import TrainRequest, train_sdml
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scalable_xmr.data.dataset import open_dataset
-from scalable_xmr.data.mfeat import convert_mfeat
+from scalable_xmr.data.modality.dataset import open_dataset
+from scalable_xmr.data.modality.mfeat import convert_mfeat
 from scalable_xmr.functional.retrieval import mean_average_precision
 
 

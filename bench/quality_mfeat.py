@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from scalable_xmr.config import ResourceConfig, SDMLConfig, TrackingConfig
-from scalable_xmr.data.dataset import open_dataset, write_dataset
-from scalable_xmr.data.mfeat import convert_mfeat
-from scalable_xmr.engine.evaluate import map_table
-from scalable_xmr.pipeline import TrainRequest, train_sdml
+from scalable_xmr.data.modality.dataset import open_dataset, write_dataset
+from scalable_xmr.data.modality.mfeat import convert_mfeat
+from scalable_xmr.sdml.evaluate import map_table
+from scalable_xmr.sdml.job import TrainRequest, train_sdml
 
 
 def rescaled_copy(src: Path, dest: Path, inputs: str) -> Path:

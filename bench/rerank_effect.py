@@ -6,10 +6,10 @@
 
 For each seed s, the synthetic paired data (generator seed s) is made, then VSE and MTFN are trained
 with network seed s through the same function the train-pairs job's actors run
-(``engine.branch_job.train_branch``): K (I2T) and K, K' (T2I) are chosen on the validation split and
+(``branch.member.train_branch``): K (I2T) and K, K' (T2I) are chosen on the validation split and
 applied once to test. The T2I figures are given for both neighbour groups: ``candidate`` (Eq. 15,
 the default; what train_branch chose) and ``query`` (the variant), the latter re-selected on val from
-the stored matrices (``engine.pair_eval``). Per model and direction the table gives the mean and
+the stored matrices (``branch.evaluate``). Per model and direction the table gives the mean and
 standard deviation over seeds of plain and re-ranked R@1, the mean difference, and on how many seeds
 re-ranking was better / equal / worse. Whatever it shows is what BENCHMARKS.md reports.
 
@@ -32,15 +32,15 @@ from pathlib import Path
 
 from _common import machine_info, print_info, print_table
 
-from scalable_xmr.data.paired import make_synthetic_pairs
-from scalable_xmr.engine.branch_job import BranchJob, sims_path, train_branch
-from scalable_xmr.engine.pair_eval import (
+from scalable_xmr.branch.evaluate import (
     rerank_grid,
     rerank_grid_for,
     reranked_recall,
     select_rerank,
 )
-from scalable_xmr.engine.pairs import PairTrainerConfig
+from scalable_xmr.branch.member import BranchJob, sims_path, train_branch
+from scalable_xmr.branch.trainer import PairTrainerConfig
+from scalable_xmr.data.paired import make_synthetic_pairs
 
 SETTINGS = {
     "default": dict(n_train=1000, n_val=100, n_test=100),

@@ -10,7 +10,7 @@ queries and extrapolated linearly to all of them (the loop's cost is the same fo
 the vectorised functions always run on the whole matrix. Each timing is the median of a few
 repeats. Before timing, the vectorised outputs are checked against the loops on the subset.
 T2I re-ranking is timed with both neighbour-group variants (``groups="candidate"``, Eq. 15 as
-written and the default, and ``groups="query"``; scalable_xmr/rerank.py). The candidate loop
+written and the default, and ``groups="query"``; scalable_xmr/functional/rerank.py). The candidate loop
 builds a text's group the first time its walk meets that text, so its per-query cost falls as
 the subset grows and the extrapolation overstates it somewhat.
 About 3-6 minutes on 2 CPU cores, peak memory ~4 GB (the 25,000 x 25,000 text-text matrix).
@@ -33,8 +33,8 @@ from _reference import (
     t2i_ranks_loop,
 )
 
+from scalable_xmr.functional.rerank import T2I_GROUPS, rerank_i2t, rerank_t2i
 from scalable_xmr.functional.retrieval import recall_at_k
-from scalable_xmr.rerank import T2I_GROUPS, rerank_i2t, rerank_t2i
 
 CAPTIONS = 5
 

@@ -43,7 +43,7 @@ def main() -> None:
     import ray
 
     from scalable_xmr.config import TrackingConfig
-    from scalable_xmr.data.synthetic import make_synthetic_xmedia
+    from scalable_xmr.data.modality.synthetic import make_synthetic_xmedia
     from scalable_xmr.tuning import SweepRequest, run_sweep
 
     print_info("Machine", machine_info(threads=1))

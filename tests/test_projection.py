@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 
 from scalable_xmr.cli import main
-from scalable_xmr.projection import (
+from scalable_xmr.store.projection import (
     create_projection,
     load_projection,
     read_projection_metadata,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from scalable_xmr import rerank
 from scalable_xmr.errors import InputError
-from scalable_xmr.rerank import rerank_i2t, rerank_t2i
+from scalable_xmr.functional import rerank
+from scalable_xmr.functional.rerank import rerank_i2t, rerank_t2i
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from _reference import rerank_i2t_loop, rerank_t2i_loop, stable_desc  # noqa: E402

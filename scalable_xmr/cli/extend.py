@@ -79,7 +79,7 @@ def job_parser() -> argparse.ArgumentParser:
 
 def request_from_args(args: argparse.Namespace):
     from scalable_xmr.cli.train import load_overrides
-    from scalable_xmr.extend import AddRequest
+    from scalable_xmr.sdml.extend import AddRequest
 
     if args.data and args.table:
         raise InputError("give --data or --table, not both")
@@ -102,8 +102,8 @@ def request_from_args(args: argparse.Namespace):
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from scalable_xmr.engine.evaluate import map_table, pairs_involving
-    from scalable_xmr.extend import add_modalities
+    from scalable_xmr.sdml.evaluate import map_table, pairs_involving
+    from scalable_xmr.sdml.extend import add_modalities
 
     summary = add_modalities(request_from_args(args), address=args.address)
     metrics = summary.metrics

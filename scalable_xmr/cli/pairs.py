@@ -45,7 +45,7 @@ class _PerModelDefault(argparse.Action):
 
     @property
     def help(self) -> str:  # argparse reads it only to print the help
-        from scalable_xmr.engine.pair_config import schedule_help
+        from scalable_xmr.branch.config import schedule_help
 
         return f"{self._help} ({schedule_help(self.key)})"
 
@@ -170,8 +170,8 @@ def _parse_sets(items: list[str], models: list[str]) -> tuple[dict[str, dict], d
     every selected model that has them; a key no selected model has is an error, and so is a
     schedule key the named model does not have (``text_epochs`` is MTFN's alone).
     """
-    from scalable_xmr.engine.pair_config import SCHEDULE_KEYS, TEXT_STAGE_KEY, schedule_keys
-    from scalable_xmr.engine.pairs import PairTrainerConfig, branch_model_classes
+    from scalable_xmr.branch.config import SCHEDULE_KEYS, TEXT_STAGE_KEY, schedule_keys
+    from scalable_xmr.branch.trainer import PairTrainerConfig, branch_model_classes
 
     common = {f.name for f in fields(PairTrainerConfig)} - {"model", "seed", *SCHEDULE_KEYS, TEXT_STAGE_KEY}
     trainer_keys = {m: common | set(schedule_keys(m)) for m in models}
@@ -226,8 +226,8 @@ def build_configs(args: argparse.Namespace, one_caption: bool = False):
     ``one_caption``: the training data has one caption per image, so MTFN's text-text stage
     (pairs of captions of one image) cannot train and its default ``text_epochs`` is 0.
     """
-    from scalable_xmr.engine.pair_config import default_text_epochs, model_schedule
-    from scalable_xmr.engine.pairs import PairTrainerConfig, branch_config
+    from scalable_xmr.branch.config import default_text_epochs, model_schedule
+    from scalable_xmr.branch.trainer import PairTrainerConfig, branch_config
 
     _check_flags(args)
     best = load_best(args.config) if args.config else None
@@ -295,10 +295,10 @@ def resolve_data(args: argparse.Namespace, run_dir: str) -> str:
 
 
 def request_from_args(args: argparse.Namespace):
+    from scalable_xmr.branch.evaluate import check_t2i_groups
+    from scalable_xmr.branch.job import PairsRequest
     from scalable_xmr.config import TrackingConfig
     from scalable_xmr.data.paired import open_paired_dataset
-    from scalable_xmr.engine.pair_eval import check_t2i_groups
-    from scalable_xmr.pairs_pipeline import PairsRequest
 
     check_t2i_groups(args.t2i_groups, "--t2i-groups")
     models = build_configs(args)[0]  # flag errors first, before any data is generated or read
@@ -319,7 +319,7 @@ def request_from_args(args: argparse.Namespace):
 
 
 def run_pairs(args: argparse.Namespace) -> int:
-    from scalable_xmr.pairs_pipeline import train_pairs
+    from scalable_xmr.branch.job import train_pairs
 
     summary = train_pairs(request_from_args(args), address=args.address)
     print()

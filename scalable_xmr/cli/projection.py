@@ -6,7 +6,7 @@ import argparse
 import os
 
 from scalable_xmr.errors import InputError
-from scalable_xmr.projection import create_projection, describe_projection, save_projection
+from scalable_xmr.store.projection import create_projection, describe_projection, save_projection
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -124,7 +124,7 @@ def resolve_sweep_data(args: argparse.Namespace) -> str:
     print("NOTE: no --data given: sweeping on SYNTHETIC data (not real features), cached under "
           f"{root}", file=sys.stderr)
     if args.model == "sdml":
-        from scalable_xmr.data.synthetic import make_synthetic_xmedia
+        from scalable_xmr.data.modality.synthetic import make_synthetic_xmedia
 
         out = root / f"synthetic-xmedia-seed{args.seed}"
         if not (out / "dataset.json").is_file():

@@ -98,13 +98,13 @@ def _default_run_dir() -> str:
 
 
 def resolve_data(args: argparse.Namespace, run_dir: str) -> str:
-    from scalable_xmr.data.dataset import open_dataset
+    from scalable_xmr.data.modality.dataset import open_dataset
 
     data_root = Path(run_dir).expanduser().resolve().parent / "data"
     if args.data and args.mat:
         raise InputError("give --data or --mat, not both")
     if args.mat:
-        from scalable_xmr.data.xmedia import convert_xmedia
+        from scalable_xmr.data.modality.xmedia import convert_xmedia
 
         out = data_root / "xmedia"
         convert_xmedia(args.mat, str(out), overwrite=True)
@@ -114,7 +114,7 @@ def resolve_data(args: argparse.Namespace, run_dir: str) -> str:
             raise InputError(f"--data {args.data}: dataset path does not exist")
         open_dataset(args.data)  # validates: "not a dataset" fails here, before anything is written
         return args.data
-    from scalable_xmr.data.synthetic import make_synthetic_xmedia
+    from scalable_xmr.data.modality.synthetic import make_synthetic_xmedia
 
     out = data_root / f"synthetic-xmedia-seed{args.seed}"
     print("=" * 78, file=sys.stderr)
@@ -142,7 +142,7 @@ def load_overrides(path: str | None) -> ModalityOverrides:
 
 def request_from_args(args: argparse.Namespace):
     from scalable_xmr.functional.retrieval import check_no_relevant
-    from scalable_xmr.pipeline import TrainRequest
+    from scalable_xmr.sdml.job import TrainRequest
 
     if args.demo and args.epochs == 200:
         args.epochs = DEMO_EPOCHS
@@ -168,8 +168,8 @@ def request_from_args(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from scalable_xmr.engine.evaluate import map_table
-    from scalable_xmr.pipeline import train_sdml
+    from scalable_xmr.sdml.evaluate import map_table
+    from scalable_xmr.sdml.job import train_sdml
 
     req = request_from_args(args)
     summary = train_sdml(req, address=args.address)

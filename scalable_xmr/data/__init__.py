@@ -5,7 +5,7 @@ See docs/data.md for the layout. Converters live in their own modules (``xmedia`
 scipy.io until a converter runs).
 """
 
-from scalable_xmr.data.dataset import (
+from scalable_xmr.data.modality.dataset import (
     SPLITS,
     Dataset,
     DatasetInfo,
@@ -17,10 +17,10 @@ from scalable_xmr.data.dataset import (
     write_dataset,
     write_modality_table,
 )
-from scalable_xmr.data.h5 import convert_h5
-from scalable_xmr.data.mfeat import convert_mfeat, load_mfeat_views
-from scalable_xmr.data.synthetic import make_synthetic_xmedia, synthetic_modality
-from scalable_xmr.data.xmedia import convert_xmedia
+from scalable_xmr.data.modality.h5 import convert_h5
+from scalable_xmr.data.modality.mfeat import convert_mfeat, load_mfeat_views
+from scalable_xmr.data.modality.synthetic import make_synthetic_xmedia, synthetic_modality
+from scalable_xmr.data.modality.xmedia import convert_xmedia
 
 __all__ = [
     "SPLITS",

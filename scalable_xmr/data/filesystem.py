@@ -13,7 +13,7 @@ import pyarrow.fs as pafs
 from scalable_xmr.errors import InputError, MissingError
 
 
-def _resolve(uri: str, filesystem: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, str]:
+def resolve_uri(uri: str, filesystem: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path) for a local path or a pyarrow.fs URI."""
     uri = os.fspath(uri)
     if filesystem is not None:
@@ -26,12 +26,12 @@ def _resolve(uri: str, filesystem: pafs.FileSystem | None = None) -> tuple[pafs.
         raise InputError(f"{uri}: not a usable file-system URI ({e})") from e
 
 
-def _kind(fs: pafs.FileSystem, path: str) -> pafs.FileType:
+def file_type(fs: pafs.FileSystem, path: str) -> pafs.FileType:
     return fs.get_file_info(path).type
 
 
-def _read_json(fs: pafs.FileSystem, path: str) -> Any:
-    if _kind(fs, path) != pafs.FileType.File:
+def read_json_at(fs: pafs.FileSystem, path: str) -> Any:
+    if file_type(fs, path) != pafs.FileType.File:
         raise MissingError(f"{path}: file not found")
     try:
         with fs.open_input_stream(path) as f:
@@ -40,8 +40,8 @@ def _read_json(fs: pafs.FileSystem, path: str) -> Any:
         raise InputError(f"{path}: not valid JSON ({e})") from e
 
 
-def _open_table(fs: pafs.FileSystem, path: str) -> pads.Dataset:
-    if _kind(fs, path) == pafs.FileType.NotFound:
+def open_table(fs: pafs.FileSystem, path: str) -> pads.Dataset:
+    if file_type(fs, path) == pafs.FileType.NotFound:
         raise MissingError(f"{path}: modality table not found")
     try:
         return pads.dataset(path, format="parquet", filesystem=fs)

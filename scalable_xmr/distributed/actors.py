@@ -14,7 +14,7 @@ from typing import Any
 
 import ray
 
-from scalable_xmr.engine.sdml import ModalityJob, TrainResult
+from scalable_xmr.sdml.trainer import ModalityJob, TrainResult
 
 
 @ray.remote(num_cpus=0)
@@ -50,7 +50,7 @@ def _progress_fn(hub):
 
 class _ModalityWorker:
     def __init__(self, job: ModalityJob, hub_name: str | None = None):
-        from scalable_xmr.engine.sdml import ModalityTrainer
+        from scalable_xmr.sdml.trainer import ModalityTrainer
 
         hub = _lookup(hub_name)
         self.trainer = ModalityTrainer(job, _progress_fn(hub))
@@ -69,7 +69,7 @@ class _ModalityWorker:
 
 class _JointWorker:
     def __init__(self, jobs: list[ModalityJob], hub_name: str | None = None):
-        from scalable_xmr.engine.joint import JointTrainer
+        from scalable_xmr.sdml.joint import JointTrainer
 
         self.trainer = JointTrainer(jobs, _progress_fn(_lookup(hub_name)))
 

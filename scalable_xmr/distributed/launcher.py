@@ -27,8 +27,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from scalable_xmr.config import ResourceConfig
 from scalable_xmr.distributed.actors import ProgressHub, joint_actor, modality_actor, wait_with_progress
 from scalable_xmr.distributed.progress import ProgressBars
-from scalable_xmr.engine.sdml import ModalityJob, TrainResult
 from scalable_xmr.errors import InputError, XMRError
+from scalable_xmr.sdml.trainer import ModalityJob, TrainResult
 
 _STARTED_LOCAL = False
 

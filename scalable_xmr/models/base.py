@@ -1,7 +1,7 @@
 """The interface every image-text branch model implements (VSE, MTFN, MMCA, VSA).
 
 A branch model scores image-caption pairs. Training, evaluation and re-ranking only ever call the
-methods below, so one trainer (engine/pairs.py) serves every model:
+methods below, so one trainer (branch/trainer.py) serves every model:
 
 - ``encode_images(images)``: images is a float tensor ``(B, dim)`` (one vector per image) or
   ``(B, n_regions, dim)`` (region features); returns whatever representation ``similarity`` needs

@@ -19,7 +19,7 @@ ECCV-W 2018. The codes of two autoencoders are the joint embedding:
 - total (Eq. 11-12): L = L_AE(source) + L_AE(target) + L_MMD + L_SH; the hinge only on the source.
 
 :meth:`VSA.extra_loss` returns ``recon_weight · L_AE + mmd_weight · L_MMD`` (both weights 1 in the
-paper); the trainer adds L_SH (``engine/pairs.py``: ``hinge_sum`` / ``hinge_max_violation`` with
+paper); the trainer adds L_SH (``branch/trainer.py``: ``hinge_sum`` / ``hinge_max_violation`` with
 their default ``reduction="sum"``).
 
 Reduction of each term over a mini-batch, as the paper defines them: Eq. 11 SUMS J(i, c) =

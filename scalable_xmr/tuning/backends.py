@@ -42,8 +42,8 @@ class SDMLBackend:
     def prepare(self, req, sweep_dir: Path, space) -> dict[str, Any]:
         """Check the dataset and modalities, write the sweep's one projection.arrow."""
         from scalable_xmr.config import SDMLConfig, from_dict
-        from scalable_xmr.data.dataset import open_dataset
-        from scalable_xmr.projection import create_projection, save_projection
+        from scalable_xmr.data.modality.dataset import open_dataset
+        from scalable_xmr.store.projection import create_projection, save_projection
 
         # dataset.json only: each trial reads and checks its own modality's table, nothing else.
         ds = open_dataset(req.dataset_uri, validate=False)

@@ -34,9 +34,9 @@ def score_branch_trial(trial_dir: str, dataset_uri: str, device: str = "cpu",
     end has neither: the result then says so instead."""
     import torch
 
+    from scalable_xmr.branch.evaluate import RerankChoice, recall_report
+    from scalable_xmr.branch.member import load_branch_model, score_model
     from scalable_xmr.data.paired import open_paired_dataset
-    from scalable_xmr.engine.branch_job import load_branch_model, score_model
-    from scalable_xmr.engine.pair_eval import RerankChoice, recall_report
     from scalable_xmr.io import read_json
 
     torch.set_num_threads(threads)
@@ -93,11 +93,11 @@ def score_sdml_trials(trial_dirs: dict[str, str], dataset_uri: str, n_classes: i
     """
     import torch
 
-    from scalable_xmr.data.dataset import open_dataset
-    from scalable_xmr.engine import evaluate
+    from scalable_xmr.data.modality.dataset import open_dataset
     from scalable_xmr.models.sdml import SDMLAutoencoder
-    from scalable_xmr.projection import load_projection
-    from scalable_xmr.store import RunStore
+    from scalable_xmr.sdml import evaluate
+    from scalable_xmr.store.projection import load_projection
+    from scalable_xmr.store.run_store import RunStore
     from scalable_xmr.tuning.sdml_trial import anchor_map
 
     torch.set_num_threads(threads)

@@ -11,7 +11,7 @@ from scalable_xmr.tuning.backends import _abs_uri, _resources
 from scalable_xmr.tuning.results import TrialRow
 from scalable_xmr.tuning.space import SearchSpace
 
-# engine.pair_eval's default grids: a sweep that keeps them lets the trial cut them to its gallery.
+# branch.evaluate's default grids: a sweep that keeps them lets the trial cut them to its gallery.
 DEFAULT_KS = (1, 2, 5, 10, 15, 20)
 DEFAULT_K_TEXTS = (0, 1, 2, 4, 8)
 T2I_GROUPS = "candidate"  # the trials' T2I neighbour groups: MTFN-RR Eq. 15 (rerank.rerank_t2i)
@@ -21,8 +21,8 @@ _NOT_IN_BEST = ("model", "epochs", "text_epochs", "seed", "eval_chunk")  # the t
 def split_base(model: str, base: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``--set`` values as (PairTrainerConfig values, model-config values); unknown keys raise,
     and so does a schedule key this model does not have (``text_epochs`` is MTFN's alone)."""
-    from scalable_xmr.engine.pair_config import SCHEDULE_KEYS, TEXT_STAGE_KEY, schedule_keys
-    from scalable_xmr.engine.pairs import PairTrainerConfig, branch_model_classes
+    from scalable_xmr.branch.config import SCHEDULE_KEYS, TEXT_STAGE_KEY, schedule_keys
+    from scalable_xmr.branch.trainer import PairTrainerConfig, branch_model_classes
 
     model_keys = {f.name for f in fields(branch_model_classes(model)[1])}
     common = {f.name for f in fields(PairTrainerConfig)} - {"model", *SCHEDULE_KEYS, TEXT_STAGE_KEY}
@@ -55,9 +55,9 @@ class BranchBackend:
         self.model = model
 
     def prepare(self, req, sweep_dir: Path, space: SearchSpace) -> dict[str, Any]:
+        from scalable_xmr.branch.config import default_text_epochs
+        from scalable_xmr.branch.trainer import PairTrainerConfig, branch_config
         from scalable_xmr.data.paired import open_paired_dataset
-        from scalable_xmr.engine.pair_config import default_text_epochs
-        from scalable_xmr.engine.pairs import PairTrainerConfig, branch_config
 
         ds = open_paired_dataset(req.dataset_uri)
         present = ds.splits()

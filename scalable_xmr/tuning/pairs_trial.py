@@ -1,11 +1,11 @@
 """The branch-model trial: one configuration of vse / mtfn / mmca / vsa, K swept without retraining.
 
-The trial calls :func:`scalable_xmr.engine.branch_job.train_branch`, the same function the
+The trial calls :func:`scalable_xmr.branch.member.train_branch`, the same function the
 ``train-pairs`` job's actors run, with ``out_dir`` = the trial's own directory. It reports every
 epoch (loss, val R@K, ``best_rsum`` = the best validation rsum so far: the ASHA and selection
 metric) with a Tune checkpoint every ``checkpoint_every`` epochs. After training, ``train_branch``
 scores the selected model on val for the whole grid of re-ranking K (I2T) and (K, K') (T2I)
-(MTFN-RR §3.2, ``engine.pair_eval``): K never multiplies the trials. The last epoch is reported
+(MTFN-RR §3.2, ``branch.evaluate``): K never multiplies the trials. The last epoch is reported
 only after that evaluation, with the chosen K / K' and their rsum, because Tune may end a trial as
 soon as it has its last result.
 
@@ -36,9 +36,9 @@ class BranchTrialSetup:
     model: str
     trainer_base: dict[str, Any] = field(default_factory=dict)  # PairTrainerConfig values (epochs ...)
     model_base: dict[str, Any] = field(default_factory=dict)  # the model config's fixed values
-    ks: tuple[int, ...] | None = None  # None: engine.pair_eval's default grid, cut to the gallery
+    ks: tuple[int, ...] | None = None  # None: branch.evaluate's default grid, cut to the gallery
     k_texts: tuple[int, ...] | None = None
-    t2i_groups: str = "candidate"  # T2I re-ranking's neighbour groups (engine.pair_eval)
+    t2i_groups: str = "candidate"  # T2I re-ranking's neighbour groups (branch.evaluate)
     checkpoint_every: int = 1
     device: str = "auto"
     threads: int = 1
@@ -111,8 +111,8 @@ def branch_trial(config: dict[str, Any], setup: BranchTrialSetup) -> None:
     """Tune function trainable: train ``setup.model`` with ``config``, then sweep K on val."""
     import time
 
-    from scalable_xmr.engine.branch_job import BranchJob, checkpoint_dir, train_branch
-    from scalable_xmr.engine.pairs import PairTrainerConfig
+    from scalable_xmr.branch.member import BranchJob, checkpoint_dir, train_branch
+    from scalable_xmr.branch.trainer import PairTrainerConfig
 
     start = time.perf_counter()
     directory = trial_io.trial_dir(setup.sweep_dir, trial_io.current_trial_id())

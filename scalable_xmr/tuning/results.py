@@ -101,7 +101,7 @@ def plot_metric_vs_params(rows: list[TrialRow], params: list[str], metric: str, 
                           log_params: set[str], title: str) -> Path | None:
     """One panel per swept hyperparameter: the metric of every trial against its value, one
     series per group, each group's best marked (like SDML Fig. 5 / MTFN-RR Fig. 7b)."""
-    from scalable_xmr.plots import plt  # the Agg backend is selected there
+    from scalable_xmr.tracking.plots import plt  # the Agg backend is selected there
 
     if not params:
         return None

@@ -7,7 +7,7 @@ network is judged without any other modality by
 - the *anchor mAP*: mAP of its validation embeddings retrieving the class anchors, the c columns
   of P, where anchor j carries label j alone (gallery labels = the identity).
 
-Each trial wraps the same :class:`~scalable_xmr.engine.sdml.ModalityTrainer` the training job
+Each trial wraps the same :class:`~scalable_xmr.sdml.trainer.ModalityTrainer` the training job
 uses, with ``run_dir`` = the trial's own directory (holding a link to the sweep's one
 ``projection.arrow``), so it reads only its modality's train and val splits and P -- never its
 test split: selection is on validation alone. Whenever the selected epoch (lowest validation label
@@ -67,7 +67,7 @@ def anchor_map(emb: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray
 
 def sdml_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None:
     """Tune function trainable: train ``config["modality"]`` with the rest of ``config``."""
-    from scalable_xmr.engine.sdml import ModalityJob, ModalityTrainer
+    from scalable_xmr.sdml.trainer import ModalityJob, ModalityTrainer
 
     start = time.perf_counter()
     modality = config["modality"]

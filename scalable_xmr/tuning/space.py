@@ -16,7 +16,7 @@ Three kinds of hyperparameters:
 Default spaces (issue 6): SDML -- λ uniform in [0, 1] and lr log-uniform in [1e-5, 1e-3] per
 modality (SDML Fig. 5 sweeps λ); branch models -- margin, lr, and the model's own R (MTFN) or α
 (MMCA); K in {1, 2, 5, 10, 15, 20} (MTFN-RR Fig. 7b: 1..20, stable beyond K = 6) and K' in
-{0, 1, 2, 4, 8}, the grids of ``engine.pair_eval`` (K = 1 is the plain ranking).
+{0, 1, 2, 4, 8}, the grids of ``branch.evaluate`` (K = 1 is the plain ranking).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ _LR = Param("lr", float, 0.0, low_open=True, default=Dist("uniform", low=1e-5, h
             help="Adam learning rate")
 _MARGIN = Param("margin", float, 0.0, default=Dist("uniform", low=0.05, high=0.5),
                 help="hinge margin: VSE++ / MTFN Eq. 5")
-# engine.pair_eval's K_GRID / K_TEXT_GRID (a test keeps them equal); a trial cuts them to its gallery.
+# branch.evaluate's K_GRID / K_TEXT_GRID (a test keeps them equal); a trial cuts them to its gallery.
 _K = Param("k", int, 1, default=Dist("grid", (1, 2, 5, 10, 15, 20)), target="rerank",
            symbol="K", help="re-ranked list length, MTFN-RR Eq. 8-15 (evaluated in-trial)")
 _K_TEXT = Param("k_text", int, 0, default=Dist("grid", (0, 1, 2, 4, 8)), target="rerank",

@@ -27,8 +27,8 @@ from typing import Any
 from scalable_xmr.config import TrackingConfig
 from scalable_xmr.errors import InputError, MissingError, RunStateError
 from scalable_xmr.io import atomic_write_json, atomic_write_text, read_json
-from scalable_xmr.store import now_iso, versions
-from scalable_xmr.tracking import Tracker
+from scalable_xmr.store.run_store import now_iso, versions
+from scalable_xmr.tracking.tracker import Tracker
 from scalable_xmr.tuning import results as res
 from scalable_xmr.tuning.backends import backend_for
 from scalable_xmr.tuning.scheduler import SCHEDULERS, make_scheduler
@@ -204,7 +204,7 @@ def _fixed(meta: dict[str, Any]) -> dict[str, Any]:
 
 def _tracker(req: SweepRequest, meta: dict[str, Any], sweep_dir: Path) -> tuple[Tracker, str | None]:
     """The sweep's parent MLflow run: created on the first run, found again on --resume."""
-    from scalable_xmr.tracking import default_tracking_uri
+    from scalable_xmr.tracking.tracker import default_tracking_uri
 
     old = meta.get("mlflow") or {}
     uri = old.get("tracking_uri") or req.tracking.tracking_uri or default_tracking_uri(sweep_dir)

@@ -3,7 +3,7 @@
 Why our own Tune callback rather than Ray's ``MLflowLoggerCallback``: that callback also runs on
 the driver, but it creates one top-level run per trial; it has no notion of a parent, and the
 parent is what ties a sweep's trials together in the MLflow UI (docs/metrics.md). This callback goes
-through :class:`scalable_xmr.tracking.Tracker` (so a tracking failure only warns and never stops
+through :class:`scalable_xmr.tracking.tracker.Tracker` (so a tracking failure only warns and never stops
 the sweep), logs each trial's configuration as params, every reported epoch as metrics with
 ``step = training_iteration``, and ends the child run FINISHED / FAILED with the trial.
 
@@ -22,7 +22,7 @@ from typing import Any
 from ray import tune
 
 from scalable_xmr.io import atomic_write_json, read_json
-from scalable_xmr.tracking import Tracker
+from scalable_xmr.tracking.tracker import Tracker
 
 RUNS_FILE = "mlflow_runs.json"
 

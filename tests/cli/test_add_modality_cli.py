@@ -18,9 +18,9 @@ import pytest
 from scalable_xmr.cli.extend import job_parser, request_from_args
 from scalable_xmr.cli.extend import main as add_main
 from scalable_xmr.config import SDMLConfig
-from scalable_xmr.data.dataset import DatasetInfo, ModalityInfo, open_dataset, write_dataset
-from scalable_xmr.projection import create_projection, save_projection
-from scalable_xmr.store import RunStore
+from scalable_xmr.data.modality.dataset import DatasetInfo, ModalityInfo, open_dataset, write_dataset
+from scalable_xmr.store.projection import create_projection, save_projection
+from scalable_xmr.store.run_store import RunStore
 
 TINY = SDMLConfig(dim=32, hidden=64, epochs=4, batch_size=20, checkpoint_every=2, lr=1e-3)
 OLD = ("image", "text", "audio", "3d")

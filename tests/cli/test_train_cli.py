@@ -4,7 +4,7 @@ import json
 
 from scalable_xmr.cli.train import job_parser
 from scalable_xmr.cli.train import main as train_main
-from scalable_xmr.projection import create_projection, save_projection
+from scalable_xmr.store.projection import create_projection, save_projection
 
 
 def _fails(capsys, argv, message):
@@ -49,7 +49,7 @@ def test_a_modality_smaller_than_one_batch_fails_before_ray_starts(tmp_path, cap
 
 def test_small_synthetic_scale_fits_the_default_batch():
     from scalable_xmr.config import SDMLConfig
-    from scalable_xmr.data.synthetic import SHAPES
+    from scalable_xmr.data.modality.synthetic import SHAPES
 
     for modality, (_, (n_train, n_val, n_test)) in SHAPES["small"].items():
         assert n_train >= SDMLConfig().batch_size and n_val and n_test, modality

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scalable_xmr.data import convert_mfeat, load_mfeat_views, open_dataset
-from scalable_xmr.data.mfeat import mfeat_dir, stratified_split
+from scalable_xmr.data.modality.mfeat import mfeat_dir, stratified_split
 
 DIMS = {"fou": 76, "fac": 216, "kar": 64, "pix": 240, "zer": 47, "mor": 6}
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scalable_xmr.data import make_synthetic_xmedia, open_dataset, synthetic_modality
-from scalable_xmr.data.synthetic import SHAPES
+from scalable_xmr.data.modality.synthetic import SHAPES
 
 TABLE_1 = {  # SDML Table 1, PKU XMedia: dim, train/val/test
     "image": (4096, (4000, 500, 500)),

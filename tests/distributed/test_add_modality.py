@@ -13,15 +13,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from scalable_xmr import extend
 from scalable_xmr.cli.extend import main as add_main
 from scalable_xmr.config import ModalityOverrides, ResourceConfig, SDMLConfig, TrackingConfig
-from scalable_xmr.data.dataset import open_dataset, write_modality_table
+from scalable_xmr.data.modality.dataset import open_dataset, write_modality_table
 from scalable_xmr.errors import RunStateError
-from scalable_xmr.extend import AddRequest, add_modalities
 from scalable_xmr.functional.retrieval import mean_average_precision
-from scalable_xmr.pipeline import TrainRequest, train_sdml
-from scalable_xmr.store import RunStore
+from scalable_xmr.sdml import extend
+from scalable_xmr.sdml.extend import AddRequest, add_modalities
+from scalable_xmr.sdml.job import TrainRequest, train_sdml
+from scalable_xmr.store.run_store import RunStore
 
 pytestmark = pytest.mark.slow
 TINY = SDMLConfig(dim=32, hidden=64, epochs=4, batch_size=20, checkpoint_every=2, lr=1e-3)
@@ -234,7 +234,7 @@ def test_kill_before_run_json_then_add_again_from_tables_with_replace(run_copy, 
 
 
 def test_real_mfeat_five_views_then_the_sixth(tmp_path, ray_local):
-    from scalable_xmr.data.mfeat import convert_mfeat
+    from scalable_xmr.data.modality.mfeat import convert_mfeat
 
     data = str(tmp_path / "mfeat")
     convert_mfeat(data, seed=0)

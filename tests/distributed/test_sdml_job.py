@@ -8,8 +8,8 @@ import pytest
 
 from scalable_xmr.config import ResourceConfig, SDMLConfig, TrackingConfig
 from scalable_xmr.errors import XMRError
-from scalable_xmr.pipeline import TrainRequest, train_sdml
-from scalable_xmr.store import RunStore
+from scalable_xmr.sdml.job import TrainRequest, train_sdml
+from scalable_xmr.store.run_store import RunStore
 
 pytestmark = pytest.mark.slow
 TINY = SDMLConfig(dim=32, hidden=64, epochs=4, batch_size=20, checkpoint_every=2, lr=1e-3)

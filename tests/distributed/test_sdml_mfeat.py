@@ -3,8 +3,8 @@
 import pytest
 
 from scalable_xmr.config import SDMLConfig, TrackingConfig
-from scalable_xmr.data.mfeat import convert_mfeat
-from scalable_xmr.pipeline import TrainRequest, train_sdml
+from scalable_xmr.data.modality.mfeat import convert_mfeat
+from scalable_xmr.sdml.job import TrainRequest, train_sdml
 
 pytestmark = pytest.mark.slow
 

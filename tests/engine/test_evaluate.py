@@ -1,4 +1,4 @@
-"""engine.evaluate (mAP@k settings in metrics.json) and the run's plots (precision-scope scopes)."""
+"""sdml.evaluate (mAP@k settings in metrics.json) and the run's plots (precision-scope scopes)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from scalable_xmr import plots
-from scalable_xmr.engine import evaluate
 from scalable_xmr.errors import InputError
-from scalable_xmr.pipeline import make_plots
+from scalable_xmr.sdml import evaluate
+from scalable_xmr.sdml.job import make_plots
+from scalable_xmr.tracking import plots
 
 
 def _emb(n: int, seed: int, n_classes: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

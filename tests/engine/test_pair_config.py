@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scalable_xmr.engine.pair_config import PairTrainerConfig, default_text_epochs, schedule_keys
+from scalable_xmr.branch.config import PairTrainerConfig, default_text_epochs, schedule_keys
 from scalable_xmr.errors import InputError
 
 # (epochs, batch size, initial lr, lr per epoch as the paper words it) -- transcribed from the papers,

@@ -1,4 +1,4 @@
-"""engine.pair_eval with both T2I neighbour groups, against the loop reference (bench/_reference.py)."""
+"""branch.evaluate with both T2I neighbour groups, against the loop reference (bench/_reference.py)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalable_xmr.engine.branch_job import BranchJob, evaluate_ensemble, sims_path
-from scalable_xmr.engine.pair_eval import (
+from scalable_xmr.branch.evaluate import (
     RerankChoice,
     RerankGrid,
     recall_report,
     rerank_grid,
 )
-from scalable_xmr.engine.pairs import PairTrainerConfig
+from scalable_xmr.branch.member import BranchJob, evaluate_ensemble, sims_path
+from scalable_xmr.branch.trainer import PairTrainerConfig
 from scalable_xmr.errors import InputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))

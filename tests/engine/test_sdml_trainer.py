@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from scalable_xmr.config import SDMLConfig
-from scalable_xmr.data.dataset import open_dataset
-from scalable_xmr.engine.sdml import ModalityJob, ModalityTrainer
-from scalable_xmr.projection import create_projection, save_projection
-from scalable_xmr.store import RunStore
+from scalable_xmr.data.modality.dataset import open_dataset
+from scalable_xmr.sdml.trainer import ModalityJob, ModalityTrainer
+from scalable_xmr.store.projection import create_projection, save_projection
+from scalable_xmr.store.run_store import RunStore
 
 CFG = SDMLConfig(dim=32, hidden=64, epochs=6, batch_size=20, checkpoint_every=2, lr=1e-3)
 

@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from scalable_xmr.data.paired import make_synthetic_pairs, open_paired_dataset
-from scalable_xmr.engine.branch_job import (
+from scalable_xmr.branch.member import (
     BranchJob,
     evaluate_ensemble,
     remap_tokens,
     sims_path,
     train_branch,
 )
-from scalable_xmr.engine.pairs import (
+from scalable_xmr.branch.trainer import (
     PairTensors,
     PairTrainer,
     PairTrainerConfig,
@@ -25,6 +24,7 @@ from scalable_xmr.engine.pairs import (
     build_branch_model,
     text_cosine_matrix,
 )
+from scalable_xmr.data.paired import make_synthetic_pairs, open_paired_dataset
 from scalable_xmr.errors import InputError
 
 TINY_VSE = {"embed_dim": 8, "word_dim": 4}

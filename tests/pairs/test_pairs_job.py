@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from scalable_xmr.branch.job import PairsRequest, train_pairs
+from scalable_xmr.branch.trainer import PairTrainerConfig, build_branch_model, similarity_matrix
 from scalable_xmr.cli.pairs import main
 from scalable_xmr.config import TrackingConfig
-from scalable_xmr.engine.pairs import PairTrainerConfig, build_branch_model, similarity_matrix
 from scalable_xmr.errors import XMRError
-from scalable_xmr.pairs_pipeline import PairsRequest, train_pairs
-from scalable_xmr.store import RunStore
+from scalable_xmr.store.run_store import RunStore
 
 pytestmark = pytest.mark.slow
 MODELS = ("vse", "mtfn", "mmca", "vsa")
@@ -73,8 +73,8 @@ def test_cli_job_trains_every_model_and_tracks_it(tmp_path, small_pairs, small_c
 
 def _check_model_file(store, data, small_configs):
     """model.pt (weights only) rebuilds the selected VSE, whose test scores are the stored ones."""
+    from scalable_xmr.branch.trainer import branch_config
     from scalable_xmr.data.paired import open_paired_dataset
-    from scalable_xmr.engine.pairs import branch_config
 
     payload = torch.load(store.root / "models" / "vse" / "model.pt", weights_only=True)
     assert payload["model"] == "vse" and payload["model_config"]["embed_dim"] == 32

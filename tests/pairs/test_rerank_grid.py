@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from scalable_xmr.engine import pair_eval
-from scalable_xmr.engine.pair_eval import (
+from scalable_xmr.branch import evaluate as pair_eval
+from scalable_xmr.branch.evaluate import (
     RerankChoice,
     average_similarities,
     recall_report,
@@ -176,8 +176,8 @@ def test_rerank_choice_and_test_figures_follow_from_the_stored_matrices(
     import sys
     from pathlib import Path
 
-    from scalable_xmr.engine.branch_job import BranchJob, sims_path, train_branch
-    from scalable_xmr.engine.pairs import PairTrainerConfig
+    from scalable_xmr.branch.member import BranchJob, sims_path, train_branch
+    from scalable_xmr.branch.trainer import PairTrainerConfig
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
     from _reference import rerank_i2t_loop, rerank_t2i_loop

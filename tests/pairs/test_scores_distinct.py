@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from scalable_xmr.branch.trainer import PairTrainer, PairTrainerConfig, branch_config, similarity_matrix
 from scalable_xmr.data.paired import open_paired_dataset
-from scalable_xmr.engine.pairs import PairTrainer, PairTrainerConfig, branch_config, similarity_matrix
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -30,7 +30,7 @@ def test_default_spaces_follow_the_issue():
 
 
 def test_default_k_grids_are_the_evaluation_grids():
-    from scalable_xmr.engine import pair_eval
+    from scalable_xmr.branch import evaluate as pair_eval
     from scalable_xmr.tuning import pairs_sweep
 
     assert build_space("vse").in_trial() == {"k": pair_eval.K_GRID, "k_text": pair_eval.K_TEXT_GRID}

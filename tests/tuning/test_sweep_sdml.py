@@ -42,7 +42,7 @@ def test_sdml_sweep_mlflow_best_json_and_training_job(ray_local, small_xmedia, t
     from scalable_xmr.cli.train import main as train_main
     from scalable_xmr.errors import InputError
     from scalable_xmr.functional.retrieval import mean_average_precision
-    from scalable_xmr.store import RunStore
+    from scalable_xmr.store.run_store import RunStore
     from scalable_xmr.tuning import run_sweep
 
     summary = run_sweep(_request(small_xmedia, tmp_path, modalities=("audio", "text")))
@@ -124,7 +124,7 @@ def test_sdml_sweep_mlflow_best_json_and_training_job(ray_local, small_xmedia, t
 
 def test_a_trial_reads_only_its_own_modality(ray_local, small_xmedia, tmp_path):
     """Every other modality's table is replaced by garbage: an audio-only sweep must not notice."""
-    from scalable_xmr.data.dataset import open_dataset
+    from scalable_xmr.data.modality.dataset import open_dataset
     from scalable_xmr.errors import InputError
     from scalable_xmr.tuning import run_sweep
 

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from scalable_xmr.data.dataset import Dataset, DatasetInfo, ModalityInfo, write_dataset
+from scalable_xmr.data.modality.dataset import Dataset, DatasetInfo, ModalityInfo, write_dataset
 from scalable_xmr.errors import InputError, MissingError
 
 H5_VAL_ROWS = {"wikipedia": 231, "nus-wide": 5000, "coco": 10000}

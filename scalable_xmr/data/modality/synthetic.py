@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scalable_xmr.data.dataset import Dataset, DatasetInfo, ModalityInfo, write_dataset
+from scalable_xmr.data.modality.dataset import Dataset, DatasetInfo, ModalityInfo, write_dataset
 from scalable_xmr.errors import InputError
 
 N_CLASSES = 20

@@ -14,7 +14,7 @@ only the similarity matrices are needed. The protocol here:
    fold) when the test split has exactly 5000 images (docs/metrics.md).
 
 The text-text similarity for T2I is MTFN's S_TT or the cosine of text embeddings
-(``engine.pair_scoring``); nothing here reads which image a caption belongs to, except the
+(``branch.scoring``); nothing here reads which image a caption belongs to, except the
 recall computation itself. ``t2i_groups`` picks T2I's neighbour groups (``rerank.rerank_t2i``):
 "candidate" (Eq. 15 as written, the default) or "query"; the grid on val and the test figures
 use the same one.
@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from scalable_xmr.errors import InputError
+from scalable_xmr.functional.rerank import T2I_GROUPS, rerank_i2t, rerank_t2i
 from scalable_xmr.functional.retrieval import ArrayLike, as_float_matrix, recall_at_k
-from scalable_xmr.rerank import T2I_GROUPS, rerank_i2t, rerank_t2i
 
 K_GRID = (1, 2, 5, 10, 15, 20)  # re-ranked list lengths tried on val (MTFN-RR Fig. 7a: 1..20)
 K_TEXT_GRID = (0, 1, 2, 4, 8)  # neighbour texts K' of T2I re-ranking (MTFN-RR Eq. 14)

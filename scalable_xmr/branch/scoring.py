@@ -12,7 +12,7 @@ Everything here ranks or evaluates, so it scores with the models' ``ranking_scor
 ``text_ranking_scores`` (MTFN: the pre-sigmoid logits, which do not saturate into float32 ties;
 every other model: its ``similarity``); training losses call ``similarity`` directly.
 
-Split out of ``engine/pairs.py`` (which re-exports every public name here).
+Split out of ``branch/trainer.py`` (which re-exports every public name here).
 """
 
 from __future__ import annotations

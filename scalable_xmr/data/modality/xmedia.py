@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from scalable_xmr.data.dataset import Dataset, DatasetInfo, ModalityInfo, write_dataset
+from scalable_xmr.data.modality.dataset import Dataset, DatasetInfo, ModalityInfo, write_dataset
 from scalable_xmr.errors import InputError, MissingError
 
 N_CLASSES = 20

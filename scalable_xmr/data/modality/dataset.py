@@ -32,9 +32,9 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from scalable_xmr.data.dataset_info import SPLITS, DatasetInfo, ModalityInfo
-from scalable_xmr.data.filesystem import _kind, _open_table, _read_json, _resolve
-from scalable_xmr.data.modality_table import (
+from scalable_xmr.data.filesystem import file_type, open_table, read_json_at, resolve_uri
+from scalable_xmr.data.modality.info import SPLITS, DatasetInfo, ModalityInfo
+from scalable_xmr.data.modality.table import (
     SplitData,
     _build_table,
     _check_rows,
@@ -75,7 +75,7 @@ class Dataset:
 
     def _table(self, modality: str) -> tuple[pads.Dataset, str, int]:
         path = self.table_path(modality)
-        dset = _open_table(self._fs, path)
+        dset = open_table(self._fs, path)
         dim = self.info.modalities[modality].dim
         _check_schema(dset.schema, path, dim, where="dataset.json")
         return dset, path, dim
@@ -118,11 +118,11 @@ def open_dataset(
     uri: str, validate: bool = True, filesystem: pafs.FileSystem | None = None
 ) -> Dataset:
     """Open a dataset directory or URI; ``validate`` runs the full :meth:`Dataset.validate`."""
-    fs, root = _resolve(uri, filesystem)
-    if _kind(fs, root) != pafs.FileType.Directory:
+    fs, root = resolve_uri(uri, filesystem)
+    if file_type(fs, root) != pafs.FileType.Directory:
         raise MissingError(f"{uri}: dataset directory not found")
     source = f"{root.rstrip('/')}/dataset.json"
-    info = DatasetInfo.from_json(_read_json(fs, source), source)
+    info = DatasetInfo.from_json(read_json_at(fs, source), source)
     ds = Dataset(os.fspath(uri), info, fs, root)
     if validate:
         ds.validate()
@@ -130,15 +130,15 @@ def open_dataset(
 
 
 def _check_target(fs: pafs.FileSystem, root: str, info: DatasetInfo, overwrite: bool) -> None:
-    kind = _kind(fs, root)
+    kind = file_type(fs, root)
     if kind == pafs.FileType.NotFound:
         return
     if kind != pafs.FileType.Directory:
         raise InputError(f"{root}: exists and is not a directory; refusing to replace it")
     meta = f"{root}/dataset.json"
-    if _kind(fs, meta) == pafs.FileType.File:
+    if file_type(fs, meta) == pafs.FileType.File:
         try:
-            same = _read_json(fs, meta) == info.to_json()
+            same = read_json_at(fs, meta) == info.to_json()
         except InputError:
             same = False
         if not same and not overwrite:
@@ -193,7 +193,7 @@ def write_dataset(
     ``overwrite``; rewriting one with an identical ``dataset.json`` is allowed. On local disk the
     final rename is atomic; on object stores (no directory rename) the move is best effort.
     """
-    fs, root = _resolve(uri, filesystem)
+    fs, root = resolve_uri(uri, filesystem)
     root = root.rstrip("/")
     if set(tables) != set(info.modalities):
         raise InputError(
@@ -209,14 +209,14 @@ def write_dataset(
         tmp = posixpath.join(parent, f".{base}.{uuid.uuid4().hex}.tmp")
         try:
             _write_into(fs, tmp, info, tables, root)
-            if _kind(fs, root) != pafs.FileType.NotFound:
+            if file_type(fs, root) != pafs.FileType.NotFound:
                 fs.delete_dir(root)
             try:
                 fs.move(tmp, root)
             except (pa.ArrowNotImplementedError, OSError):  # e.g. S3: no directory rename
                 pafs.copy_files(tmp, root, source_filesystem=fs, destination_filesystem=fs)
         finally:
-            if _kind(fs, tmp) != pafs.FileType.NotFound:
+            if file_type(fs, tmp) != pafs.FileType.NotFound:
                 fs.delete_dir(tmp)
     return Dataset(os.fspath(uri), info, fs, root)
 

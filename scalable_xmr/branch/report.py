@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from scalable_xmr.engine.branch_job import BranchResult, evaluate_ensemble
-from scalable_xmr.engine.pair_eval import KS, RerankChoice, recall_table
+from scalable_xmr.branch.evaluate import KS, RerankChoice, recall_table
+from scalable_xmr.branch.member import BranchResult, evaluate_ensemble
 from scalable_xmr.io import atomic_path
-from scalable_xmr.store import RunStore
-from scalable_xmr.tracking import Tracker
+from scalable_xmr.store.run_store import RunStore
+from scalable_xmr.tracking.tracker import Tracker
 
 RESULT_KEYS = ("plain", "rerank", "plain_1k", "rerank_1k")
 

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from scalable_xmr.data.paired_format import (
+from scalable_xmr.data.paired.format import (
     CAPTIONS_FILE,
     IMAGES_FILE,
     SPLITS,

@@ -14,7 +14,8 @@ import time
 
 import torch
 
-from scalable_xmr.engine.sdml import (
+from scalable_xmr.io import atomic_path
+from scalable_xmr.sdml.trainer import (
     EpochStats,
     ModalityJob,
     ModalityTrainer,
@@ -22,7 +23,6 @@ from scalable_xmr.engine.sdml import (
     TrainResult,
     make_adam,
 )
-from scalable_xmr.io import atomic_path
 
 
 class JointTrainer:

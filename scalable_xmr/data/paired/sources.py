@@ -20,16 +20,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from scalable_xmr.data.paired import (
-    CAPTIONS_FILE,
-    IMAGES_FILE,
-    PAD,
-    UNK,
-    VOCAB_FILE,
-    captions_table,
-    images_table,
-    write_paired_dataset,
-)
+from scalable_xmr.data.modality.mfeat import load_mfeat_views
+from scalable_xmr.data.paired.format import CAPTIONS_FILE, IMAGES_FILE, PAD, UNK, VOCAB_FILE
+from scalable_xmr.data.paired.writer import captions_table, images_table, write_paired_dataset
 from scalable_xmr.errors import InputError, MissingError
 from scalable_xmr.io import atomic_path
 
@@ -274,7 +267,6 @@ def mfeat_pairs(
     ``standardize`` rescales each feature with train-split mean/std (raw mfeat scales differ by
     orders of magnitude across views).
     """
-    from scalable_xmr.data.mfeat import load_mfeat_views  # written by the mfeat data helper
 
     views, _labels = load_mfeat_views()
     for arg, v in (("view_a", view_a), ("view_b", view_b)):

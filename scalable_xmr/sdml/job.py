@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from scalable_xmr.config import ModalityOverrides, ResourceConfig, SDMLConfig, TrackingConfig
-from scalable_xmr.engine import evaluate
-from scalable_xmr.engine.sdml import ModalityJob, TrainResult, check_split_sizes
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.retrieval import check_no_relevant
-from scalable_xmr.projection import create_projection, load_projection, save_projection
-from scalable_xmr.store import RunStore, now_iso, versions
-from scalable_xmr.tracking import Tracker, default_tracking_uri
+from scalable_xmr.sdml import evaluate
+from scalable_xmr.sdml.trainer import ModalityJob, TrainResult, check_split_sizes
+from scalable_xmr.store.projection import create_projection, load_projection, save_projection
+from scalable_xmr.store.run_store import RunStore, now_iso, versions
+from scalable_xmr.tracking.tracker import Tracker, default_tracking_uri
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class RunSummary:
 
 
 def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
-    from scalable_xmr.data.dataset import open_dataset
+    from scalable_xmr.data.modality.dataset import open_dataset
     from scalable_xmr.distributed.launcher import check_resources, connect, train_modalities
 
     start = time.perf_counter()
@@ -260,8 +260,8 @@ def _log_modalities(tracker: Tracker, parent: str | None, meta: dict,
 
 
 def make_plots(store: RunStore, metrics: dict, emb: evaluate.Embeddings) -> list[Path]:
-    from scalable_xmr import plots
     from scalable_xmr.functional.retrieval import precision_recall_curve, precision_scope_curve
+    from scalable_xmr.tracking import plots
 
     out = [plots.map_heatmap(metrics, store.plots_dir / "map_heatmap.png")]
     pr, scope = {}, {}

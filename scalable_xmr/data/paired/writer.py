@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scalable_xmr.data.paired_dataset import check_paired_dataset
-from scalable_xmr.data.paired_format import (
+from scalable_xmr.data.paired.dataset import check_paired_dataset
+from scalable_xmr.data.paired.format import (
     CAPTIONS_FILE,
     IMAGES_FILE,
     SPLITS,

@@ -45,14 +45,14 @@ from typing import Any
 import numpy as np
 
 from scalable_xmr.config import ModalityOverrides, ResourceConfig, SDMLConfig, TrackingConfig, from_dict
-from scalable_xmr.engine import evaluate
-from scalable_xmr.engine.sdml import ModalityJob, TrainResult, check_split_sizes
 from scalable_xmr.errors import InputError, MissingError, RunStateError
 from scalable_xmr.io import atomic_write_bytes
-from scalable_xmr.pipeline import RunSummary, finish_run, modality_entry
-from scalable_xmr.projection import load_projection
-from scalable_xmr.store import RunStore, now_iso, versions
-from scalable_xmr.tracking import Tracker, absolute_tracking_uri, default_tracking_uri
+from scalable_xmr.sdml import evaluate
+from scalable_xmr.sdml.job import RunSummary, finish_run, modality_entry
+from scalable_xmr.sdml.trainer import ModalityJob, TrainResult, check_split_sizes
+from scalable_xmr.store.projection import load_projection
+from scalable_xmr.store.run_store import RunStore, now_iso, versions
+from scalable_xmr.tracking.tracker import Tracker, absolute_tracking_uri, default_tracking_uri
 
 STAGING = ".staging"
 SPLITS = ("train", "val", "test")
@@ -181,7 +181,7 @@ def _configs(store: RunStore, meta: dict, req: AddRequest) -> dict[str, SDMLConf
 def _sources(store: RunStore, meta: dict, req: AddRequest,
              configs: dict[str, SDMLConfig]) -> dict[str, _Source]:
     """Read and check every new modality's splits against the run (classes, labels, features)."""
-    from scalable_xmr.data.dataset import open_dataset, read_modality_table
+    from scalable_xmr.data.modality.dataset import open_dataset, read_modality_table
 
     n_classes, multi_label = int(meta["dataset"]["n_classes"]), bool(meta["dataset"]["multi_label"])
     out = {}

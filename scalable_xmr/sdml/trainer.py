@@ -29,8 +29,8 @@ from scalable_xmr.errors import InputError
 from scalable_xmr.functional.losses import label_loss_per_sample, sdml_loss
 from scalable_xmr.io import atomic_path, atomic_write_json
 from scalable_xmr.models.sdml import SDMLAutoencoder
-from scalable_xmr.projection import load_projection
-from scalable_xmr.store import RunStore, now_iso
+from scalable_xmr.store.projection import load_projection
+from scalable_xmr.store.run_store import RunStore, now_iso
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -164,7 +164,7 @@ class ModalityData:
 
 
 def _load_splits(job: ModalityJob) -> dict[str, Any]:
-    from scalable_xmr.data.dataset import open_dataset, read_modality_table
+    from scalable_xmr.data.modality.dataset import open_dataset, read_modality_table
 
     splits = ("train", *job.eval_splits)
     if job.table_path is not None:

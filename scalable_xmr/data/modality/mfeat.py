@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from scalable_xmr.data.dataset import Dataset, DatasetInfo, ModalityInfo, write_dataset
+from scalable_xmr.data.modality.dataset import Dataset, DatasetInfo, ModalityInfo, write_dataset
 from scalable_xmr.errors import InputError, MissingError
 
 MFEAT_DIMS = {"fou": 76, "fac": 216, "kar": 64, "pix": 240, "zer": 47, "mor": 6}

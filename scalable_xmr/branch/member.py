@@ -2,10 +2,10 @@
 
 :func:`train_branch` is the one function both the ``train-pairs`` job's Ray actors and a Tune
 trial call. It reads its own splits from the dataset path (no arrays travel through a driver),
-trains a :class:`~scalable_xmr.engine.pairs.PairTrainer`, writes an atomic checkpoint every
+trains a :class:`~scalable_xmr.branch.trainer.PairTrainer`, writes an atomic checkpoint every
 ``checkpoint_every`` epochs and resumes from the last one when it finds it (a restarted actor or
 a restored trial continues where it stopped), then scores val and test, evaluates the re-ranking
-grid on val (``engine.pair_eval``) and applies the chosen K / K' to test.
+grid on val (``branch.evaluate``) and applies the chosen K / K' to test.
 
 Everything lands in ``out_dir``::
 
@@ -30,15 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from scalable_xmr.data.paired import UNK, PairedSplit, open_paired_dataset
-from scalable_xmr.engine.pair_eval import (
+from scalable_xmr.branch.evaluate import (
     check_t2i_groups,
     recall_report,
     rerank_grid,
     rerank_grid_for,
     select_rerank,
 )
-from scalable_xmr.engine.pairs import (
+from scalable_xmr.branch.trainer import (
     PairTrainer,
     PairTrainerConfig,
     branch_config,
@@ -47,6 +46,7 @@ from scalable_xmr.engine.pairs import (
     text_cosine_matrix,
     text_similarity_matrix,
 )
+from scalable_xmr.data.paired import UNK, PairedSplit, open_paired_dataset
 from scalable_xmr.errors import InputError
 from scalable_xmr.io import atomic_path, atomic_write_json, read_json
 from scalable_xmr.models.base import BranchModel
@@ -378,7 +378,7 @@ def evaluate_ensemble(
     ``captions_per_image`` is (val, test); ``t2i_groups`` as in :class:`BranchJob`. Returns the
     same keys as :func:`evaluate_branch`.
     """
-    from scalable_xmr.engine.pair_eval import average_similarities
+    from scalable_xmr.branch.evaluate import average_similarities
 
     check_t2i_groups(t2i_groups)
     n_val, n_test = captions_per_image

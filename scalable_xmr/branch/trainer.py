@@ -1,14 +1,14 @@
 """Training of one image-text branch model (no Ray, no MLflow inside).
 
-- :class:`PairTrainerConfig`: the typed training options (``engine/pair_config.py``).
+- :class:`PairTrainerConfig`: the typed training options (``branch/config.py``).
 - :class:`PairTrainer`: the epoch loop with validation R@K, best-rsum model selection, a
   callback per epoch and resumable checkpoints. MTFN's text-text branch trains after the
   image-text branch (``text_epochs``), initialised from its best state (MTFN-RR §4.1). An
   optional unpaired *target* split (VSA-AE-MMD §3.4) feeds the model's
   ``extra_loss`` with a random target batch beside every source batch.
 
-The model registry and the chunked scoring live in ``engine/pair_scoring.py``; their public names
-and the config are re-exported here, so ``from scalable_xmr.engine.pairs import similarity_matrix``
+The model registry and the chunked scoring live in ``branch/scoring.py``; their public names
+and the config are re-exported here, so ``from scalable_xmr.branch.trainer import similarity_matrix``
 keeps working.
 """
 
@@ -23,9 +23,8 @@ from typing import Any
 
 import torch
 
-from scalable_xmr.data.paired import PairedSplit
-from scalable_xmr.engine.pair_config import PairTrainerConfig
-from scalable_xmr.engine.pair_scoring import (
+from scalable_xmr.branch.config import PairTrainerConfig
+from scalable_xmr.branch.scoring import (
     BRANCH_MODELS,
     PairTensors,
     as_pair_tensors,
@@ -39,6 +38,7 @@ from scalable_xmr.engine.pair_scoring import (
     text_kind,
     text_similarity_matrix,
 )
+from scalable_xmr.data.paired import PairedSplit
 from scalable_xmr.errors import InputError, MissingError
 from scalable_xmr.functional.contrastive import hinge_max_violation, hinge_sum
 from scalable_xmr.io import atomic_path

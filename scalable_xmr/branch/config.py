@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
+from scalable_xmr.branch.scoring import BRANCH_MODELS, branch_model_classes, dataclass_from_dict
 from scalable_xmr.config import TrainSchedule, short_number
-from scalable_xmr.engine.pair_scoring import BRANCH_MODELS, branch_model_classes, dataclass_from_dict
 from scalable_xmr.errors import InputError
 
 SCHEDULE_KEYS = ("epochs", "batch_size", "lr", "lr_decay_epochs", "lr_decay")

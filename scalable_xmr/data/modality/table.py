@@ -17,8 +17,8 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from scalable_xmr.data.dataset_info import SPLITS
-from scalable_xmr.data.filesystem import _open_table, _resolve
+from scalable_xmr.data.filesystem import open_table, resolve_uri
+from scalable_xmr.data.modality.info import SPLITS
 from scalable_xmr.errors import InputError
 from scalable_xmr.io import atomic_path
 
@@ -289,8 +289,8 @@ def read_modality_table(
     filesystem: pafs.FileSystem | None = None,
 ) -> dict[str, SplitData]:
     """Read and fully validate a loose modality table (not inside a dataset): ``{split: data}``."""
-    fs, p = _resolve(path, filesystem)
-    dset = _open_table(fs, p)
+    fs, p = resolve_uri(path, filesystem)
+    dset = open_table(fs, p)
     dim = _check_schema(dset.schema, p, dim, where="the caller")
     _validate_stream(dset, p, dim, n_classes, multi_label)
     table = dset.to_table(columns=["id", "split", "labels", "features"])
@@ -318,7 +318,7 @@ def write_modality_table(
     ``labels``: a list of int lists, an int array ``(n,)`` (one label per row) or a 0/1 multi-hot
     array ``(n, c)`` (always read as multi-hot, even ``(n, 1)``).
     """
-    fs, p = _resolve(path, filesystem)
+    fs, p = resolve_uri(path, filesystem)
     table = _build_table(ids, splits, labels, features, p)
     if isinstance(fs, pafs.LocalFileSystem):
         with atomic_path(p) as tmp:

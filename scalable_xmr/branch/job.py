@@ -3,8 +3,8 @@
 ``train_pairs`` is what ``jobs/train_pairs.py`` and ``xmr train-pairs`` call. Every *member* (a
 model, or with ``ensemble = M`` each of its M seeds) trains in its own Ray actor, all at once in one
 placement group (one GPU each when the cluster has GPUs). An actor gets only a
-:class:`~scalable_xmr.engine.branch_job.BranchJob` (paths and configs), reads its own splits, and
-runs :func:`~scalable_xmr.engine.branch_job.train_branch`, checkpointing into the run store: a
+:class:`~scalable_xmr.branch.member.BranchJob` (paths and configs), reads its own splits, and
+runs :func:`~scalable_xmr.branch.member.train_branch`, checkpointing into the run store: a
 restarted actor resumes from its last checkpoint. The driver then averages each model's members
 (the ensemble), writes ``metrics.json`` and plots, logs MLflow runs and marks the run finished.
 
@@ -30,13 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scalable_xmr.config import ResourceConfig, TrackingConfig
-from scalable_xmr.distributed.progress import ProgressBars
-from scalable_xmr.engine.branch_job import BranchJob, BranchResult, jsonable
-from scalable_xmr.engine.pair_eval import check_t2i_groups
-from scalable_xmr.engine.pairs import BRANCH_MODELS, PairTrainerConfig
-from scalable_xmr.errors import InputError
-from scalable_xmr.pairs_report import (
+from scalable_xmr.branch.evaluate import check_t2i_groups
+from scalable_xmr.branch.member import BranchJob, BranchResult, jsonable
+from scalable_xmr.branch.report import (
     build_metrics,
     ensembles,
     log_members,
@@ -44,9 +40,13 @@ from scalable_xmr.pairs_report import (
     plot_rerank_k,
     run_params,
 )
-from scalable_xmr.pipeline import RunSummary, parent_run
-from scalable_xmr.store import RunStore, now_iso, versions
-from scalable_xmr.tracking import Tracker, default_tracking_uri
+from scalable_xmr.branch.trainer import BRANCH_MODELS, PairTrainerConfig
+from scalable_xmr.config import ResourceConfig, TrackingConfig
+from scalable_xmr.distributed.progress import ProgressBars
+from scalable_xmr.errors import InputError
+from scalable_xmr.sdml.job import RunSummary, parent_run
+from scalable_xmr.store.run_store import RunStore, now_iso, versions
+from scalable_xmr.tracking.tracker import Tracker, default_tracking_uri
 
 
 @dataclass(frozen=True)
@@ -112,8 +112,8 @@ def check_dataset(req: PairsRequest) -> dict[str, Any]:
     in val/test (R@K needs a constant n) and re-ranking K / K' that do not fit the galleries.
     Returns the split sizes recorded in run.json.
     """
+    from scalable_xmr.branch.evaluate import COCO_5K, COCO_FOLDS, rerank_grid_for
     from scalable_xmr.data.paired import open_paired_dataset
-    from scalable_xmr.engine.pair_eval import COCO_5K, COCO_FOLDS, rerank_grid_for
 
     ds = open_paired_dataset(req.dataset_uri)
     present = ds.splits()
@@ -292,7 +292,7 @@ class _BranchWorker:
     def __init__(self, job: BranchJob, hub_name: str | None = None) -> None:
         import ray
 
-        from scalable_xmr.engine.branch_job import checkpoint_dir
+        from scalable_xmr.branch.member import checkpoint_dir
 
         self.job = job
         # By name, not as a handle argument: handles in constructor args can break restarts.
@@ -301,7 +301,7 @@ class _BranchWorker:
             self.hub.event.remote(f"{job.label}: actor (pid {os.getpid()}) resumes from its checkpoint")
 
     def train(self) -> BranchResult:
-        from scalable_xmr.engine.branch_job import train_branch
+        from scalable_xmr.branch.member import train_branch
 
         hub = self.hub
         return train_branch(self.job, progress=None if hub is None else (lambda row: hub.update.remote(row)))

@@ -1,0 +1,1 @@
+"""MLflow, on the driver only (tracker), and the plots it logs (plots)."""
