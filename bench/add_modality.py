@@ -31,7 +31,7 @@ from _common import machine_info, print_info, print_table
 
 from scalable_xmr.config import SDMLConfig, TrackingConfig
 from scalable_xmr.data.modality.synthetic import MODALITIES, make_synthetic_xmedia
-from scalable_xmr.distributed.launcher import connect, describe_cluster
+from scalable_xmr.distributed.cluster import connect, describe_cluster
 from scalable_xmr.sdml.extend import AddRequest, add_modalities
 from scalable_xmr.sdml.job import TrainRequest, train_sdml
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from _common import machine_info, print_info, print_table
 
+from scalable_xmr.branch.config import PairTrainerConfig
 from scalable_xmr.branch.evaluate import (
     rerank_grid,
     rerank_grid_for,
@@ -39,7 +40,6 @@ from scalable_xmr.branch.evaluate import (
     select_rerank,
 )
 from scalable_xmr.branch.member import BranchJob, sims_path, train_branch
-from scalable_xmr.branch.trainer import PairTrainerConfig
 from scalable_xmr.data.paired import make_synthetic_pairs
 
 SETTINGS = {

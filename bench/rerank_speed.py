@@ -5,7 +5,7 @@
 
 Similarities are synthetic and shaped like VSE-style test sets: N images with 5 captions each,
 captions = their image's embedding + noise, cosine scores (float32). The loops
-(bench/_reference.py: one query at a time, stable NumPy argsorts) are timed on a subset of the
+(tests/reference.py: one query at a time, stable NumPy argsorts) are timed on a subset of the
 queries and extrapolated linearly to all of them (the loop's cost is the same for every query);
 the vectorised functions always run on the whole matrix. Each timing is the median of a few
 repeats. Before timing, the vectorised outputs are checked against the loops on the subset.
@@ -21,20 +21,24 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from _reference import (
+
+from scalable_xmr.functional.rerank import T2I_GROUPS, rerank_i2t, rerank_t2i
+from scalable_xmr.functional.retrieval import recall_at_k
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the loop references
+from reference import (  # noqa: E402  (tests/reference.py, shared with the test suite)
     i2t_ranks_loop,
     rerank_i2t_loop,
     rerank_t2i_loop,
     stable_desc,
     t2i_ranks_loop,
 )
-
-from scalable_xmr.functional.rerank import T2I_GROUPS, rerank_i2t, rerank_t2i
-from scalable_xmr.functional.retrieval import recall_at_k
 
 CAPTIONS = 5
 
@@ -121,7 +125,7 @@ def main() -> None:
                                                                  args.repeats)]
     load = "/".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"torch {torch.__version__}, {args.threads} threads, float32, median of "
-          f"{args.repeats}; loop = bench/_reference.py on a subset of queries (column 'loop on'),"
+          f"{args.repeats}; loop = tests/reference.py on a subset of queries (column 'loop on'),"
           f" extrapolated linearly to all queries; load average at the end {load}"
           f" on {os.cpu_count()} cores")
     header = ("task", "size (img x txt)", "vectorised s", "loop s (extrap.)", "loop on", "speed-up")

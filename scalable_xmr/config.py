@@ -22,10 +22,7 @@ def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise InputError(
-            f"{source}: unknown key(s) {', '.join(unknown)} for {cls.__name__}; "
-            f"valid keys: {', '.join(sorted(names))}"
-        )
+        raise InputError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(sorted(names))})")
     return cls(**values)
 
 

@@ -22,3 +22,7 @@ class MissingError(XMRError, FileNotFoundError):
 
 class RunStateError(XMRError, RuntimeError):
     """A run directory is in a state that forbids the operation (finished, incomplete...)."""
+
+
+class ActorDiedError(RunStateError):
+    """A Ray actor died and could not be restarted (its node was lost, restarts ran out...)."""

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from scalable_xmr.errors import InputError, MissingError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -61,7 +63,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    from scalable_xmr.errors import InputError, MissingError
 
     p = Path(path)
     if not p.is_file():
@@ -70,3 +71,10 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{p}: not valid JSON ({e})") from e
+
+
+def absolute_uri(uri: str | os.PathLike) -> str:
+    """A URI with a scheme (``s3://...``) as given; a local path made absolute (actors and Tune
+    trials run in other working directories)."""
+    uri = str(uri)
+    return uri if "://" in uri else str(Path(uri).expanduser().resolve())

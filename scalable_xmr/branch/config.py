@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
-from scalable_xmr.branch.scoring import BRANCH_MODELS, branch_model_classes, dataclass_from_dict
-from scalable_xmr.config import TrainSchedule, short_number
+from scalable_xmr.config import TrainSchedule, from_dict, short_number
 from scalable_xmr.errors import InputError
+from scalable_xmr.models.registry import BRANCH_MODELS, branch_model_classes
 
 SCHEDULE_KEYS = ("epochs", "batch_size", "lr", "lr_decay_epochs", "lr_decay")
 TEXT_STAGE_KEY = "text_epochs"  # schedule key of the models with a text-text branch (MTFN)
@@ -53,6 +53,40 @@ def schedule_help(key: str) -> str:
             f"flag or --set overrides it -- {schedules}")
 
 
+def model_keys(model: str) -> set[str]:
+    """The keys of ``model``'s own config class (its architecture and loss: margin, hinge ...)."""
+    return {f.name for f in fields(branch_model_classes(model)[1])}
+
+
+def trainer_keys(model: str) -> set[str]:
+    """The :class:`PairTrainerConfig` keys a user may set for ``model`` (its schedule included)."""
+    common = {f.name for f in fields(PairTrainerConfig)} - {"model", *SCHEDULE_KEYS, TEXT_STAGE_KEY}
+    return common | set(schedule_keys(model))
+
+
+def split_values(model: str, values: Mapping[str, Any], source: str,
+                 exclude: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``values`` as (trainer values, model-config values): every key has exactly one owner, the
+    model's config class or :class:`PairTrainerConfig`. The one place that decides it, for the CLI,
+    best.json, ``--set`` and sweep trials. An unknown key (or one in ``exclude``) raises, naming
+    ``source`` and the keys ``model`` knows."""
+    owned_by_model, owned_by_trainer = model_keys(model), trainer_keys(model) - set(exclude)
+    trainer, model_values = {}, {}
+    for key, value in values.items():
+        if key in owned_by_model:
+            model_values[key] = value
+        elif key in owned_by_trainer:
+            trainer[key] = value
+        elif key == TEXT_STAGE_KEY:
+            raise InputError(f"{source} {key}: not a schedule key of {model} (schedule keys: "
+                             f"{', '.join(schedule_keys(model))}; {key} is mtfn's)")
+        else:
+            known = ", ".join(sorted(owned_by_model | owned_by_trainer))
+            raise InputError(f"{source} {key}: not a config key of {model} or of its trainer "
+                             f"(known: {known})")
+    return trainer, model_values
+
+
 @dataclass(frozen=True)
 class PairTrainerConfig:
     """Training options of one branch model; schedule fields default to the model's (``None``)."""
@@ -61,8 +95,6 @@ class PairTrainerConfig:
     epochs: int | None = None  # image-text epochs; None: the model's schedule (models/<model>.py)
     batch_size: int | None = None  # None: the model's schedule
     lr: float | None = None  # Adam's initial rate; None: the model's schedule
-    margin: float | None = None  # None: the model config's margin (0.2 in the papers)
-    hinge: str | None = None  # "max" (hardest negative) | "sum"; None: the model config's
     grad_clip: float = 2.0  # VSE++ clips the gradient norm at 2 (the other papers say nothing); 0 = off
     warmup_sum_epochs: int = 0  # first epochs with the sum over negatives, then the model's hinge
     seed: int = 0
@@ -91,7 +123,7 @@ class PairTrainerConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
                 raise InputError(f"{name}: must be an integer >= {low}, got {v!r}")
-        for name in ("lr", "lr_decay", "grad_clip") + (("margin",) if self.margin is not None else ()):
+        for name in ("lr", "lr_decay", "grad_clip"):
             v = getattr(self, name)
             if (
                 not isinstance(v, int | float)
@@ -107,8 +139,6 @@ class PairTrainerConfig:
         if self.text_epochs and TEXT_STAGE_KEY not in schedule_keys(self.model):
             raise InputError(f"text_epochs={self.text_epochs}: model {self.model!r} has no text-text "
                              "branch (only mtfn)")
-        if self.hinge not in (None, "max", "sum"):
-            raise InputError(f"hinge: expected 'max' or 'sum', got {self.hinge!r}")
         if self.text_input not in ("auto", "tokens", "features"):
             raise InputError(f"text_input: expected 'auto', 'tokens' or 'features', got {self.text_input!r}")
 
@@ -125,4 +155,4 @@ class PairTrainerConfig:
         missing = [k for k in required if k not in values]
         if missing:
             raise InputError(f"pair trainer config: missing key {missing[0]!r}")
-        return dataclass_from_dict(cls, values, "pair trainer config")
+        return from_dict(cls, dict(values), "pair trainer config")

@@ -21,31 +21,32 @@ Run store (docs/run-store.md, kind "pairs")::
 
 from __future__ import annotations
 
-import math
-import os
-import sys
+import dataclasses
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from scalable_xmr.branch.evaluate import check_t2i_groups
-from scalable_xmr.branch.member import BranchJob, BranchResult, jsonable
+from scalable_xmr.branch.config import PairTrainerConfig
+from scalable_xmr.branch.evaluate import COCO_5K, COCO_FOLDS, check_t2i_groups, rerank_grid_for
+from scalable_xmr.branch.member import BranchJob, BranchResult, jsonable, run_member
 from scalable_xmr.branch.report import (
     build_metrics,
     ensembles,
     log_members,
     pairs_table,
-    plot_rerank_k,
     run_params,
 )
-from scalable_xmr.branch.trainer import BRANCH_MODELS, PairTrainerConfig
-from scalable_xmr.config import ResourceConfig, TrackingConfig
-from scalable_xmr.distributed.progress import ProgressBars
+from scalable_xmr.config import TrackingConfig
+from scalable_xmr.data.paired import open_paired_dataset
+from scalable_xmr.distributed.actors import ActorResources, ActorTask, run_actors
+from scalable_xmr.distributed.cluster import check_gpus, connect, has_gpus
 from scalable_xmr.errors import InputError
-from scalable_xmr.sdml.job import RunSummary, parent_run
-from scalable_xmr.store.run_store import RunStore, now_iso, versions
+from scalable_xmr.io import absolute_uri, read_json
+from scalable_xmr.models.registry import BRANCH_MODELS
+from scalable_xmr.store.meta import RunMeta, now_iso
+from scalable_xmr.store.run_store import RunStore
+from scalable_xmr.tracking import plots
+from scalable_xmr.tracking.runs import RunSummary, parent_run
 from scalable_xmr.tracking.tracker import Tracker, default_tracking_uri
 
 
@@ -70,7 +71,6 @@ class PairsRequest:
     resume: bool = False
     overwrite: bool = False
     show_progress: bool = True
-    fail_after_epoch: dict[str, int] = field(default_factory=dict)  # member -> epoch (tests)
 
     def __post_init__(self) -> None:
         if not self.trainers:
@@ -112,9 +112,6 @@ def check_dataset(req: PairsRequest) -> dict[str, Any]:
     in val/test (R@K needs a constant n) and re-ranking K / K' that do not fit the galleries.
     Returns the split sizes recorded in run.json.
     """
-    from scalable_xmr.branch.evaluate import COCO_5K, COCO_FOLDS, rerank_grid_for
-    from scalable_xmr.data.paired import open_paired_dataset
-
     ds = open_paired_dataset(req.dataset_uri)
     present = ds.splits()
     missing = [s for s in ("train", "val", "test") if s not in present]
@@ -145,26 +142,17 @@ def check_dataset(req: PairsRequest) -> dict[str, Any]:
         if "train" not in target.splits():
             raise InputError(f"--target {req.target_uri}: no 'train' split (it has {target.splits()})")
         target.split_sizes("train")
-    return {"uri": _abs_uri(req.dataset_uri), "splits": sizes,
+    return {"uri": absolute_uri(req.dataset_uri), "splits": sizes,
             "text": "tokens" if ds.vocab is not None else "features"}
-
-
-def _abs_uri(uri: str) -> str:
-    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
 
 
 # ------------------------------------------------------------------------------ the job
 def train_pairs(req: PairsRequest, address: str | None = None) -> PairsSummary:
     """Train every member in parallel Ray actors, evaluate, ensemble, write the run, track."""
-    from scalable_xmr.distributed.launcher import check_resources, connect
-
     start = time.perf_counter()
     dataset = check_dataset(req)
     connect(address)
-    try:
-        check_resources(ResourceConfig(gpus_per_modality=req.gpus_per_model or 0.0))
-    except InputError as e:  # the launcher names the SDML flag
-        raise InputError(str(e).replace("--gpus-per-modality", "--gpus-per-model")) from None
+    check_gpus(req.gpus_per_model or 0.0, "--gpus-per-model")
     store = RunStore(req.run_dir)
     mode = store.prepare_new(overwrite=req.overwrite, resume=req.resume)
     meta = _open_run(store, mode, req, dataset)
@@ -176,7 +164,7 @@ def train_pairs(req: PairsRequest, address: str | None = None) -> PairsSummary:
         jobs = [_job(store, req, name, model, seed) for name, model, seed in req.members()
                 if name not in results]
         for name, result in _train_members(jobs, req).items():
-            meta["members"][name].update(_member_entry(result))
+            meta.members[name].update(_member_entry(result))
             store.write(meta)  # each finished member is recorded as soon as it is known
             results[name] = result
         metrics = _finish(store, meta, results, tracker, parent)
@@ -184,17 +172,16 @@ def train_pairs(req: PairsRequest, address: str | None = None) -> PairsSummary:
                         time.perf_counter() - start, table=pairs_table(metrics))
 
 
-def _finish(store: RunStore, meta: dict[str, Any], results: dict[str, BranchResult], tracker: Tracker,
+def _finish(store: RunStore, meta: RunMeta, results: dict[str, BranchResult], tracker: Tracker,
             parent: str | None) -> dict[str, Any]:
     """Ensembles, metrics.json, plots, MLflow children and artifacts; then status finished."""
     metrics = build_metrics(meta, results, ensembles(store, meta, results))
     store.write_metrics(metrics)
-    plot = plot_rerank_k(metrics, store.plots_dir / "rerank_k.png")
+    plot = plots.rerank_k(metrics, store.plots_dir / "rerank_k.png")
     log_members(tracker, parent, meta, metrics, results)
     for path in (store.metrics_path, store.run_json, plot):
         tracker.log_artifact(parent, path)
-    meta["status"] = "finished"
-    meta.pop("error", None)
+    meta.finish()
     store.write(meta)
     return metrics
 
@@ -205,77 +192,79 @@ def _member_settings(req: PairsRequest, model: str, seed: int) -> dict[str, Any]
     trainer = asdict(replace(req.trainers[model], seed=seed))
     return {"model": model, "seed": seed, "trainer": trainer,
             "model_config": dict(req.model_configs.get(model, {})),
-            "target_uri": _abs_uri(req.target_uri) if req.target_uri and model == "vsa" else None}
+            "target_uri": absolute_uri(req.target_uri) if req.target_uri and model == "vsa" else None}
 
 
-def _open_run(store: RunStore, mode: str, req: PairsRequest, dataset: dict[str, Any]) -> dict[str, Any]:
+def _open_run(store: RunStore, mode: str, req: PairsRequest, dataset: dict[str, Any]) -> RunMeta:
     wanted = {name: jsonable(_member_settings(req, model, seed)) for name, model, seed in req.members()}
     rerank = {"ks": list(req.ks) if req.ks else None, "k_texts": list(req.k_texts) if req.k_texts else None,
               "t2i_groups": req.t2i_groups}
     if mode == "resume":
         meta = store.read()
-        if meta.get("kind") != "pairs":
-            raise InputError(f"{store.root}: a {meta.get('kind')!r} run, not a train-pairs run")
-        if meta["dataset"]["uri"] != dataset["uri"]:
+        if meta.kind != "pairs":
+            raise InputError(f"{store.root}: a {meta.kind!r} run, not a train-pairs run")
+        if meta.dataset["uri"] != dataset["uri"]:
             raise InputError(
-                f"{store.root}: run was trained on {meta['dataset']['uri']}, not {dataset['uri']}"
+                f"{store.root}: run was trained on {meta.dataset['uri']}, not {dataset['uri']}"
             )
-        if meta.get("rerank") is not None:  # runs from before t2i_groups re-ranked with the query's group
-            meta["rerank"].setdefault("t2i_groups", "query")
-        if meta.get("rerank") != rerank:
+        if meta.rerank is not None:  # runs from before t2i_groups re-ranked with the query's group
+            meta.rerank.setdefault("t2i_groups", "query")
+        if meta.rerank != rerank:
             raise InputError(
-                f"{store.root}: run chose re-ranking K with {meta.get('rerank')}, these flags ask for "
+                f"{store.root}: run chose re-ranking K with {meta.rerank}, these flags ask for "
                 f"{rerank}; resume with the same --k / --k-text / --t2i-groups or pass --overwrite"
             )
-        if sorted(meta["members"]) != sorted(wanted):
+        if sorted(meta.members) != sorted(wanted):
             raise InputError(
-                f"{store.root}: run has members {sorted(meta['members'])}, these flags ask for "
+                f"{store.root}: run has members {sorted(meta.members)}, these flags ask for "
                 f"{sorted(wanted)}; resume with the same --model / --ensemble / --seed or pass --overwrite"
             )
         for name, settings in wanted.items():
-            old = meta["members"][name]
+            old = meta.members[name]
             if old.get("settings") != settings:
                 raise InputError(
                     f"{store.root}: member {name!r} was started with other settings "
                     f"({old.get('settings')}); resume with the same flags or pass --overwrite"
                 )
-        meta["status"] = "running"
+        meta.status = "running"
         store.write(meta)
         return meta
     store.root.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "format": 1, "kind": "pairs", "status": "running", "created": now_iso(), "dataset": dataset,
-        "target": _abs_uri(req.target_uri) if req.target_uri else None,
-        "models": list(req.trainers), "ensemble": req.ensemble, "rerank": rerank,
-        "members": {name: {"status": "pending", "settings": s} for name, s in wanted.items()},
-        "versions": versions(),
-    }
+    meta = RunMeta(
+        kind="pairs", dataset=dataset, target=absolute_uri(req.target_uri) if req.target_uri else None,
+        models=list(req.trainers), ensemble=req.ensemble, rerank=rerank,
+        members={name: {"status": "pending", "settings": s} for name, s in wanted.items()},
+    )
     store.write(meta)
     return meta
 
 
-def _finished_results(store: RunStore, meta: dict[str, Any]) -> dict[str, BranchResult]:
-    from scalable_xmr.io import read_json
+def _finished_results(store: RunStore, meta: RunMeta) -> dict[str, BranchResult]:
 
     out = {}
-    for name, entry in meta["members"].items():
+    for name, entry in meta.members.items():
         if entry.get("status") == "finished":
-            saved = read_json(store.root / "models" / name / "result.json")
+            saved = read_json(store.member_dir(name) / "result.json")
             out[name] = BranchResult(**{"t2i_groups": "query", **saved})  # older results: query groups
     return out
 
 
-def _job(store: RunStore, req: PairsRequest, name: str, model: str, seed: int) -> BranchJob:
-    from dataclasses import replace
+def _gpus(req: PairsRequest) -> float:
+    """GPUs per member: as asked, else 1 when the cluster has GPUs."""
+    if req.gpus_per_model is not None:
+        return req.gpus_per_model
+    return 1.0 if has_gpus() else 0.0
 
+
+def _job(store: RunStore, req: PairsRequest, name: str, model: str, seed: int) -> BranchJob:
     gpus = _gpus(req)
     return BranchJob(
-        out_dir=str(store.root / "models" / name), dataset_uri=_abs_uri(req.dataset_uri),
-        trainer=replace(req.trainers[model], seed=seed), model_config=dict(req.model_configs.get(model, {})),
-        name=name, target_uri=_abs_uri(req.target_uri) if req.target_uri and model == "vsa" else None,
+        out_dir=str(store.member_dir(name)), dataset_uri=absolute_uri(req.dataset_uri),
+        trainer=dataclasses.replace(req.trainers[model], seed=seed),
+        model_config=dict(req.model_configs.get(model, {})),
+        name=name, target_uri=absolute_uri(req.target_uri) if req.target_uri and model == "vsa" else None,
         ks=req.ks, k_texts=req.k_texts, t2i_groups=req.t2i_groups, checkpoint_every=req.checkpoint_every,
-        device="cuda" if gpus > 0 else "cpu", fail_after_epoch=req.fail_after_epoch.get(name),
-    )
+        device="cuda" if gpus > 0 else "cpu")
 
 
 def _member_entry(result: BranchResult) -> dict[str, Any]:
@@ -286,107 +275,8 @@ def _member_entry(result: BranchResult) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ Ray
-class _BranchWorker:
-    """One member's training in its own process; a restart re-runs __init__ and the call."""
-
-    def __init__(self, job: BranchJob, hub_name: str | None = None) -> None:
-        import ray
-
-        from scalable_xmr.branch.member import checkpoint_dir
-
-        self.job = job
-        # By name, not as a handle argument: handles in constructor args can break restarts.
-        self.hub = None if hub_name is None else ray.get_actor(hub_name)
-        if self.hub is not None and (checkpoint_dir(job.out_dir) / "last.pt").is_file():
-            self.hub.event.remote(f"{job.label}: actor (pid {os.getpid()}) resumes from its checkpoint")
-
-    def train(self) -> BranchResult:
-        from scalable_xmr.branch.member import train_branch
-
-        hub = self.hub
-        return train_branch(self.job, progress=None if hub is None else (lambda row: hub.update.remote(row)))
-
-
-def _gpus(req: PairsRequest) -> float:
-    if req.gpus_per_model is not None:
-        return req.gpus_per_model
-    import ray
-
-    return 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-
-
 def _train_members(jobs: list[BranchJob], req: PairsRequest) -> dict[str, BranchResult]:
-    """All members at once: one placement group, one bundle and actor per member."""
-    import ray
-    from ray.util.placement_group import placement_group, remove_placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    from scalable_xmr.distributed.actors import ProgressHub, wait_with_progress
-    from scalable_xmr.distributed.launcher import get_results, wait_for_placement
-
-    if not jobs:
-        return {}
-    gpus = _gpus(req)
-    resources = ResourceConfig(gpus_per_modality=gpus, cpus_per_modality=req.cpus_per_model,
-                               max_restarts=req.max_restarts)
-    total = ray.cluster_resources().get("CPU", 1.0)
-    cpus = req.cpus_per_model or (1.0 if gpus > 0 else max(math.floor(100 * total / len(jobs)) / 100, 0.01))
-    bundle = {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}
-    hub_name = f"xmr-pairs-progress-{uuid.uuid4().hex[:12]}"
-    hub = ProgressHub.options(name=hub_name).remote()
-    bars = PairProgressBars([j.label for j in jobs], enabled=req.show_progress, stream=sys.stderr)
-    pg = placement_group([dict(bundle) for _ in jobs], strategy="PACK")
-    try:
-        wait_for_placement(pg, resources)
-        worker = ray.remote(_BranchWorker)
-        actors = [
-            worker.options(
-                num_cpus=cpus, num_gpus=gpus, max_restarts=req.max_restarts,
-                max_task_retries=req.max_restarts,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
-            ).remote(_with_threads(job, cpus), hub_name)
-            for i, job in enumerate(jobs)
-        ]
-        refs = [a.train.remote() for a in actors]
-        wait_with_progress(refs, hub, bars)
-        results = get_results([job.label for job in jobs], refs)
-        for a in actors:
-            ray.kill(a)
-        return results
-    finally:
-        bars.close()
-        ray.kill(hub)
-        remove_placement_group(pg)
-
-
-def _with_threads(job: BranchJob, cpus: float) -> BranchJob:
-    from dataclasses import replace
-
-    return job if job.num_threads else replace(job, num_threads=max(1, int(cpus)))
-
-
-class PairProgressBars(ProgressBars):
-    """One bar (or a plain line every tenth of the epochs) per member, on the driver."""
-
-    def _update_bar(self, name: str, row: dict[str, Any]) -> None:
-        bar = self.bars.get(name)
-        if bar is None:
-            return
-        bar.total = bar.total or int(row["epochs"])
-        bar.n = int(row["epoch"])
-        bar.set_postfix_str(_postfix(row), refresh=False)
-        bar.refresh()
-
-    def _print_line(self, name: str, row: dict[str, Any]) -> None:
-        epoch, total = int(row["epoch"]), int(row["epochs"])
-        last = self.last_printed.get(name, 0)
-        if epoch != last and (epoch - last >= max(1, total // 10) or epoch == total):
-            self.last_printed[name] = epoch
-            print(f"{name:<{self.width}}  epoch {epoch:>4}/{total}  {_postfix(row)}",
-                  file=self.stream, flush=True)
-
-
-def _postfix(row: dict[str, Any]) -> str:
-    what = "val rsum" if row["stage"] == "image_text" else "val S_TT r@1"
-    return (f"{row['stage']} loss {row['loss']:.4f} | {what} {row['val_score']:.1f} "
-            f"(best ep {row['best_epoch']})")
+    """All members at once, one actor each (the same run_actors as the SDML job's modalities)."""
+    placement = ActorResources(gpus=_gpus(req), cpus=req.cpus_per_model, max_restarts=req.max_restarts)
+    tasks = [ActorTask(job.label, run_member, job) for job in jobs]
+    return run_actors(tasks, placement, show_progress=req.show_progress)

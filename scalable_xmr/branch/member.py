@@ -30,26 +30,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from scalable_xmr import faults
+from scalable_xmr.branch.config import PairTrainerConfig
 from scalable_xmr.branch.evaluate import (
+    average_similarities,
     check_t2i_groups,
     recall_report,
     rerank_grid,
     rerank_grid_for,
     select_rerank,
 )
-from scalable_xmr.branch.trainer import (
-    PairTrainer,
-    PairTrainerConfig,
-    branch_config,
-    build_branch_model,
-    similarity_matrix,
-    text_cosine_matrix,
-    text_similarity_matrix,
-)
+from scalable_xmr.branch.scoring import similarity_matrix, text_cosine_matrix, text_similarity_matrix
+from scalable_xmr.branch.trainer import PairTrainer
 from scalable_xmr.data.paired import UNK, PairedSplit, open_paired_dataset
+from scalable_xmr.distributed.progress import Reporter
 from scalable_xmr.errors import InputError
 from scalable_xmr.io import atomic_path, atomic_write_json, read_json
 from scalable_xmr.models.base import BranchModel
+from scalable_xmr.models.registry import branch_config, build_branch_model
 
 EpochHook = Callable[[dict[str, Any]], None]
 
@@ -74,7 +72,6 @@ class BranchJob:
     # False: a sweep trial -- it selects on val only and never reads the test split; the sweep
     # scores its chosen trial on test once, at its end (tuning/final_test.py).
     score_test: bool = True
-    fail_after_epoch: int | None = None  # fault injection for tests: die once after this epoch
 
     def __post_init__(self) -> None:
         if not isinstance(self.trainer, PairTrainerConfig):
@@ -209,18 +206,18 @@ def _epoch_hook(job: BranchJob, trainer: PairTrainer, ckpt: _Checkpoints, progre
         if saved:
             ckpt.save(trainer)
         best = trainer.best[record["stage"]]
-        row = {"name": job.label, "modality": job.label, "epoch": epoch, "epochs": total,
-               "stage": record["stage"], "loss": record["loss"], "val_score": record["val_score"],
-               "best_epoch": None if best is None else best["epoch"] + 1}
+        best_epoch = None if best is None else best["epoch"] + 1
+        what = "val rsum" if record["stage"] == "image_text" else "val S_TT r@1"
+        row = {"name": job.label, "epoch": epoch, "epochs": total, "stage": record["stage"],
+               "loss": record["loss"], "val_score": record["val_score"], "best_epoch": best_epoch,
+               "status": f"{record['stage']} loss {record['loss']:.4f} | {what} {record['val_score']:.1f} "
+                         f"(best ep {best_epoch})"}
         if progress is not None:
             progress(row)
         if on_epoch is not None:
             on_epoch({**record, "checkpointed": saved, "checkpoint_dir": str(ckpt.dir)})
-        if saved and job.fail_after_epoch is not None and job.fail_after_epoch <= epoch < total:
-            marker = ckpt.dir / ".fault_injected"
-            if not marker.exists():
-                marker.write_text(f"{os.getpid()} {epoch}\n")
-                os._exit(1)  # a hard crash, as a dying node or an OOM kill looks to Ray
+        if saved:
+            faults.crash_after_checkpoint(job.label, epoch, total, ckpt.dir)  # tests only
 
     return hook
 
@@ -378,7 +375,6 @@ def evaluate_ensemble(
     ``captions_per_image`` is (val, test); ``t2i_groups`` as in :class:`BranchJob`. Returns the
     same keys as :func:`evaluate_branch`.
     """
-    from scalable_xmr.branch.evaluate import average_similarities
 
     check_t2i_groups(t2i_groups)
     n_val, n_test = captions_per_image
@@ -398,3 +394,11 @@ def evaluate_ensemble(
               "choice": choice.to_dict(), "t2i_groups": t2i_groups, "captions_per_image": n_test}
     atomic_write_json(Path(out_dir) / "ensemble.json", result)
     return result
+
+
+def run_member(job: BranchJob, reporter: Reporter) -> BranchResult:
+    """One member's training, as a Ray actor runs it (``distributed.actors.run_actors``); a
+    restarted actor calls it again and the trainer resumes from its checkpoint."""
+    if (checkpoint_dir(job.out_dir) / "last.pt").is_file():
+        reporter.event(f"{job.label}: actor (pid {os.getpid()}) resumes from its checkpoint")
+    return train_branch(job, progress=reporter.progress)

@@ -5,41 +5,40 @@ Everything here reads the members' results and stored similarity matrices; nothi
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from scalable_xmr.branch.evaluate import KS, RerankChoice, recall_table
 from scalable_xmr.branch.member import BranchResult, evaluate_ensemble
-from scalable_xmr.io import atomic_path
+from scalable_xmr.store.meta import RunMeta
 from scalable_xmr.store.run_store import RunStore
 from scalable_xmr.tracking.tracker import Tracker
 
 RESULT_KEYS = ("plain", "rerank", "plain_1k", "rerank_1k")
 
 
-def ensembles(store: RunStore, meta: dict[str, Any], results: dict[str, BranchResult]) -> dict[str, dict]:
+def ensembles(store: RunStore, meta: RunMeta, results: dict[str, BranchResult]) -> dict[str, dict]:
     """Each model with M > 1 members: mean similarities, K chosen on val, test R@K."""
-    if meta["ensemble"] < 2:
+    if meta.ensemble < 2:
         return {}
-    splits = meta["dataset"]["splits"]
+    splits = meta.dataset["splits"]
     per_image = (splits["val"]["captions_per_image"], splits["test"]["captions_per_image"])
-    rerank = meta.get("rerank") or {}
+    rerank = meta.rerank or {}
     ks = tuple(rerank["ks"]) if rerank.get("ks") else None
     k_texts = tuple(rerank["k_texts"]) if rerank.get("k_texts") else None
     out = {}
-    for model in meta["models"]:
+    for model in meta.models:
         members = [r for r in results.values() if r.model == model]
         dirs = [r.out_dir for r in sorted(members, key=lambda r: r.seed)]
-        out[model] = evaluate_ensemble(dirs, str(store.root / "models" / model), per_image, ks, k_texts,
+        out[model] = evaluate_ensemble(dirs, str(store.member_dir(model)), per_image, ks, k_texts,
                                        rerank.get("t2i_groups", "query"))  # older runs: query groups
         out[model]["members"] = [r.name for r in sorted(members, key=lambda r: r.seed)]
     return out
 
 
-def build_metrics(meta: dict[str, Any], results: dict[str, BranchResult], ens: dict[str, dict]) -> dict:
-    test = meta["dataset"]["splits"]["test"]
+def build_metrics(meta: RunMeta, results: dict[str, BranchResult], ens: dict[str, dict]) -> dict:
+    test = meta.dataset["splits"]["test"]
     models = {}
-    for name in meta["members"]:
+    for name in meta.members:
         r = results[name]
         models[name] = {"model": r.model, "seed": r.seed, **r.test, "choice": r.choice,
                         "t2i_groups": r.t2i_groups, "val": r.val, "val_grid": r.grid,
@@ -49,7 +48,7 @@ def build_metrics(meta: dict[str, Any], results: dict[str, BranchResult], ens: d
             "val": e["val"], "val_grid": e["grid"]}
         for m, e in ens.items()
     }
-    return {"kind": "pairs", "dataset": meta["dataset"]["uri"],
+    return {"kind": "pairs", "dataset": meta.dataset["uri"],
             "test": {"images": test["images"], "captions_per_image": test["captions_per_image"],
                      "protocol": "5K and 1K (5 folds)" if "plain_1k" in next(iter(models.values()))
                      else "all test images"},
@@ -84,37 +83,6 @@ def pairs_table(metrics: dict[str, Any]) -> str:
     ])
 
 
-def plot_rerank_k(metrics: dict[str, Any], path: Path) -> Path:
-    """R@1 on val against the re-ranking K, I2T and T2I (best K' per K): MTFN-RR Fig. 7a."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    entries = {**metrics["models"], **{f"{m} ensemble": e for m, e in metrics["ensembles"].items()}}
-    for name, entry in entries.items():
-        grid = entry["val_grid"]
-        i2t = sorted((g["k"], g["i2t@1"]) for g in grid["i2t"])
-        best_t2i: dict[int, float] = {}
-        for g in grid["t2i"]:
-            best_t2i[g["k"]] = max(best_t2i.get(g["k"], -1.0), g["t2i@1"])
-        axes[0].plot(*zip(*i2t, strict=True), marker=".", label=name)
-        axes[1].plot(sorted(best_t2i), [best_t2i[k] for k in sorted(best_t2i)], marker=".", label=name)
-    for ax, title in zip(axes, ("image → text R@1 (val)", "text → image R@1 (val, best K')"), strict=True):
-        ax.set_xlabel("re-ranked list length K (K = 1: plain)")
-        ax.set_ylabel("R@1 (%)")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("Cross-modal re-ranking against K (MTFN-RR Fig. 7a)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
-    return path
-
-
 def mlflow_name(key: str) -> str:
     """MLflow refuses '@' in metric names (``^[/\\w.\\- :]*$``): ``recall/i2t@1`` is logged as
     ``recall/i2t_1`` (the sweeps' convention, tuning/tracking.py)."""
@@ -140,13 +108,13 @@ def _recall_metrics(entry: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def log_members(tracker: Tracker, parent: str | None, meta: dict[str, Any], metrics: dict[str, Any],
+def log_members(tracker: Tracker, parent: str | None, meta: RunMeta, metrics: dict[str, Any],
                 results: dict[str, BranchResult]) -> None:
     """One child run per member (and per ensemble): params, per-epoch losses, R@K."""
     for name, entry in metrics["models"].items():
         r = results[name]
         child = tracker.start_run(name, parent_id=parent, tags={"model": r.model, "member": name})
-        tracker.log_params(child, {"model": r.model, "seed": r.seed, "dataset": meta["dataset"]["uri"],
+        tracker.log_params(child, {"model": r.model, "seed": r.seed, "dataset": meta.dataset["uri"],
                                    "text_sim": r.text_sim, "t2i_groups": r.t2i_groups,
                                    "trainer": r.trainer_config,
                                    "model_config": r.model_config})
@@ -160,7 +128,7 @@ def log_members(tracker: Tracker, parent: str | None, meta: dict[str, Any], metr
         rows += [(mlflow_name(k), v, 0) for k, v in _recall_metrics(entry).items()]
         rows.append(("train_seconds", r.train_seconds, 0))
         tracker.log_metric_rows(child, rows)
-        meta["members"][name]["mlflow_run_id"] = child
+        meta.members[name]["mlflow_run_id"] = child
         tracker.end_run(child)
     for model, entry in metrics["ensembles"].items():
         child = tracker.start_run(f"{model}-ensemble", parent_id=parent,
@@ -178,9 +146,9 @@ def log_members(tracker: Tracker, parent: str | None, meta: dict[str, Any], metr
     tracker.log_metrics(parent, parent_metrics)
 
 
-def run_params(meta: dict[str, Any]) -> dict[str, Any]:
-    return {"dataset": meta["dataset"]["uri"], "models": ",".join(meta["models"]),
-            "ensemble": meta["ensemble"], "target": meta.get("target"),
-            "rerank_ks": meta["rerank"]["ks"], "rerank_k_texts": meta["rerank"]["k_texts"],
-            "rerank_t2i_groups": meta["rerank"].get("t2i_groups", "query"),
+def run_params(meta: RunMeta) -> dict[str, Any]:
+    return {"dataset": meta.dataset["uri"], "models": ",".join(meta.models),
+            "ensemble": meta.ensemble, "target": meta.target,
+            "rerank_ks": meta.rerank["ks"], "rerank_k_texts": meta.rerank["k_texts"],
+            "rerank_t2i_groups": meta.rerank.get("t2i_groups", "query"),
             "ks": ",".join(map(str, KS))}

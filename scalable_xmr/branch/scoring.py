@@ -17,12 +17,9 @@ Split out of ``branch/trainer.py`` (which re-exports every public name here).
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -32,12 +29,8 @@ from scalable_xmr.errors import InputError
 from scalable_xmr.models.base import BranchModel, Repr
 
 __all__ = [
-    "BRANCH_MODELS",
     "PairTensors",
     "as_pair_tensors",
-    "branch_config",
-    "branch_model_classes",
-    "build_branch_model",
     "encode_gallery",
     "nearest_text_recall",
     "similarity_matrix",
@@ -45,54 +38,6 @@ __all__ = [
     "text_kind",
     "text_similarity_matrix",
 ]
-
-# name -> (module, model class, config class)
-BRANCH_MODELS: dict[str, tuple[str, str, str]] = {
-    "vse": ("scalable_xmr.models.vse", "VSE", "VSEConfig"),
-    "mtfn": ("scalable_xmr.models.mtfn", "MTFN", "MTFNConfig"),
-    "mmca": ("scalable_xmr.models.mmca", "MMCA", "MMCAConfig"),
-    "vsa": ("scalable_xmr.models.vsa", "VSA", "VSAConfig"),
-}
-
-
-def branch_model_classes(name: str) -> tuple[type[BranchModel], type]:
-    """(model class, config class) of a registered branch model, imported on first use."""
-    if name not in BRANCH_MODELS:
-        raise InputError(f"model: unknown branch model {name!r} (known: {sorted(BRANCH_MODELS)})")
-    module, model_cls, config_cls = BRANCH_MODELS[name]
-    mod = importlib.import_module(module)
-    return getattr(mod, model_cls), getattr(mod, config_cls)
-
-
-def branch_config(name: str, values: Mapping[str, Any] | None = None) -> Any:
-    """The model's config dataclass built from a dict (YAML/CLI/Tune); unknown keys raise."""
-    _, config_cls = branch_model_classes(name)
-    return dataclass_from_dict(config_cls, values or {}, f"{name} config")
-
-
-def build_branch_model(
-    name: str, config: Any = None, vocab_size: int = 0, image_dim: int = 0, text_dim: int | None = None
-) -> BranchModel:
-    """Instantiate a branch model; ``text_dim`` selects dense text features instead of tokens."""
-    model_cls, config_cls = branch_model_classes(name)
-    config = config_cls() if config is None else config
-    if not isinstance(config, config_cls):
-        raise InputError(f"config: model {name!r} needs a {config_cls.__name__}, got {type(config).__name__}")
-    if not isinstance(image_dim, int) or image_dim < 1:
-        raise InputError(f"image_dim: must be an integer >= 1, got {image_dim!r}")
-    if text_dim is None:
-        return model_cls(config, vocab_size, image_dim)
-    if "text_dim" not in inspect.signature(model_cls).parameters:
-        raise InputError(f"model {name!r} takes token captions only, not dense text features")
-    return model_cls(config, vocab_size, image_dim, text_dim=text_dim)
-
-
-def dataclass_from_dict(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise InputError(f"{where}: unknown key {unknown[0]!r} (known: {sorted(known)})")
-    return cls(**values)
 
 
 @dataclass(frozen=True, eq=False)

@@ -7,9 +7,7 @@
   optional unpaired *target* split (VSA-AE-MMD §3.4) feeds the model's
   ``extra_loss`` with a random target batch beside every source batch.
 
-The model registry and the chunked scoring live in ``branch/scoring.py``; their public names
-and the config are re-exported here, so ``from scalable_xmr.branch.trainer import similarity_matrix``
-keeps working.
+The model registry is ``models/registry.py``; the chunked scoring ``branch/scoring.py``.
 """
 
 from __future__ import annotations
@@ -25,39 +23,21 @@ import torch
 
 from scalable_xmr.branch.config import PairTrainerConfig
 from scalable_xmr.branch.scoring import (
-    BRANCH_MODELS,
     PairTensors,
     as_pair_tensors,
-    branch_config,
-    branch_model_classes,
-    build_branch_model,
-    encode_gallery,
     nearest_text_recall,
     similarity_matrix,
-    text_cosine_matrix,
     text_kind,
-    text_similarity_matrix,
 )
 from scalable_xmr.data.paired import PairedSplit
 from scalable_xmr.errors import InputError, MissingError
 from scalable_xmr.functional.contrastive import hinge_max_violation, hinge_sum
+from scalable_xmr.functional.retrieval import recall_at_k
 from scalable_xmr.io import atomic_path
 from scalable_xmr.models.base import BranchModel
+from scalable_xmr.models.registry import build_branch_model
 
-__all__ = [
-    "PairTrainerConfig",
-    "PairTrainer",
-    "PairTensors",
-    "build_branch_model",
-    "branch_config",
-    "branch_model_classes",
-    "encode_gallery",
-    "similarity_matrix",
-    "text_cosine_matrix",
-    "text_kind",
-    "text_similarity_matrix",
-    "BRANCH_MODELS",
-]
+__all__ = ["PairTrainer"]
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -118,9 +98,8 @@ class PairTrainer:
                 text_dim=train_split.text_dim if kind == "features" else None,
             )
         self.model = model.to(self.device)
-        model_config = getattr(model, "config", model_config)
-        self.margin = config.margin if config.margin is not None else getattr(model_config, "margin", 0.2)
-        self.hinge = config.hinge or getattr(model_config, "hinge", "max")
+        # The loss's margin and hinge belong to the model's config (each model's paper sets them).
+        self.margin, self.hinge = model.config.margin, model.config.hinge
         if config.text_epochs and not getattr(model, "has_text_branch", False):
             raise InputError(
                 f"text_epochs={config.text_epochs}: model {config.model!r} has no "
@@ -321,8 +300,6 @@ class PairTrainer:
     # -- evaluation ------------------------------------------------------------------------
     def evaluate(self, split: PairedSplit | PairTensors | None = None) -> dict[str, float]:
         """VSE++ R@K (i2t@k, t2i@k, medr, meanr, rsum) on ``split`` (default: the val split)."""
-        from scalable_xmr.functional.retrieval import recall_at_k
-
         data = self.val_data if split is None else as_pair_tensors(split, self.model, self.device)
         if data is None:
             raise InputError("evaluate: no split given and the trainer has no val split")

@@ -6,6 +6,8 @@ import argparse
 import os
 from collections.abc import Callable
 
+from scalable_xmr.cli import run_cli
+
 AddArguments = Callable[[argparse.ArgumentParser], None]
 
 ADDRESS_HELP = (
@@ -62,7 +64,6 @@ def add_tracking_arguments(
 def run_job(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int],
             argv: list[str] | None) -> int:
     """Parse ``argv`` and run ``func`` with the one-line error handling of ``xmr``."""
-    from scalable_xmr.cli import run_cli
 
     args = parser.parse_args(argv)
     return run_cli(lambda: func(args))

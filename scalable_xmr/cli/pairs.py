@@ -11,7 +11,6 @@ import argparse
 import datetime as _dt
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -170,12 +169,11 @@ def _parse_sets(items: list[str], models: list[str]) -> tuple[dict[str, dict], d
     every selected model that has them; a key no selected model has is an error, and so is a
     schedule key the named model does not have (``text_epochs`` is MTFN's alone).
     """
-    from scalable_xmr.branch.config import SCHEDULE_KEYS, TEXT_STAGE_KEY, schedule_keys
-    from scalable_xmr.branch.trainer import PairTrainerConfig, branch_model_classes
+    from scalable_xmr.branch.config import TEXT_STAGE_KEY, model_keys, schedule_keys
+    from scalable_xmr.branch.config import trainer_keys as keys_of_trainer
 
-    common = {f.name for f in fields(PairTrainerConfig)} - {"model", "seed", *SCHEDULE_KEYS, TEXT_STAGE_KEY}
-    trainer_keys = {m: common | set(schedule_keys(m)) for m in models}
-    keys = {m: {f.name for f in fields(branch_model_classes(m)[1])} for m in models}
+    trainer_keys = {m: keys_of_trainer(m) - {"seed"} for m in models}
+    keys = {m: model_keys(m) for m in models}
     out: dict[str, dict[str, Any]] = {m: {} for m in models}
     trainer: dict[str, dict[str, Any]] = {m: {} for m in models}
     for item in items:
@@ -226,13 +224,17 @@ def build_configs(args: argparse.Namespace, one_caption: bool = False):
     ``one_caption``: the training data has one caption per image, so MTFN's text-text stage
     (pairs of captions of one image) cannot train and its default ``text_epochs`` is 0.
     """
-    from scalable_xmr.branch.config import default_text_epochs, model_schedule
-    from scalable_xmr.branch.trainer import PairTrainerConfig, branch_config
+    from scalable_xmr.branch.config import (
+        PairTrainerConfig,
+        default_text_epochs,
+        model_schedule,
+        split_values,
+    )
+    from scalable_xmr.models.registry import branch_config
 
     _check_flags(args)
     best = load_best(args.config) if args.config else None
     models = _models(args, best)
-    trainer_keys = {f.name for f in fields(PairTrainerConfig)} - {"model"}
     set_model, set_trainer = _parse_sets(args.set, models)
     # Precedence, least to most specific: best.json < the flags < --set.
     model_values: dict[str, dict[str, Any]] = {m: {} for m in models}
@@ -240,19 +242,16 @@ def build_configs(args: argparse.Namespace, one_caption: bool = False):
     rerank = {"k": args.k, "k_text": args.k_text}
     if best:
         model, config = best
-        model_keys = {f.name for f in fields(branch_config(model).__class__)}
-        for key, value in config.items():
-            if key in RERANK_KEYS:
-                rerank[key] = value if rerank[key] is None else rerank[key]
-            elif key in model_keys:
-                model_values[model][key] = value
-            elif key in trainer_keys:
-                trainer_values[model][key] = value
-            else:
-                raise InputError(f"--config {args.config}: unknown key {key!r} for model {model!r}")
-    flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "margin": args.margin,
-             "seed": args.seed}
-    model_flags = {"mtfn": {"rank": args.rank}, "mmca": {"alpha": args.alpha}}
+        for key in RERANK_KEYS:
+            if key in config and rerank[key] is None:
+                rerank[key] = config[key]
+        trainer_values[model], model_values[model] = split_values(
+            model, {k: v for k, v in config.items() if k not in RERANK_KEYS}, f"--config {args.config}:")
+    flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    # The margin is each model's own (its config); the flag sets it for every selected model.
+    model_flags = {m: {"margin": args.margin} for m in models}
+    model_flags["mtfn"] = {**model_flags.get("mtfn", {}), "rank": args.rank}
+    model_flags["mmca"] = {**model_flags.get("mmca", {}), "alpha": args.alpha}
     trainers = {}
     for m in models:
         model_values[m].update({k: v for k, v in model_flags.get(m, {}).items() if v is not None})

@@ -1,32 +1,83 @@
-"""Ray actors wrapping the plain trainers.
+"""Run work in Ray actors: one actor per task, gang-placed, restarted after a crash, live progress.
 
-An actor receives only a ``ModalityJob`` (paths and a config); it loads its modality's data and P
-itself. Ray restarts a crashed actor (``max_restarts``), which re-runs ``__init__`` with the same
-job: the trainer then resumes from the last checkpoint in the run store, and the retried ``train``
-call (``max_task_retries``) finishes the work.
+A task is a module-level function and its payload -- paths and configs, never arrays -- and the
+actor calls ``fn(payload, reporter)`` in its own process. Ray restarts a crashed actor
+(``max_restarts``) and retries the call (``max_task_retries``), so ``fn`` must continue from what it
+checkpointed (the SDML and branch trainers do). ``reporter.progress(row)`` feeds the driver's
+progress bars (a row: ``name``, ``epoch``, ``epochs``, ``status``); ``reporter.event(text)`` prints
+one line there. Both the SDML job (one actor per modality) and the branch job (one per model or
+ensemble member) run through :func:`run_actors`.
+
+CPUs: ``ActorResources.cpus`` per actor, by default the cluster's CPUs shared out evenly (fractions
+allowed); a payload with a ``num_threads`` field left ``None`` gets as many torch threads as whole
+CPUs in its share (at least one). GPUs: ``gpus`` per actor, fractional packs several on one card.
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import math
+import sys
 import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from scalable_xmr.sdml.trainer import ModalityJob, TrainResult
+from scalable_xmr.distributed.cluster import can_autoscale, cluster_cpus, describe_cluster
+from scalable_xmr.distributed.progress import ProgressBars, Reporter
+from scalable_xmr.errors import ActorDiedError, InputError, XMRError
+
+
+@dataclass(frozen=True)
+class ActorTask:
+    """``fn(payload, reporter)`` run in an actor of its own; ``name`` labels its bar and result."""
+
+    name: str
+    fn: Callable[[Any, Reporter], Any]
+    payload: Any
+
+
+@dataclass(frozen=True)
+class ActorResources:
+    """What each actor of one :func:`run_actors` call gets."""
+
+    gpus: float = 0.0  # per actor; fractional packs several actors on one GPU
+    cpus: float | None = None  # per actor; None: the cluster's CPUs shared out evenly
+    max_restarts: int = 2  # Ray restarts a crashed actor this often (and retries its call)
+    placement_timeout_s: float = 600.0  # how long an autoscaling cluster may take to place them
+
+
+class HubReporter(Reporter):
+    """A task's :class:`Reporter` inside an actor: rows and events go to the driver's hub."""
+
+    def __init__(self, hub: Any | None) -> None:
+        self.hub = hub
+
+    def progress(self, row: dict[str, Any]) -> None:
+        if self.hub is not None:
+            self.hub.update.remote(row)
+
+    def event(self, text: str) -> None:
+        if self.hub is not None:
+            self.hub.event.remote(text)
 
 
 @ray.remote(num_cpus=0)
 class ProgressHub:
-    """Latest progress row of every modality, polled by the driver for its progress bars."""
+    """Latest progress row of every name, polled by the driver for its progress bars."""
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
         self.events: list[str] = []
 
     def update(self, row: dict[str, Any]) -> None:
-        self.rows[row["modality"]] = row
+        self.rows[row["name"]] = row
 
     def event(self, text: str) -> None:
         self.events.append(text)
@@ -36,64 +87,116 @@ class ProgressHub:
         return self.rows, events
 
 
-def _lookup(hub_name: str | None):
-    """Actors get the hub by name: a handle passed as a constructor argument would live in the
-    object store, which Ray warns can break actor restarts (ray-project/ray#53727)."""
-    return None if hub_name is None else ray.get_actor(hub_name)
+class _Worker:
+    """The actor body. The hub is looked up by name: a handle passed as a constructor argument would
+    live in the object store, which Ray warns can break actor restarts (ray-project/ray#53727)."""
+
+    def __init__(self, task: ActorTask, hub_name: str | None) -> None:
+        self.task = task
+        self.reporter = HubReporter(None if hub_name is None else ray.get_actor(hub_name))
+
+    def run(self) -> Any:
+        return self.task.fn(self.task.payload, self.reporter)
 
 
-def _progress_fn(hub):
-    if hub is None:
-        return None
-    return lambda row: hub.update.remote(row)
+def cpu_share(resources: ActorResources, n_actors: int) -> float:
+    """CPUs per actor: as asked, 1 beside a GPU, else the cluster's CPUs divided evenly."""
+    if resources.cpus is not None:
+        return resources.cpus
+    if resources.gpus > 0:
+        return 1.0
+    # Leave the driver a sliver so actors never starve it; floor at 1/100 CPU.
+    return max(math.floor(100 * cluster_cpus() / n_actors) / 100, 0.01)
 
 
-class _ModalityWorker:
-    def __init__(self, job: ModalityJob, hub_name: str | None = None):
-        from scalable_xmr.sdml.trainer import ModalityTrainer
-
-        hub = _lookup(hub_name)
-        self.trainer = ModalityTrainer(job, _progress_fn(hub))
-        if hub is not None and self.trainer.resumed_at:
-            hub.event.remote(
-                f"{job.modality}: actor (pid {os.getpid()}) resumed from its checkpoint at epoch "
-                f"{self.trainer.epoch}"
-            )
-
-    def train(self) -> TrainResult:
-        return self.trainer.fit()
-
-    def pid(self) -> int:
-        return os.getpid()
+def with_threads(payload: Any, cpus: float) -> Any:
+    """``payload`` with ``num_threads`` set to the whole CPUs of its share, when it has that field
+    and it is unset."""
+    if dataclasses.is_dataclass(payload) and getattr(payload, "num_threads", 0) is None:
+        return dataclasses.replace(payload, num_threads=max(1, int(cpus)))
+    if isinstance(payload, list):
+        return [with_threads(p, cpus) for p in payload]
+    return payload
 
 
-class _JointWorker:
-    def __init__(self, jobs: list[ModalityJob], hub_name: str | None = None):
-        from scalable_xmr.sdml.joint import JointTrainer
-
-        self.trainer = JointTrainer(jobs, _progress_fn(_lookup(hub_name)))
-
-    def train(self) -> dict[str, TrainResult]:
-        return self.trainer.fit()
-
-
-def modality_actor(**options):
-    return ray.remote(_ModalityWorker).options(**options)
-
-
-def joint_actor(**options):
-    return ray.remote(_JointWorker).options(**options)
+def wait_for_placement(pg, resources: ActorResources) -> None:
+    """Wait for the placement group's bundles; on timeout remove it and say what the cluster has."""
+    timeout = resources.placement_timeout_s if can_autoscale() else 60.0
+    try:
+        ray.get(pg.ready(), timeout=timeout)
+    except GetTimeoutError as e:
+        remove_placement_group(pg)
+        raise InputError(
+            f"could not place {len(pg.bundle_specs)} actor(s) of {pg.bundle_specs[0]} within "
+            f"{timeout:g}s; the cluster has {describe_cluster()}"
+        ) from e
 
 
-def wait_with_progress(refs, hub, bars, poll_s: float = 0.5) -> None:
-    """Block until every ref is done, refreshing the per-modality progress bars meanwhile."""
+def unwrap_actor_error(error: Exception) -> Exception:
+    """The user-facing error inside a Ray task error, when there is one; an actor that died for
+    good becomes an :class:`ActorDiedError`."""
+    cause = getattr(error, "cause", None)
+    if isinstance(error, RayTaskError) and isinstance(cause, XMRError | ValueError | FileNotFoundError):
+        return cause
+    if isinstance(error, RayActorError):
+        return ActorDiedError(f"an actor died and could not be restarted ({type(error).__name__})")
+    return error
+
+
+def get_results(names: Sequence[str], refs: Sequence) -> dict[str, Any]:
+    """``ray.get`` each actor's result by name; an actor's user-facing error is raised as itself."""
+    results = {}
+    for name, ref in zip(names, refs, strict=True):
+        try:
+            results[name] = ray.get(ref)
+        except (RayTaskError, RayActorError) as e:
+            raise unwrap_actor_error(e) from None
+    return results
+
+
+def _wait_with_progress(refs, hub, bars: ProgressBars, poll_s: float = 0.5) -> None:
+    """Block until every ref is done, refreshing the progress bars meanwhile."""
     pending = list(refs)
     while pending:
         _, pending = ray.wait(pending, num_returns=len(pending), timeout=poll_s)
-        if hub is not None and bars is not None:
-            rows, events = ray.get(hub.snapshot.remote())
-            bars.update(rows, events)
-    if hub is not None and bars is not None:
-        rows, events = ray.get(hub.snapshot.remote())
-        bars.update(rows, events)
+        bars.update(*ray.get(hub.snapshot.remote()))
+    bars.update(*ray.get(hub.snapshot.remote()))
     time.sleep(0)  # yield once so the bars flush before results print
+
+
+def run_actors(tasks: Sequence[ActorTask], resources: ActorResources, show_progress: bool = True,
+               bars: ProgressBars | None = None) -> dict[str, Any]:
+    """Every task in its own actor, all at once in one placement group; results by task name.
+
+    ``bars``: progress bars to draw into (e.g. shared by several calls); by default one bar per
+    task, closed at the end.
+    """
+    if not tasks:
+        return {}
+    cpus = cpu_share(resources, len(tasks))
+    bundle = {"CPU": cpus, **({"GPU": resources.gpus} if resources.gpus > 0 else {})}
+    hub_name = f"xmr-progress-{uuid.uuid4().hex[:12]}"
+    hub = ProgressHub.options(name=hub_name).remote()
+    own_bars = bars is None
+    bars = bars or ProgressBars([t.name for t in tasks], enabled=show_progress, stream=sys.stderr)
+    pg = placement_group([dict(bundle) for _ in tasks], strategy="PACK")
+    actors = []
+    try:
+        wait_for_placement(pg, resources)
+        worker = ray.remote(_Worker)
+        for i, task in enumerate(tasks):
+            strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
+            options = {"num_cpus": cpus, "num_gpus": resources.gpus, "max_restarts": resources.max_restarts,
+                       "max_task_retries": resources.max_restarts, "scheduling_strategy": strategy}
+            task = dataclasses.replace(task, payload=with_threads(task.payload, cpus))
+            actors.append(worker.options(**options).remote(task, hub_name))
+        refs = [a.run.remote() for a in actors]
+        _wait_with_progress(refs, hub, bars)
+        return get_results([t.name for t in tasks], refs)
+    finally:
+        for a in actors:
+            ray.kill(a)
+        ray.kill(hub)
+        remove_placement_group(pg)
+        if own_bars:
+            bars.close()

@@ -61,6 +61,7 @@ from scalable_xmr.functional.retrieval import (
     stable_rank,
     stable_topk_indices,
 )
+from scalable_xmr.functional.retrieval.checks import chunk_ranges
 
 # Entries per temporary block (about 16 MB of float32).
 _BLOCK_ELEMENTS = 1 << 22
@@ -71,12 +72,6 @@ def _check_k(k: int, upper: int, name: str, lower: int = 1) -> int:
     if isinstance(k, bool) or not hasattr(k, "__index__") or not lower <= k <= upper:
         raise InputError(f"{name} must be an integer in [{lower}, {upper}], got {k!r}")
     return int(k)
-
-
-def _chunks(n: int, size: int):
-    size = max(1, size)
-    for start in range(0, n, size):
-        yield start, min(start + size, n)
 
 
 def _new_scores(sim: torch.Tensor, k: int) -> torch.Tensor:
@@ -93,7 +88,7 @@ def _new_scores(sim: torch.Tensor, k: int) -> torch.Tensor:
 def _top_k_per_row(matrix: torch.Tensor, k: int) -> torch.Tensor:
     """(R, k) stable top-k column indices of every row of ``matrix`` (R, L), in row blocks."""
     n_rows, n_cols = matrix.shape
-    blocks = _chunks(n_rows, _BLOCK_ELEMENTS // n_cols)
+    blocks = chunk_ranges(n_rows, _BLOCK_ELEMENTS // n_cols)
     return torch.cat([stable_topk_indices(matrix[r0:r1].contiguous(), k) for r0, r1 in blocks])
 
 
@@ -112,7 +107,7 @@ def _ranks_in_lines(sim: torch.Tensor, lines: torch.Tensor, entries: torch.Tenso
         lines[by_line], return_inverse=True, return_counts=True
     )
     bounds = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).tolist()
-    for u0, u1 in _chunks(len(used), _BLOCK_ELEMENTS // length):
+    for u0, u1 in chunk_ranges(len(used), _BLOCK_ELEMENTS // length):
         # (U, length): rows, or gathered columns seen through a transposed view (no copy)
         block = sim[used[u0:u1]] if dim == 1 else sim.index_select(1, used[u0:u1]).T
         sel = by_line[bounds[u0] : bounds[u1]]  # (p,) the pairs on these lines
@@ -163,7 +158,7 @@ def _text_groups(text_sim: torch.Tensor, k_text: int) -> torch.Tensor:
     """(N_txt, K'+1) G(T, K') = T and its K' nearest other texts, ascending index per row."""
     n_txt = text_sim.shape[0]
     groups = []
-    for t0, t1 in _chunks(n_txt, _BLOCK_ELEMENTS // n_txt):
+    for t0, t1 in chunk_ranges(n_txt, _BLOCK_ELEMENTS // n_txt):
         own = torch.arange(t0, t1)[:, None]  # (B, 1)
         # The K' nearest others are the stable top K'+1 without the text itself, or without the
         # last one where the text itself is not among them.
@@ -180,7 +175,7 @@ def _best_in_query_group(s: torch.Tensor, cand: torch.Tensor, groups: torch.Tens
     and groups are in ascending index order)."""
     n_txt, k = cand.shape
     best = torch.empty(n_txt, k, dtype=torch.int64)
-    for t0, t1 in _chunks(n_txt, _BLOCK_ELEMENTS // (k * groups.shape[1])):
+    for t0, t1 in chunk_ranges(n_txt, _BLOCK_ELEMENTS // (k * groups.shape[1])):
         g = groups[t0:t1, None, :].expand(-1, k, -1)  # (B, K, K'+1)
         vals = s[cand[t0:t1, :, None], g]  # (B, K, K'+1)
         best[t0:t1] = g.gather(2, vals.argmax(2, keepdim=True))[..., 0]
@@ -200,7 +195,7 @@ def _best_in_candidate_groups(s: torch.Tensor, cand: torch.Tensor, groups: torch
     query = groups.reshape(-1)  # (P,) t in G(u, K')
     best_val = torch.full((n_txt, k), -torch.inf, dtype=s.dtype)  # (N_txt, K)
     best = torch.full((n_txt, k), n_txt, dtype=torch.int64)  # (N_txt, K); n_txt: none yet
-    blocks = list(_chunks(len(query), _BLOCK_ELEMENTS // k))
+    blocks = list(chunk_ranges(len(query), _BLOCK_ELEMENTS // k))
     for finding_max in (True, False):
         for p0, p1 in blocks:
             t, u = query[p0:p1], owner[p0:p1]  # (p,)

@@ -60,6 +60,15 @@ def check_positive_ints(obj: object, *names: str) -> None:
         check_positive_int(f"{type(obj).__name__}.{name}", getattr(obj, name))
 
 
+def check_margin_hinge(cfg: object) -> None:
+    """InputError unless ``cfg.margin`` >= 0 and ``cfg.hinge`` is "max" or "sum"."""
+    margin, hinge = cfg.margin, cfg.hinge  # type: ignore[attr-defined]
+    if not isinstance(margin, int | float) or isinstance(margin, bool) or not margin >= 0:
+        raise InputError(f"{type(cfg).__name__}.margin: must be a number >= 0, got {margin!r}")
+    if hinge not in ("max", "sum"):
+        raise InputError(f"{type(cfg).__name__}.hinge: expected 'max' or 'sum', got {hinge!r}")
+
+
 class BranchModel(nn.Module):
     """Base class of the image-text branch models."""
 

@@ -49,7 +49,7 @@ from torch import nn
 
 from scalable_xmr.config import TrainSchedule
 from scalable_xmr.errors import InputError
-from scalable_xmr.models.base import BranchModel, check_positive_int
+from scalable_xmr.models.base import BranchModel, check_margin_hinge, check_positive_int
 
 __all__ = ["MMCA", "MMCAConfig", "NGramPool", "as_regions", "check_tokens", "concat_text_reprs"]
 
@@ -91,10 +91,7 @@ class MMCAConfig:
             raise InputError(f"MMCAConfig.dropout: must be in [0, 1), got {self.dropout!r}")
         if not self.alpha >= 0.0:
             raise InputError(f"MMCAConfig.alpha: must be >= 0, got {self.alpha!r}")
-        if not self.margin >= 0.0:
-            raise InputError(f"MMCAConfig.margin: must be >= 0, got {self.margin!r}")
-        if self.hinge not in ("max", "sum"):
-            raise InputError(f"MMCAConfig.hinge: expected 'max' or 'sum', got {self.hinge!r}")
+        check_margin_hinge(self)
 
 
 def as_regions(images: torch.Tensor, image_dim: int) -> torch.Tensor:

@@ -53,11 +53,10 @@ from torch import nn
 
 from scalable_xmr.config import TrainSchedule
 from scalable_xmr.errors import InputError
-from scalable_xmr.models.base import BranchModel, check_positive_ints
+from scalable_xmr.models.base import BranchModel, check_margin_hinge, check_positive_ints
 from scalable_xmr.models.vse import (
     DenseTextEncoder,
     GRUTextEncoder,
-    check_margin_hinge,
     pool_regions,
 )
 

@@ -62,7 +62,7 @@ from torch import nn
 from scalable_xmr.config import TrainSchedule
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.contrastive import mmd_gaussian
-from scalable_xmr.models.base import BranchModel, check_positive_int
+from scalable_xmr.models.base import BranchModel, check_margin_hinge, check_positive_int
 from scalable_xmr.models.mmca import as_regions, check_tokens
 
 __all__ = ["VSA", "VSAConfig", "ConvTextAutoencoder", "conv_lengths"]
@@ -107,14 +107,13 @@ class VSAConfig:
                 f"VSAConfig: conv_channels {self.conv_channels} and strides {self.strides} "
                 "must have one entry per strided conv layer"
             )
-        for name in ("margin", "mmd_weight", "recon_weight"):
+        check_margin_hinge(self)
+        for name in ("mmd_weight", "recon_weight"):
             if not getattr(self, name) >= 0.0:
                 raise InputError(f"VSAConfig.{name}: must be >= 0, got {getattr(self, name)!r}")
         for name in ("sigma", "tau"):
             if not getattr(self, name) > 0.0:
                 raise InputError(f"VSAConfig.{name}: must be > 0, got {getattr(self, name)!r}")
-        if self.hinge not in ("max", "sum"):
-            raise InputError(f"VSAConfig.hinge: expected 'max' or 'sum', got {self.hinge!r}")
         conv_lengths(self.max_len, self.filter_size, self.strides)  # raises if too short
 
 

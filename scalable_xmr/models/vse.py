@@ -26,7 +26,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from scalable_xmr.config import TrainSchedule
 from scalable_xmr.errors import InputError
-from scalable_xmr.models.base import BranchModel, check_positive_ints
+from scalable_xmr.models.base import BranchModel, check_margin_hinge, check_positive_ints
 
 __all__ = ["VSE", "VSEConfig", "GRUTextEncoder", "DenseTextEncoder", "pool_regions"]
 
@@ -53,15 +53,6 @@ class VSEConfig:
                 f"VSEConfig.dense_text_hidden: must be an integer >= 0, got {self.dense_text_hidden!r}"
             )
         check_margin_hinge(self)
-
-
-def check_margin_hinge(cfg: object) -> None:
-    """InputError unless ``cfg.margin`` >= 0 and ``cfg.hinge`` is "max" or "sum"."""
-    margin, hinge = cfg.margin, cfg.hinge  # type: ignore[attr-defined]
-    if not isinstance(margin, int | float) or isinstance(margin, bool) or not margin >= 0:
-        raise InputError(f"{type(cfg).__name__}.margin: must be a number >= 0, got {margin!r}")
-    if hinge not in ("max", "sum"):
-        raise InputError(f"{type(cfg).__name__}.hinge: expected 'max' or 'sum', got {hinge!r}")
 
 
 def pool_regions(images: torch.Tensor) -> torch.Tensor:

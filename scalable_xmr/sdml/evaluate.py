@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from scalable_xmr.functional.retrieval import check_no_relevant, mean_average_precision
-from scalable_xmr.store.run_store import RunStore, now_iso
+from scalable_xmr.store.meta import now_iso
+from scalable_xmr.store.run_store import RunStore
 
 Embeddings = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # m -> (ids, labels, emb)
 AT_K_SETTINGS = ("k", "no_relevant")  # the keys of metrics["map_at_k"] that are not pairs

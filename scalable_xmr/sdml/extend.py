@@ -15,7 +15,7 @@ Every other pre-existing file stays byte-identical (``projection.arrow``, every 
 ``modalities/<m>/`` file). ``--replace`` additionally swaps out the replaced modality's folder.
 
 Crash safety: the run's status is never set to "running"; readers list modalities from
-``run.json`` only (``RunStore.finished_modalities``), so a job killed at any point leaves a finished
+``run.json`` only (``RunMeta.finished_modalities``), so a job killed at any point leaves a finished
 run, with or without the new modality: a killed training leaves at most ``.staging/`` (ignored,
 removed by the next add job); a kill after the rename leaves an unlisted ``modalities/<m>/`` (ignored,
 replaced by the next add job) and possibly a ``metrics.json``/``plots/`` already showing the new
@@ -38,21 +38,31 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from scalable_xmr.config import ModalityOverrides, ResourceConfig, SDMLConfig, TrackingConfig, from_dict
-from scalable_xmr.errors import InputError, MissingError, RunStateError
-from scalable_xmr.io import atomic_write_bytes
+from scalable_xmr.data.modality.dataset import open_dataset, read_modality_table
+from scalable_xmr.distributed.cluster import connect
+from scalable_xmr.errors import ActorDiedError, InputError, MissingError, RunStateError
+from scalable_xmr.io import absolute_uri, atomic_write_bytes
 from scalable_xmr.sdml import evaluate
-from scalable_xmr.sdml.job import RunSummary, finish_run, modality_entry
+from scalable_xmr.sdml.job import finish_run, modality_entry
+from scalable_xmr.sdml.launch import check_resources, train_modalities
 from scalable_xmr.sdml.trainer import ModalityJob, TrainResult, check_split_sizes
+from scalable_xmr.store.meta import RunMeta, now_iso, versions
 from scalable_xmr.store.projection import load_projection
-from scalable_xmr.store.run_store import RunStore, now_iso, versions
-from scalable_xmr.tracking.tracker import Tracker, absolute_tracking_uri, default_tracking_uri
+from scalable_xmr.store.run_store import RunStore
+from scalable_xmr.tracking.runs import RunSummary
+from scalable_xmr.tracking.tracker import (
+    Tracker,
+    absolute_tracking_uri,
+    default_tracking_uri,
+    experiment_name,
+)
 
 STAGING = ".staging"
 SPLITS = ("train", "val", "test")
@@ -72,7 +82,6 @@ class AddRequest:
     tracking: TrackingConfig | None = None  # None: the run's own tracking URI, experiment and parent
     replace: bool = False  # allow retraining a modality the run already has
     show_progress: bool = True
-    fail_after_epoch: dict[str, int] = field(default_factory=dict)  # fault injection (tests)
 
 
 @dataclass(frozen=True)
@@ -92,8 +101,6 @@ def add_modalities(req: AddRequest, address: str | None = None) -> RunSummary:
     Checks everything it can before writing anything (run state, P's checksum, classes, labels,
     features, names); see the module docstring for exactly what changes in the run directory.
     """
-    from scalable_xmr.distributed.launcher import check_resources, connect
-
     start = time.perf_counter()
     _check_request(req)
     store = RunStore(req.run_dir)
@@ -111,8 +118,7 @@ def add_modalities(req: AddRequest, address: str | None = None) -> RunSummary:
         try:
             jobs = [ModalityJob(run_dir=str(staging.root), modality=m, config=configs[m],
                                 dataset_uri=sources[m].dataset_uri, table_path=sources[m].table_path,
-                                n_classes=n_classes, projection_sha256=meta["projection"]["sha256"],
-                                fail_after_epoch=req.fail_after_epoch.get(m))
+                                n_classes=n_classes, projection_sha256=meta.projection["sha256"])
                     for m in req.modalities]
             results = _train(jobs, req, store)
             metrics = _commit(store, meta, staging, results, configs, sources, tracker, parent)
@@ -146,15 +152,15 @@ def _check_request(req: AddRequest) -> None:
                          "name(s): give one --table per --modality, in the same order")
 
 
-def _check_run(store: RunStore, meta: dict, req: AddRequest) -> int:
+def _check_run(store: RunStore, meta: RunMeta, req: AddRequest) -> int:
     """The run is an SDML run with an intact P and test embeddings; returns its class count."""
-    if meta.get("kind") != "sdml":
-        raise InputError(f"{store.run_json}: not an SDML run (kind {meta.get('kind')!r})")
-    n_classes, proj = int(meta["dataset"]["n_classes"]), meta["projection"]
+    if meta.kind != "sdml":
+        raise InputError(f"{store.run_json}: not an SDML run (kind {meta.kind!r})")
+    n_classes, proj = int(meta.dataset["n_classes"]), meta.projection
     load_projection(store.projection_path, expected_sha256=proj["sha256"],
                     expected_shape=(int(proj["dim"]), n_classes))
-    existing = store.finished_modalities(meta)
-    taken = [m for m in req.modalities if m in meta["modalities"]]
+    existing = meta.finished_modalities()
+    taken = [m for m in req.modalities if m in meta.modalities]
     if taken and not req.replace:
         raise InputError(f"--modality {taken[0]!r}: the run {store.root} already has this modality "
                          f"(it has: {', '.join(existing)}); pass --replace to retrain it")
@@ -165,28 +171,26 @@ def _check_run(store: RunStore, meta: dict, req: AddRequest) -> int:
     return n_classes
 
 
-def _configs(store: RunStore, meta: dict, req: AddRequest) -> dict[str, SDMLConfig]:
+def _configs(store: RunStore, meta: RunMeta, req: AddRequest) -> dict[str, SDMLConfig]:
     """The run's SDML settings with this job's overrides; d must stay P's row count."""
-    base = from_dict(SDMLConfig, meta["sdml"], source=f"{store.run_json} 'sdml'")
+    base = from_dict(SDMLConfig, meta.sdml, source=f"{store.run_json} 'sdml'")
     out = {}
     for m in req.modalities:
         cfg = req.overrides.config_for(base, m)
-        if cfg.dim != int(meta["projection"]["dim"]):
+        if cfg.dim != int(meta.projection["dim"]):
             raise InputError(f"modality {m!r}: dim {cfg.dim} but the run's projection P has "
-                             f"{meta['projection']['dim']} rows; the common space is fixed by P")
+                             f"{meta.projection['dim']} rows; the common space is fixed by P")
         out[m] = cfg
     return out
 
 
-def _sources(store: RunStore, meta: dict, req: AddRequest,
+def _sources(store: RunStore, meta: RunMeta, req: AddRequest,
              configs: dict[str, SDMLConfig]) -> dict[str, _Source]:
     """Read and check every new modality's splits against the run (classes, labels, features)."""
-    from scalable_xmr.data.modality.dataset import open_dataset, read_modality_table
-
-    n_classes, multi_label = int(meta["dataset"]["n_classes"]), bool(meta["dataset"]["multi_label"])
+    n_classes, multi_label = int(meta.dataset["n_classes"]), bool(meta.dataset["multi_label"])
     out = {}
     if req.dataset_uri is not None:
-        uri = _absolute(req.dataset_uri)
+        uri = absolute_uri(req.dataset_uri)
         ds = open_dataset(uri, validate=False)
         _check_classes(ds.info.n_classes, ds.info.class_names, f"{uri}/dataset.json", store, meta)
         for m in req.modalities:
@@ -198,7 +202,7 @@ def _sources(store: RunStore, meta: dict, req: AddRequest,
             out[m] = _Source(uri, None)
         return out
     for m, path in zip(req.modalities, req.table_paths, strict=True):
-        path = _absolute(path)
+        path = absolute_uri(path)
         # Labels are class indices of the run (a loose table has no class names to compare).
         splits = read_modality_table(path, n_classes=n_classes, multi_label=multi_label)
         _check_splits(m, splits, path, multi_label, configs[m])
@@ -206,13 +210,8 @@ def _sources(store: RunStore, meta: dict, req: AddRequest,
     return out
 
 
-def _absolute(uri: str) -> str:
-    """Actors may run in another working directory: local paths travel absolute."""
-    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
-
-
-def _check_classes(n: int, names, source: str, store: RunStore, meta: dict) -> None:
-    run_n, run_names = int(meta["dataset"]["n_classes"]), meta["dataset"].get("class_names")
+def _check_classes(n: int, names, source: str, store: RunStore, meta: RunMeta) -> None:
+    run_n, run_names = int(meta.dataset["n_classes"]), meta.dataset.get("class_names")
     if n != run_n:
         raise InputError(f"{source}: {n} classes, but the run {store.root} has {run_n}: a new modality "
                          "must use the run's classes")
@@ -270,26 +269,22 @@ class _Staging:
 
 
 def _train(jobs: list[ModalityJob], req: AddRequest, store: RunStore) -> dict[str, TrainResult]:
-    from ray.exceptions import RayActorError
-
-    from scalable_xmr.distributed.launcher import train_modalities
-
     try:
         return train_modalities(jobs, req.resources, show_progress=req.show_progress)
-    except RayActorError as e:
-        raise RunStateError(f"training of {', '.join(req.modalities)} died ({type(e).__name__}); "
+    except ActorDiedError as e:
+        raise RunStateError(f"training of {', '.join(req.modalities)} died ({e}); "
                             f"the run {store.root} is unchanged") from e
 
 
 # ---- the commit ---------------------------------------------------------------------------------
-def _commit(store: RunStore, meta: dict, staging: _Staging, results: dict[str, TrainResult],
+def _commit(store: RunStore, meta: RunMeta, staging: _Staging, results: dict[str, TrainResult],
             configs: dict[str, SDMLConfig], sources: dict[str, _Source], tracker: Tracker,
             parent: str | None) -> dict:
     """Move the trained folders in, then metrics.json and plots, then run.json (the commit point)."""
     snapshot = _snapshot(store)
     moved_in: list[Path] = []
     moved_aside: list[tuple[Path, Path]] = []
-    replaced = [m for m in results if m in meta["modalities"]]
+    replaced = [m for m in results if m in meta.modalities]
     try:
         if replaced:
             _commit_without(store, meta, replaced)
@@ -304,11 +299,11 @@ def _commit(store: RunStore, meta: dict, staging: _Staging, results: dict[str, T
             dest.parent.mkdir(exist_ok=True)
             os.replace(staging.store.modality_dir(m), dest)  # atomic: the folder appears whole
             moved_in.append(dest)
-            meta["modalities"][m] = {**modality_entry(results[m]), "config": configs[m].to_dict(),
+            meta.modalities[m] = {**modality_entry(results[m]), "config": configs[m].to_dict(),
                                      "source": sources[m].to_json(), "added": now_iso()}
-        meta.setdefault("additions", []).append({
+        meta.additions = [*(meta.additions or []), {
             "modalities": list(results), "replaced": replaced, "at": now_iso(),
-            "mlflow_parent_run_id": parent, "versions": versions()})
+            "mlflow_parent_run_id": parent, "versions": versions()}]
         old_at_k = store.read_metrics().get("map_at_k", {})  # keep reporting the run's mAP@k
         return finish_run(store, meta, new_modalities=list(results), tracker=tracker, parent_run=parent,
                           results=results, top_k=old_at_k.get("k"),
@@ -318,9 +313,9 @@ def _commit(store: RunStore, meta: dict, staging: _Staging, results: dict[str, T
         raise
 
 
-def _commit_without(store: RunStore, meta: dict, dropped: list[str]) -> None:
+def _commit_without(store: RunStore, meta: RunMeta, dropped: list[str]) -> None:
     """Commit the run minus ``dropped`` (consistent metrics.json, then run.json) before a replace."""
-    keep = [m for m in store.finished_modalities(meta) if m not in dropped]
+    keep = [m for m in meta.finished_modalities() if m not in dropped]
     old = store.read_metrics()
     pairs = [evaluate.pair_key(q, t) for q, t in evaluate.all_pairs(keep)]
     at_k = old.get("map_at_k")
@@ -331,7 +326,7 @@ def _commit_without(store: RunStore, meta: dict, dropped: list[str]) -> None:
             {m: n for m, n in old.get("n_test", {}).items() if m in keep} or None,
             no_relevant=at_k.get("no_relevant", "zero") if at_k else "zero"))
     for m in dropped:
-        meta["modalities"].pop(m)
+        meta.modalities.pop(m)
     store.write(meta)
 
 
@@ -365,7 +360,7 @@ def _rollback(store: RunStore, snapshot: dict[Path, bytes | None], moved_in: lis
 
 
 # ---- MLflow -------------------------------------------------------------------------------------
-def _open_tracking(store: RunStore, meta: dict,
+def _open_tracking(store: RunStore, meta: RunMeta,
                    cfg: TrackingConfig | None) -> tuple[Tracker, str | None, bool]:
     """(tracker, parent run id, whether this job created that parent).
 
@@ -373,50 +368,30 @@ def _open_tracking(store: RunStore, meta: dict,
     child of it), or none if the run was not tracked. Another URI or experiment (or a parent run that
     is gone) gets a new parent run tagged with a link to the old one.
     """
-    ml = meta.get("mlflow") or {}
+    ml = meta.mlflow or {}
     run_uri, run_parent, run_exp = ml.get("tracking_uri"), ml.get("parent_run_id"), ml.get("experiment_id")
     if (cfg is not None and not cfg.enabled) or (cfg is None and not run_parent):
         # Off when asked, and by default for a run that was trained without tracking.
         return Tracker(default_tracking_uri(store.root), "scalable_xmr", enabled=False), None, False
     uri = (cfg.tracking_uri if cfg else None) or run_uri or default_tracking_uri(store.root)
     uri = absolute_tracking_uri(uri)
-    experiment = cfg.experiment if cfg else _experiment_name(uri, run_exp) or "scalable_xmr"
+    experiment = cfg.experiment if cfg else experiment_name(uri, run_exp) or "scalable_xmr"
     tracker = Tracker(uri, experiment)
     same_place = uri == run_uri and tracker.experiment_id == run_exp
-    if run_parent and same_place and _run_exists(tracker, run_parent):
+    if run_parent and same_place and tracker.run_is_active(run_parent):
         return tracker, run_parent, False
     parent = tracker.start_run(f"sdml-add:{store.root.name}", tags={
         "job": "add_modality", "xmr.run_dir": str(store.root),
         "xmr.extends_parent_run_id": str(run_parent), "xmr.extends_tracking_uri": str(run_uri)})
-    tracker.log_params(parent, {"dataset": meta["dataset"]["name"],
-                                "projection_sha256": meta["projection"]["sha256"], **meta["sdml"]})
+    tracker.log_params(parent, {"dataset": meta.dataset["name"],
+                                "projection_sha256": meta.projection["sha256"], **meta.sdml})
     return tracker, parent, parent is not None
 
 
-def _run_exists(tracker: Tracker, run_id: str) -> bool:
-    if not tracker.enabled or tracker.client is None:
-        return False
-    try:
-        return tracker.client.get_run(run_id).info.lifecycle_stage == "active"
-    except Exception:  # noqa: BLE001 - a missing or unreachable run: make a new parent instead
-        return False
-
-
-def _experiment_name(uri: str, experiment_id: str | None) -> str | None:
-    if not experiment_id:
-        return None
-    try:
-        from mlflow.tracking import MlflowClient
-
-        return MlflowClient(tracking_uri=uri).get_experiment(experiment_id).name
-    except Exception:  # noqa: BLE001 - tracking must never stop the job; a new parent is made instead
-        return None
-
-
-def _log_new_pairs(tracker: Tracker, meta: dict, metrics: dict[str, Any], new: list[str]) -> None:
+def _log_new_pairs(tracker: Tracker, meta: RunMeta, metrics: dict[str, Any], new: list[str]) -> None:
     """Each new modality's child run also gets the mAP of the pairs it is part of."""
     for m in new:
-        child = meta["modalities"][m].get("mlflow_run_id")
+        child = meta.modalities[m].get("mlflow_run_id")
         pairs = evaluate.pairs_involving([m], metrics["modalities"])
         tracker.log_metrics(child, {f"map/{evaluate.pair_key(q, t)}": metrics["map"][evaluate.pair_key(q, t)]
                                     for q, t in pairs})

@@ -6,20 +6,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from scalable_xmr.config import ModalityOverrides, ResourceConfig, SDMLConfig, TrackingConfig
+from scalable_xmr.data.modality.dataset import open_dataset
+from scalable_xmr.distributed.cluster import connect
 from scalable_xmr.errors import InputError
-from scalable_xmr.functional.retrieval import check_no_relevant
+from scalable_xmr.functional.retrieval import check_no_relevant, precision_recall_curve, precision_scope_curve
+from scalable_xmr.io import absolute_uri
 from scalable_xmr.sdml import evaluate
+from scalable_xmr.sdml.launch import check_resources, train_modalities
 from scalable_xmr.sdml.trainer import ModalityJob, TrainResult, check_split_sizes
+from scalable_xmr.store.meta import RunMeta, now_iso
 from scalable_xmr.store.projection import create_projection, load_projection, save_projection
-from scalable_xmr.store.run_store import RunStore, now_iso, versions
+from scalable_xmr.store.run_store import RunStore
+from scalable_xmr.tracking.runs import RunSummary, parent_run
 from scalable_xmr.tracking.tracker import Tracker, default_tracking_uri
 
 
@@ -39,24 +43,9 @@ class TrainRequest:
     top_k: int | None = None  # also report mAP@k
     top_k_no_relevant: str = "zero"  # mAP@k, a query with no relevant item in its top k: "zero" | "skip"
     show_progress: bool = True
-    fail_after_epoch: dict[str, int] = field(default_factory=dict)  # fault injection (tests)
-
-
-@dataclass
-class RunSummary:
-    """What a training job hands back: where the run is, its metrics, per-actor results, MLflow."""
-
-    run_dir: str
-    metrics: dict[str, Any]
-    results: dict[str, Any]  # per modality a TrainResult; per branch model a BranchResult
-    tracking: str
-    seconds: float
 
 
 def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
-    from scalable_xmr.data.modality.dataset import open_dataset
-    from scalable_xmr.distributed.launcher import check_resources, connect, train_modalities
-
     start = time.perf_counter()
     check_no_relevant(req.top_k_no_relevant, "top_k_no_relevant")
     ds = open_dataset(req.dataset_uri)
@@ -79,11 +68,11 @@ def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
     tracker = _tracker(req.tracking, store)
     name, params = f"sdml:{store.root.name}", _run_params(meta, req)
     with parent_run(store, meta, tracker, mode, name, "train_xmedia", params) as parent:
-        todo = [m for m in modalities if meta["modalities"][m].get("status") != "finished"]
+        todo = [m for m in modalities if meta.modalities[m].get("status") != "finished"]
         jobs = [_job(store, meta, req, m, ds.info.n_classes) for m in todo]
         results = train_modalities(jobs, req.resources, show_progress=req.show_progress)
         for m, result in results.items():
-            meta["modalities"][m].update(modality_entry(result))
+            meta.modalities[m].update(modality_entry(result))
             store.write(meta)  # each finished modality is recorded as soon as it is known
         metrics = finish_run(store, meta, new_modalities=todo, tracker=tracker, parent_run=parent,
                              results=results, top_k=req.top_k, no_relevant=req.top_k_no_relevant)
@@ -91,47 +80,21 @@ def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
                       time.perf_counter() - start)
 
 
-@contextlib.contextmanager
-def parent_run(
-    store: RunStore, meta: dict[str, Any], tracker: Tracker, mode: str, name: str, job: str,
-    params: dict[str, Any],
-) -> Iterator[str]:
-    """The job's MLflow parent run around its work; yields the run id.
-
-    On resume the run recorded in run.json is continued; otherwise a new one is started, given
-    ``params`` and recorded in run.json at once. If the body raises (including Ctrl-C), run.json
-    says ``failed`` with the error and the MLflow run ends FAILED; the error goes on up.
-    """
-    parent = meta.get("mlflow", {}).get("parent_run_id") if mode == "resume" else None
-    if parent is None:
-        parent = tracker.start_run(name, tags={"job": job})
-        tracker.log_params(parent, params)
-        meta["mlflow"] = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
-                          "parent_run_id": parent}
-        store.write(meta)
-    try:
-        yield parent
-    except BaseException as e:
-        meta["status"], meta["error"] = "failed", f"{type(e).__name__}: {e}"
-        store.write(meta)
-        tracker.end_run(parent, "FAILED")
-        raise
-    tracker.end_run(parent)
-
-
-def _open_run(store: RunStore, mode: str, req: TrainRequest, ds, modalities: list[str]) -> dict:
+def _open_run(store: RunStore, mode: str, req: TrainRequest, ds, modalities: list[str]) -> RunMeta:
     n_classes = ds.info.n_classes
     if mode == "resume":
         meta = store.read()
-        if meta["dataset"]["n_classes"] != n_classes or meta["dataset"]["name"] != ds.info.name:
+        if meta.kind != "sdml":
+            raise InputError(f"{store.root}: a {meta.kind!r} run, not an SDML run")
+        if meta.dataset["n_classes"] != n_classes or meta.dataset["name"] != ds.info.name:
             raise InputError(
-                f"{store.root}: run was trained on dataset {meta['dataset']['name']!r} "
-                f"({meta['dataset']['n_classes']} classes), not {ds.info.name!r} ({n_classes})"
+                f"{store.root}: run was trained on dataset {meta.dataset['name']!r} "
+                f"({meta.dataset['n_classes']} classes), not {ds.info.name!r} ({n_classes})"
             )
-        load_projection(store.projection_path, expected_sha256=meta["projection"]["sha256"])
+        load_projection(store.projection_path, expected_sha256=meta.projection["sha256"])
         for m in modalities:
-            meta["modalities"].setdefault(m, {"status": "pending"})
-        meta["status"] = "running"
+            meta.modalities.setdefault(m, {"status": "pending"})
+        meta.status = "running"
         store.write(meta)
         return meta
     if req.projection_file is not None:
@@ -148,37 +111,28 @@ def _open_run(store: RunStore, mode: str, req: TrainRequest, ds, modalities: lis
         raise InputError(f"projection has dim {P.shape[0]} but --dim is {req.sdml.dim}")
     store.root.mkdir(parents=True, exist_ok=True)
     digest = save_projection(store.projection_path, P, seed=seed)
-    meta = {
-        "format": 1,
-        "kind": "sdml",
-        "status": "running",
-        "created": now_iso(),
-        "dataset": {"uri": _abs_uri(req.dataset_uri), "name": ds.info.name, "n_classes": n_classes,
-                    "multi_label": ds.info.multi_label, "class_names": list(ds.info.class_names)},
-        "projection": {"file": "projection.arrow", "sha256": digest, "dim": int(P.shape[0]),
-                       "n_classes": int(P.shape[1]), "seed": seed},
-        "sdml": req.sdml.to_dict(),
-        "strategy": req.resources.strategy,
-        "modalities": {m: {"status": "pending"} for m in modalities},
-        "versions": versions(),
-    }
+    meta = RunMeta(
+        kind="sdml",
+        dataset={"uri": absolute_uri(req.dataset_uri), "name": ds.info.name, "n_classes": n_classes,
+                 "multi_label": ds.info.multi_label, "class_names": list(ds.info.class_names)},
+        projection={"file": "projection.arrow", "sha256": digest, "dim": int(P.shape[0]),
+                    "n_classes": int(P.shape[1]), "seed": seed},
+        sdml=req.sdml.to_dict(),
+        strategy=req.resources.strategy,
+        modalities={m: {"status": "pending"} for m in modalities},
+    )
     store.write(meta)
     return meta
 
 
-def _abs_uri(uri: str) -> str:
-    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
-
-
-def _job(store: RunStore, meta: dict, req: TrainRequest, modality: str, n_classes: int,
+def _job(store: RunStore, meta: RunMeta, req: TrainRequest, modality: str, n_classes: int,
          table_path: str | None = None) -> ModalityJob:
     cfg = req.overrides.config_for(req.sdml, modality)
-    meta["modalities"][modality]["config"] = cfg.to_dict()
+    meta.modalities[modality]["config"] = cfg.to_dict()
     return ModalityJob(
         run_dir=str(store.root), modality=modality, config=cfg,
-        dataset_uri=None if table_path else meta["dataset"]["uri"], table_path=table_path,
-        n_classes=n_classes, projection_sha256=meta["projection"]["sha256"],
-        fail_after_epoch=req.fail_after_epoch.get(modality),
+        dataset_uri=None if table_path else meta.dataset["uri"], table_path=table_path,
+        n_classes=n_classes, projection_sha256=meta.projection["sha256"],
     )
 
 
@@ -194,26 +148,26 @@ def _tracker(cfg: TrackingConfig, store: RunStore) -> Tracker:
     return Tracker(cfg.tracking_uri or default_tracking_uri(store.root), cfg.experiment, cfg.enabled)
 
 
-def _run_params(meta: dict, req: TrainRequest) -> dict[str, Any]:
+def _run_params(meta: RunMeta, req: TrainRequest) -> dict[str, Any]:
     # The parent's `lr` lists the rate each modality actually trains with (one value when all
     # agree); each child run also records its own.
-    rates = {m: req.overrides.config_for(req.sdml, m).lr for m in meta["modalities"]}
+    rates = {m: req.overrides.config_for(req.sdml, m).lr for m in meta.modalities}
     lr = next(iter(rates.values())) if len(set(rates.values())) == 1 else ",".join(
         f"{m}={r:g}" for m, r in rates.items())
-    return {"dataset": meta["dataset"]["name"], "projection_sha256": meta["projection"]["sha256"],
+    return {"dataset": meta.dataset["name"], "projection_sha256": meta.projection["sha256"],
             "strategy": req.resources.strategy, "gpus_per_modality": req.resources.gpus_per_modality,
-            "modalities": ",".join(meta["modalities"]), **req.sdml.to_dict(), "lr": lr}
+            "modalities": ",".join(meta.modalities), **req.sdml.to_dict(), "lr": lr}
 
 
-def finish_run(store: RunStore, meta: dict, new_modalities: list[str], tracker: Tracker,
+def finish_run(store: RunStore, meta: RunMeta, new_modalities: list[str], tracker: Tracker,
                parent_run: str | None, results: dict[str, TrainResult], top_k: int | None,
                no_relevant: str = "zero") -> dict:
     """Evaluate the pairs the new modalities change, write metrics/plots, log, mark finished.
 
     ``top_k``: also mAP@k, a query with no relevant item in its top k scored as ``no_relevant``
     says ("zero" or "skip"); stored mAP@k of another k or mode is recomputed for every pair."""
-    modalities = store.finished_modalities(meta)
-    n_classes = meta["dataset"]["n_classes"]
+    modalities = meta.finished_modalities()
+    n_classes = meta.dataset["n_classes"]
     emb = evaluate.load_test_embeddings(store, modalities, n_classes)
     old = store.read_metrics()
     # Pairs among untouched modalities keep their stored values (no re-encoding, no recompute).
@@ -234,19 +188,18 @@ def finish_run(store: RunStore, meta: dict, new_modalities: list[str], tracker: 
     tracker.log_metrics(parent_run, {"map/mean": metrics["map_mean"]})
     for path in [store.metrics_path, store.run_json, store.projection_path, *plot_paths]:
         tracker.log_artifact(parent_run, path)
-    meta["status"] = "finished"
-    meta.pop("error", None)
+    meta.finish()
     store.write(meta)
     return metrics
 
 
-def _log_modalities(tracker: Tracker, parent: str | None, meta: dict,
+def _log_modalities(tracker: Tracker, parent: str | None, meta: RunMeta,
                     results: dict[str, TrainResult]) -> None:
     for m, result in results.items():
         child = tracker.start_run(m, parent_id=parent, tags={"modality": m})
-        tracker.log_params(child, {"modality": m, **meta["modalities"][m].get("config", {}),
-                                   "projection_sha256": meta["projection"]["sha256"],
-                                   "dataset": meta["dataset"]["name"]})
+        tracker.log_params(child, {"modality": m, **meta.modalities[m].get("config", {}),
+                                   "projection_sha256": meta.projection["sha256"],
+                                   "dataset": meta.dataset["name"]})
         rows = []
         for h in result.history:
             step = int(h["epoch"])
@@ -255,13 +208,12 @@ def _log_modalities(tracker: Tracker, parent: str | None, meta: dict,
         rows += [("best_epoch", result.best_epoch, 0), ("best_val_label", result.best_val_label, 0),
                  ("train_seconds", result.train_seconds, 0)]
         tracker.log_metric_rows(child, rows)
-        meta["modalities"][m]["mlflow_run_id"] = child
+        meta.modalities[m]["mlflow_run_id"] = child
         tracker.end_run(child)
 
 
 def make_plots(store: RunStore, metrics: dict, emb: evaluate.Embeddings) -> list[Path]:
-    from scalable_xmr.functional.retrieval import precision_recall_curve, precision_scope_curve
-    from scalable_xmr.tracking import plots
+    from scalable_xmr.tracking import plots  # matplotlib loads only when a run is plotted
 
     out = [plots.map_heatmap(metrics, store.plots_dir / "map_heatmap.png")]
     pr, scope = {}, {}

@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from scalable_xmr.distributed.progress import Reporter
 from scalable_xmr.io import atomic_path
 from scalable_xmr.sdml.trainer import (
     EpochStats,
@@ -75,3 +76,8 @@ class JointTrainer:
         for trainer in self.trainers:
             trainer.write_outputs()
         return {t.job.modality: t.result(seconds) for t in self.trainers}
+
+
+def train_joint(jobs: list[ModalityJob], reporter: Reporter) -> dict[str, TrainResult]:
+    """Every modality in one loop, as the one Ray actor of the joint strategy runs it."""
+    return JointTrainer(jobs, reporter.progress).fit()

@@ -24,15 +24,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from scalable_xmr import faults
 from scalable_xmr.config import SDMLConfig
+from scalable_xmr.data.modality.dataset import open_dataset, read_modality_table
+from scalable_xmr.distributed.progress import Reporter
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.losses import label_loss_per_sample, sdml_loss
 from scalable_xmr.io import atomic_path, atomic_write_json
 from scalable_xmr.models.sdml import SDMLAutoencoder
+from scalable_xmr.store.meta import now_iso
 from scalable_xmr.store.projection import load_projection
-from scalable_xmr.store.run_store import RunStore, now_iso
+from scalable_xmr.store.run_store import RunStore
 
 ProgressFn = Callable[[dict[str, Any]], None]
+EpochHook = Callable[["EpochStats", bool], None]  # (this epoch's stats, whether it was checkpointed)
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,6 @@ class ModalityJob:
     projection_sha256: str | None = None
     device: str = "auto"
     num_threads: int | None = None
-    fail_after_epoch: int | None = None  # fault injection for tests: die once after this epoch
     # Splits read besides train: val selects the epoch, test gets embeddings for evaluation. A
     # sweep trial reads ("val",) alone: its sweep scores the chosen trial on test once, at the end.
     eval_splits: tuple[str, ...] = ("val", "test")
@@ -164,7 +168,6 @@ class ModalityData:
 
 
 def _load_splits(job: ModalityJob) -> dict[str, Any]:
-    from scalable_xmr.data.modality.dataset import open_dataset, read_modality_table
 
     splits = ("train", *job.eval_splits)
     if job.table_path is not None:
@@ -205,6 +208,7 @@ class ModalityTrainer:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, float]] = []
         self.resumed_at: list[int] = []
+        self.outputs_written = False
         self._resume()
 
     # ---- one epoch -----------------------------------------------------------------------------
@@ -253,6 +257,7 @@ class ModalityTrainer:
         ``batches``).
         """
         start = time.perf_counter()
+        self.outputs_written = False
         self.model.train()
         sums = torch.zeros(3, device=self.device)
         batches = self.batches()
@@ -272,16 +277,27 @@ class ModalityTrainer:
         return EpochStats(self.epoch, *means, self.val_label_loss(), time.perf_counter() - start)
 
     # ---- the loop ------------------------------------------------------------------------------
-    def fit(self) -> TrainResult:
+    def fit(self, on_epoch: EpochHook | None = None) -> TrainResult:
+        """Train to ``cfg.epochs`` (resumed runs continue), then write the selected model and outputs.
+
+        Every epoch is recorded and, every ``checkpoint_every`` epochs and at the last, checkpointed;
+        then ``on_epoch(stats, checkpointed)`` runs (a sweep trial scores and reports there). The
+        job and the sweep trial run this same loop. Outputs are written at the end unless the hook
+        already wrote them for the last epoch (:meth:`write_outputs`).
+        """
         start = time.perf_counter()
         while self.epoch < self.cfg.epochs:
             stats = self.train_epoch()
             self.record(stats)
-            last = self.epoch == self.cfg.epochs
-            if last or self.epoch % self.cfg.checkpoint_every == 0:
+            checkpointed = self.epoch == self.cfg.epochs or self.epoch % self.cfg.checkpoint_every == 0
+            if checkpointed:
                 self.save_checkpoint()
-                self._maybe_inject_fault()
-        self.write_outputs()
+                faults.crash_after_checkpoint(self.job.modality, self.epoch, self.cfg.epochs,
+                                              self.store.checkpoint_path(self.job.modality).parent)
+            if on_epoch is not None:
+                on_epoch(stats, checkpointed)
+        if not self.outputs_written:
+            self.write_outputs()
         return self.result(time.perf_counter() - start)
 
     def record(self, stats: EpochStats) -> None:
@@ -291,8 +307,10 @@ class ModalityTrainer:
             self.best_val, self.best_epoch = stats.loss_val_label, stats.epoch
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if self.progress is not None:
-            self.progress({"modality": self.job.modality, "epochs": self.cfg.epochs,
-                           "best_epoch": self.best_epoch, **row})
+            status = (f"loss {stats.loss_train:.4f} | val label {stats.loss_val_label:.4f} "
+                      f"(best ep {self.best_epoch})")
+            self.progress({"name": self.job.modality, "modality": self.job.modality,
+                           "epochs": self.cfg.epochs, "best_epoch": self.best_epoch, **row, "status": status})
 
     def result(self, seconds: float) -> TrainResult:
         return TrainResult(
@@ -338,15 +356,6 @@ class ModalityTrainer:
         self.history = list(state["history"])
         self.resumed_at = [*state.get("resumed_at", []), self.epoch]
 
-    def _maybe_inject_fault(self) -> None:
-        fail_at = self.job.fail_after_epoch
-        if fail_at is None or self.epoch < fail_at or self.epoch >= self.cfg.epochs:
-            return
-        marker = self.store.modality_dir(self.job.modality) / "checkpoints" / ".fault_injected"
-        if not marker.exists():
-            marker.write_text(f"{os.getpid()} {self.epoch}\n")
-            os._exit(1)  # a hard crash, as a dying node or OOM kill would look to Ray
-
     # ---- outputs -------------------------------------------------------------------------------
     def save_model(self) -> None:
         """``model.pt``: the current network, its configs and the selected epoch (atomic)."""
@@ -367,6 +376,7 @@ class ModalityTrainer:
             self.model.load_state_dict(self.best_state)
         self.model.eval()
         m = self.job.modality
+        self.outputs_written = True
         self.save_model()
         for split in self.job.eval_splits:
             with torch.no_grad():
@@ -379,3 +389,16 @@ class ModalityTrainer:
             "input_dim": self.data.input_dim, "n_train": len(self.x["train"]),
             "finished": now_iso(),
         })
+
+
+def train_modality(job: ModalityJob, reporter: Reporter) -> TrainResult:
+    """One modality's whole training, as a Ray actor runs it (``distributed.actors.run_actors``).
+
+    A restarted actor calls this again with the same job: the trainer resumes from the last
+    checkpoint in the run store, and the driver is told.
+    """
+    trainer = ModalityTrainer(job, reporter.progress)
+    if trainer.resumed_at:
+        reporter.event(f"{job.modality}: actor (pid {os.getpid()}) resumed from its checkpoint at epoch "
+                       f"{trainer.epoch}")
+    return trainer.fit()

@@ -9,6 +9,7 @@
 <run>/modalities/<m>/train_log.json history, best epoch, restarts
 <run>/metrics.json                  mAP per ordered pair and mean
 <run>/plots/                        mAP heatmap, precision-recall and precision-scope curves
+<run>/models/<member>/              a branch-model run's member: model.pt, checkpoints/, sims/
 ```
 
 Every write is atomic (temp file, then rename). ``run.json`` carries ``status``: ``running`` while a
@@ -18,9 +19,7 @@ job works on the run, ``finished`` once every artifact is in place; a job that d
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
-import platform
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,27 +31,9 @@ import torch
 
 from scalable_xmr.errors import InputError, MissingError, RunStateError
 from scalable_xmr.io import atomic_path, atomic_write_json, read_json
+from scalable_xmr.store.meta import RunMeta, now_iso
 
 FORMAT_VERSION = 1
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-
-
-def versions() -> dict[str, str]:
-    import ray
-
-    from scalable_xmr import __version__
-
-    return {
-        "scalable_xmr": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "ray": ray.__version__,
-        "pyarrow": pa.__version__,
-        "numpy": np.__version__,
-    }
 
 
 class RunStore:
@@ -93,35 +74,34 @@ class RunStore:
     def train_log_path(self, modality: str) -> Path:
         return self.modality_dir(modality) / "train_log.json"
 
+    def member_dir(self, name: str) -> Path:
+        """A branch-model run's member (or ensemble) directory: model.pt, checkpoints/, sims/."""
+        return self.root / "models" / name
+
     # ---- run.json ------------------------------------------------------------------------------
     def exists(self) -> bool:
         return self.run_json.is_file()
 
-    def read(self) -> dict[str, Any]:
+    def read(self) -> RunMeta:
         if not self.root.is_dir():
             raise MissingError(f"{self.root}: run directory not found")
         if not self.run_json.is_file():
             raise RunStateError(f"{self.root}: not a run directory (no run.json)")
-        meta = read_json(self.run_json)
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
-            raise InputError(f"{self.run_json}: not a scalable_xmr run.json (format {FORMAT_VERSION})")
-        return meta
+        return RunMeta.from_json(read_json(self.run_json), str(self.run_json))
 
-    def write(self, meta: dict[str, Any]) -> None:
-        meta = {**meta, "updated": now_iso()}
-        atomic_write_json(self.run_json, meta)
+    def write(self, meta: RunMeta) -> None:
+        """run.json, atomically, stamped ``updated`` now."""
+        meta.updated = now_iso()
+        atomic_write_json(self.run_json, meta.to_json())
 
-    def read_finished(self) -> dict[str, Any]:
+    def read_finished(self) -> RunMeta:
         meta = self.read()
-        if meta.get("status") != "finished":
+        if meta.status != "finished":
             raise RunStateError(
-                f"{self.root}: not a finished run (status {meta.get('status')!r}); "
+                f"{self.root}: not a finished run (status {meta.status!r}); "
                 "finish it with `xmr train --run ... --resume` first"
             )
         return meta
-
-    def finished_modalities(self, meta: dict[str, Any]) -> list[str]:
-        return [m for m, v in meta.get("modalities", {}).items() if v.get("status") == "finished"]
 
     def prepare_new(self, overwrite: bool, resume: bool) -> str:
         """Decide what to do with ``root`` for a training job; returns 'new' or 'resume'."""
@@ -146,7 +126,7 @@ class RunStore:
             shutil.rmtree(self.root)
             return "new"
         raise RunStateError(
-            f"{self.root}: already holds a {meta.get('status', 'unknown')} run; pass --resume to "
+            f"{self.root}: already holds a {meta.status} run; pass --resume to "
             "continue it or --overwrite to replace it"
         )
 

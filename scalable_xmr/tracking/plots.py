@@ -1,5 +1,7 @@
-"""Plots of a run (saved under <run>/plots and logged to MLflow): mAP heatmap (query × target),
-precision-recall curves (SDML Fig. 2-3) and precision-scope curves (SDML Fig. 4)."""
+"""Every plot scalable_xmr makes (saved under <run>/plots or the sweep, and logged to MLflow):
+SDML's mAP heatmap (query × target), precision-recall (Fig. 2-3) and precision-scope curves
+(Fig. 4); the branch models' R@1 against the re-ranking K (MTFN-RR Fig. 7a); a sweep's metric
+against each hyperparameter."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import numpy as np  # noqa: E402
 from scalable_xmr.io import atomic_path  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (atomically) and close it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
@@ -41,7 +44,7 @@ def map_heatmap(metrics: dict[str, Any], path: Path) -> Path:
                         color="white" if grid[i, j] < 0.6 else "black", fontsize=8)
     ax.set_title(f"mAP (mean {metrics['map_mean']:.4f})")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def curves(
@@ -67,4 +70,52 @@ def curves(
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
+
+
+def rerank_k(metrics: dict[str, Any], path: Path) -> Path:
+    """R@1 on val against the re-ranking K, I2T and T2I (best K' per K): MTFN-RR Fig. 7a."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    entries = {**metrics["models"], **{f"{m} ensemble": e for m, e in metrics["ensembles"].items()}}
+    for name, entry in entries.items():
+        grid = entry["val_grid"]
+        i2t = sorted((g["k"], g["i2t@1"]) for g in grid["i2t"])
+        best_t2i: dict[int, float] = {}
+        for g in grid["t2i"]:
+            best_t2i[g["k"]] = max(best_t2i.get(g["k"], -1.0), g["t2i@1"])
+        axes[0].plot(*zip(*i2t, strict=True), marker=".", label=name)
+        axes[1].plot(sorted(best_t2i), [best_t2i[k] for k in sorted(best_t2i)], marker=".", label=name)
+    for ax, title in zip(axes, ("image → text R@1 (val)", "text → image R@1 (val, best K')"), strict=True):
+        ax.set_xlabel("re-ranked list length K (K = 1: plain)")
+        ax.set_ylabel("R@1 (%)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Cross-modal re-ranking against K (MTFN-RR Fig. 7a)")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def sweep_scatter(points: dict[str, dict[Any, list[tuple[float, float]]]], metric: str, mode: str,
+                  path: Path, log_params: set[str], title: str) -> Path:
+    """One panel per hyperparameter (``points[param][group]`` = (value, metric) of each trial), one
+    series per group, each group's best circled (like SDML Fig. 5 / MTFN-RR Fig. 7b)."""
+    fig, axes = plt.subplots(1, len(points), figsize=(4.2 * len(points), 3.4), squeeze=False)
+    for ax, (param, by_group) in zip(axes[0], points.items(), strict=True):
+        for group, pts in by_group.items():
+            if not pts:
+                continue
+            x, y = np.array(pts).T
+            line = ax.scatter(x, y, s=18, label=str(group) if group else None)
+            best = int(np.argmax(y) if mode == "max" else np.argmin(y))
+            ax.scatter(x[best], y[best], s=90, facecolors="none", edgecolors=line.get_facecolor()[0])
+        ax.set_xlabel(param)
+        ax.set_ylabel(metric)
+        if param in log_params:
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        if any(by_group):
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -29,6 +29,18 @@ def absolute_tracking_uri(uri: str) -> str:
     return uri
 
 
+def experiment_name(uri: str, experiment_id: str | None) -> str | None:
+    """The name of experiment ``experiment_id`` at ``uri``; None when unknown or unreachable."""
+    if not experiment_id:
+        return None
+    try:
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=uri).get_experiment(experiment_id).name
+    except Exception:  # noqa: BLE001 - tracking must never stop the job; the caller makes a new one
+        return None
+
+
 class Tracker:
     """A thin, failure-tolerant wrapper over ``MlflowClient`` (no global active-run state)."""
 
@@ -52,6 +64,15 @@ class Tracker:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifacts)
         else:
             self.experiment_id = exp.experiment_id
+
+    def run_is_active(self, run_id: str) -> bool:
+        """Whether ``run_id`` exists here and is not deleted (False when tracking is off)."""
+        if not self.enabled or self.client is None:
+            return False
+        try:
+            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+        except Exception:  # noqa: BLE001 - a missing or unreachable run
+            return False
 
     def _safe(self, fn, *args, **kwargs):
         if not self.enabled:

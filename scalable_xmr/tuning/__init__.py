@@ -1,7 +1,8 @@
 """Hyperparameter sweeps with Ray Tune.
 
 - :mod:`.space`: the models' hyperparameters, domains, default spaces, ``--grid`` / ``--range``.
-- :mod:`.sdml_trial` / :mod:`.pairs_trial`: the trainables (one modality / one branch model).
+- :mod:`.backend`: what the runner asks of a model family; :mod:`.sdml_backend` /
+  :mod:`.branch_backend` and their trainables :mod:`.sdml_trial` / :mod:`.branch_trial`.
 - :mod:`.sweep`: :func:`run_sweep` -- Tune, ASHA, resources, resume, best.json, summary.
 - :mod:`.tracking`: the MLflow parent/child runs of a sweep (a Tune callback on the driver).
 """

@@ -14,6 +14,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from scalable_xmr.branch.evaluate import RerankChoice, recall_report
+from scalable_xmr.branch.member import load_branch_model, score_model
+from scalable_xmr.data.modality.dataset import open_dataset
+from scalable_xmr.data.paired import open_paired_dataset
+from scalable_xmr.io import read_json
+from scalable_xmr.models.sdml import SDMLAutoencoder
+from scalable_xmr.sdml import evaluate
+from scalable_xmr.store.projection import load_projection
+from scalable_xmr.store.run_store import RunStore
+from scalable_xmr.tuning.sdml_trial import anchor_map
+from scalable_xmr.tuning.trial_io import trial_dir
+
 TEST_LABEL = "test (chosen config, scored once)"
 
 
@@ -33,11 +45,6 @@ def score_branch_trial(trial_dir: str, dataset_uri: str, device: str = "cpu",
     the K / K' (and T2I groups) it chose on val (its ``result.json``). A trial stopped before its
     end has neither: the result then says so instead."""
     import torch
-
-    from scalable_xmr.branch.evaluate import RerankChoice, recall_report
-    from scalable_xmr.branch.member import load_branch_model, score_model
-    from scalable_xmr.data.paired import open_paired_dataset
-    from scalable_xmr.io import read_json
 
     torch.set_num_threads(threads)
     path, result_path = Path(trial_dir) / "model.pt", Path(trial_dir) / "result.json"
@@ -61,8 +68,6 @@ def score_branch_trial(trial_dir: str, dataset_uri: str, device: str = "cpu",
 
 def branch_test(row, info: dict[str, Any], sweep_dir: Path) -> dict[str, Any]:
     """best.json's ``test`` of a branch sweep: its chosen trial (``row``) scored once."""
-    from scalable_xmr.tuning.trial_io import trial_dir
-
     out = run_once(score_branch_trial, info, str(trial_dir(sweep_dir, row.trial_id)),
                    info["dataset"]["uri"])
     return {**out, "trial_id": row.trial_id}
@@ -92,13 +97,6 @@ def score_sdml_trials(trial_dirs: dict[str, str], dataset_uri: str, n_classes: i
     the training job scores a run (docs/metrics.md).
     """
     import torch
-
-    from scalable_xmr.data.modality.dataset import open_dataset
-    from scalable_xmr.models.sdml import SDMLAutoencoder
-    from scalable_xmr.sdml import evaluate
-    from scalable_xmr.store.projection import load_projection
-    from scalable_xmr.store.run_store import RunStore
-    from scalable_xmr.tuning.sdml_trial import anchor_map
 
     torch.set_num_threads(threads)
     dev = torch.device(device)

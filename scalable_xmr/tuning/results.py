@@ -10,10 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from scalable_xmr.errors import InputError
-from scalable_xmr.io import atomic_path
 
 
 @dataclass
@@ -101,32 +98,13 @@ def plot_metric_vs_params(rows: list[TrialRow], params: list[str], metric: str, 
                           log_params: set[str], title: str) -> Path | None:
     """One panel per swept hyperparameter: the metric of every trial against its value, one
     series per group, each group's best marked (like SDML Fig. 5 / MTFN-RR Fig. 7b)."""
-    from scalable_xmr.tracking.plots import plt  # the Agg backend is selected there
+    from scalable_xmr.tracking import plots  # matplotlib loads only when a sweep is plotted
 
     if not params:
         return None
-    fig, axes = plt.subplots(1, len(params), figsize=(4.2 * len(params), 3.4), squeeze=False)
     groups = list(dict.fromkeys(r.group for r in rows))
-    for ax, param in zip(axes[0], params, strict=True):
-        for group in groups:
-            pts = [(float(r.config[param]), r.score(metric)) for r in rows
-                   if r.group == group and param in r.config and not math.isnan(r.score(metric))]
-            if not pts:
-                continue
-            x, y = np.array(pts).T
-            line = ax.scatter(x, y, s=18, label=str(group) if group else None)
-            best = int(np.argmax(y) if mode == "max" else np.argmin(y))
-            ax.scatter(x[best], y[best], s=90, facecolors="none", edgecolors=line.get_facecolor()[0])
-        ax.set_xlabel(param)
-        ax.set_ylabel(metric)
-        if param in log_params:
-            ax.set_xscale("log")
-        ax.grid(alpha=0.3)
-        if any(groups):
-            ax.legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
-    return path
+    points = {param: {group: [(float(r.config[param]), r.score(metric)) for r in rows
+                              if r.group == group and param in r.config and not math.isnan(r.score(metric))]
+                      for group in groups}
+              for param in params}
+    return plots.sweep_scatter(points, metric, mode, path, log_params, title)

@@ -7,15 +7,15 @@ network is judged without any other modality by
 - the *anchor mAP*: mAP of its validation embeddings retrieving the class anchors, the c columns
   of P, where anchor j carries label j alone (gallery labels = the identity).
 
-Each trial wraps the same :class:`~scalable_xmr.sdml.trainer.ModalityTrainer` the training job
-uses, with ``run_dir`` = the trial's own directory (holding a link to the sweep's one
-``projection.arrow``), so it reads only its modality's train and val splits and P -- never its
-test split: selection is on validation alone. Whenever the selected epoch (lowest validation label
-loss, as in training) changes, the trial saves that model (``model.pt``) and its val embeddings:
-at its end the sweep encodes the chosen trials' test splits with those models and scores the
-chosen combination cross-modally, once (``tuning/final_test.py``), without retraining. Saving
-the model costs a write of its weights per improving epoch (46 MB for a 4096-d input; tens of
-ms on a local disk).
+Each trial runs the same :meth:`~scalable_xmr.sdml.trainer.ModalityTrainer.fit` loop as the
+training job (scoring and reporting from its ``on_epoch`` hook), with ``run_dir`` = the trial's
+own directory (holding a link to the sweep's one ``projection.arrow``), so it reads only its
+modality's train and val splits and P -- never its test split: selection is on validation alone.
+Whenever the selected epoch (lowest validation label loss, as in training) changes, the trial saves
+that model (``model.pt``) and its val embeddings: at its end the sweep encodes the chosen trials'
+test splits with those models and scores the chosen combination cross-modally, once
+(``tuning/final_test.py``), without retraining. Saving the model costs a write of its weights per
+improving epoch (46 MB for a 4096-d input; tens of ms on a local disk).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import torch
 
 from scalable_xmr.config import SDMLConfig, from_dict
 from scalable_xmr.functional.retrieval import mean_average_precision
+from scalable_xmr.sdml.trainer import ModalityJob, ModalityTrainer
 from scalable_xmr.tuning import trial_io
 
 # Tune result key -> (MLflow metric name, direction) for the two SDML sweep metrics.
@@ -67,8 +68,6 @@ def anchor_map(emb: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray
 
 def sdml_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None:
     """Tune function trainable: train ``config["modality"]`` with the rest of ``config``."""
-    from scalable_xmr.sdml.trainer import ModalityJob, ModalityTrainer
-
     start = time.perf_counter()
     modality = config["modality"]
     values = {k: v for k, v in config.items() if k != "modality"}
@@ -85,9 +84,10 @@ def sdml_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None:
     trainer = ModalityTrainer(job)
     best_map = float(state.get("best_anchor_map", float("nan")))
     train_seconds = float(state.get("train_seconds", 0.0))
-    while trainer.epoch < cfg.epochs:
-        stats = trainer.train_epoch()
-        trainer.record(stats)
+
+    def on_epoch(stats, checkpointed: bool) -> None:
+        """Score the epoch on val against P's anchors and report it (the job's loop calls this)."""
+        nonlocal best_map, train_seconds
         train_seconds += stats.seconds
         val_emb = _encode(trainer, "val")
         val_map = anchor_map(val_emb, trainer.data.labels["val"].cpu(), trainer.P.cpu())
@@ -95,7 +95,6 @@ def sdml_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None:
             best_map = val_map
             trainer.save_model()
             _write_embeddings(trainer, {"val": val_emb})
-        last = trainer.epoch == cfg.epochs
         metrics = {
             "epoch": trainer.epoch, "loss_train": stats.loss_train, "loss_recon": stats.loss_recon,
             "loss_label": stats.loss_label, "val_label_loss": stats.loss_val_label,
@@ -103,15 +102,16 @@ def sdml_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None:
             "best_val_label_loss": trainer.best_val, "best_anchor_map": best_map,
             "train_seconds": train_seconds, "n_train": len(trainer.x["train"]),
         }
-        if last:  # before the last report: Tune may end the trial as soon as it has it
+        if trainer.epoch == cfg.epochs:  # before the last report: Tune may end the trial on it
             trainer.write_outputs()
             metrics["trial_seconds"] = time.perf_counter() - start
-        if last or trainer.epoch % cfg.checkpoint_every == 0:
-            trainer.save_checkpoint()
+        if checkpointed:
             trial_io.report(metrics, ckpt_dir, {"epoch": trainer.epoch, "best_anchor_map": best_map,
                                                 "train_seconds": train_seconds})
         else:
             trial_io.report(metrics)
+
+    trainer.fit(on_epoch)
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from scalable_xmr.branch.evaluate import K_GRID, K_TEXT_GRID
 from scalable_xmr.errors import InputError
 
 MODELS = ("sdml", "vse", "mtfn", "mmca", "vsa")
@@ -97,12 +98,12 @@ class Param:
 
 _LR = Param("lr", float, 0.0, low_open=True, default=Dist("uniform", low=1e-5, high=1e-3, log=True),
             help="Adam learning rate")
-_MARGIN = Param("margin", float, 0.0, default=Dist("uniform", low=0.05, high=0.5),
+_MARGIN = Param("margin", float, 0.0, default=Dist("uniform", low=0.05, high=0.5), target="model",
                 help="hinge margin: VSE++ / MTFN Eq. 5")
-# branch.evaluate's K_GRID / K_TEXT_GRID (a test keeps them equal); a trial cuts them to its gallery.
-_K = Param("k", int, 1, default=Dist("grid", (1, 2, 5, 10, 15, 20)), target="rerank",
+# branch.evaluate's K grids (one definition); a trial cuts them to its gallery.
+_K = Param("k", int, 1, default=Dist("grid", K_GRID), target="rerank",
            symbol="K", help="re-ranked list length, MTFN-RR Eq. 8-15 (evaluated in-trial)")
-_K_TEXT = Param("k_text", int, 0, default=Dist("grid", (0, 1, 2, 4, 8)), target="rerank",
+_K_TEXT = Param("k_text", int, 0, default=Dist("grid", K_TEXT_GRID), target="rerank",
                 symbol="K'", help="neighbour texts of T2I re-ranking, MTFN-RR Eq. 14 (in-trial)")
 
 PARAMS: dict[str, dict[str, Param]] = {

@@ -25,14 +25,19 @@ from pathlib import Path
 from typing import Any
 
 from scalable_xmr.config import TrackingConfig
+from scalable_xmr.distributed.cluster import can_autoscale, connect, describe_cluster
 from scalable_xmr.errors import InputError, MissingError, RunStateError
 from scalable_xmr.io import atomic_write_json, atomic_write_text, read_json
-from scalable_xmr.store.run_store import now_iso, versions
-from scalable_xmr.tracking.tracker import Tracker
+from scalable_xmr.store.meta import now_iso, versions
+from scalable_xmr.tracking.tracker import Tracker, default_tracking_uri
 from scalable_xmr.tuning import results as res
-from scalable_xmr.tuning.backends import backend_for
+from scalable_xmr.tuning.backend import Backend
+from scalable_xmr.tuning.branch_backend import BranchBackend
+from scalable_xmr.tuning.final_test import TEST_LABEL
 from scalable_xmr.tuning.scheduler import SCHEDULERS, make_scheduler
+from scalable_xmr.tuning.sdml_backend import SDMLBackend
 from scalable_xmr.tuning.space import MODELS, build_space
+from scalable_xmr.tuning.tracking import SweepTracking
 
 SWEEP_FILE = "sweep.json"
 BEST_FILE = "best.json"
@@ -77,6 +82,11 @@ class SweepSummary:
     seconds: float
     trials: list[res.TrialRow] = field(default_factory=list)  # every trial's config and last result
     test_line: str = ""  # the chosen configuration's test figures, scored once (final_test.py)
+
+
+def backend_for(model: str) -> Backend:
+    """The sweep backend of ``--model``: SDML (per modality) or one branch model."""
+    return SDMLBackend() if model == "sdml" else BranchBackend(model)
 
 
 def _check_request(req: SweepRequest) -> None:
@@ -137,9 +147,8 @@ def _gpus_per_trial(req: SweepRequest) -> float:
     if req.gpus_per_trial is None:
         return 1.0 if has_gpus else 0.0
     if req.gpus_per_trial > 0 and not has_gpus:
-        from scalable_xmr.distributed.launcher import _can_autoscale, describe_cluster
 
-        if not _can_autoscale():
+        if not can_autoscale():
             raise InputError(f"--gpus-per-trial {req.gpus_per_trial:g} but this Ray cluster has no "
                              f"GPUs ({describe_cluster()}); use 0 to run trials on CPUs")
     return float(req.gpus_per_trial)
@@ -204,8 +213,6 @@ def _fixed(meta: dict[str, Any]) -> dict[str, Any]:
 
 def _tracker(req: SweepRequest, meta: dict[str, Any], sweep_dir: Path) -> tuple[Tracker, str | None]:
     """The sweep's parent MLflow run: created on the first run, found again on --resume."""
-    from scalable_xmr.tracking.tracker import default_tracking_uri
-
     old = meta.get("mlflow") or {}
     uri = old.get("tracking_uri") or req.tracking.tracking_uri or default_tracking_uri(sweep_dir)
     tracker = Tracker(uri, old.get("experiment") or req.tracking.experiment, req.tracking.enabled)
@@ -256,9 +263,6 @@ def run_sweep(req: SweepRequest, address: str | None = None, callbacks: tuple = 
     ``callbacks``: extra Tune callbacks (they are stored in tuner.pkl with the sweep's own and come
     back on resume).
     """
-    from scalable_xmr.distributed.launcher import connect
-    from scalable_xmr.tuning.tracking import SweepTracking
-
     start = time.perf_counter()
     _check_request(req)
     sweep_dir = sweep_dir_for(req)
@@ -306,8 +310,6 @@ def _finish(meta: dict[str, Any], sweep_dir: Path, backend, rows: list[res.Trial
     The best trials are chosen on the validation metric alone; ``backend.best_json`` then scores
     that choice on test, once (final_test.py), and only the parent run gets those figures.
     """
-    from scalable_xmr.tuning.final_test import TEST_LABEL
-
     metric, mode = meta["metric"], meta["mode"]
     best = res.best_per_group(rows, metric, mode, prefer=backend.complete_key)
     best_json = {**backend.best_json(best, meta, sweep_dir, meta["tuned"]),

@@ -19,6 +19,7 @@ from scalable_xmr.cli.extend import job_parser, request_from_args
 from scalable_xmr.cli.extend import main as add_main
 from scalable_xmr.config import SDMLConfig
 from scalable_xmr.data.modality.dataset import DatasetInfo, ModalityInfo, open_dataset, write_dataset
+from scalable_xmr.store.meta import RunMeta
 from scalable_xmr.store.projection import create_projection, save_projection
 from scalable_xmr.store.run_store import RunStore
 
@@ -45,15 +46,15 @@ def fake_run(tmp_path, small_xmedia) -> Path:
             d = ds.read_split(m, split)
             store.write_embeddings(m, split, d.ids, d.labels, rng.standard_normal((len(d), 32)))
         store.model_path(m).write_bytes(b"model " + m.encode())
-    store.write({
-        "format": 1, "kind": "sdml", "status": "finished",
-        "dataset": {"uri": small_xmedia, "name": ds.info.name, "n_classes": 20, "multi_label": False,
-                    "class_names": list(ds.info.class_names)},
-        "projection": {"file": "projection.arrow", "sha256": sha, "dim": 32, "n_classes": 20, "seed": 0},
-        "sdml": TINY.to_dict(), "strategy": "parallel",
-        "modalities": {m: {"status": "finished"} for m in OLD},
-        "mlflow": {"tracking_uri": None, "experiment_id": None, "parent_run_id": None},
-    })
+    store.write(RunMeta(
+        kind="sdml", status="finished",
+        dataset={"uri": small_xmedia, "name": ds.info.name, "n_classes": 20, "multi_label": False,
+                 "class_names": list(ds.info.class_names)},
+        projection={"file": "projection.arrow", "sha256": sha, "dim": 32, "n_classes": 20, "seed": 0},
+        sdml=TINY.to_dict(), strategy="parallel",
+        modalities={m: {"status": "finished"} for m in OLD},
+        mlflow={"tracking_uri": None, "experiment_id": None, "parent_run_id": None},
+    ))
     pairs = {f"{q}-{t}": 0.5 for q in OLD for t in OLD if q != t}
     store.write_metrics({"modalities": list(OLD), "map": pairs, "map_mean": 0.5})
     return store.root
@@ -117,11 +118,15 @@ def test_not_a_finished_run(tmp_path, capsys, fake_run, small_xmedia):
     (tmp_path / "empty").mkdir()
     fails(capsys, tmp_path / "empty", data, "not a run directory (no run.json)")
     store = RunStore(fake_run)
-    meta = store.read()
-    store.write({**meta, "status": "running"})
+    meta = store.read().to_json()
+    store.run_json.write_text(json.dumps({**meta, "status": "running"}))
     fails(capsys, fake_run, data, "not a finished run (status 'running')")
-    store.write({**meta, "kind": "branch"})
-    fails(capsys, fake_run, data, "not an SDML run (kind 'branch')")
+    store.run_json.write_text(json.dumps({**meta, "kind": "pairs"}))
+    fails(capsys, fake_run, data, "not an SDML run (kind 'pairs')")
+    store.run_json.write_text(json.dumps({**meta, "kind": "branch"}))
+    fails(capsys, fake_run, data, "run.json: kind must be one of sdml, pairs, got 'branch'")
+    store.run_json.write_text(json.dumps({**meta, "colour": "red"}))
+    fails(capsys, fake_run, data, "run.json: unknown key 'colour'")
 
 
 def test_existing_modality_needs_replace(capsys, fake_run, small_xmedia):

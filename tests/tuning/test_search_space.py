@@ -31,10 +31,8 @@ def test_default_spaces_follow_the_issue():
 
 def test_default_k_grids_are_the_evaluation_grids():
     from scalable_xmr.branch import evaluate as pair_eval
-    from scalable_xmr.tuning import pairs_sweep
 
     assert build_space("vse").in_trial() == {"k": pair_eval.K_GRID, "k_text": pair_eval.K_TEXT_GRID}
-    assert (pairs_sweep.DEFAULT_KS, pairs_sweep.DEFAULT_K_TEXTS) == (pair_eval.K_GRID, pair_eval.K_TEXT_GRID)
 
 
 def test_grid_and_range_parsing():
@@ -142,7 +140,7 @@ def test_grouped_asha_compares_trials_of_one_modality_only():
 
 
 def test_sdml_trial_resources_pack_small_modalities():
-    from scalable_xmr.tuning.backends import SDMLBackend
+    from scalable_xmr.tuning.sdml_backend import SDMLBackend
 
     info = {"input_dims": {"image": 4096, "audio": 29}, "cpus_per_trial": 1.0, "gpus_per_trial": 1.0}
     assert SDMLBackend.trial_resources(info) == {"image": {"cpu": 1.0, "gpu": 1.0},
@@ -290,7 +288,7 @@ def test_mlflow_metric_names():
 
 
 def test_branch_sweep_set_routes_schedule_keys_per_model():
-    from scalable_xmr.tuning.pairs_sweep import split_base
+    from scalable_xmr.tuning.branch_backend import split_base
 
     trainer, model = split_base("mtfn", {"text_epochs": 2, "lr_decay": 0.1, "rank": 4})
     assert trainer == {"text_epochs": 2, "lr_decay": 0.1} and model == {"rank": 4}

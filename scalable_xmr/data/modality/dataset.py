@@ -36,16 +36,16 @@ from scalable_xmr.data.filesystem import file_type, open_table, read_json_at, re
 from scalable_xmr.data.modality.info import SPLITS, DatasetInfo, ModalityInfo
 from scalable_xmr.data.modality.table import (
     SplitData,
-    _build_table,
-    _check_rows,
-    _check_schema,
-    _check_unique,
-    _rows_from_table,
-    _to_split,
-    _validate_stream,
-    _write_table,
+    build_table,
+    check_rows,
+    check_schema,
+    check_unique_ids,
     read_modality_table,
+    rows_from_table,
+    to_split,
+    validate_stream,
     write_modality_table,
+    write_table_by_split,
 )
 from scalable_xmr.errors import InputError, MissingError
 from scalable_xmr.io import atomic_path
@@ -77,7 +77,7 @@ class Dataset:
         path = self.table_path(modality)
         dset = open_table(self._fs, path)
         dim = self.info.modalities[modality].dim
-        _check_schema(dset.schema, path, dim, where="dataset.json")
+        check_schema(dset.schema, path, dim, where="dataset.json")
         return dset, path, dim
 
     def read_split(self, modality: str, split: str) -> SplitData:
@@ -93,10 +93,10 @@ class Dataset:
             raise InputError(f"{path}: cannot read split {split!r} ({e})") from e
         if table.num_rows == 0:
             raise InputError(f"{path}: column 'split' has no rows with value {split!r}")
-        rows = _rows_from_table(table, path, dim)
-        _check_rows(rows, path, self.info.n_classes, self.info.multi_label)
-        _check_unique(rows.ids, path)
-        return _to_split(rows, self.info.n_classes)
+        rows = rows_from_table(table, path, dim)
+        check_rows(rows, path, self.info.n_classes, self.info.multi_label)
+        check_unique_ids(rows.ids, path)
+        return to_split(rows, self.info.n_classes)
 
     def split_sizes(self) -> dict[str, dict[str, int]]:
         """``{modality: {split: rows}}`` from the ``split`` column alone."""
@@ -111,7 +111,7 @@ class Dataset:
         """Full check of every table against ``dataset.json`` (streams, bounded memory)."""
         for m in self.modalities:
             dset, path, dim = self._table(m)
-            _validate_stream(dset, path, dim, self.info.n_classes, self.info.multi_label)
+            validate_stream(dset, path, dim, self.info.n_classes, self.info.multi_label)
 
 
 def open_dataset(
@@ -162,7 +162,7 @@ def _write_into(
         f.write((json.dumps(info.to_json(), indent=2) + "\n").encode("utf-8"))
     for m, (ids, splits, labels, features) in tables.items():
         name = f"{final}/{m}.parquet"
-        table = _build_table(ids, splits, labels, features, name, info.n_classes, info.multi_label)
+        table = build_table(ids, splits, labels, features, name, info.n_classes, info.multi_label)
         dim = table.schema.field("features").type.list_size
         if dim != info.modalities[m].dim:
             raise InputError(
@@ -175,7 +175,7 @@ def _write_into(
                     f"{name}: column 'split' has no rows with value {s!r} "
                     "(every modality needs train, val and test rows)"
                 )
-        _write_table(fs, f"{root}/{m}.parquet", table)
+        write_table_by_split(fs, f"{root}/{m}.parquet", table)
     Dataset(root, info, fs, root).validate()
 
 

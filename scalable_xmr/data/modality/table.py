@@ -69,7 +69,7 @@ class _Rows:
         return np.repeat(np.arange(len(self.ids)), np.diff(self.offsets))  # (nnz,)
 
 
-def _to_split(rows: _Rows, n_classes: int) -> SplitData:
+def to_split(rows: _Rows, n_classes: int) -> SplitData:
     labels = np.zeros((len(rows.ids), n_classes), dtype=np.float32)  # (n, c)
     labels[rows.row_of_values(), rows.values] = 1.0
     return SplitData(rows.ids, labels, np.ascontiguousarray(rows.features))
@@ -85,7 +85,7 @@ def _schema_type_ok(t: pa.DataType, column: str) -> bool:
     return pa.types.is_fixed_size_list(t) and t.value_type == pa.float32()
 
 
-def _check_schema(schema: pa.Schema, path: str, dim: int | None, where: str) -> int:
+def check_schema(schema: pa.Schema, path: str, dim: int | None, where: str) -> int:
     """Check the four columns' types; return the feature dimension."""
     expected = {
         "id": "string",
@@ -105,7 +105,7 @@ def _check_schema(schema: pa.Schema, path: str, dim: int | None, where: str) -> 
     return file_dim
 
 
-def _rows_from_table(table: pa.Table, path: str, dim: int) -> _Rows:
+def rows_from_table(table: pa.Table, path: str, dim: int) -> _Rows:
     for column in table.column_names:
         nulls = table.column(column).null_count
         if nulls:
@@ -127,7 +127,7 @@ def _rows_from_table(table: pa.Table, path: str, dim: int) -> _Rows:
     return _Rows(ids, offsets - offsets[0], values.astype(np.int64), features, splits)
 
 
-def _check_rows(rows: _Rows, path: str, n_classes: int | None, multi_label: bool) -> None:
+def check_rows(rows: _Rows, path: str, n_classes: int | None, multi_label: bool) -> None:
     """Split names, label range / count and finite features, naming the first bad row id."""
     if rows.splits is not None:
         bad = np.flatnonzero(~np.isin(rows.splits, SPLITS))
@@ -163,7 +163,7 @@ def _check_rows(rows: _Rows, path: str, n_classes: int | None, multi_label: bool
         raise InputError(f"{path}: column 'features' has NaN or inf at row id {rows.ids[i]!r}")
 
 
-def _check_unique(ids: np.ndarray, path: str) -> None:
+def check_unique_ids(ids: np.ndarray, path: str) -> None:
     uniq, counts = np.unique(ids.astype(str), return_counts=True)
     if (counts > 1).any():
         k = np.flatnonzero(counts > 1)[0]
@@ -173,7 +173,7 @@ def _check_unique(ids: np.ndarray, path: str) -> None:
         )
 
 
-def _validate_stream(
+def validate_stream(
     dset: pads.Dataset, path: str, dim: int, n_classes: int, multi_label: bool
 ) -> None:
     """Check every row of a table in batches; every split must be non-empty."""
@@ -185,14 +185,14 @@ def _validate_stream(
             columns=["id", "split", "labels", "features"], batch_size=batch_size
         )
         for batch in batches:
-            rows = _rows_from_table(pa.Table.from_batches([batch]), path, dim)
-            _check_rows(rows, path, n_classes, multi_label)
+            rows = rows_from_table(pa.Table.from_batches([batch]), path, dim)
+            check_rows(rows, path, n_classes, multi_label)
             for s in SPLITS:
                 counts[s] += int(np.count_nonzero(rows.splits == s))
             all_ids.append(rows.ids)
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"{path}: not a readable Parquet table ({e})") from e
-    _check_unique(np.concatenate(all_ids) if all_ids else np.array([], dtype=object), path)
+    check_unique_ids(np.concatenate(all_ids) if all_ids else np.array([], dtype=object), path)
     for s in SPLITS:
         if counts[s] == 0:
             raise InputError(
@@ -227,7 +227,7 @@ def _label_lists(labels: Any, n: int, path: str) -> tuple[np.ndarray, np.ndarray
     return offsets.astype(np.int64), values.astype(np.int64)
 
 
-def _build_table(
+def build_table(
     ids: Any,
     splits: Any,
     labels: Any,
@@ -249,8 +249,8 @@ def _build_table(
             raise InputError(f"{path}: {what} has shape {col.shape} but features have {n} rows")
     offsets, values = _label_lists(labels, n, path)
     rows = _Rows(ids, offsets, values, feats, splits)
-    _check_rows(rows, path, n_classes, multi_label)
-    _check_unique(ids, path)
+    check_rows(rows, path, n_classes, multi_label)
+    check_unique_ids(ids, path)
     label_arr = pa.ListArray.from_arrays(
         pa.array(offsets, pa.int32()), pa.array(values, pa.int32())
     )
@@ -267,7 +267,7 @@ def _build_table(
     return table.take(pa.array(order)) if (np.diff(order) != 1).any() else table
 
 
-def _write_table(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
+def write_table_by_split(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
     """One group of row groups per split (train, val, test) so readers can skip the others."""
     dim = table.schema.field("features").type.list_size
     max_rows = max(1, 2**28 // (4 * dim))  # row groups of at most ~256 MB of features
@@ -291,14 +291,14 @@ def read_modality_table(
     """Read and fully validate a loose modality table (not inside a dataset): ``{split: data}``."""
     fs, p = resolve_uri(path, filesystem)
     dset = open_table(fs, p)
-    dim = _check_schema(dset.schema, p, dim, where="the caller")
-    _validate_stream(dset, p, dim, n_classes, multi_label)
+    dim = check_schema(dset.schema, p, dim, where="the caller")
+    validate_stream(dset, p, dim, n_classes, multi_label)
     table = dset.to_table(columns=["id", "split", "labels", "features"])
     splits = table.column("split").to_numpy(zero_copy_only=False)
     out = {}
     for s in SPLITS:
-        rows = _rows_from_table(table.filter(pa.array(splits == s)), p, dim)
-        out[s] = _to_split(rows, n_classes)
+        rows = rows_from_table(table.filter(pa.array(splits == s)), p, dim)
+        out[s] = to_split(rows, n_classes)
     return out
 
 
@@ -319,9 +319,9 @@ def write_modality_table(
     array ``(n, c)`` (always read as multi-hot, even ``(n, 1)``).
     """
     fs, p = resolve_uri(path, filesystem)
-    table = _build_table(ids, splits, labels, features, p)
+    table = build_table(ids, splits, labels, features, p)
     if isinstance(fs, pafs.LocalFileSystem):
         with atomic_path(p) as tmp:
-            _write_table(fs, str(tmp), table)
+            write_table_by_split(fs, str(tmp), table)
     else:  # object stores: a single PUT is already all-or-nothing
-        _write_table(fs, p, table)
+        write_table_by_split(fs, p, table)

@@ -18,12 +18,12 @@ from scalable_xmr.data.paired.format import (
     IMAGES_FILE,
     SPLITS,
     VOCAB_FILE,
-    _check_unique,
-    _check_vocab,
-    _group_captions,
-    _list_shape,
-    _pad_tokens,
-    _to_numpy_list,
+    check_unique_ids,
+    check_vocab,
+    group_captions,
+    list_shape,
+    pad_tokens,
+    to_numpy_list,
 )
 from scalable_xmr.errors import InputError, MissingError
 
@@ -107,12 +107,12 @@ class PairedDataset:
             )
         self.image_column = kinds[0]
         where = f"{self.uri}/{IMAGES_FILE}: column {self.image_column}"
-        self.image_shape = _list_shape(img.field(self.image_column).type, where)
+        self.image_shape = list_shape(img.field(self.image_column).type, where)
         if len(self.image_shape) != (1 if kinds[0] == "features" else 2):
             raise InputError(f"{where}: inconsistent region array type {img.field(self.image_column).type}")
         self.text_dim: int | None = None
         if "features" in cap.names:
-            shape = _list_shape(cap.field("features").type, f"{self.uri}/{CAPTIONS_FILE}")
+            shape = list_shape(cap.field("features").type, f"{self.uri}/{CAPTIONS_FILE}")
             if len(shape) != 1:
                 raise InputError(f"{self.uri}/{CAPTIONS_FILE}: column features must be flat")
             self.text_dim = shape[0]
@@ -128,7 +128,7 @@ class PairedDataset:
                 vocab = json.loads(f.read().decode("utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise InputError(f"{self.uri}/{VOCAB_FILE}: not valid JSON ({e})") from e
-        _check_vocab(vocab, f"{self.uri}/{VOCAB_FILE}")
+        check_vocab(vocab, f"{self.uri}/{VOCAB_FILE}")
         return vocab
 
     def splits(self) -> list[str]:
@@ -145,9 +145,9 @@ class PairedDataset:
         caps, cap_ids, img_idx, _ = self._split_captions(split, image_ids)
         cap_where = f"{self.uri}/{CAPTIONS_FILE}"
         if self.vocab is not None:
-            _pad_tokens(caps.column("tokens"), len(self.vocab), cap_ids, f"{cap_where}: column tokens")
+            pad_tokens(caps.column("tokens"), len(self.vocab), cap_ids, f"{cap_where}: column tokens")
         if self.text_dim is not None:
-            _to_numpy_list(caps.column("features"), (self.text_dim,), f"{cap_where}: column features")
+            to_numpy_list(caps.column("features"), (self.text_dim,), f"{cap_where}: column features")
         return len(image_ids), len(cap_ids), _captions_per_image(img_idx, len(image_ids))
 
     def _split_images(self, split: str, columns: list[str] | None = None):
@@ -160,7 +160,7 @@ class PairedDataset:
         if imgs.num_rows == 0:
             raise InputError(f"{where}: no images in split {split!r}")
         image_ids = np.asarray(imgs.column("image_id").to_pylist(), dtype=object)
-        _check_unique(image_ids, f"{where}: column image_id")
+        check_unique_ids(image_ids, f"{where}: column image_id")
         return imgs, image_ids
 
     def _split_captions(self, split: str, image_ids: np.ndarray):
@@ -168,13 +168,13 @@ class PairedDataset:
         where = f"{self.uri}/{CAPTIONS_FILE}"
         caps = pq.read_table(self._path(CAPTIONS_FILE), filters=[("split", "=", split)], filesystem=self._fs)
         cap_ids = np.asarray(caps.column("caption_id").to_pylist(), dtype=object)
-        _check_unique(cap_ids, f"{where}: column caption_id")
+        check_unique_ids(cap_ids, f"{where}: column caption_id")
         # every image's split, only to say which split a wrongly referenced image is in
         all_imgs = pq.read_table(self._path(IMAGES_FILE), columns=["image_id", "split"], filesystem=self._fs)
         all_map = dict(
             zip(all_imgs.column("image_id").to_pylist(), all_imgs.column("split").to_pylist(), strict=True)
         )
-        img_idx, order = _group_captions(
+        img_idx, order = group_captions(
             np.asarray(caps.column("image_id").to_pylist()), cap_ids, image_ids, split, all_map, where
         )
         return caps, cap_ids, img_idx, order
@@ -183,7 +183,7 @@ class PairedDataset:
         """Read one split; ``mean_regions`` averages region features to one vector per image."""
         img_where, cap_where = f"{self.uri}/{IMAGES_FILE}", f"{self.uri}/{CAPTIONS_FILE}"
         imgs, image_ids = self._split_images(split)
-        images = _to_numpy_list(
+        images = to_numpy_list(
             imgs.column(self.image_column), self.image_shape, f"{img_where}: column {self.image_column}"
         )
         if mean_regions and images.ndim == 3:
@@ -191,12 +191,12 @@ class PairedDataset:
         caps, cap_ids, img_idx, order = self._split_captions(split, image_ids)
         tokens = lengths = feats = None
         if self.vocab is not None:
-            tokens, lengths = _pad_tokens(
+            tokens, lengths = pad_tokens(
                 caps.column("tokens"), len(self.vocab), cap_ids, f"{cap_where}: column tokens"
             )
             tokens, lengths = tokens[order], lengths[order]
         if self.text_dim is not None:
-            feats = _to_numpy_list(
+            feats = to_numpy_list(
                 caps.column("features"), (self.text_dim,), f"{cap_where}: column features"
             )[order]
         return PairedSplit(

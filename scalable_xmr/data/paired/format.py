@@ -19,7 +19,7 @@ SPLITS = ("train", "val", "test")
 PAD, UNK = "<pad>", "<unk>"
 
 
-def _to_numpy_list(col: pa.ChunkedArray, width: tuple[int, ...], where: str) -> np.ndarray:
+def to_numpy_list(col: pa.ChunkedArray, width: tuple[int, ...], where: str) -> np.ndarray:
     """A (nested) fixed_size_list column as a float32 array ``(rows, *width)``."""
     if col.null_count:
         raise InputError(f"{where}: {col.null_count} null values")
@@ -35,7 +35,7 @@ def _to_numpy_list(col: pa.ChunkedArray, width: tuple[int, ...], where: str) -> 
     return arr
 
 
-def _fixed_list_array(arr: np.ndarray) -> pa.Array:
+def fixed_list_array(arr: np.ndarray) -> pa.Array:
     """float32 ``(rows, *width)`` -> (nested) fixed_size_list array."""
     out: pa.Array = pa.array(np.ascontiguousarray(arr, dtype=np.float32).reshape(-1))
     for size in reversed(arr.shape[1:]):
@@ -43,7 +43,7 @@ def _fixed_list_array(arr: np.ndarray) -> pa.Array:
     return out
 
 
-def _list_shape(t: pa.DataType, where: str) -> tuple[int, ...]:
+def list_shape(t: pa.DataType, where: str) -> tuple[int, ...]:
     """The widths of a float32 fixed_size_list (of fixed_size_list) type."""
     widths = []
     while pa.types.is_fixed_size_list(t):
@@ -54,7 +54,7 @@ def _list_shape(t: pa.DataType, where: str) -> tuple[int, ...]:
     return tuple(widths)
 
 
-def _pad_tokens(col: pa.ChunkedArray, vocab_size: int, ids: np.ndarray, where: str):
+def pad_tokens(col: pa.ChunkedArray, vocab_size: int, ids: np.ndarray, where: str):
     """list<int32> column -> ((M, T) int64 0-padded, (M,) lengths), checked against the vocab."""
     arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
     if arr.null_count:
@@ -83,7 +83,7 @@ def _check_tokens(values, lengths, vocab_size: int, ids: np.ndarray, where: str)
         )
 
 
-def _group_captions(
+def group_captions(
     cap_image_ids: np.ndarray,
     cap_ids: np.ndarray,
     image_ids: np.ndarray,
@@ -110,13 +110,13 @@ def _group_captions(
     return img_idx, order
 
 
-def _check_unique(ids: np.ndarray, where: str) -> None:
+def check_unique_ids(ids: np.ndarray, where: str) -> None:
     uniq, counts = np.unique(ids.astype(str), return_counts=True)
     if len(uniq) != len(ids):
         raise InputError(f"{where}: duplicate id {str(uniq[counts > 1][0])!r}")
 
 
-def _check_vocab(vocab: Any, where: str) -> None:
+def check_vocab(vocab: Any, where: str) -> None:
     if not isinstance(vocab, list) or len(vocab) < 2 or not all(isinstance(w, str) for w in vocab):
         raise InputError(f"{where}: expected a JSON list of >= 2 strings ('<pad>', '<unk>', ...)")
     if len(set(vocab)) != len(vocab):

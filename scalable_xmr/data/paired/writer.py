@@ -19,9 +19,9 @@ from scalable_xmr.data.paired.format import (
     IMAGES_FILE,
     SPLITS,
     VOCAB_FILE,
-    _check_unique,
-    _check_vocab,
-    _fixed_list_array,
+    check_unique_ids,
+    check_vocab,
+    fixed_list_array,
 )
 from scalable_xmr.errors import InputError
 from scalable_xmr.io import atomic_path
@@ -56,7 +56,7 @@ def images_table(
         {
             "image_id": pa.array(list(map(str, image_ids)), pa.string()),
             "split": pa.array(list(map(str, splits)), pa.string()),
-            column: _fixed_list_array(arr),
+            column: fixed_list_array(arr),
         }
     )
 
@@ -81,7 +81,7 @@ def captions_table(
         feats = np.asarray(features, np.float32)
         if feats.ndim != 2 or feats.shape[0] != len(caption_ids):
             raise InputError(f"captions: features must be (M={len(caption_ids)}, D), got {feats.shape}")
-        cols["features"] = _fixed_list_array(feats)
+        cols["features"] = fixed_list_array(feats)
     if text is not None:
         cols["text"] = pa.array(list(map(str, text)), pa.string())
     return pa.table(cols)
@@ -117,8 +117,8 @@ def write_paired_dataset(
     bad_splits = sorted(set(img_split.values()) - set(SPLITS))
     if bad_splits:
         raise InputError(f"images: column split: unknown split {bad_splits[0]!r} (expected {SPLITS})")
-    _check_unique(np.asarray(list(images["image_id"]), dtype=object), "images: column image_id")
-    _check_unique(np.asarray(list(captions["caption_id"]), dtype=object), "captions: column caption_id")
+    check_unique_ids(np.asarray(list(images["image_id"]), dtype=object), "images: column image_id")
+    check_unique_ids(np.asarray(list(captions["caption_id"]), dtype=object), "captions: column caption_id")
     for cap, img in zip(captions["caption_id"], captions["image_id"], strict=True):
         if str(img) not in img_split:
             raise InputError(
@@ -137,7 +137,7 @@ def write_paired_dataset(
         captions.get("text"),
     )
     if vocab is not None:
-        _check_vocab(vocab, "vocab")
+        check_vocab(vocab, "vocab")
     with atomic_path(out) as tmp:
         tmp.mkdir()
         pq.write_table(img_tab, tmp / IMAGES_FILE)

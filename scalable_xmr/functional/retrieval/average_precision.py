@@ -23,10 +23,10 @@ import torch
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.retrieval.checks import (
     ArrayLike,
-    _check_positive_int,
-    _check_retrieval_inputs,
+    check_positive_int,
+    check_retrieval_inputs,
 )
-from scalable_xmr.functional.retrieval.ranking import _ranked_relevance
+from scalable_xmr.functional.retrieval.ranking import ranked_relevance
 
 NO_RELEVANT_MODES = ("zero", "skip")  # see the module docstring; "zero" is the default
 
@@ -50,16 +50,16 @@ def average_precision_per_query(
     """Average precision of every query, float64 array (n_query,). See `mean_average_precision`;
     a query with no relevant item in the ranks scored is 0 (``"zero"``) or NaN (``"skip"``)."""
     check_no_relevant(no_relevant)
-    q, g, ql, gl = _check_retrieval_inputs(
+    q, g, ql, gl = check_retrieval_inputs(
         query_emb, gallery_emb, query_labels, gallery_labels, chunk_size
     )
     if top_k is not None:
-        _check_positive_int(top_k, "top_k")
+        check_positive_int(top_k, "top_k")
     # mAP@k with k beyond the gallery equals mAP@all over the whole ranking (the SDML reference
     # code would index out of range; we clamp instead).
     depth = g.shape[0] if top_k is None else min(int(top_k), g.shape[0])
     out = []
-    for rel, n_rel in _ranked_relevance(q, g, ql, gl, depth, chunk_size):
+    for rel, n_rel in ranked_relevance(q, g, ql, gl, depth, chunk_size):
         # Only relevant ranks contribute: the m-th relevant item at 1-based rank r adds P@r = m / r.
         row, col = rel.nonzero(as_tuple=True)  # (H,) row-major: ranks ascending within a row
         found = rel.sum(1, dtype=torch.int32).to(torch.int64)  # (B,) relevant within the depth

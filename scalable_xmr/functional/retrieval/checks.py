@@ -14,7 +14,7 @@ from scalable_xmr.errors import InputError
 ArrayLike = np.ndarray | torch.Tensor
 
 # Elements per temporary block when a function walks a given matrix (about 64 MB of float32).
-_BLOCK_ELEMENTS = 1 << 24
+BLOCK_ELEMENTS = 1 << 24
 
 
 def _to_tensor(x: ArrayLike, name: str) -> torch.Tensor:
@@ -42,7 +42,7 @@ def as_float_matrix(x: ArrayLike, name: str) -> torch.Tensor:
         t = t.to(torch.float64)
     elif t.dtype not in (torch.float32, torch.float64):
         t = t.to(torch.float32)
-    for r0, r1 in _chunks(t.shape[0], max(1, _BLOCK_ELEMENTS // t.shape[1])):
+    for r0, r1 in chunk_ranges(t.shape[0], max(1, BLOCK_ELEMENTS // t.shape[1])):
         # Fast path: a sum is finite when every entry is (one read, no mask); a non-finite sum
         # (NaN / inf inside, or a mere overflow) is resolved entry by entry.
         if bool(torch.isfinite(t[r0:r1].sum())):
@@ -87,7 +87,7 @@ def _one_hot(labels: torch.Tensor, n_classes: int, name: str) -> torch.Tensor:
     return torch.nn.functional.one_hot(labels, n_classes)
 
 
-def _check_retrieval_inputs(query_emb, gallery_emb, query_labels, gallery_labels, chunk_size):
+def check_retrieval_inputs(query_emb, gallery_emb, query_labels, gallery_labels, chunk_size):
     q = as_float_matrix(query_emb, "query_emb")
     g = as_float_matrix(gallery_emb, "gallery_emb")
     if q.shape[1] != g.shape[1]:
@@ -106,17 +106,19 @@ def _check_retrieval_inputs(query_emb, gallery_emb, query_labels, gallery_labels
             f"query_labels {tuple(ql.shape)} and gallery_labels {tuple(gl.shape)} are multi-hot "
             "with different numbers of classes"
         )
-    _check_positive_int(chunk_size, "chunk_size")
+    check_positive_int(chunk_size, "chunk_size")
     # Cosine similarity: L2-normalise both sides (a zero vector stays zero: similarity 0).
     return F.normalize(q, dim=1), F.normalize(g, dim=1), ql, gl
 
 
-def _check_positive_int(value: int, name: str) -> int:
+def check_positive_int(value: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise InputError(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)
 
 
-def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
+def chunk_ranges(n: int, size: int) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of consecutive blocks of at most ``size`` (at least 1) covering ``range(n)``."""
+    size = max(1, size)
     for start in range(0, n, size):
         yield start, min(start + size, n)

@@ -10,10 +10,10 @@ import torch
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.retrieval.checks import (
     ArrayLike,
-    _check_positive_int,
-    _check_retrieval_inputs,
+    check_positive_int,
+    check_retrieval_inputs,
 )
-from scalable_xmr.functional.retrieval.ranking import _ranked_relevance
+from scalable_xmr.functional.retrieval.ranking import ranked_relevance
 
 # Recall levels are compared with this tolerance: 3/10 >= 0.30000000000000004 must hold.
 _RECALL_TOL = 1e-9
@@ -35,11 +35,11 @@ def precision_recall_curve(
     from 0 to 1. Queries with no relevant gallery item have no defined recall and are left out of
     the average (if all are, the precision is all zeros). Returns (recall levels, precision).
     """
-    q, g, ql, gl = _check_retrieval_inputs(
+    q, g, ql, gl = check_retrieval_inputs(
         query_emb, gallery_emb, query_labels, gallery_labels, chunk_size
     )
     if recall_levels is None:
-        levels = np.linspace(0.0, 1.0, _check_positive_int(n_points, "n_points"))
+        levels = np.linspace(0.0, 1.0, check_positive_int(n_points, "n_points"))
     else:
         levels = np.asarray(recall_levels, dtype=np.float64).reshape(-1)
         if levels.size == 0 or not np.all((levels >= 0) & (levels <= 1)):
@@ -47,7 +47,7 @@ def precision_recall_curve(
     lev = torch.as_tensor(levels)  # (L,)
     ranks = torch.arange(1, g.shape[0] + 1, dtype=torch.float64)  # (G,)
     total, n_used = torch.zeros(len(levels), dtype=torch.float64), 0
-    for rel, n_rel in _ranked_relevance(q, g, ql, gl, g.shape[0], chunk_size):
+    for rel, n_rel in ranked_relevance(q, g, ql, gl, g.shape[0], chunk_size):
         keep = n_rel > 0
         rel, n_rel = rel[keep], n_rel[keep]
         hits = rel.cumsum(1)  # (B, G) int64, non-decreasing
@@ -73,7 +73,7 @@ def scope_levels(n_gallery: int) -> tuple[int, ...]:
     hundreds of items or more): a gallery smaller than 100 gets 10 evenly spaced K from 1 to
     n_gallery (rounded, duplicates dropped), so a small test split still draws a curve.
     """
-    n = _check_positive_int(n_gallery, "n_gallery")
+    n = check_positive_int(n_gallery, "n_gallery")
     ks = tuple(k for k in PAPER_SCOPES if k <= n)
     return ks or tuple(sorted(set(np.linspace(1, n, _FALLBACK_POINTS).round().astype(int).tolist())))
 
@@ -92,18 +92,18 @@ def precision_scope_curve(
     after its ref. [43]) up to the gallery size, or 10 evenly spaced K in [1, n_gallery] when the
     gallery has fewer than 100 items. Returns (scopes, precision).
     """
-    q, g, ql, gl = _check_retrieval_inputs(
+    q, g, ql, gl = check_retrieval_inputs(
         query_emb, gallery_emb, query_labels, gallery_labels, chunk_size
     )
     n_gallery = g.shape[0]
     if scopes is None:
         ks = list(scope_levels(n_gallery))
     else:
-        ks = [_check_positive_int(k, "scopes") for k in scopes]
+        ks = [check_positive_int(k, "scopes") for k in scopes]
         if not ks or max(ks) > n_gallery:
             raise InputError(f"scopes must be non-empty, each in [1, {n_gallery}], got {scopes}")
     idx = torch.as_tensor(ks) - 1  # (S,)
     total = torch.zeros(len(ks), dtype=torch.float64)
-    for rel, _ in _ranked_relevance(q, g, ql, gl, max(ks), chunk_size):
+    for rel, _ in ranked_relevance(q, g, ql, gl, max(ks), chunk_size):
         total += rel.cumsum(1)[:, idx].sum(0).to(torch.float64)  # hits within each scope
     return np.asarray(ks), (total / (idx + 1) / q.shape[0]).numpy()

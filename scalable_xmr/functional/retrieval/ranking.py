@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from scalable_xmr.functional.retrieval.checks import _chunks
+from scalable_xmr.functional.retrieval.checks import chunk_ranges
 
 
 def stable_topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -75,10 +75,10 @@ def _relevance(q_lab: torch.Tensor, g_lab: torch.Tensor) -> torch.Tensor:
     return (q_lab.to(torch.float32) @ g_lab.to(torch.float32).T) > 0
 
 
-def _ranked_relevance(query_emb, gallery_emb, query_labels, gallery_labels, depth, chunk_size):
+def ranked_relevance(query_emb, gallery_emb, query_labels, gallery_labels, depth, chunk_size):
     """Yield (rel_ranked (B, depth) bool, n_relevant (B,)) per chunk of queries."""
     n_gallery = gallery_emb.shape[0]
-    for q0, q1 in _chunks(query_emb.shape[0], chunk_size):
+    for q0, q1 in chunk_ranges(query_emb.shape[0], chunk_size):
         sim = query_emb[q0:q1] @ gallery_emb.T  # (B, G) the only similarity block alive
         rel = _relevance(query_labels[q0:q1], gallery_labels)  # (B, G)
         if depth < n_gallery:

@@ -9,17 +9,17 @@ import torch
 
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.retrieval.checks import (
-    _BLOCK_ELEMENTS,
+    BLOCK_ELEMENTS,
     ArrayLike,
-    _check_positive_int,
-    _chunks,
     as_float_matrix,
+    check_positive_int,
+    chunk_ranges,
 )
 from scalable_xmr.functional.retrieval.ranking import stable_rank
 
 
 def _check_sim(sim: ArrayLike, captions_per_image: int) -> torch.Tensor:
-    n = _check_positive_int(captions_per_image, "captions_per_image")
+    n = check_positive_int(captions_per_image, "captions_per_image")
     s = as_float_matrix(sim, "sim")
     if s.shape[1] != s.shape[0] * n:
         raise InputError(
@@ -33,7 +33,7 @@ def _ranks_i2t(sim: torch.Tensor, n: int) -> torch.Tensor:
     """0-based rank, per image, of its best-ranked caption (VSE++ i2t)."""
     n_img, n_txt = sim.shape
     out = []
-    for r0, r1 in _chunks(n_img, max(1, _BLOCK_ELEMENTS // n_txt)):
+    for r0, r1 in chunk_ranges(n_img, max(1, BLOCK_ELEMENTS // n_txt)):
         block = sim[r0:r1]  # (B, T) view
         own = torch.arange(r0 * n, r1 * n).view(r1 - r0, n)  # (B, n) the image's captions
         # The best-ranked of its captions is the first maximum (lowest index among ties), so one
@@ -47,7 +47,7 @@ def _ranks_t2i(sim: torch.Tensor, n: int) -> torch.Tensor:
     """0-based rank, per caption, of its image j // n in that caption's image ranking (VSE++)."""
     n_img, n_txt = sim.shape
     out = []
-    for c0, c1 in _chunks(n_txt, max(1, _BLOCK_ELEMENTS // n_img)):
+    for c0, c1 in chunk_ranges(n_txt, max(1, BLOCK_ELEMENTS // n_img)):
         block = sim[:, c0:c1]  # (N, B) view, one column per caption
         out.append(stable_rank(block, torch.arange(c0, c1) // n, dim=0))
     return torch.cat(out)
@@ -85,7 +85,7 @@ def recall_at_k(
         (50.0, 100.0, 50.0, 1.0, 1.5, 300.0)
     """
     s = _check_sim(sim, captions_per_image)
-    ks = [_check_positive_int(k, "ks") for k in ks]
+    ks = [check_positive_int(k, "ks") for k in ks]
     out = _recall_metrics(_ranks_i2t(s, captions_per_image), "i2t", ks)
     out.update(_recall_metrics(_ranks_t2i(s, captions_per_image), "t2i", ks))
     out["rsum"] = sum(out[f"{d}@{k}"] for d in ("i2t", "t2i") for k in ks)
@@ -98,7 +98,7 @@ def recall_at_k_folds(
     """COCO "1K" protocol: `recall_at_k` on each of ``n_folds`` consecutive image folds (and their
     captions), every metric averaged over folds (as VSE++ does for rsum, medr and meanr too)."""
     s = _check_sim(sim, captions_per_image)
-    n_folds = _check_positive_int(n_folds, "n_folds")
+    n_folds = check_positive_int(n_folds, "n_folds")
     n_img, n = s.shape[0], captions_per_image
     if n_img % n_folds:
         raise InputError(f"sim has {n_img} images, not divisible into n_folds={n_folds} folds")

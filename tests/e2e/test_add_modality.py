@@ -96,8 +96,8 @@ def test_added_modality_keeps_old_files_and_scores_new_pairs(added_run, capsys):
     assert not (run / ".staging").exists()
 
     store = RunStore(run)
-    meta = store.read_finished()
-    assert store.finished_modalities(meta) == list(ALL)
+    meta = store.read_finished().to_json()  # run.json as written
+    assert [m for m, v in meta["modalities"].items() if v["status"] == "finished"] == list(ALL)
     for m in OLD:
         assert meta["modalities"][m] == old_meta["modalities"][m]
     assert meta["modalities"]["video"]["config"] == TINY.to_dict()  # the run's own SDML settings
@@ -127,16 +127,16 @@ def test_added_modality_keeps_old_files_and_scores_new_pairs(added_run, capsys):
     assert [h.step for h in client.get_metric_history(child.info.run_id, "loss/val_label")] == [1, 2, 3, 4]
 
 
-def test_killed_training_leaves_the_run_unchanged(run_copy, small_xmedia):
+def test_killed_training_leaves_the_run_unchanged(run_copy, small_xmedia, crash_after):
     before = tree_hashes(run_copy)
     req = AddRequest(str(run_copy), ("video",), dataset_uri=small_xmedia, show_progress=False,
-                     resources=ResourceConfig(max_restarts=0), tracking=TrackingConfig(enabled=False),
-                     fail_after_epoch={"video": 2})  # the actor hard-crashes after its epoch-2 checkpoint
+                     resources=ResourceConfig(max_restarts=0), tracking=TrackingConfig(enabled=False))
+    crash_after({"video": 2})  # the actor hard-crashes after its epoch-2 checkpoint
     with pytest.raises(RunStateError, match=r"training of video died .*is unchanged"):
         add_modalities(req)
     assert tree_hashes(run_copy) == before
     store = RunStore(run_copy)
-    assert store.finished_modalities(store.read_finished()) == list(OLD)
+    assert store.read_finished().finished_modalities() == list(OLD)
 
 
 def test_failed_commit_is_rolled_back(run_copy, small_xmedia, monkeypatch):
@@ -181,7 +181,7 @@ def test_kill_before_run_json_then_add_again_from_tables_with_replace(run_copy, 
     assert after_kill["run.json"] == before["run.json"]
     assert_untouched_except_commit(before, after_kill)
     store = RunStore(run_copy)
-    assert store.finished_modalities(store.read_finished()) == list(OLD)  # loads, without video
+    assert store.read_finished().finished_modalities() == list(OLD)  # loads, without video
     assert (run_copy / "modalities" / "video" / "model.pt").is_file()  # present but not listed
     assert (run_copy / ".staging").is_dir()
 
@@ -208,8 +208,8 @@ def test_kill_before_run_json_then_add_again_from_tables_with_replace(run_copy, 
         if not path.startswith(("modalities/3d/", "plots/")) and path not in REWRITTEN:
             assert after[path] == digest, path
     assert (run_copy / "modalities" / "3d" / "model.pt").read_bytes() != old_3d_model
-    meta = store.read_finished()
-    assert sorted(store.finished_modalities(meta)) == sorted(ALL)
+    meta = store.read_finished().to_json()
+    assert sorted(m for m, v in meta["modalities"].items() if v["status"] == "finished") == sorted(ALL)
     assert meta["modalities"]["3d"]["config"]["seed"] == 7
     assert meta["modalities"]["video"]["source"] == {"table": tables[0]}
     assert meta["additions"][-1]["replaced"] == ["3d"]

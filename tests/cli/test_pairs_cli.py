@@ -60,8 +60,8 @@ def test_best_json_routing_and_flag_precedence(tmp_path):
     mtfn = trainers["mtfn"]
     assert list(trainers) == ["mtfn"]  # the model of best.json when no --model is given
     assert (mtfn.lr, mtfn.batch_size, mtfn.epochs, mtfn.text_epochs) == (0.01, 64, 6, 3)
-    # margin is a model-config key (the trainer's margin stays None: the model's is used)
-    assert models == {"mtfn": {"rank": 7, "margin": 0.3}} and mtfn.margin is None
+    # margin is a model-config key: the model's config is its one owner
+    assert models == {"mtfn": {"rank": 7, "margin": 0.3}} and not hasattr(mtfn, "margin")
     assert ks == (5,) and k_texts == (2,)
     trainers, models, ks, _ = build_configs(
         _args("--config", str(best), "--model", "vse", "--model", "mtfn", "--rank", "3", "--k", "2"))
@@ -75,10 +75,10 @@ def test_set_routes_model_and_trainer_keys():
         "--model", "vse", "--model", "mmca", "--set", "embed_dim=64", "--set", "mmca.n_heads=4",
         "--set", "lr_decay_epochs=0", "--set", "mmca.lr=0.002", "--margin", "0.1", "--alpha", "0.5",
         "--lr", "0.01"))
-    assert models == {"vse": {"embed_dim": 64}, "mmca": {"embed_dim": 64, "n_heads": 4, "alpha": 0.5}}
+    assert models == {"vse": {"embed_dim": 64, "margin": 0.1},
+                      "mmca": {"embed_dim": 64, "n_heads": 4, "alpha": 0.5, "margin": 0.1}}
     assert trainers["vse"].lr_decay_epochs == 0 == trainers["mmca"].lr_decay_epochs
     assert (trainers["vse"].lr, trainers["mmca"].lr) == (0.01, 0.002)  # --set wins over --lr
-    assert trainers["vse"].margin == 0.1 == trainers["mmca"].margin
 
 
 def test_each_model_trains_on_its_own_schedule_unless_a_flag_overrides_it():
@@ -161,7 +161,8 @@ def test_best_json_of_another_model_is_refused(tmp_path, capsys):
     best.write_text(json.dumps({"model": "sdml", "per_modality": {}}))
     assert "not a branch-model best.json (model 'sdml'" in _run(["--config", str(best)], capsys)[1]
     best.write_text(json.dumps({"model": "vse", "config": {"rnak": 4}}))
-    assert "unknown key 'rnak' for model 'vse'" in _run(["--config", str(best)], capsys)[1]
+    line = _run(["--config", str(best)], capsys)[1]
+    assert "best.json: rnak: not a config key of vse or of its trainer" in line
 
 
 def _corrupt(root, column, edit):

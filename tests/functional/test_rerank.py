@@ -1,21 +1,17 @@
-"""Cross-modal re-ranking against straightforward loops (bench/_reference.py) and by hand."""
+"""Cross-modal re-ranking against straightforward loops (tests/reference.py) and by hand."""
 
 from __future__ import annotations
 
 import inspect
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from reference import rerank_i2t_loop, rerank_t2i_loop, stable_desc
 
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional import rerank
 from scalable_xmr.functional.rerank import rerank_i2t, rerank_t2i
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from _reference import rerank_i2t_loop, rerank_t2i_loop, stable_desc  # noqa: E402
 
 
 def _rows_order(out: torch.Tensor) -> list[list[int]]:

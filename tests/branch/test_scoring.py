@@ -11,8 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scalable_xmr.branch.trainer import PairTrainer, PairTrainerConfig, branch_config, similarity_matrix
+from scalable_xmr.branch.config import PairTrainerConfig
+from scalable_xmr.branch.scoring import similarity_matrix
+from scalable_xmr.branch.trainer import PairTrainer
 from scalable_xmr.data.paired import open_paired_dataset
+from scalable_xmr.models.registry import branch_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from scalable_xmr.branch.config import PairTrainerConfig
 from scalable_xmr.branch.job import PairsRequest, train_pairs
-from scalable_xmr.branch.trainer import PairTrainerConfig, build_branch_model, similarity_matrix
+from scalable_xmr.branch.scoring import similarity_matrix
 from scalable_xmr.cli.pairs import main
 from scalable_xmr.config import TrackingConfig
 from scalable_xmr.errors import XMRError
+from scalable_xmr.models.registry import build_branch_model
 from scalable_xmr.store.run_store import RunStore
 
 pytestmark = pytest.mark.slow
@@ -47,8 +49,8 @@ def test_cli_job_trains_every_model_and_tracks_it(tmp_path, small_pairs, small_c
     store = RunStore(tmp_path / "run")
     meta = store.read_finished()
     metrics = json.loads(store.metrics_path.read_text())
-    assert meta["kind"] == "pairs" and list(meta["members"]) == list(MODELS)
-    assert meta["members"]["vsa"]["settings"]["target_uri"] == str(target)
+    assert meta.kind == "pairs" and list(meta.members) == list(MODELS)
+    assert meta.members["vsa"]["settings"]["target_uri"] == str(target)
     chance = chance_r10(100, 5)
     for m in MODELS:
         entry = metrics["models"][m]
@@ -73,8 +75,8 @@ def test_cli_job_trains_every_model_and_tracks_it(tmp_path, small_pairs, small_c
 
 def _check_model_file(store, data, small_configs):
     """model.pt (weights only) rebuilds the selected VSE, whose test scores are the stored ones."""
-    from scalable_xmr.branch.trainer import branch_config
     from scalable_xmr.data.paired import open_paired_dataset
+    from scalable_xmr.models.registry import branch_config
 
     payload = torch.load(store.root / "models" / "vse" / "model.pt", weights_only=True)
     assert payload["model"] == "vse" and payload["model_config"]["embed_dim"] == 32
@@ -105,7 +107,7 @@ def _check_mlflow(tmp_path, metrics, meta):
     assert [h.step for h in history] == [1, 2, 3, 4, 5, 6]  # 5 image-text + 1 text-text epochs
     assert children["mmca"].data.params["model_config.alpha"] == "0.2"
     assert parent.data.metrics["vse/rsum"] == pytest.approx(metrics["models"]["vse"]["plain"]["rsum"])
-    assert meta["mlflow"]["parent_run_id"] == parent.info.run_id
+    assert meta.mlflow["parent_run_id"] == parent.info.run_id
 
 
 def test_every_model_learns_mfeat_pairs(tmp_path, mfeat_pair_data, small_configs, chance_r10, ray_local):
@@ -123,7 +125,7 @@ def test_every_model_learns_mfeat_pairs(tmp_path, mfeat_pair_data, small_configs
     assert summary.metrics["models"]["mtfn"]["text_sim"] == "cosine"  # 1 caption per image: no S_TT
 
 
-def test_restart_ensemble_and_resume(tmp_path, small_pairs, small_configs, ray_local):
+def test_restart_ensemble_and_resume(tmp_path, small_pairs, small_configs, ray_local, crash_after):
     def request(epochs=3, **kw):
         trainers = {"vse": PairTrainerConfig(model="vse", epochs=epochs, batch_size=16, lr=5e-3, seed=3)}
         return PairsRequest(run_dir=str(tmp_path / "run"), dataset_uri=small_pairs, trainers=trainers,
@@ -131,7 +133,8 @@ def test_restart_ensemble_and_resume(tmp_path, small_pairs, small_configs, ray_l
                             tracking=TrackingConfig(f"sqlite:///{tmp_path}/mlflow.db", "ens"), **kw)
 
     # vse-seed4 hard-crashes (os._exit) once, right after its epoch-1 checkpoint.
-    summary = train_pairs(request(fail_after_epoch={"vse-seed4": 1}))
+    crash_after({"vse-seed4": 1})
+    summary = train_pairs(request())
     crashed = summary.results["vse-seed4"]
     assert crashed.resumed_at_epoch == [1] and summary.results["vse-seed3"].resumed_at_epoch == []
     assert [h["epoch"] for h in crashed.history] == [1, 2, 3]
@@ -149,7 +152,7 @@ def test_restart_ensemble_and_resume(tmp_path, small_pairs, small_configs, ray_l
     # Pretend the job died before vse-seed4 was recorded: --resume trains only what is missing.
     store = RunStore(tmp_path / "run")
     meta = store.read()
-    meta["status"], meta["members"]["vse-seed4"]["status"] = "running", "pending"
+    meta.status, meta.members["vse-seed4"]["status"] = "running", "pending"
     store.write(meta)
     kept = (models / "vse-seed3/model.pt").read_bytes()
     with pytest.raises(XMRError, match="already holds a running run; pass --resume"):
@@ -159,7 +162,7 @@ def test_restart_ensemble_and_resume(tmp_path, small_pairs, small_configs, ray_l
     again = train_pairs(request(resume=True))
     assert again.results["vse-seed4"].resumed_at_epoch == [1, 3]  # from its last checkpoint: no epochs
     assert (models / "vse-seed3/model.pt").read_bytes() == kept
-    assert store.read_finished()["members"]["vse-seed4"]["status"] == "finished"
+    assert store.read_finished().members["vse-seed4"]["status"] == "finished"
     assert again.metrics["ensembles"]["vse"]["plain"] == pytest.approx(ens["plain"])
 
 

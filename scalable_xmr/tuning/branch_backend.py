@@ -1,45 +1,33 @@
-"""The branch-model half of a sweep, on the driver (see backends.py for the SDML half)."""
+"""The branch-model half of a sweep, on the driver (tuning/backend.py says what a backend does)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from scalable_xmr.branch.config import PairTrainerConfig, default_text_epochs, split_values
+from scalable_xmr.branch.evaluate import K_GRID, K_TEXT_GRID
+from scalable_xmr.data.paired import open_paired_dataset
 from scalable_xmr.errors import InputError
-from scalable_xmr.tuning.backends import _abs_uri, _resources
+from scalable_xmr.io import absolute_uri
+from scalable_xmr.models.registry import branch_config
+from scalable_xmr.tuning.backend import trial_resources
+from scalable_xmr.tuning.branch_trial import BranchTrialSetup, branch_trial
+from scalable_xmr.tuning.final_test import branch_summary, branch_test
 from scalable_xmr.tuning.results import TrialRow
 from scalable_xmr.tuning.space import SearchSpace
+from scalable_xmr.tuning.trial_io import trial_dir
 
-# branch.evaluate's default grids: a sweep that keeps them lets the trial cut them to its gallery.
-DEFAULT_KS = (1, 2, 5, 10, 15, 20)
-DEFAULT_K_TEXTS = (0, 1, 2, 4, 8)
+# A sweep that keeps branch.evaluate's default K grids lets each trial cut them to its gallery.
 T2I_GROUPS = "candidate"  # the trials' T2I neighbour groups: MTFN-RR Eq. 15 (rerank.rerank_t2i)
 _NOT_IN_BEST = ("model", "epochs", "text_epochs", "seed", "eval_chunk")  # the training job's own
 
 
 def split_base(model: str, base: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``--set`` values as (PairTrainerConfig values, model-config values); unknown keys raise,
-    and so does a schedule key this model does not have (``text_epochs`` is MTFN's alone)."""
-    from scalable_xmr.branch.config import SCHEDULE_KEYS, TEXT_STAGE_KEY, schedule_keys
-    from scalable_xmr.branch.trainer import PairTrainerConfig, branch_model_classes
-
-    model_keys = {f.name for f in fields(branch_model_classes(model)[1])}
-    common = {f.name for f in fields(PairTrainerConfig)} - {"model", *SCHEDULE_KEYS, TEXT_STAGE_KEY}
-    trainer_keys = (common | set(schedule_keys(model))) - {"epochs"}
-    trainer, model_values = {}, {}
-    for key, value in base.items():
-        if key in model_keys:
-            model_values[key] = value
-        elif key in trainer_keys:
-            trainer[key] = value
-        elif key == TEXT_STAGE_KEY:
-            raise InputError(f"--set {key}: not a schedule key of {model} (schedule keys: "
-                             f"{', '.join(schedule_keys(model))}; {key} is mtfn's)")
-        else:
-            raise InputError(f"--set {key}: not a config key of {model} or of the trainer (known: "
-                             f"{', '.join(sorted(model_keys | trainer_keys))})")
-    return trainer, model_values
+    """``--set`` values as (PairTrainerConfig values, model-config values) (``branch.config``);
+    ``epochs`` is the sweep's own flag."""
+    return split_values(model, base, "--set", exclude=("epochs",))
 
 
 class BranchBackend:
@@ -55,9 +43,6 @@ class BranchBackend:
         self.model = model
 
     def prepare(self, req, sweep_dir: Path, space: SearchSpace) -> dict[str, Any]:
-        from scalable_xmr.branch.config import default_text_epochs
-        from scalable_xmr.branch.trainer import PairTrainerConfig, branch_config
-        from scalable_xmr.data.paired import open_paired_dataset
 
         ds = open_paired_dataset(req.dataset_uri)
         present = ds.splits()
@@ -72,11 +57,11 @@ class BranchBackend:
         branch_config(self.model, model_values)  # bad fixed values fail before any trial
         in_trial = space.in_trial()
         ks, k_texts = in_trial.get("k"), in_trial.get("k_text")
-        return {"dataset": {"uri": _abs_uri(req.dataset_uri), "name": Path(str(req.dataset_uri)).name},
+        return {"dataset": {"uri": absolute_uri(req.dataset_uri), "name": Path(str(req.dataset_uri)).name},
                 "trainer_base": {k: v for k, v in asdict(cfg).items() if k != "model"},
                 "model_base": model_values,
-                "ks": None if ks in (None, DEFAULT_KS) else list(ks),
-                "k_texts": None if k_texts in (None, DEFAULT_K_TEXTS) else list(k_texts),
+                "ks": None if ks in (None, K_GRID) else list(ks),
+                "k_texts": None if k_texts in (None, K_TEXT_GRID) else list(k_texts),
                 "t2i_groups": T2I_GROUPS,
                 "max_iterations": cfg.epochs + cfg.text_epochs}
 
@@ -89,8 +74,6 @@ class BranchBackend:
     def trainable(self, info: dict[str, Any], sweep_dir: Path):
         from ray import tune
 
-        from scalable_xmr.tuning.pairs_trial import BranchTrialSetup, branch_trial
-
         setup = BranchTrialSetup(
             sweep_dir=str(sweep_dir), dataset_uri=info["dataset"]["uri"], model=self.model,
             trainer_base=info["trainer_base"], model_base=info["model_base"],
@@ -99,7 +82,7 @@ class BranchBackend:
             t2i_groups=info.get("t2i_groups", T2I_GROUPS),
             device="cuda" if info["gpus_per_trial"] > 0 else "cpu",
             threads=max(1, int(info["cpus_per_trial"])))
-        return tune.with_resources(tune.with_parameters(branch_trial, setup=setup), _resources(info))
+        return tune.with_resources(tune.with_parameters(branch_trial, setup=setup), trial_resources(info))
 
     def best_json(self, best: dict[Any, TrialRow], info: dict[str, Any], sweep_dir: Path,
                   tuned: list[str]) -> dict[str, Any]:
@@ -110,9 +93,6 @@ class BranchBackend:
         own validation split after training (the trial's choice is under ``rerank``). ``test``:
         the chosen trial scored on test once, now (labelled ``final_test.TEST_LABEL``).
         """
-        from scalable_xmr.tuning.final_test import branch_test
-        from scalable_xmr.tuning.trial_io import trial_dir
-
         row = best[None]
         trainer = {k: v for k, v in info["trainer_base"].items()
                    if k not in _NOT_IN_BEST and v is not None}
@@ -140,6 +120,5 @@ class BranchBackend:
 
     @staticmethod
     def summary_line(best: dict[str, Any]) -> str:
-        from scalable_xmr.tuning.final_test import branch_summary
 
         return branch_summary(best["test"])

@@ -1,14 +1,14 @@
-"""branch.evaluate with both T2I neighbour groups, against the loop reference (bench/_reference.py)."""
+"""branch.evaluate with both T2I neighbour groups, against the loop reference (tests/reference.py)."""
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from reference import rerank_i2t_loop, rerank_t2i_loop
 
+from scalable_xmr.branch.config import PairTrainerConfig
 from scalable_xmr.branch.evaluate import (
     RerankChoice,
     RerankGrid,
@@ -16,11 +16,7 @@ from scalable_xmr.branch.evaluate import (
     rerank_grid,
 )
 from scalable_xmr.branch.member import BranchJob, evaluate_ensemble, sims_path
-from scalable_xmr.branch.trainer import PairTrainerConfig
 from scalable_xmr.errors import InputError
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from _reference import rerank_i2t_loop, rerank_t2i_loop  # noqa: E402
 
 N = 2  # captions per image: caption j belongs to image j // N
 

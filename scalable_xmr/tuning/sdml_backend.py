@@ -1,32 +1,25 @@
-"""Model-specific halves of a sweep, on the driver: prepare the sweep directory, build the Tune
-trainable with its resources, and turn the best trials into ``best.json``.
-
-``info`` is the JSON-able description a backend writes into ``sweep.json`` on the first run; a
-resumed sweep rebuilds its trainable from it alone (the resumed command line need not repeat the
-original flags).
-"""
+"""The SDML half of a sweep, on the driver (tuning/backend.py says what a backend does): prepare
+the sweep directory and its one P, build the per-modality Tune trainable with its resources, and
+turn the best trial of every modality into ``best.json``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from scalable_xmr.config import SDMLConfig, from_dict
+from scalable_xmr.data.modality.dataset import open_dataset
 from scalable_xmr.errors import InputError
+from scalable_xmr.io import absolute_uri
+from scalable_xmr.store.projection import create_projection, save_projection
+from scalable_xmr.tuning.backend import trial_resources
+from scalable_xmr.tuning.final_test import sdml_summary, sdml_test
 from scalable_xmr.tuning.results import TrialRow
+from scalable_xmr.tuning.sdml_trial import SDMLTrialSetup, sdml_trial
+from scalable_xmr.tuning.trial_io import trial_dir
 
 SMALL_INPUT_DIM = 1024  # below: a "small" modality, packed onto a share of a GPU
 SMALL_GPU_SHARE = 0.25  # a small modality's trial takes this share of --gpus-per-trial
-
-
-def _abs_uri(uri: str) -> str:
-    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
-
-
-def _resources(info: dict[str, Any], gpu_share: float = 1.0) -> dict[str, float]:
-    res = {"cpu": float(info["cpus_per_trial"])}
-    if info["gpus_per_trial"] > 0:
-        res["gpu"] = float(info["gpus_per_trial"]) * gpu_share
-    return res
 
 
 # ------------------------------------------------------------------------------------------ SDML
@@ -41,10 +34,6 @@ class SDMLBackend:
 
     def prepare(self, req, sweep_dir: Path, space) -> dict[str, Any]:
         """Check the dataset and modalities, write the sweep's one projection.arrow."""
-        from scalable_xmr.config import SDMLConfig, from_dict
-        from scalable_xmr.data.modality.dataset import open_dataset
-        from scalable_xmr.store.projection import create_projection, save_projection
-
         # dataset.json only: each trial reads and checks its own modality's table, nothing else.
         ds = open_dataset(req.dataset_uri, validate=False)
         modalities = list(req.modalities or ds.modalities)
@@ -55,7 +44,7 @@ class SDMLBackend:
         base = from_dict(SDMLConfig, {**req.base, "epochs": req.epochs}, source="sweep base config")
         P = create_projection(base.dim, ds.info.n_classes, req.seed)
         digest = save_projection(sweep_dir / "projection.arrow", P, seed=req.seed)
-        return {"dataset": {"uri": _abs_uri(req.dataset_uri), "name": ds.info.name,
+        return {"dataset": {"uri": absolute_uri(req.dataset_uri), "name": ds.info.name,
                             "n_classes": ds.info.n_classes},
                 "modalities": modalities,
                 "input_dims": {m: ds.info.modalities[m].dim for m in modalities},
@@ -74,8 +63,6 @@ class SDMLBackend:
     def trainable(self, info: dict[str, Any], sweep_dir: Path):
         from ray import tune
 
-        from scalable_xmr.tuning.sdml_trial import SDMLTrialSetup, sdml_trial
-
         setup = SDMLTrialSetup(
             sweep_dir=str(sweep_dir), dataset_uri=info["dataset"]["uri"],
             n_classes=info["dataset"]["n_classes"], projection_sha256=info["projection"]["sha256"],
@@ -90,7 +77,7 @@ class SDMLBackend:
     def trial_resources(info: dict[str, Any]) -> dict[str, dict[str, float]]:
         """Per modality: --cpus-per-trial CPUs and --gpus-per-trial GPUs, a quarter of that for a
         small modality (input dim < 1024: its network and data take a fraction of a card)."""
-        return {m: _resources(info, SMALL_GPU_SHARE if d < SMALL_INPUT_DIM else 1.0)
+        return {m: trial_resources(info, SMALL_GPU_SHARE if d < SMALL_INPUT_DIM else 1.0)
                 for m, d in info["input_dims"].items()}
 
     def best_json(self, best: dict[Any, TrialRow], info: dict[str, Any], sweep_dir: Path,
@@ -98,9 +85,6 @@ class SDMLBackend:
         """``{"model": "sdml", "per_modality": {m: {"config": {...}, ...}}}`` (cli/train.py's
         load_overrides format) plus the chosen combination scored on test once
         (``cross_modal``, labelled ``final_test.TEST_LABEL``)."""
-        from scalable_xmr.tuning.final_test import sdml_test
-        from scalable_xmr.tuning.trial_io import trial_dir
-
         base = info["base"]
         # Besides the tuned values, fix what the sweep trained with and `xmr train` has no flag for
         # (hidden), or that the optimum depends on (batch size, normalisation). Epochs and dim are
@@ -138,14 +122,5 @@ class SDMLBackend:
 
     @staticmethod
     def summary_line(best: dict[str, Any]) -> str:
-        from scalable_xmr.tuning.final_test import sdml_summary
 
         return sdml_summary(best["cross_modal"])
-
-
-def backend_for(model: str):
-    if model == "sdml":
-        return SDMLBackend()
-    from scalable_xmr.tuning.pairs_sweep import BranchBackend
-
-    return BranchBackend(model)

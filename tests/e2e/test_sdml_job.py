@@ -24,7 +24,7 @@ def _request(tmp_path, data, **kw):
 def _assert_complete(run_dir, modalities):
     store = RunStore(run_dir)
     meta = store.read_finished()
-    assert sorted(store.finished_modalities(meta)) == sorted(modalities)
+    assert sorted(meta.finished_modalities()) == sorted(modalities)
     metrics = json.loads(store.metrics_path.read_text())
     n = len(modalities)
     assert len(metrics["map"]) == n * (n - 1)
@@ -35,7 +35,7 @@ def _assert_complete(run_dir, modalities):
             assert store.embeddings_path(m, split).is_file()
     for plot in ("map_heatmap.png", "precision_recall.png", "precision_scope.png"):
         assert (store.plots_dir / plot).stat().st_size > 1000
-    return meta, metrics
+    return meta.to_json(), metrics  # run.json as written
 
 
 def test_parallel_run_is_complete_and_tracked(tmp_path, small_xmedia, ray_local):
@@ -78,9 +78,10 @@ def test_serial_and_joint_runs_are_complete(tmp_path, small_xmedia, ray_local, s
     assert parent["lr"] == "image=0.0001,audio=0.0002,3d=0.0002"  # never "None"
 
 
-def test_killed_actor_restarts_and_resumes_from_checkpoint(tmp_path, small_xmedia, ray_local):
+def test_killed_actor_restarts_and_resumes_from_checkpoint(tmp_path, small_xmedia, ray_local, crash_after):
     # The image actor hard-crashes (os._exit) right after its epoch-2 checkpoint, once.
-    req = _request(tmp_path, small_xmedia, modalities=("image", "audio"), fail_after_epoch={"image": 2})
+    crash_after({"image": 2})
+    req = _request(tmp_path, small_xmedia, modalities=("image", "audio"))
     summary = train_sdml(req)
     assert summary.results["image"].resumed_at_epoch == [2]
     assert summary.results["audio"].resumed_at_epoch == []
@@ -100,8 +101,8 @@ def test_resume_a_failed_run_trains_only_what_is_missing(tmp_path, small_xmedia,
     meta = store.read()
     model_bytes = store.model_path("image").read_bytes()
     # Pretend the job died before audio finished: audio pending, status running.
-    meta["status"] = "running"
-    meta["modalities"]["audio"] = {"status": "pending"}
+    meta.status = "running"
+    meta.modalities["audio"] = {"status": "pending"}
     store.write(meta)
     with pytest.raises(XMRError, match="already holds a running run; pass --resume"):
         train_sdml(req)

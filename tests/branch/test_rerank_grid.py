@@ -173,14 +173,11 @@ def test_rerank_choice_and_test_figures_follow_from_the_stored_matrices(
     R@1 (K = 1 is plain and is in the grid), and the test figures are exactly what loop references
     compute from the stored matrices. Whether re-ranking beats plain on *test* is an empirical
     question measured over seeds in bench/rerank_effect.py (BENCHMARKS.md), not asserted here."""
-    import sys
-    from pathlib import Path
 
+    from reference import rerank_i2t_loop, rerank_t2i_loop
+
+    from scalable_xmr.branch.config import PairTrainerConfig
     from scalable_xmr.branch.member import BranchJob, sims_path, train_branch
-    from scalable_xmr.branch.trainer import PairTrainerConfig
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-    from _reference import rerank_i2t_loop, rerank_t2i_loop
 
     before = torch.get_num_threads()
     cfg = PairTrainerConfig(model=model, epochs=epochs, text_epochs=text_epochs, batch_size=32, lr=5e-3,

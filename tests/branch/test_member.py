@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from scalable_xmr.branch.config import PairTrainerConfig
 from scalable_xmr.branch.member import (
     BranchJob,
     evaluate_ensemble,
@@ -16,16 +17,11 @@ from scalable_xmr.branch.member import (
     sims_path,
     train_branch,
 )
-from scalable_xmr.branch.trainer import (
-    PairTensors,
-    PairTrainer,
-    PairTrainerConfig,
-    branch_config,
-    build_branch_model,
-    text_cosine_matrix,
-)
+from scalable_xmr.branch.scoring import PairTensors, text_cosine_matrix
+from scalable_xmr.branch.trainer import PairTrainer
 from scalable_xmr.data.paired import make_synthetic_pairs, open_paired_dataset
 from scalable_xmr.errors import InputError
+from scalable_xmr.models.registry import branch_config, build_branch_model
 
 TINY_VSE = {"embed_dim": 8, "word_dim": 4}
 TINY_VSA = {"embed_dim": 8, "word_dim": 4, "conv_channels": (4, 8), "max_len": 16}

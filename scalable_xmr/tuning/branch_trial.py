@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scalable_xmr.branch.config import PairTrainerConfig, split_values
+from scalable_xmr.branch.member import BranchJob, checkpoint_dir, train_branch
 from scalable_xmr.tuning import trial_io
-from scalable_xmr.tuning.space import model_params
 
 KS = (1, 5, 10)
 
@@ -45,10 +46,8 @@ class BranchTrialSetup:
 
 
 def split_config(model: str, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A trial's sampled values as (trainer values, model-config values)."""
-    params = model_params(model)
-    trainer = {k: v for k, v in config.items() if params[k].target == "trainer"}
-    return trainer, {k: v for k, v in config.items() if params[k].target == "model"}
+    """A trial's sampled values as (trainer values, model-config values) (``branch.config``)."""
+    return split_values(model, config, "trial config")
 
 
 def _recalls(val: dict[str, float]) -> dict[str, float]:
@@ -110,9 +109,6 @@ class _Reporter:
 def branch_trial(config: dict[str, Any], setup: BranchTrialSetup) -> None:
     """Tune function trainable: train ``setup.model`` with ``config``, then sweep K on val."""
     import time
-
-    from scalable_xmr.branch.member import BranchJob, checkpoint_dir, train_branch
-    from scalable_xmr.branch.trainer import PairTrainerConfig
 
     start = time.perf_counter()
     directory = trial_io.trial_dir(setup.sweep_dir, trial_io.current_trial_id())

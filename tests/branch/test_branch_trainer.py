@@ -6,19 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from scalable_xmr.branch.trainer import (
-    PairTensors,
-    PairTrainer,
-    PairTrainerConfig,
-    branch_config,
-    build_branch_model,
-    similarity_matrix,
-    text_similarity_matrix,
-)
+from scalable_xmr.branch.config import PairTrainerConfig
+from scalable_xmr.branch.scoring import PairTensors, similarity_matrix, text_similarity_matrix
+from scalable_xmr.branch.trainer import PairTrainer
 from scalable_xmr.data.paired import make_synthetic_pairs, open_paired_dataset, write_paired_dataset
 from scalable_xmr.errors import InputError, MissingError
 from scalable_xmr.models.base import BranchModel
 from scalable_xmr.models.mtfn import MTFN, MTFNConfig
+from scalable_xmr.models.registry import branch_config, build_branch_model
 from scalable_xmr.models.vse import VSE, VSEConfig
 
 SMALL_VSE = VSEConfig(embed_dim=16, word_dim=8)
@@ -52,9 +47,9 @@ def splits(tmp_path_factory):
         ({"model": "vse", "epochs": -1}, "epochs"),
         ({"model": "vse", "batch_size": 1}, "batch_size"),
         ({"model": "vse", "lr": 0.0}, "lr"),
-        ({"model": "vse", "margin": -0.2}, "margin"),
+        ({"model": "vse", "margin": 0.2}, "unknown key 'margin'"),  # the model config's (one owner)
         ({"model": "vse", "grad_clip": float("inf")}, "grad_clip"),
-        ({"model": "vse", "hinge": "hardest"}, "hinge"),
+        ({"model": "vse", "hinge": "max"}, "unknown key 'hinge'"),
         ({"model": "vse", "text_input": "words"}, "text_input"),
         ({"model": "vse", "epoch": 3}, "unknown key 'epoch'"),
         ({"epochs": 3}, "missing key 'model'"),

@@ -20,7 +20,7 @@ SMALL = {"dim": 8, "word_dim": 8, "text_hidden": 8, "batch_size": 16, "text_epoc
 def _winner_test_sim(summary, winner):
     """(image x caption test scores of the chosen trial's saved model, caption -> image index)."""
     from scalable_xmr.branch.member import load_branch_model
-    from scalable_xmr.branch.trainer import similarity_matrix
+    from scalable_xmr.branch.scoring import similarity_matrix
     from scalable_xmr.data.paired import open_paired_dataset
 
     model, cfg = load_branch_model(Path(summary.sweep_dir) / "trials" / winner.trial_id / "model.pt", "cpu")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from scalable_xmr.branch.trainer import PairTrainer, PairTrainerConfig
+from scalable_xmr.branch.config import PairTrainerConfig
+from scalable_xmr.branch.trainer import PairTrainer
 from scalable_xmr.data.paired import make_synthetic_pairs, mfeat_pairs, open_paired_dataset
 from scalable_xmr.errors import InputError, MissingError
 from scalable_xmr.models.vse import VSE, VSEConfig

@@ -271,7 +271,8 @@ def _text_nll(model: VSA, tokens: torch.Tensor, lengths: torch.Tensor, codes: to
 def test_trainer_total_loss_sums_every_per_sample_term() -> None:
     """VSA-AE-MMD Eq. 12 on one batch as the trainer computes it: L_SH (Eq. 8) + L_AE (Eq. 11)
     summed over the batch's pairs, source and target, + one L_MMD (Eq. 9) -- by hand."""
-    from scalable_xmr.branch.trainer import PairTrainer, PairTrainerConfig
+    from scalable_xmr.branch.config import PairTrainerConfig
+    from scalable_xmr.branch.trainer import PairTrainer
 
     cfg = VSAConfig(**{**TINY, "tau": 0.5})  # recon_weight = mmd_weight = 1: Eq. 12 unweighted
     images = torch.randn(2, 5, generator=torch.Generator().manual_seed(3))
