@@ -46,7 +46,7 @@ from scalable_xmr.models.registry import BRANCH_MODELS
 from scalable_xmr.store.meta import RunMeta, now_iso
 from scalable_xmr.store.run_store import RunStore
 from scalable_xmr.tracking import plots
-from scalable_xmr.tracking.runs import RunSummary, parent_run
+from scalable_xmr.tracking.runs import RunSummary, parent_run, stored_run_url
 from scalable_xmr.tracking.tracker import Tracker, default_tracking_uri
 
 
@@ -155,6 +155,15 @@ def train_pairs(req: PairsRequest, address: str | None = None) -> PairsSummary:
     check_gpus(req.gpus_per_model or 0.0, "--gpus-per-model")
     store = RunStore(req.run_dir)
     mode = store.prepare_new(overwrite=req.overwrite, resume=req.resume)
+    if mode == "resume":
+        stored = _check_resume(store, req, dataset)
+        done = all(m.get("status") == "finished" for m in stored.members.values())
+        if stored.status == "finished" and done:
+            # Nothing to train: a finished run is read, never rewritten (tracking flags or not).
+            metrics = store.read_metrics()
+            return PairsSummary(str(store.root), metrics, _finished_results(store, stored),
+                                stored_run_url(stored), time.perf_counter() - start,
+                                table=pairs_table(metrics))
     meta = _open_run(store, mode, req, dataset)
     tracker = Tracker(req.tracking.tracking_uri or default_tracking_uri(store.root),
                       req.tracking.experiment, req.tracking.enabled)
@@ -195,40 +204,51 @@ def _member_settings(req: PairsRequest, model: str, seed: int) -> dict[str, Any]
             "target_uri": absolute_uri(req.target_uri) if req.target_uri and model == "vsa" else None}
 
 
-def _open_run(store: RunStore, mode: str, req: PairsRequest, dataset: dict[str, Any]) -> RunMeta:
+def _wanted(req: PairsRequest) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(member name -> settings, the re-ranking block) these flags ask for."""
     wanted = {name: jsonable(_member_settings(req, model, seed)) for name, model, seed in req.members()}
     rerank = {"ks": list(req.ks) if req.ks else None, "k_texts": list(req.k_texts) if req.k_texts else None,
               "t2i_groups": req.t2i_groups}
+    return wanted, rerank
+
+
+def _check_resume(store: RunStore, req: PairsRequest, dataset: dict[str, Any]) -> RunMeta:
+    """The stored run, after checking these flags continue it exactly (nothing written)."""
+    wanted, rerank = _wanted(req)
+    meta = store.read()
+    if meta.kind != "pairs":
+        raise InputError(f"{store.root}: a {meta.kind!r} run, not a train-pairs run")
+    if meta.dataset["uri"] != dataset["uri"]:
+        raise InputError(f"{store.root}: run was trained on {meta.dataset['uri']}, not {dataset['uri']}")
+    if meta.rerank is not None:  # runs from before t2i_groups re-ranked with the query's group
+        meta.rerank.setdefault("t2i_groups", "query")
+    if meta.rerank != rerank:
+        raise InputError(
+            f"{store.root}: run chose re-ranking K with {meta.rerank}, these flags ask for "
+            f"{rerank}; resume with the same --k / --k-text / --t2i-groups or pass --overwrite"
+        )
+    if sorted(meta.members) != sorted(wanted):
+        raise InputError(
+            f"{store.root}: run has members {sorted(meta.members)}, these flags ask for "
+            f"{sorted(wanted)}; resume with the same --model / --ensemble / --seed or pass --overwrite"
+        )
+    for name, settings in wanted.items():
+        old = meta.members[name]
+        if old.get("settings") != settings:
+            raise InputError(
+                f"{store.root}: member {name!r} was started with other settings "
+                f"({old.get('settings')}); resume with the same flags or pass --overwrite"
+            )
+    return meta
+
+
+def _open_run(store: RunStore, mode: str, req: PairsRequest, dataset: dict[str, Any]) -> RunMeta:
     if mode == "resume":
-        meta = store.read()
-        if meta.kind != "pairs":
-            raise InputError(f"{store.root}: a {meta.kind!r} run, not a train-pairs run")
-        if meta.dataset["uri"] != dataset["uri"]:
-            raise InputError(
-                f"{store.root}: run was trained on {meta.dataset['uri']}, not {dataset['uri']}"
-            )
-        if meta.rerank is not None:  # runs from before t2i_groups re-ranked with the query's group
-            meta.rerank.setdefault("t2i_groups", "query")
-        if meta.rerank != rerank:
-            raise InputError(
-                f"{store.root}: run chose re-ranking K with {meta.rerank}, these flags ask for "
-                f"{rerank}; resume with the same --k / --k-text / --t2i-groups or pass --overwrite"
-            )
-        if sorted(meta.members) != sorted(wanted):
-            raise InputError(
-                f"{store.root}: run has members {sorted(meta.members)}, these flags ask for "
-                f"{sorted(wanted)}; resume with the same --model / --ensemble / --seed or pass --overwrite"
-            )
-        for name, settings in wanted.items():
-            old = meta.members[name]
-            if old.get("settings") != settings:
-                raise InputError(
-                    f"{store.root}: member {name!r} was started with other settings "
-                    f"({old.get('settings')}); resume with the same flags or pass --overwrite"
-                )
+        meta = _check_resume(store, req, dataset)
         meta.status = "running"
         store.write(meta)
         return meta
+    wanted, rerank = _wanted(req)
     store.root.mkdir(parents=True, exist_ok=True)
     meta = RunMeta(
         kind="pairs", dataset=dataset, target=absolute_uri(req.target_uri) if req.target_uri else None,

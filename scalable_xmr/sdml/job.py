@@ -23,7 +23,7 @@ from scalable_xmr.sdml.trainer import ModalityJob, TrainResult, check_split_size
 from scalable_xmr.store.meta import RunMeta, now_iso
 from scalable_xmr.store.projection import create_projection, load_projection, save_projection
 from scalable_xmr.store.run_store import RunStore
-from scalable_xmr.tracking.runs import RunSummary, parent_run
+from scalable_xmr.tracking.runs import RunSummary, parent_run, stored_run_url
 from scalable_xmr.tracking.tracker import Tracker, default_tracking_uri
 
 
@@ -64,6 +64,12 @@ def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
     check_resources(req.resources)  # before anything is written
     store = RunStore(req.run_dir)
     mode = store.prepare_new(overwrite=req.overwrite, resume=req.resume)
+    if mode == "resume":
+        stored = _check_resume(store, ds)
+        if stored.status == "finished" and set(modalities) <= set(stored.finished_modalities()):
+            # Nothing to train: a finished run is read, never rewritten (tracking flags or not).
+            return RunSummary(str(store.root), store.read_metrics(), {}, stored_run_url(stored),
+                              time.perf_counter() - start)
     meta = _open_run(store, mode, req, ds, modalities)
     tracker = _tracker(req.tracking, store)
     name, params = f"sdml:{store.root.name}", _run_params(meta, req)
@@ -80,18 +86,25 @@ def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
                       time.perf_counter() - start)
 
 
+def _check_resume(store: RunStore, ds) -> RunMeta:
+    """The stored run, after checking it can be continued with dataset ``ds`` (nothing written)."""
+    meta = store.read()
+    if meta.kind != "sdml":
+        raise InputError(f"{store.root}: a {meta.kind!r} run, not an SDML run")
+    n_classes = ds.info.n_classes
+    if meta.dataset["n_classes"] != n_classes or meta.dataset["name"] != ds.info.name:
+        raise InputError(
+            f"{store.root}: run was trained on dataset {meta.dataset['name']!r} "
+            f"({meta.dataset['n_classes']} classes), not {ds.info.name!r} ({n_classes})"
+        )
+    load_projection(store.projection_path, expected_sha256=meta.projection["sha256"])
+    return meta
+
+
 def _open_run(store: RunStore, mode: str, req: TrainRequest, ds, modalities: list[str]) -> RunMeta:
     n_classes = ds.info.n_classes
     if mode == "resume":
-        meta = store.read()
-        if meta.kind != "sdml":
-            raise InputError(f"{store.root}: a {meta.kind!r} run, not an SDML run")
-        if meta.dataset["n_classes"] != n_classes or meta.dataset["name"] != ds.info.name:
-            raise InputError(
-                f"{store.root}: run was trained on dataset {meta.dataset['name']!r} "
-                f"({meta.dataset['n_classes']} classes), not {ds.info.name!r} ({n_classes})"
-            )
-        load_projection(store.projection_path, expected_sha256=meta.projection["sha256"])
+        meta = _check_resume(store, ds)
         for m in modalities:
             meta.modalities.setdefault(m, {"status": "pending"})
         meta.status = "running"

@@ -26,6 +26,14 @@ class RunSummary:
     seconds: float
 
 
+def stored_run_url(meta: RunMeta) -> str:
+    """Where a run's MLflow parent run is, as run.json recorded it (no connection made)."""
+    ml = meta.mlflow or {}
+    if not ml.get("parent_run_id"):
+        return "(tracking off)"
+    return f"{ml['tracking_uri']} (experiment {ml['experiment_id']}, run {ml['parent_run_id']})"
+
+
 @contextlib.contextmanager
 def parent_run(
     store: RunStore, meta: RunMeta, tracker: Tracker, mode: str, name: str, job: str,

@@ -98,14 +98,18 @@ class Tracker:
 
         return self._safe(go)
 
+    def live(self, run_id: str | None) -> bool:
+        """Whether calls about ``run_id`` go anywhere (a run, tracking on and connected)."""
+        return bool(run_id) and self.enabled and self.client is not None
+
     def end_run(self, run_id: str | None, status: str = "FINISHED") -> None:
-        if run_id:
+        if self.live(run_id):
             self._safe(self.client.set_terminated, run_id, status)
 
     def log_params(self, run_id: str | None, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
+        if self.live(run_id):
+            from mlflow.entities import Param
 
-        if run_id:
             items = [Param(k, str(v)[:6000]) for k, v in _flatten(params).items()]
             self._safe(self._batched, run_id, params=items)
 
@@ -113,9 +117,9 @@ class Tracker:
         self.log_metric_rows(run_id, [(k, float(v), step) for k, v in metrics.items()])
 
     def log_metric_rows(self, run_id: str | None, rows: Iterable[tuple[str, float, int]]) -> None:
-        from mlflow.entities import Metric
+        if self.live(run_id):
+            from mlflow.entities import Metric
 
-        if run_id:
             now = int(time.time() * 1000)
             items = [Metric(k, float(v), now, int(s)) for k, v, s in rows]
             self._safe(self._batched, run_id, metrics=items)
@@ -128,7 +132,7 @@ class Tracker:
             self.client.log_batch(run_id, params=params[i : i + 100])
 
     def log_artifact(self, run_id: str | None, path: str | os.PathLike, subdir: str | None = None) -> None:
-        if run_id and Path(path).exists():
+        if self.live(run_id) and Path(path).exists():
             fn = self.client.log_artifacts if Path(path).is_dir() else self.client.log_artifact
             self._safe(fn, run_id, str(path), subdir)
 

@@ -128,9 +128,10 @@ def test_every_model_learns_mfeat_pairs(tmp_path, mfeat_pair_data, small_configs
 def test_restart_ensemble_and_resume(tmp_path, small_pairs, small_configs, ray_local, crash_after):
     def request(epochs=3, **kw):
         trainers = {"vse": PairTrainerConfig(model="vse", epochs=epochs, batch_size=16, lr=5e-3, seed=3)}
+        kw.setdefault("tracking", TrackingConfig(f"sqlite:///{tmp_path}/mlflow.db", "ens"))
         return PairsRequest(run_dir=str(tmp_path / "run"), dataset_uri=small_pairs, trainers=trainers,
                             model_configs={"vse": small_configs["vse"]}, ensemble=2, show_progress=False,
-                            tracking=TrackingConfig(f"sqlite:///{tmp_path}/mlflow.db", "ens"), **kw)
+                            **kw)
 
     # vse-seed4 hard-crashes (os._exit) once, right after its epoch-1 checkpoint.
     crash_after({"vse-seed4": 1})
@@ -164,6 +165,11 @@ def test_restart_ensemble_and_resume(tmp_path, small_pairs, small_configs, ray_l
     assert (models / "vse-seed3/model.pt").read_bytes() == kept
     assert store.read_finished().members["vse-seed4"]["status"] == "finished"
     assert again.metrics["ensembles"]["vse"]["plain"] == pytest.approx(ens["plain"])
+    # --resume of the finished run without tracking: nothing trains, nothing is rewritten.
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    done = train_pairs(request(resume=True, tracking=TrackingConfig(enabled=False)))
+    assert done.metrics == again.metrics and done.table
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
 
 
 def test_gpus_asked_of_a_cpu_cluster_fail_fast(tmp_path, small_pairs, ray_local):

@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -110,3 +111,10 @@ def test_resume_a_failed_run_trains_only_what_is_missing(tmp_path, small_xmedia,
     assert list(summary.results) == ["audio"]
     assert store.model_path("image").read_bytes() == model_bytes
     _assert_complete(summary.run_dir, ["image", "audio"])
+    # --resume of the finished run, with tracking off where the run was tracked: nothing to train,
+    # and not one byte of the finished run changes (it stayed finished; issue #14, defect 1).
+    before = {p: p.read_bytes() for p in Path(req.run_dir).rglob("*") if p.is_file()}
+    again = train_sdml(_request(tmp_path, small_xmedia, modalities=("image", "audio"), resume=True,
+                                tracking=TrackingConfig(enabled=False)))
+    assert again.results == {} and again.metrics == summary.metrics
+    assert {p: p.read_bytes() for p in Path(req.run_dir).rglob("*") if p.is_file()} == before

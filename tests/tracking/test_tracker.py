@@ -37,3 +37,15 @@ def test_tracking_off_records_nothing_and_uris_are_absolute(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert absolute_tracking_uri("sqlite:///rel.db") == f"sqlite:///{tmp_path}/rel.db"
     assert absolute_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_a_disabled_tracker_ignores_every_call_even_with_a_stored_run_id(tmp_path):
+    """--resume --no-tracking of a tracked run hands the stored parent id to a tracker that is off:
+    it must do nothing (it raised AttributeError and flipped the finished run to failed)."""
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "exp", enabled=False)
+    (tmp_path / "f.txt").write_text("x")
+    tracker.end_run("0123456789abcdef", "FAILED")
+    tracker.log_params("0123456789abcdef", {"a": 1})
+    tracker.log_metrics("0123456789abcdef", {"m": 1.0})
+    tracker.log_artifact("0123456789abcdef", tmp_path / "f.txt")
+    assert not tracker.live("0123456789abcdef")
