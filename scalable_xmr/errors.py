@@ -26,3 +26,7 @@ class RunStateError(XMRError, RuntimeError):
 
 class ActorDiedError(RunStateError):
     """A Ray actor died and could not be restarted (its node was lost, restarts ran out...)."""
+
+
+class CorruptFileError(InputError):
+    """A model or checkpoint file failed its checksum or cannot be unpickled."""

@@ -78,3 +78,20 @@ def absolute_uri(uri: str | os.PathLike) -> str:
     trials run in other working directories)."""
     uri = str(uri)
     return uri if "://" in uri else str(Path(uri).expanduser().resolve())
+
+
+def check_writable(path: str | os.PathLike, flag: str) -> None:
+    """One line unless ``path`` (a file or directory to create or update) can be written: its
+    nearest existing ancestor must be a directory this process can create files in. Jobs call it
+    before Ray starts, so an unwritable output costs nothing."""
+    if "://" in str(path):
+        return  # object storage: the filesystem layer reports its own errors
+    target = Path(path).expanduser().resolve()
+    ancestor = target if target.exists() else next(p for p in target.parents if p.exists())
+    if not ancestor.is_dir():
+        raise InputError(f"{flag} {path}: {ancestor} is a file, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as e:
+        raise InputError(f"{flag} {path}: cannot write in {ancestor} ({e.strerror})") from None

@@ -41,7 +41,7 @@ from scalable_xmr.data.paired import open_paired_dataset
 from scalable_xmr.distributed.actors import ActorResources, ActorTask, run_actors
 from scalable_xmr.distributed.cluster import check_gpus, connect, has_gpus
 from scalable_xmr.errors import InputError
-from scalable_xmr.io import absolute_uri, read_json
+from scalable_xmr.io import absolute_uri, check_writable, read_json
 from scalable_xmr.models.registry import BRANCH_MODELS
 from scalable_xmr.store.meta import RunMeta, now_iso
 from scalable_xmr.store.run_store import RunStore
@@ -151,6 +151,7 @@ def train_pairs(req: PairsRequest, address: str | None = None) -> PairsSummary:
     """Train every member in parallel Ray actors, evaluate, ensemble, write the run, track."""
     start = time.perf_counter()
     dataset = check_dataset(req)
+    check_writable(req.run_dir, "--run")
     connect(address)
     check_gpus(req.gpus_per_model or 0.0, "--gpus-per-model")
     store = RunStore(req.run_dir)
@@ -297,6 +298,7 @@ def _member_entry(result: BranchResult) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ Ray
 def _train_members(jobs: list[BranchJob], req: PairsRequest) -> dict[str, BranchResult]:
     """All members at once, one actor each (the same run_actors as the SDML job's modalities)."""
-    placement = ActorResources(gpus=_gpus(req), cpus=req.cpus_per_model, max_restarts=req.max_restarts)
+    placement = ActorResources(gpus=_gpus(req), cpus=req.cpus_per_model, max_restarts=req.max_restarts,
+                               flags=("--cpus-per-model", "--gpus-per-model"))
     tasks = [ActorTask(job.label, run_member, job) for job in jobs]
     return run_actors(tasks, placement, show_progress=req.show_progress)

@@ -48,6 +48,7 @@ from scalable_xmr.errors import InputError
 from scalable_xmr.io import atomic_path, atomic_write_json, read_json
 from scalable_xmr.models.base import BranchModel
 from scalable_xmr.models.registry import branch_config, build_branch_model
+from scalable_xmr.store import torchfile
 
 EpochHook = Callable[[dict[str, Any]], None]
 
@@ -166,9 +167,10 @@ class _Checkpoints:
         self.settings = {"trainer": asdict(job.trainer), "model_config": model_config,
                          "dataset_uri": job.dataset_uri, "target_uri": job.target_uri}
         self.resumed_at: list[int] = []
+        self.recovered_from: str | None = None  # why the newest checkpoint was skipped on resume
 
     def resume(self, trainer: PairTrainer) -> None:
-        if not self.state.is_file():
+        if not self.state.is_file() and not torchfile.previous(self.state).is_file():
             return
         meta = read_json(self.meta_path) if self.meta_path.is_file() else {}
         saved = {k: meta.get(k) for k in self.settings}
@@ -177,7 +179,7 @@ class _Checkpoints:
                 f"{self.state}: checkpoint was written with other settings {saved}; delete "
                 f"{self.dir} or train with the same settings"
             )
-        trainer.load_checkpoint(self.state)
+        self.recovered_from = trainer.load_checkpoint(self.state)
         self.resumed_at = [*meta.get("resumed_at", []), trainer.epoch]
         self._write_meta()
 
@@ -235,8 +237,7 @@ def _save_model(job: BranchJob, trainer: PairTrainer, split: PairedSplit, model_
         "text_dim": split.text_dim if trainer.train_data.texts.is_floating_point() else None,
         "best_epoch": best,
     }
-    with atomic_path(Path(job.out_dir) / "model.pt") as tmp:
-        torch.save(payload, tmp)
+    torchfile.save(payload, Path(job.out_dir) / "model.pt")
 
 
 def _save_array(path: Path, array: torch.Tensor) -> None:
@@ -267,7 +268,7 @@ def score_model(
 
 def load_branch_model(path: str | os.PathLike, device: torch.device) -> tuple[BranchModel, PairTrainerConfig]:
     """The selected model a training job or trial saved (``model.pt``) and its trainer config."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = torchfile.load(path)
     if not isinstance(payload, dict) or payload.get("format") != "scalable_xmr.branch_model/1":
         raise InputError(f"{path}: not a branch-model file")
     name = payload["model"]
@@ -279,14 +280,15 @@ def load_branch_model(path: str | os.PathLike, device: torch.device) -> tuple[Br
 
 
 def train_branch(
-    job: BranchJob, progress: EpochHook | None = None, on_epoch: EpochHook | None = None
+    job: BranchJob, progress: EpochHook | None = None, on_epoch: EpochHook | None = None,
+    event: Callable[[str], None] | None = None,
 ) -> BranchResult:
     """Train ``job``'s model (resuming from its checkpoint), then evaluate plain and re-ranked.
 
     ``progress(row)`` gets a small row per epoch (name, epoch, epochs, stage, loss, val_score,
     best_epoch) for progress bars; ``on_epoch(record)`` the trainer's full epoch record plus
     ``checkpointed`` / ``checkpoint_dir`` after that epoch's checkpoint is on disk (a Tune trial
-    reports from there).
+    reports from there); ``event(text)`` one line for the driver (a checkpoint found corrupt).
     """
     start = time.perf_counter()
     if job.num_threads:
@@ -299,6 +301,8 @@ def train_branch(
     model_config = jsonable(asdict(trainer.model.config)) if hasattr(trainer.model, "config") else {}
     ckpt = _Checkpoints(job, model_config)
     ckpt.resume(trainer)
+    if ckpt.recovered_from and event is not None:
+        event(f"{job.label}: {ckpt.recovered_from}; resumed from the checkpoint before it")
     trainer.fit(on_epoch=_epoch_hook(job, trainer, ckpt, progress, on_epoch))
     train_seconds = time.perf_counter() - start
     _save_model(job, trainer, splits["train"], model_config)
@@ -401,4 +405,4 @@ def run_member(job: BranchJob, reporter: Reporter) -> BranchResult:
     restarted actor calls it again and the trainer resumes from its checkpoint."""
     if (checkpoint_dir(job.out_dir) / "last.pt").is_file():
         reporter.event(f"{job.label}: actor (pid {os.getpid()}) resumes from its checkpoint")
-    return train_branch(job, progress=reporter.progress)
+    return train_branch(job, progress=reporter.progress, event=reporter.event)

@@ -33,9 +33,9 @@ from scalable_xmr.data.paired import PairedSplit
 from scalable_xmr.errors import InputError, MissingError
 from scalable_xmr.functional.contrastive import hinge_max_violation, hinge_sum
 from scalable_xmr.functional.retrieval import recall_at_k
-from scalable_xmr.io import atomic_path
 from scalable_xmr.models.base import BranchModel
 from scalable_xmr.models.registry import build_branch_model
+from scalable_xmr.store import torchfile
 
 __all__ = ["PairTrainer"]
 
@@ -352,19 +352,17 @@ class PairTrainer:
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`state_dict` atomically with torch.save."""
-        with atomic_path(path) as tmp:
-            torch.save(self.state_dict(), tmp)
+        """Write :meth:`state_dict` with a checksum, atomically, keeping the one before it."""
+        torchfile.save_rotating(self.state_dict(), path)
         return Path(path)
 
-    def load_checkpoint(self, path: str | os.PathLike) -> None:
-        """Resume from a file written by :meth:`save_checkpoint` (``weights_only=True``)."""
-        if not Path(path).is_file():
+    def load_checkpoint(self, path: str | os.PathLike) -> str | None:
+        """Resume from :meth:`save_checkpoint`'s file, or the one before it when that is corrupt;
+        returns why the newest was skipped (None when it was used)."""
+        if not Path(path).is_file() and not torchfile.previous(path).is_file():
             raise MissingError(f"{path}: checkpoint not found")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a truncated or foreign file
-            raise InputError(f"{path}: not a readable pair-trainer checkpoint ({e})") from e
+        state, _, skipped = torchfile.load_newest_good(path)
         if not isinstance(state, dict) or state.get("format") != "scalable_xmr.pair_trainer/1":
             raise InputError(f"{path}: not a pair-trainer checkpoint")
         self.load_state_dict(state)
+        return skipped

@@ -45,10 +45,13 @@ def run_cli(fn: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print("xmr: interrupted", file=sys.stderr)
         return 130
-    except (XMRError, ValueError, FileNotFoundError, FileExistsError, PermissionError) as e:
+    except (XMRError, ValueError, OSError) as e:  # OSError: unwritable, full or read-only disks...
         if os.environ.get("XMR_DEBUG"):
             raise
-        msg = " ".join(str(e).split())  # one line, whatever the message held
+        if isinstance(e, OSError) and not isinstance(e, XMRError) and e.filename is not None:
+            msg = f"{e.filename}: {e.strerror or e}"  # the path first, as every other error line
+        else:
+            msg = " ".join(str(e).split())  # one line, whatever the message held
         print(f"xmr: error: {msg}", file=sys.stderr)
         return 2
 

@@ -29,7 +29,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from scalable_xmr.distributed.cluster import can_autoscale, cluster_cpus, describe_cluster
+from scalable_xmr.distributed.cluster import can_autoscale, cluster_cpus, describe_cluster, largest_node
 from scalable_xmr.distributed.progress import ProgressBars, Reporter
 from scalable_xmr.errors import ActorDiedError, InputError, XMRError
 
@@ -51,21 +51,24 @@ class ActorResources:
     cpus: float | None = None  # per actor; None: the cluster's CPUs shared out evenly
     max_restarts: int = 2  # Ray restarts a crashed actor this often (and retries its call)
     placement_timeout_s: float = 600.0  # how long an autoscaling cluster may take to place them
+    flags: tuple[str, str] = ("--cpus-per-modality", "--gpus-per-modality")  # named in errors
 
 
 class HubReporter(Reporter):
-    """A task's :class:`Reporter` inside an actor: rows and events go to the driver's hub."""
+    """A task's :class:`Reporter` inside an actor: rows and events go to the driver's hub. Each
+    call waits for the hub (one small round trip an epoch), so everything a task reported is in
+    the hub before its result reaches the driver."""
 
     def __init__(self, hub: Any | None) -> None:
         self.hub = hub
 
     def progress(self, row: dict[str, Any]) -> None:
         if self.hub is not None:
-            self.hub.update.remote(row)
+            ray.get(self.hub.update.remote(row))
 
     def event(self, text: str) -> None:
         if self.hub is not None:
-            self.hub.event.remote(text)
+            ray.get(self.hub.event.remote(text))
 
 
 @ray.remote(num_cpus=0)
@@ -132,6 +135,18 @@ def wait_for_placement(pg, resources: ActorResources) -> None:
         ) from e
 
 
+def _check_fits(bundle: dict[str, float], resources: ActorResources) -> None:
+    """An actor bigger than every node would wait for placement in vain: say so at once (an
+    autoscaling cluster may still add a bigger node, so it is given the benefit of the doubt)."""
+    if can_autoscale():
+        return
+    largest = largest_node()
+    for (key, flag) in zip(("CPU", "GPU"), resources.flags, strict=True):
+        if bundle.get(key, 0.0) > largest[key]:
+            raise InputError(f"{flag} {bundle[key]:g}: no node of this cluster has that many {key}s "
+                             f"(the largest has {largest[key]:g}; {describe_cluster()})")
+
+
 def unwrap_actor_error(error: Exception) -> Exception:
     """The user-facing error inside a Ray task error, when there is one; an actor that died for
     good becomes an :class:`ActorDiedError`."""
@@ -155,10 +170,17 @@ def get_results(names: Sequence[str], refs: Sequence) -> dict[str, Any]:
 
 
 def _wait_with_progress(refs, hub, bars: ProgressBars, poll_s: float = 0.5) -> None:
-    """Block until every ref is done, refreshing the progress bars meanwhile."""
+    """Block until every ref is done, refreshing the progress bars meanwhile. The first actor that
+    fails raises here at once (as its user-facing error), so the caller stops the others promptly
+    instead of letting them train on."""
     pending = list(refs)
     while pending:
-        _, pending = ray.wait(pending, num_returns=len(pending), timeout=poll_s)
+        done, pending = ray.wait(pending, num_returns=len(pending), timeout=poll_s)
+        for ref in done:
+            try:
+                ray.get(ref)
+            except (RayTaskError, RayActorError) as e:
+                raise unwrap_actor_error(e) from None
         bars.update(*ray.get(hub.snapshot.remote()))
     bars.update(*ray.get(hub.snapshot.remote()))
     time.sleep(0)  # yield once so the bars flush before results print
@@ -175,6 +197,7 @@ def run_actors(tasks: Sequence[ActorTask], resources: ActorResources, show_progr
         return {}
     cpus = cpu_share(resources, len(tasks))
     bundle = {"CPU": cpus, **({"GPU": resources.gpus} if resources.gpus > 0 else {})}
+    _check_fits(bundle, resources)
     hub_name = f"xmr-progress-{uuid.uuid4().hex[:12]}"
     hub = ProgressHub.options(name=hub_name).remote()
     own_bars = bars is None

@@ -60,6 +60,12 @@ def has_gpus() -> bool:
     return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1
 
 
+def largest_node() -> dict[str, float]:
+    """The CPU and GPU count of the biggest alive node (what one actor can be given at most)."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return {k: max((n.get(k, 0.0) for n in nodes), default=0.0) for k in ("CPU", "GPU")}
+
+
 def can_autoscale() -> bool:
     """True on a cluster-launcher head node, whose autoscaler may still bring up GPU workers."""
     return not _STARTED_LOCAL and os.path.isfile(os.path.expanduser("~/ray_bootstrap_config.yaml"))

@@ -48,7 +48,7 @@ from scalable_xmr.config import ModalityOverrides, ResourceConfig, SDMLConfig, T
 from scalable_xmr.data.modality.dataset import open_dataset, read_modality_table
 from scalable_xmr.distributed.cluster import connect
 from scalable_xmr.errors import ActorDiedError, InputError, MissingError, RunStateError
-from scalable_xmr.io import absolute_uri, atomic_write_bytes
+from scalable_xmr.io import absolute_uri, atomic_write_bytes, check_writable
 from scalable_xmr.sdml import evaluate
 from scalable_xmr.sdml.job import finish_run, modality_entry
 from scalable_xmr.sdml.launch import check_resources, train_modalities
@@ -110,6 +110,7 @@ def add_modalities(req: AddRequest, address: str | None = None) -> RunSummary:
         n_classes = _check_run(store, meta, req)
         configs = _configs(store, meta, req)
         sources = _sources(store, meta, req, configs)
+        check_writable(store.root, "--run")
         connect(address)
         check_resources(req.resources)
         tracker, parent, own_parent = _open_tracking(store, meta, req.tracking)

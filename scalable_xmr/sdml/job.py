@@ -16,7 +16,7 @@ from scalable_xmr.data.modality.dataset import open_dataset
 from scalable_xmr.distributed.cluster import connect
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.retrieval import check_no_relevant, precision_recall_curve, precision_scope_curve
-from scalable_xmr.io import absolute_uri
+from scalable_xmr.io import absolute_uri, check_writable
 from scalable_xmr.sdml import evaluate
 from scalable_xmr.sdml.launch import check_resources, train_modalities
 from scalable_xmr.sdml.trainer import ModalityJob, TrainResult, check_split_sizes
@@ -60,12 +60,14 @@ def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
     for m in modalities:
         batch = req.overrides.config_for(req.sdml, m).batch_size
         check_split_sizes(m, sizes[m], batch, ds.table_path(m))
+    check_writable(req.run_dir, "--run")
     connect(address)
     check_resources(req.resources)  # before anything is written
     store = RunStore(req.run_dir)
     mode = store.prepare_new(overwrite=req.overwrite, resume=req.resume)
     if mode == "resume":
         stored = _check_resume(store, ds)
+        _check_resume_configs(store, stored, req, modalities)
         if stored.status == "finished" and set(modalities) <= set(stored.finished_modalities()):
             # Nothing to train: a finished run is read, never rewritten (tracking flags or not).
             return RunSummary(str(store.root), store.read_metrics(), {}, stored_run_url(stored),
@@ -76,6 +78,7 @@ def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
     with parent_run(store, meta, tracker, mode, name, "train_xmedia", params) as parent:
         todo = [m for m in modalities if meta.modalities[m].get("status") != "finished"]
         jobs = [_job(store, meta, req, m, ds.info.n_classes) for m in todo]
+        store.write(meta)  # every modality's config is on record before it trains (resume checks it)
         results = train_modalities(jobs, req.resources, show_progress=req.show_progress)
         for m, result in results.items():
             meta.modalities[m].update(modality_entry(result))
@@ -99,6 +102,23 @@ def _check_resume(store: RunStore, ds) -> RunMeta:
         )
     load_projection(store.projection_path, expected_sha256=meta.projection["sha256"])
     return meta
+
+
+def _check_resume_configs(store: RunStore, stored: RunMeta, req: TrainRequest, modalities: list[str]) -> None:
+    """A modality that started training continues only with the configuration it started with:
+    a difference is one line naming the modality, the key and both values (nothing written)."""
+    for m in modalities:
+        entry = stored.modalities.get(m, {})
+        if entry.get("status") == "finished" or "config" not in entry:
+            continue  # finished modalities are not retrained; unstarted ones take the new flags
+        old, new = entry["config"], req.overrides.config_for(req.sdml, m).to_dict()
+        for key, value in new.items():
+            if old.get(key) != value:
+                raise InputError(
+                    f"{store.run_json}: modality {m!r} started training with {key}={old.get(key)!r}, "
+                    f"--resume asks for {key}={value!r}; resume with the run's settings or pass "
+                    "--overwrite to train again"
+                )
 
 
 def _open_run(store: RunStore, mode: str, req: TrainRequest, ds, modalities: list[str]) -> RunMeta:

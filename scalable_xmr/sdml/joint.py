@@ -15,7 +15,6 @@ import time
 import torch
 
 from scalable_xmr.distributed.progress import Reporter
-from scalable_xmr.io import atomic_path
 from scalable_xmr.sdml.trainer import (
     EpochStats,
     ModalityJob,
@@ -24,6 +23,7 @@ from scalable_xmr.sdml.trainer import (
     TrainResult,
     make_adam,
 )
+from scalable_xmr.store import torchfile
 
 
 class JointTrainer:
@@ -34,7 +34,7 @@ class JointTrainer:
         self.optimizer = make_adam(groups, groups[0]["lr"], self.trainers[0].device)
         self.path = self.trainers[0].store.root / "joint_checkpoint.pt"
         if self.path.is_file():
-            state = torch.load(self.path, map_location=self.trainers[0].device, weights_only=True)
+            state = torchfile.load(self.path, self.trainers[0].device)
             if all(t.epoch == state["epoch"] for t in self.trainers):
                 self.optimizer.load_state_dict(state["optimizer"])
 
@@ -70,8 +70,7 @@ class JointTrainer:
             if epoch == cfg.epochs or epoch % cfg.checkpoint_every == 0:
                 for trainer in self.trainers:
                     trainer.save_checkpoint()
-                with atomic_path(self.path) as tmp:
-                    torch.save({"epoch": epoch, "optimizer": self.optimizer.state_dict()}, tmp)
+                torchfile.save({"epoch": epoch, "optimizer": self.optimizer.state_dict()}, self.path)
         seconds = time.perf_counter() - start
         for trainer in self.trainers:
             trainer.write_outputs()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import os
 import platform
 import sys
@@ -30,8 +31,9 @@ from scalable_xmr.data.modality.dataset import open_dataset, read_modality_table
 from scalable_xmr.distributed.progress import Reporter
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.losses import label_loss_per_sample, sdml_loss
-from scalable_xmr.io import atomic_path, atomic_write_json
+from scalable_xmr.io import atomic_write_json
 from scalable_xmr.models.sdml import SDMLAutoencoder
+from scalable_xmr.store import torchfile
 from scalable_xmr.store.meta import now_iso
 from scalable_xmr.store.projection import load_projection
 from scalable_xmr.store.run_store import RunStore
@@ -209,6 +211,7 @@ class ModalityTrainer:
         self.history: list[dict[str, float]] = []
         self.resumed_at: list[int] = []
         self.outputs_written = False
+        self.recovered_from: str | None = None  # why the newest checkpoint was skipped on resume
         self._resume()
 
     # ---- one epoch -----------------------------------------------------------------------------
@@ -274,6 +277,14 @@ class ModalityTrainer:
             sums += torch.stack([total.detach(), recon.detach(), label.detach()])
         self.epoch += 1
         means = (sums / len(batches)).tolist()  # one host sync per epoch
+        bad = [term for term, v in zip(("total", "reconstruction", "label"), means, strict=True)
+               if not math.isfinite(v)]
+        if bad:  # stop here: checkpointing NaN weights would only spread them
+            terms = [t for t in bad if t != "total"] or ["total"]
+            what = f"{' and '.join(terms)} loss{'es are' if len(terms) > 1 else ' is'}"
+            raise InputError(f"modality {self.job.modality!r}: the {what} not finite at epoch "
+                             f"{self.epoch} (lr {self.optimizer.param_groups[0]['lr']:g}); lower --lr, check "
+                             "the inputs, or resume from the last checkpoint")
         return EpochStats(self.epoch, *means, self.val_label_loss(), time.perf_counter() - start)
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -333,14 +344,14 @@ class ModalityTrainer:
             "resumed_at": self.resumed_at,
             "config": self.cfg.to_dict(),
         }
-        with atomic_path(self.store.checkpoint_path(self.job.modality)) as tmp:
-            torch.save(state, tmp)
+        torchfile.save_rotating(state, self.store.checkpoint_path(self.job.modality))
 
     def _resume(self) -> None:
         path = self.store.checkpoint_path(self.job.modality)
-        if not path.is_file():
+        if not path.is_file() and not torchfile.previous(path).is_file():
             return
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        # A corrupt newest checkpoint falls back to the one before it (said in recovered_from).
+        state, _, self.recovered_from = torchfile.load_newest_good(path, self.device)
         if state.get("config") != self.cfg.to_dict():
             # A checkpoint from other hyperparameters must not be continued silently.
             raise InputError(
@@ -398,6 +409,8 @@ def train_modality(job: ModalityJob, reporter: Reporter) -> TrainResult:
     checkpoint in the run store, and the driver is told.
     """
     trainer = ModalityTrainer(job, reporter.progress)
+    if trainer.recovered_from:
+        reporter.event(f"{job.modality}: {trainer.recovered_from}; resumed from the checkpoint before it")
     if trainer.resumed_at:
         reporter.event(f"{job.modality}: actor (pid {os.getpid()}) resumed from its checkpoint at epoch "
                        f"{trainer.epoch}")

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from scalable_xmr.errors import InputError, MissingError, RunStateError
 from scalable_xmr.io import atomic_path, atomic_write_json, read_json
+from scalable_xmr.store import torchfile
 from scalable_xmr.store.meta import RunMeta, now_iso
 
 FORMAT_VERSION = 1
@@ -132,14 +132,13 @@ class RunStore:
 
     # ---- models --------------------------------------------------------------------------------
     def save_model(self, modality: str, payload: dict[str, Any]) -> None:
-        with atomic_path(self.model_path(modality)) as tmp:
-            torch.save(payload, tmp)
+        torchfile.save(payload, self.model_path(modality))
 
     def load_model(self, modality: str) -> dict[str, Any]:
         path = self.model_path(modality)
         if not path.is_file():
             raise MissingError(f"{path}: model file not found")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torchfile.load(path)
 
     # ---- embeddings ----------------------------------------------------------------------------
     def write_embeddings(

@@ -27,7 +27,7 @@ from typing import Any
 from scalable_xmr.config import TrackingConfig
 from scalable_xmr.distributed.cluster import can_autoscale, connect, describe_cluster
 from scalable_xmr.errors import InputError, MissingError, RunStateError
-from scalable_xmr.io import atomic_write_json, atomic_write_text, read_json
+from scalable_xmr.io import atomic_write_json, atomic_write_text, check_writable, read_json
 from scalable_xmr.store.meta import now_iso, versions
 from scalable_xmr.tracking.tracker import Tracker, default_tracking_uri
 from scalable_xmr.tuning import results as res
@@ -274,6 +274,7 @@ def run_sweep(req: SweepRequest, address: str | None = None, callbacks: tuple = 
         _check_base(req, space)
         _check_new(sweep_dir)
     backend = backend_for(req.model)
+    check_writable(sweep_dir, "--storage")
     connect(address)
     meta = _open_sweep(req, sweep_dir, backend)
     tracker, parent = _tracker(req, meta, sweep_dir)

@@ -172,6 +172,19 @@ def test_checkpoint_errors(splits, tmp_path):
         trainer.load_checkpoint(tmp_path / "mtfn.pt")
 
 
+def test_a_corrupt_checkpoint_falls_back_to_the_one_before_it(splits, tmp_path):
+    trainer = _trainer(splits, epochs=3)
+    ckpt = tmp_path / "last.pt"
+    trainer.fit(on_epoch=lambda r: trainer.save_checkpoint(ckpt))  # epochs 1, 2, 3: keeps 2 and 3
+    raw = bytearray(ckpt.read_bytes())
+    raw[200:264] = bytes(64)
+    ckpt.write_bytes(bytes(raw))
+    resumed = _trainer(splits, epochs=3)
+    why = resumed.load_checkpoint(ckpt)
+    assert resumed.epoch == 2 and f"{ckpt}: checksum mismatch" in why
+    assert _trainer(splits, epochs=3).load_checkpoint(ckpt.parent / "last.pt.prev") is None
+
+
 def test_trainer_rejects_bad_setups(splits, tmp_path):
     train, val = splits
     with pytest.raises(InputError, match="text_epochs=2: model 'vse' has no text-text branch"):

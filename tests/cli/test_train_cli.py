@@ -24,7 +24,10 @@ def test_bad_arguments_fail_before_anything_is_written(tmp_path, capsys, small_x
         ([*base, "--batch-size", "-5"], "batch-size must be a positive integer, got -5"),
         ([*base, "--modality", "smell"], "modality 'smell' not in dataset"),
         ([*base, "--top-k", "0"], "--top-k must be >= 1"),
+        (["--data", small_xmedia, "--run", str(tmp_path / "afile" / "run")],
+         f"--run {tmp_path / 'afile' / 'run'}: {tmp_path / 'afile'} is a file, not a directory"),
     ]
+    (tmp_path / "afile").write_text("not a directory")
     for argv, message in cases:
         _fails(capsys, argv, message)
         assert not run.exists()
@@ -67,3 +70,14 @@ def test_help_explains_every_flag():
         assert flag in text
     for action in job_parser()._actions:
         assert action.help, f"{action.option_strings} has no help"
+
+
+def test_os_errors_are_one_line_naming_the_path(capsys):
+    """A converter writing under a file (or a full, read-only disk) gave a raw OSError traceback."""
+    from scalable_xmr.cli import run_cli
+
+    def write_under_a_file():
+        raise IsADirectoryError(21, "Is a directory", "/data/out")
+
+    assert run_cli(write_under_a_file) == 2
+    assert capsys.readouterr().err == "xmr: error: /data/out: Is a directory\n"

@@ -123,3 +123,12 @@ def test_convert_xmedia_missing_or_garbage_file(tmp_path):
     (tmp_path / "bad.mat").write_bytes(b"\x01\x02garbage" * 20)
     with pytest.raises(InputError, match="bad.mat: not a readable MATLAB .mat file"):
         convert_xmedia(str(tmp_path / "bad.mat"), str(tmp_path / "xm"))
+
+
+@pytest.mark.parametrize("content", [b"", b"abc"])
+def test_an_empty_or_truncated_mat_is_one_line(tmp_path, content):
+    """0- and 3-byte files raised scipy's MatReadError as a traceback (issue #14, defect 8)."""
+    (tmp_path / "cut.mat").write_bytes(content)
+    with pytest.raises(InputError, match=rf"cut.mat: not a readable MATLAB .mat file \({len(content)} bytes"):
+        convert_xmedia(str(tmp_path / "cut.mat"), str(tmp_path / "xm"))
+    assert sorted(os.listdir(tmp_path)) == ["cut.mat"]

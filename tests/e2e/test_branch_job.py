@@ -8,7 +8,6 @@ import json
 import mlflow
 import numpy as np
 import pytest
-import torch
 
 from scalable_xmr.branch.config import PairTrainerConfig
 from scalable_xmr.branch.job import PairsRequest, train_pairs
@@ -17,6 +16,7 @@ from scalable_xmr.cli.pairs import main
 from scalable_xmr.config import TrackingConfig
 from scalable_xmr.errors import XMRError
 from scalable_xmr.models.registry import build_branch_model
+from scalable_xmr.store import torchfile
 from scalable_xmr.store.run_store import RunStore
 
 pytestmark = pytest.mark.slow
@@ -78,7 +78,7 @@ def _check_model_file(store, data, small_configs):
     from scalable_xmr.data.paired import open_paired_dataset
     from scalable_xmr.models.registry import branch_config
 
-    payload = torch.load(store.root / "models" / "vse" / "model.pt", weights_only=True)
+    payload = torchfile.load(store.member_dir("vse") / "model.pt")  # checksum verified, weights_only
     assert payload["model"] == "vse" and payload["model_config"]["embed_dim"] == 32
     model = build_branch_model("vse", branch_config("vse", payload["model_config"]),
                                vocab_size=payload["vocab_size"], image_dim=payload["image_shape"][-1])

@@ -107,6 +107,16 @@ def test_resume_a_failed_run_trains_only_what_is_missing(tmp_path, small_xmedia,
     store.write(meta)
     with pytest.raises(XMRError, match="already holds a running run; pass --resume"):
         train_sdml(req)
+    # A modality that started with other settings is refused before any actor starts, run unchanged.
+    meta.modalities["audio"] = {"status": "pending", "config": meta.modalities["image"]["config"]
+                                | {"lr": TINY.lr}}
+    store.write(meta)
+    before = store.run_json.read_bytes()
+    with pytest.raises(XMRError, match=r"modality 'audio' started training with lam=0\.5, --resume asks "
+                                       r"for lam=0\.9; resume with the run's settings or pass --overwrite"):
+        train_sdml(_request(tmp_path, small_xmedia, modalities=("image", "audio"), resume=True,
+                            sdml=replace(TINY, lam=0.9)))
+    assert store.run_json.read_bytes() == before
     summary = train_sdml(_request(tmp_path, small_xmedia, modalities=("image", "audio"), resume=True))
     assert list(summary.results) == ["audio"]
     assert store.model_path("image").read_bytes() == model_bytes

@@ -6,7 +6,9 @@ import torch
 
 from scalable_xmr.config import SDMLConfig
 from scalable_xmr.data.modality.dataset import open_dataset
+from scalable_xmr.errors import CorruptFileError, InputError
 from scalable_xmr.sdml.trainer import ModalityJob, ModalityTrainer
+from scalable_xmr.store import torchfile
 from scalable_xmr.store.projection import create_projection, save_projection
 from scalable_xmr.store.run_store import RunStore
 
@@ -74,6 +76,41 @@ def test_checkpoint_from_other_config_is_refused(tmp_path, small_xmedia):
     other = SDMLConfig(**{**CFG.to_dict(), "lam": 0.9})
     with pytest.raises(ValueError, match="checkpoint was written with another config"):
         ModalityTrainer(_job(tmp_path, small_xmedia, cfg=other))
+
+
+def test_a_bit_flipped_checkpoint_is_named_and_the_one_before_it_used(tmp_path, small_xmedia):
+    """64 bytes overwritten in last.pt (it was loaded silently: 20 epochs of NaN loss). Now the
+    file is named and training resumes from the checkpoint before it, and says so."""
+    t = ModalityTrainer(_job(tmp_path, small_xmedia))
+    for _ in range(4):
+        t.record(t.train_epoch())
+        if t.epoch % 2 == 0:
+            t.save_checkpoint()  # epoch 2 -> last.pt.prev, epoch 4 -> last.pt
+    path = RunStore(tmp_path / "run").checkpoint_path("image")
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(64)
+    path.write_bytes(bytes(raw))
+    resumed = ModalityTrainer(_job(tmp_path, small_xmedia))
+    assert resumed.epoch == 2 and resumed.resumed_at == [2]
+    assert f"{path}: checksum mismatch" in resumed.recovered_from
+    result = resumed.fit()
+    assert result.epochs == CFG.epochs and all(np.isfinite(h["loss_train"]) for h in result.history)
+    path.write_bytes(bytes(raw))  # both damaged: one line naming the newest file
+    raw_prev = bytearray(torchfile.previous(path).read_bytes())
+    raw_prev[100:164] = bytes(64)
+    torchfile.previous(path).write_bytes(bytes(raw_prev))
+    with pytest.raises(CorruptFileError, match=rf"{path}: checksum mismatch"):
+        ModalityTrainer(_job(tmp_path, small_xmedia))
+
+
+def test_a_non_finite_loss_stops_the_modality_naming_epoch_and_term(tmp_path, small_xmedia):
+    t = ModalityTrainer(_job(tmp_path, small_xmedia))
+    with torch.no_grad():
+        t.model.decoder[-1].weight.fill_(float("nan"))  # the reconstruction goes NaN
+    with pytest.raises(InputError, match="modality 'image': the reconstruction (and label losses are|loss "
+                                         "is) not finite at epoch 1"):
+        t.fit()
+    assert not RunStore(tmp_path / "run").checkpoint_path("image").exists()  # no NaN checkpoint
 
 
 def test_wrong_projection_checksum_refused(tmp_path, small_xmedia):

@@ -34,6 +34,7 @@ XMEDIA_KEYS: dict[str, tuple[str, str, str, str, int]] = {
 def _load_mat(mat_path: str) -> dict[str, Any]:
     """All variables of a .mat file (v4-v7 via scipy; v7.3 / HDF5 via h5py)."""
     import scipy.io  # lazy: keeps `import scalable_xmr.data` cheap
+    from scipy.io.matlab import MatReadError
 
     if not os.path.isfile(mat_path):
         raise MissingError(f"{mat_path}: file not found")
@@ -41,8 +42,9 @@ def _load_mat(mat_path: str) -> dict[str, Any]:
         return scipy.io.loadmat(mat_path)
     except NotImplementedError:  # scipy: "Please use HDF reader for matlab v7.3 files"
         return _load_mat73(mat_path)
-    except (ValueError, OSError, TypeError) as e:
-        raise InputError(f"{mat_path}: not a readable MATLAB .mat file ({e})") from e
+    except (ValueError, OSError, TypeError, MatReadError) as e:  # empty, truncated, not a .mat
+        raise InputError(f"{mat_path}: not a readable MATLAB .mat file "
+                         f"({os.path.getsize(mat_path)} bytes; {e})") from None
 
 
 def _load_mat73(mat_path: str) -> dict[str, Any]:
