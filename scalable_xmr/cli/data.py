@@ -46,8 +46,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     s.set_defaults(func=_synthetic)
 
-    i = dsub.add_parser("inspect", help="print a dataset's modalities, dims, split sizes, classes")
+    i = dsub.add_parser("inspect", help="print a dataset's modalities, dims, split sizes, classes "
+                        "(modality or paired dataset)")
     i.add_argument("dataset", help="dataset directory or URI")
+    i.add_argument("--validate", action="store_true",
+                   help="also read every row and run the checks the jobs run (NaN/inf features, labels "
+                   "out of range, duplicate ids, unknown splits, a test split without labels; for "
+                   "paired data: image references, captions, vocabulary)")
     i.set_defaults(func=_inspect)
 
     _register_paired(dsub)
@@ -97,7 +102,23 @@ def _synthetic(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    return _done(args.dataset)
+    from pathlib import Path
+
+    from scalable_xmr.data import open_dataset
+    from scalable_xmr.data.paired import IMAGES_FILE, check_paired_dataset, inspect_paired_dataset
+
+    local = "://" not in args.dataset
+    if local and (Path(args.dataset) / IMAGES_FILE).is_file():  # a paired (image-text) dataset
+        if args.validate:
+            check_paired_dataset(args.dataset)
+        print(inspect_paired_dataset(args.dataset))
+    else:
+        if args.validate:
+            open_dataset(args.dataset, validate=True)
+        _done(args.dataset)
+    if args.validate:
+        print("\nvalid: every row passed the checks the training jobs run")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------

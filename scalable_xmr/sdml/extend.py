@@ -46,6 +46,7 @@ import numpy as np
 
 from scalable_xmr.config import ModalityOverrides, ResourceConfig, SDMLConfig, TrackingConfig, from_dict
 from scalable_xmr.data.modality.dataset import open_dataset, read_modality_table
+from scalable_xmr.data.modality.table import check_labelled_test
 from scalable_xmr.distributed.cluster import connect
 from scalable_xmr.errors import ActorDiedError, InputError, MissingError, RunStateError
 from scalable_xmr.io import absolute_uri, atomic_write_bytes, check_writable
@@ -231,6 +232,7 @@ def _check_splits(modality: str, splits: dict, where: str, multi_label: bool, cf
                 raise InputError(f"{where}: row id {data.ids[i]!r} ({s}) has {int(counts[i])} labels but "
                                  "the run is single-label")
     check_split_sizes(modality, {s: len(d) for s, d in splits.items()}, cfg.batch_size, where)
+    check_labelled_test(int((splits["test"].labels.sum(axis=1) > 0).sum()), where)
 
 
 @contextlib.contextmanager

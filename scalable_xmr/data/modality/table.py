@@ -178,6 +178,7 @@ def validate_stream(
 ) -> None:
     """Check every row of a table in batches; every split must be non-empty."""
     counts = dict.fromkeys(SPLITS, 0)
+    labelled_test = 0
     all_ids = []
     batch_size = max(1, 2**26 // (4 * dim))  # ~64 MB of features per batch
     try:
@@ -189,6 +190,7 @@ def validate_stream(
             check_rows(rows, path, n_classes, multi_label)
             for s in SPLITS:
                 counts[s] += int(np.count_nonzero(rows.splits == s))
+            labelled_test += int(np.count_nonzero((rows.splits == "test") & (np.diff(rows.offsets) > 0)))
             all_ids.append(rows.ids)
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"{path}: not a readable Parquet table ({e})") from e
@@ -199,6 +201,14 @@ def validate_stream(
                 f"{path}: column 'split' has no rows with value {s!r} "
                 "(every modality needs train, val and test rows)"
             )
+    check_labelled_test(labelled_test, path)
+
+
+def check_labelled_test(n_labelled: int, path: str) -> None:
+    """mAP ranks test items by shared labels: a test split without one labelled row scores nothing."""
+    if n_labelled == 0:
+        raise InputError(f"{path}: the test split has no labelled row (labels=[] everywhere); mAP needs "
+                         "labels, unlabelled rows only train the reconstruction term")
 
 
 def _label_lists(labels: Any, n: int, path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -24,6 +24,7 @@ from scalable_xmr.data.paired.dataset import (
     PairedDataset,
     PairedSplit,
     check_paired_dataset,
+    inspect_paired_dataset,
     open_paired_dataset,
 )
 from scalable_xmr.data.paired.format import CAPTIONS_FILE, IMAGES_FILE, PAD, SPLITS, UNK, VOCAB_FILE
@@ -50,6 +51,7 @@ __all__ = [
     "check_paired_dataset",
     "convert_precomp",
     "images_table",
+    "inspect_paired_dataset",
     "make_synthetic_pairs",
     "mfeat_pairs",
     "open_paired_dataset",

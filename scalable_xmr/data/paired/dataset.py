@@ -245,3 +245,16 @@ def check_paired_dataset(path: str | os.PathLike) -> None:
         )
     for split in splits:
         ds.read_split(split)
+
+
+def inspect_paired_dataset(path: str | os.PathLike) -> str:
+    """A human-readable summary of a paired dataset: images, captions per split, text kind."""
+    ds = open_paired_dataset(path)
+    text = "tokens" if ds.vocab is not None else "dense features"
+    lines = [f"paired dataset  {path}  (captions as {text}"
+             + (f", vocabulary {len(ds.vocab)})" if ds.vocab is not None else ")"),
+             "", f"{'split':<8}{'images':>10}{'captions':>10}{'per image':>11}"]
+    for split in ds.splits():
+        n_img, n_cap, per = ds.split_sizes(split)
+        lines.append(f"{split:<8}{n_img:>10}{n_cap:>10}{per if per is not None else 'varies':>11}")
+    return "\n".join(lines)
