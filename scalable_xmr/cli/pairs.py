@@ -169,10 +169,9 @@ def _parse_sets(items: list[str], models: list[str]) -> tuple[dict[str, dict], d
     every selected model that has them; a key no selected model has is an error, and so is a
     schedule key the named model does not have (``text_epochs`` is MTFN's alone).
     """
-    from scalable_xmr.branch.config import TEXT_STAGE_KEY, model_keys, schedule_keys
-    from scalable_xmr.branch.config import trainer_keys as keys_of_trainer
+    from scalable_xmr.branch.config import TEXT_STAGE_KEY, model_keys, schedule_keys, trainer_keys
 
-    trainer_keys = {m: keys_of_trainer(m) - {"seed"} for m in models}
+    owned_by_trainer = {m: trainer_keys(m) - {"seed"} for m in models}
     keys = {m: model_keys(m) for m in models}
     out: dict[str, dict[str, Any]] = {m: {} for m in models}
     trainer: dict[str, dict[str, Any]] = {m: {} for m in models}
@@ -189,7 +188,7 @@ def _parse_sets(items: list[str], models: list[str]) -> tuple[dict[str, dict], d
             raise InputError(f"--set {item!r}: model {model!r} is not among --model {', '.join(models)}")
         scope = [model] if model else models
         targets = [m for m in scope if name in keys[m]]
-        trainer_targets = [m for m in scope if name in trainer_keys[m]]
+        trainer_targets = [m for m in scope if name in owned_by_trainer[m]]
         if targets:
             for m in targets:
                 out[m][name] = value
@@ -200,7 +199,7 @@ def _parse_sets(items: list[str], models: list[str]) -> tuple[dict[str, dict], d
             raise InputError(f"--set {item!r}: {name!r} is not a schedule key of {', '.join(scope)} "
                              f"(schedule keys: {', '.join(schedule_keys(scope[0]))}; {name} is mtfn's)")
         else:
-            known = sorted(set().union(*(keys[m] | trainer_keys[m] for m in scope)))
+            known = sorted(set().union(*(keys[m] | owned_by_trainer[m] for m in scope)))
             raise InputError(f"--set {item!r}: no selected model has a config key {name!r} (known: {known})")
     return out, trainer
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -122,13 +121,12 @@ def with_threads(payload: Any, cpus: float) -> Any:
     return payload
 
 
-def wait_for_placement(pg, resources: ActorResources) -> None:
+def _wait_for_placement(pg, resources: ActorResources) -> None:
     """Wait for the placement group's bundles; on timeout remove it and say what the cluster has."""
     timeout = resources.placement_timeout_s if can_autoscale() else 60.0
     try:
         ray.get(pg.ready(), timeout=timeout)
-    except GetTimeoutError as e:
-        remove_placement_group(pg)
+    except GetTimeoutError as e:  # the caller removes the placement group
         raise InputError(
             f"could not place {len(pg.bundle_specs)} actor(s) of {pg.bundle_specs[0]} within "
             f"{timeout:g}s; the cluster has {describe_cluster()}"
@@ -158,32 +156,23 @@ def unwrap_actor_error(error: Exception) -> Exception:
     return error
 
 
-def get_results(names: Sequence[str], refs: Sequence) -> dict[str, Any]:
-    """``ray.get`` each actor's result by name; an actor's user-facing error is raised as itself."""
-    results = {}
-    for name, ref in zip(names, refs, strict=True):
-        try:
-            results[name] = ray.get(ref)
-        except (RayTaskError, RayActorError) as e:
-            raise unwrap_actor_error(e) from None
-    return results
-
-
-def _wait_with_progress(refs, hub, bars: ProgressBars, poll_s: float = 0.5) -> None:
-    """Block until every ref is done, refreshing the progress bars meanwhile. The first actor that
-    fails raises here at once (as its user-facing error), so the caller stops the others promptly
-    instead of letting them train on."""
-    pending = list(refs)
+def _collect(names: Sequence[str], refs: Sequence, hub, bars: ProgressBars,
+             poll_s: float = 0.5) -> dict[str, Any]:
+    """Every task's result by name, refreshing the progress bars while they run. The first actor
+    that fails raises here at once, as its user-facing error, so the caller stops the others
+    promptly instead of letting them train on."""
+    index = {ref: name for name, ref in zip(names, refs, strict=True)}
+    results, pending = {}, list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=len(pending), timeout=poll_s)
         for ref in done:
             try:
-                ray.get(ref)
+                results[index[ref]] = ray.get(ref)
             except (RayTaskError, RayActorError) as e:
                 raise unwrap_actor_error(e) from None
         bars.update(*ray.get(hub.snapshot.remote()))
-    bars.update(*ray.get(hub.snapshot.remote()))
-    time.sleep(0)  # yield once so the bars flush before results print
+    bars.update(*ray.get(hub.snapshot.remote()))  # everything reported before the last result
+    return {name: results[name] for name in names}
 
 
 def run_actors(tasks: Sequence[ActorTask], resources: ActorResources, show_progress: bool = True,
@@ -205,7 +194,7 @@ def run_actors(tasks: Sequence[ActorTask], resources: ActorResources, show_progr
     pg = placement_group([dict(bundle) for _ in tasks], strategy="PACK")
     actors = []
     try:
-        wait_for_placement(pg, resources)
+        _wait_for_placement(pg, resources)
         worker = ray.remote(_Worker)
         for i, task in enumerate(tasks):
             strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
@@ -213,9 +202,7 @@ def run_actors(tasks: Sequence[ActorTask], resources: ActorResources, show_progr
                        "max_task_retries": resources.max_restarts, "scheduling_strategy": strategy}
             task = dataclasses.replace(task, payload=with_threads(task.payload, cpus))
             actors.append(worker.options(**options).remote(task, hub_name))
-        refs = [a.run.remote() for a in actors]
-        _wait_with_progress(refs, hub, bars)
-        return get_results([t.name for t in tasks], refs)
+        return _collect([t.name for t in tasks], [a.run.remote() for a in actors], hub, bars)
     finally:
         for a in actors:
             ray.kill(a)

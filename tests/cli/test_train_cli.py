@@ -1,16 +1,14 @@
 """Bad input to the SDML job: one readable line, non-zero exit, nothing left behind as if complete."""
 
 
+from one_line import fails_one_line
+
 from scalable_xmr.cli.train import job_parser
 from scalable_xmr.cli.train import main as train_main
 
 
 def _fails(capsys, argv, message):
-    assert train_main(argv) == 2
-    err = capsys.readouterr().err
-    assert message in err, err
-    lines = [line for line in err.splitlines() if line.startswith("xmr: error")]
-    assert len(lines) == 1 and "Traceback" not in err
+    fails_one_line(train_main, capsys, argv, message)
 
 
 def test_bad_arguments_fail_before_anything_is_written(tmp_path, capsys, small_xmedia):
@@ -24,6 +22,8 @@ def test_bad_arguments_fail_before_anything_is_written(tmp_path, capsys, small_x
         ([*base, "--batch-size", "-5"], "batch-size must be a positive integer, got -5"),
         ([*base, "--modality", "smell"], "modality 'smell' not in dataset"),
         ([*base, "--top-k", "0"], "--top-k must be >= 1"),
+        ([*base, "--top-k", "3", "--top-k-no-relevant", "maybe"],
+         "--top-k-no-relevant must be one of zero, skip, got 'maybe'"),
         (["--data", small_xmedia, "--run", str(tmp_path / "afile" / "run")],
          f"--run {tmp_path / 'afile' / 'run'}: {tmp_path / 'afile'} is a file, not a directory"),
     ]

@@ -2,16 +2,14 @@
 
 import json
 
+from one_line import fails_one_line
+
 from scalable_xmr.cli.train import main as train_main
 from scalable_xmr.store.projection import create_projection, save_projection
 
 
 def _fails(capsys, argv, message):
-    assert train_main(argv) == 2
-    err = capsys.readouterr().err
-    assert message in err, err
-    lines = [line for line in err.splitlines() if line.startswith("xmr: error")]
-    assert len(lines) == 1 and "Traceback" not in err
+    fails_one_line(train_main, capsys, argv, message)
 
 
 def test_projection_with_other_class_count(tmp_path, capsys, small_xmedia, ray_local):
