@@ -43,6 +43,7 @@ from scalable_xmr.distributed.cluster import check_gpus, connect, has_gpus
 from scalable_xmr.errors import InputError
 from scalable_xmr.io import absolute_uri, check_writable, read_json
 from scalable_xmr.models.registry import BRANCH_MODELS
+from scalable_xmr.store.lock import run_lock
 from scalable_xmr.store.meta import RunMeta, now_iso
 from scalable_xmr.store.run_store import RunStore
 from scalable_xmr.tracking import plots
@@ -152,9 +153,14 @@ def train_pairs(req: PairsRequest, address: str | None = None) -> PairsSummary:
     start = time.perf_counter()
     dataset = check_dataset(req)
     check_writable(req.run_dir, "--run")
-    connect(address)
-    check_gpus(req.gpus_per_model or 0.0, "--gpus-per-model")
     store = RunStore(req.run_dir)
+    with run_lock(store.root):  # one job at a time on a run directory, taken before Ray starts
+        connect(address)
+        check_gpus(req.gpus_per_model or 0.0, "--gpus-per-model")
+        return _train(req, store, dataset, start)
+
+
+def _train(req: PairsRequest, store: RunStore, dataset: dict[str, Any], start: float) -> PairsSummary:
     mode = store.prepare_new(overwrite=req.overwrite, resume=req.resume)
     if mode == "resume":
         stored = _check_resume(store, req, dataset)
@@ -285,7 +291,9 @@ def _job(store: RunStore, req: PairsRequest, name: str, model: str, seed: int) -
         model_config=dict(req.model_configs.get(model, {})),
         name=name, target_uri=absolute_uri(req.target_uri) if req.target_uri and model == "vsa" else None,
         ks=req.ks, k_texts=req.k_texts, t2i_groups=req.t2i_groups, checkpoint_every=req.checkpoint_every,
-        device="cuda" if gpus > 0 else "cpu")
+        # "auto": CUDA when the actor sees its GPU, else CPU (a node whose GPU torch cannot use,
+        # like the fake GPU nodes of tests/e2e/test_multinode.py); the result records which.
+        device="auto" if gpus > 0 else "cpu")
 
 
 def _member_entry(result: BranchResult) -> dict[str, Any]:

@@ -29,15 +29,12 @@ One add job at a time per run: the job holds an exclusive ``flock`` on the run d
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
 import re
 import shutil
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +51,7 @@ from scalable_xmr.sdml import evaluate
 from scalable_xmr.sdml.job import finish_run, modality_entry
 from scalable_xmr.sdml.launch import check_resources, train_modalities
 from scalable_xmr.sdml.trainer import ModalityJob, TrainResult, check_split_sizes
+from scalable_xmr.store.lock import run_lock
 from scalable_xmr.store.meta import RunMeta, now_iso, versions
 from scalable_xmr.store.projection import load_projection
 from scalable_xmr.store.run_store import RunStore
@@ -106,7 +104,7 @@ def add_modalities(req: AddRequest, address: str | None = None) -> RunSummary:
     _check_request(req)
     store = RunStore(req.run_dir)
     store.read_finished()  # a clear error before locking anything
-    with _exclusive(store):
+    with run_lock(store.root):  # one job at a time on a run directory
         meta = store.read_finished()
         n_classes = _check_run(store, meta, req)
         configs = _configs(store, meta, req)
@@ -233,25 +231,6 @@ def _check_splits(modality: str, splits: dict, where: str, multi_label: bool, cf
                                  "the run is single-label")
     check_split_sizes(modality, {s: len(d) for s, d in splits.items()}, cfg.batch_size, where)
     check_labelled_test(int((splits["test"].labels.sum(axis=1) > 0).sum()), where)
-
-
-@contextlib.contextmanager
-def _exclusive(store: RunStore) -> Iterator[None]:
-    """An exclusive lock on the run directory, released even if the process dies."""
-    fd = os.open(store.root, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunStateError(f"{store.root}: another add-modality job is working on this run; "
-                                "wait for it to finish") from None
-        except OSError as e:  # e.g. a file system without flock: go on, but say so
-            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            warnings.warn(f"{store.root}: cannot lock ({e}); run one add job at a time", stacklevel=3)
-        yield
-    finally:
-        os.close(fd)
 
 
 # ---- training in a staging folder ---------------------------------------------------------------

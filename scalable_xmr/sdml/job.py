@@ -20,6 +20,7 @@ from scalable_xmr.io import absolute_uri, check_writable
 from scalable_xmr.sdml import evaluate
 from scalable_xmr.sdml.launch import check_resources, train_modalities
 from scalable_xmr.sdml.trainer import ModalityJob, TrainResult, check_split_sizes
+from scalable_xmr.store.lock import run_lock
 from scalable_xmr.store.meta import RunMeta, now_iso
 from scalable_xmr.store.projection import create_projection, load_projection, save_projection
 from scalable_xmr.store.run_store import RunStore
@@ -61,9 +62,14 @@ def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
         batch = req.overrides.config_for(req.sdml, m).batch_size
         check_split_sizes(m, sizes[m], batch, ds.table_path(m))
     check_writable(req.run_dir, "--run")
-    connect(address)
-    check_resources(req.resources)  # before anything is written
     store = RunStore(req.run_dir)
+    with run_lock(store.root):  # one job at a time on a run directory, taken before Ray starts
+        connect(address)
+        check_resources(req.resources)  # before anything is written
+        return _train(req, store, ds, modalities, start)
+
+
+def _train(req: TrainRequest, store: RunStore, ds, modalities: list[str], start: float) -> RunSummary:
     mode = store.prepare_new(overwrite=req.overwrite, resume=req.resume)
     if mode == "resume":
         stored = _check_resume(store, ds)

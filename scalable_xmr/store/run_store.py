@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from scalable_xmr.errors import InputError, MissingError, RunStateError
 from scalable_xmr.io import atomic_path, atomic_write_json, read_json
 from scalable_xmr.store import torchfile
+from scalable_xmr.store.lock import LOCK_NAME
 from scalable_xmr.store.meta import RunMeta, now_iso
 
 FORMAT_VERSION = 1
@@ -103,9 +104,21 @@ class RunStore:
             )
         return meta
 
+    def _entries(self) -> list[Path]:
+        """What the directory holds, the job lock (store/lock.py) left out."""
+        return [p for p in self.root.iterdir() if p.name != LOCK_NAME]
+
+    def _clear(self) -> None:
+        """Delete the run's contents for --overwrite; the lock the job holds stays."""
+        for p in self._entries():
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+
     def prepare_new(self, overwrite: bool, resume: bool) -> str:
         """Decide what to do with ``root`` for a training job; returns 'new' or 'resume'."""
-        if not self.root.exists() or (self.root.is_dir() and not any(self.root.iterdir())):
+        if not self.root.exists() or (self.root.is_dir() and not self._entries()):
             if resume:
                 raise RunStateError(f"{self.root}: --resume given but there is no run to resume")
             return "new"
@@ -113,7 +126,7 @@ class RunStore:
             raise InputError(f"{self.root}: exists and is not a directory")
         if not self.run_json.is_file():
             if overwrite:
-                shutil.rmtree(self.root)
+                self._clear()
                 return "new"
             raise RunStateError(
                 f"{self.root}: exists, is not empty and holds no run.json; choose another --run "
@@ -123,7 +136,7 @@ class RunStore:
         if resume:
             return "resume"
         if overwrite:
-            shutil.rmtree(self.root)
+            self._clear()
             return "new"
         raise RunStateError(
             f"{self.root}: already holds a {meta.status} run; pass --resume to "

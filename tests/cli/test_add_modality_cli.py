@@ -4,7 +4,6 @@ The run here is built by hand (run.json, P, embeddings, metrics; no training): e
 job happens before Ray is touched, so none of these tests needs a cluster.
 """
 
-import fcntl
 import hashlib
 import json
 import os
@@ -217,13 +216,11 @@ def test_bad_arguments(tmp_path, capsys, fake_run, small_xmedia):
 
 
 def test_a_second_job_on_the_same_run_is_refused(capsys, fake_run, small_xmedia):
-    fd = os.open(fake_run, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running add job holds it
+    from scalable_xmr.store.lock import run_lock
+
+    with run_lock(fake_run, command="xmr add-modality --run r"):  # as a running job holds it
         fails(capsys, fake_run, ["--modality", "video", "--data", small_xmedia],
-              "another add-modality job is working on this run")
-    finally:
-        os.close(fd)
+              f"{fake_run}: in use by pid {os.getpid()} on ")
 
 
 def test_flags_override_the_run_config_per_new_modality(tmp_path, small_xmedia):

@@ -57,8 +57,8 @@ def test_what_a_new_job_may_do_with_a_directory(tmp_path):
     (store.root / "junk").write_text("x")
     with pytest.raises(RunStateError, match="holds no run.json"):
         store.prepare_new(overwrite=False, resume=False)
-    assert store.prepare_new(overwrite=True, resume=False) == "new" and not store.root.exists()
-    store.root.mkdir()
+    # --overwrite empties the directory (the job's lock, store/lock.py, stays while it runs)
+    assert store.prepare_new(overwrite=True, resume=False) == "new" and not any(store.root.iterdir())
     store.write(sdml_meta())
     with pytest.raises(RunStateError, match="already holds a running run; pass --resume"):
         store.prepare_new(overwrite=False, resume=False)

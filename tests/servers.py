@@ -1,0 +1,90 @@
+"""Servers the tests start themselves, on 127.0.0.1 only, and always stop."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll ``url`` until it answers 200; fail saying what, with the server's log, if it never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server for {url} exited with {proc.returncode} before answering")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"server for {url} did not answer within {timeout:.0f} s")
+
+
+class MlflowServer:
+    """``mlflow server`` with a sqlite backend and local artifacts under ``root``."""
+
+    def __init__(self, root: Path, port: int | None = None):
+        self.root = Path(root)
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> MlflowServer:
+        mlflow_bin = Path(sys.executable).with_name("mlflow")
+        if not mlflow_bin.exists():
+            raise RuntimeError(f"mlflow server needs the mlflow CLI next to {sys.executable}; not found")
+        self.root.mkdir(parents=True, exist_ok=True)
+        log = open(self.root / "server.log", "ab")
+        self.proc = subprocess.Popen(
+            [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "MLFLOW_ALLOW_FILE_STORE": "true"})
+        try:
+            wait_http(self.uri + "/health", proc=self.proc)
+        except RuntimeError as e:
+            self.stop()
+            raise RuntimeError(f"{e}; log: {(self.root / 'server.log').read_text()[-2000:]}") from None
+        return self
+
+    def kill(self) -> None:
+        """Kill the whole server process group (the tracking server going away)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    stop = kill
+
+
+@contextlib.contextmanager
+def mlflow_server(root: Path):
+    server = MlflowServer(root).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def which_or_fail(name: str, hint: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"{name} not found on PATH: {hint}")
+    return path
