@@ -179,13 +179,30 @@ def _train(req: PairsRequest, store: RunStore, dataset: dict[str, Any], start: f
         results = _finished_results(store, meta)
         jobs = [_job(store, req, name, model, seed) for name, model, seed in req.members()
                 if name not in results]
-        for name, result in _train_members(jobs, req).items():
+        try:
+            trained = _train_members(jobs, req)
+        except BaseException as e:  # finished members stay finished; the one that failed says why
+            _record_failure(meta, e)
+            raise  # parent_run writes run.json, status failed
+        for name, result in trained.items():
+            meta.members[name].pop("error", None)  # failed before, finished now
             meta.members[name].update(_member_entry(result))
             store.write(meta)  # each finished member is recorded as soon as it is known
             results[name] = result
         metrics = _finish(store, meta, results, tracker, parent)
     return PairsSummary(str(store.root), metrics, results, tracker.run_url(parent),
                         time.perf_counter() - start, table=pairs_table(metrics))
+
+
+def _record_failure(meta: RunMeta, error: BaseException) -> None:
+    """The members an actor error reports finished (distributed.actors.failed_task) and the one
+    that raised it, marked failed with its one line."""
+    for name, result in getattr(error, "xmr_done", {}).items():
+        if name in meta.members:
+            meta.members[name].update(_member_entry(result))
+    failed = getattr(error, "xmr_task", None)
+    if failed in meta.members:
+        meta.members[failed].update(status="failed", error=str(error))
 
 
 def _finish(store: RunStore, meta: RunMeta, results: dict[str, BranchResult], tracker: Tracker,

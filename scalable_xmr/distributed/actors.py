@@ -156,6 +156,14 @@ def unwrap_actor_error(error: Exception) -> Exception:
     return error
 
 
+def failed_task(error: BaseException, task: str | None, done: dict[str, Any]) -> BaseException:
+    """``error`` marked with the task that raised it (``xmr_task``) and the results of the tasks
+    that had finished (``xmr_done``), so a job records both before the error goes on up."""
+    error.xmr_task = getattr(error, "xmr_task", None) or task
+    error.xmr_done = {**getattr(error, "xmr_done", {}), **done}
+    return error
+
+
 def _collect(names: Sequence[str], refs: Sequence, hub, bars: ProgressBars,
              poll_s: float = 0.5) -> dict[str, Any]:
     """Every task's result by name, refreshing the progress bars while they run. The first actor
@@ -169,7 +177,7 @@ def _collect(names: Sequence[str], refs: Sequence, hub, bars: ProgressBars,
             try:
                 results[index[ref]] = ray.get(ref)
             except (RayTaskError, RayActorError) as e:
-                raise unwrap_actor_error(e) from None
+                raise failed_task(unwrap_actor_error(e), index[ref], results) from None
         bars.update(*ray.get(hub.snapshot.remote()))
     bars.update(*ray.get(hub.snapshot.remote()))  # everything reported before the last result
     return {name: results[name] for name in names}

@@ -94,7 +94,11 @@ def map_table(metrics: dict[str, Any]) -> str:
         vals = [metrics["map"].get(pair_key(q, t)) for t in mods]
         row_vals = [v for v in vals if v is not None]
         cells = "".join(f"{'—':>{width}}" if v is None else f"{v:>{width}.4f}" for v in vals)
-        lines.append(f"{q:<{width + 5}}{cells}{np.mean(row_vals):>{width}.4f}")
+        mean = f"{np.mean(row_vals):>{width}.4f}" if row_vals else f"{'—':>{width}}"
+        lines.append(f"{q:<{width + 5}}{cells}{mean}")
     lines.append("-" * len(head))
+    if not metrics["map"]:  # a run of one modality: nothing to retrieve across yet
+        lines.append("no cross-modal pair yet: add a modality with `xmr add-modality`")
+        return "\n".join(lines)
     lines.append(f"mean mAP over {len(metrics['map'])} ordered pairs: {metrics['map_mean']:.4f}")
     return "\n".join(lines)

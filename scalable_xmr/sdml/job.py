@@ -85,8 +85,13 @@ def _train(req: TrainRequest, store: RunStore, ds, modalities: list[str], start:
         todo = [m for m in modalities if meta.modalities[m].get("status") != "finished"]
         jobs = [_job(store, meta, req, m, ds.info.n_classes) for m in todo]
         store.write(meta)  # every modality's config is on record before it trains (resume checks it)
-        results = train_modalities(jobs, req.resources, show_progress=req.show_progress)
+        try:
+            results = train_modalities(jobs, req.resources, show_progress=req.show_progress)
+        except BaseException as e:  # the modalities that finished stay finished; the one that failed says why
+            record_failure(meta, e)
+            raise  # parent_run writes run.json, status failed
         for m, result in results.items():
+            meta.modalities[m].pop("error", None)  # a modality that failed before and now finished
             meta.modalities[m].update(modality_entry(result))
             store.write(meta)  # each finished modality is recorded as soon as it is known
         metrics = finish_run(store, meta, new_modalities=todo, tracker=tracker, parent_run=parent,
@@ -175,6 +180,17 @@ def _job(store: RunStore, meta: RunMeta, req: TrainRequest, modality: str, n_cla
     )
 
 
+def record_failure(meta: RunMeta, error: BaseException) -> None:
+    """What an actor error says about each modality (distributed.actors.failed_task): finished
+    ones recorded as such, the one that raised marked failed with its one line."""
+    for m, result in getattr(error, "xmr_done", {}).items():
+        if m in meta.modalities:
+            meta.modalities[m].update(modality_entry(result))
+    failed = getattr(error, "xmr_task", None)
+    if failed in meta.modalities:
+        meta.modalities[failed].update(status="failed", error=str(error))
+
+
 def modality_entry(result: TrainResult) -> dict[str, Any]:
     """run.json's record of a finished modality (shared with the add-modality job)."""
     return {"status": "finished", "best_epoch": result.best_epoch,
@@ -255,6 +271,8 @@ def make_plots(store: RunStore, metrics: dict, emb: evaluate.Embeddings) -> list
     from scalable_xmr.tracking import plots  # matplotlib loads only when a run is plotted
 
     out = [plots.map_heatmap(metrics, store.plots_dir / "map_heatmap.png")]
+    if len(emb) < 2:  # one modality so far (more can be added later): no pair to draw curves of
+        return out
     pr, scope = {}, {}
     for q, t in evaluate.all_pairs(list(emb)):
         args = (emb[q][2], emb[t][2], emb[q][1], emb[t][1])

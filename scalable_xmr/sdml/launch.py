@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from scalable_xmr.config import ResourceConfig
-from scalable_xmr.distributed.actors import ActorResources, ActorTask, run_actors
+from scalable_xmr.distributed.actors import ActorResources, ActorTask, failed_task, run_actors
 from scalable_xmr.distributed.cluster import check_gpus
 from scalable_xmr.distributed.progress import ProgressBars
 from scalable_xmr.sdml.joint import train_joint
@@ -50,7 +50,11 @@ def train_modalities(
         results: dict[str, TrainResult] = {}
         for group in groups:  # serial: one at a time, each with the share all would have had
             tasks = [ActorTask(j.modality, train_modality, j) for j in group]
-            results.update(run_actors(tasks, placement, bars=bars))
+            try:
+                results.update(run_actors(tasks, placement, bars=bars))
+            except BaseException as e:  # the modalities finished in earlier groups go with the error
+                failed_task(e, None, results)
+                raise
         return results
     finally:
         bars.close()
