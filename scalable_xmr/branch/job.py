@@ -169,7 +169,7 @@ def _train(req: PairsRequest, store: RunStore, dataset: dict[str, Any], start: f
             # Nothing to train: a finished run is read, never rewritten (tracking flags or not).
             metrics = store.read_metrics()
             return PairsSummary(str(store.root), metrics, _finished_results(store, stored),
-                                stored_run_url(stored), time.perf_counter() - start,
+                                stored_run_url(stored, store.root), time.perf_counter() - start,
                                 table=pairs_table(metrics))
     meta = _open_run(store, mode, req, dataset)
     tracker = Tracker(req.tracking.tracking_uri or default_tracking_uri(store.root),

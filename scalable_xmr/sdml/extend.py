@@ -55,7 +55,7 @@ from scalable_xmr.store.lock import run_lock
 from scalable_xmr.store.meta import RunMeta, now_iso, versions
 from scalable_xmr.store.projection import load_projection
 from scalable_xmr.store.run_store import RunStore
-from scalable_xmr.tracking.runs import RunSummary
+from scalable_xmr.tracking.runs import RunSummary, recorded_elsewhere
 from scalable_xmr.tracking.tracker import (
     Tracker,
     absolute_tracking_uri,
@@ -286,6 +286,9 @@ def _commit(store: RunStore, meta: RunMeta, staging: _Staging, results: dict[str
         meta.additions = [*(meta.additions or []), {
             "modalities": list(results), "replaced": replaced, "at": now_iso(),
             "mlflow_parent_run_id": parent, "versions": versions()}]
+        if parent and recorded_elsewhere(meta, store.root):  # a moved or copied run adopts its own parent
+            meta.mlflow = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
+                           "parent_run_id": parent, "run_dir": str(store.root)}
         old_at_k = store.read_metrics().get("map_at_k", {})  # keep reporting the run's mAP@k
         return finish_run(store, meta, new_modalities=list(results), tracker=tracker, parent_run=parent,
                           results=results, top_k=old_at_k.get("k"),
@@ -359,11 +362,15 @@ def _open_tracking(store: RunStore, meta: RunMeta,
     uri = absolute_tracking_uri(uri)
     experiment = cfg.experiment if cfg else experiment_name(uri, run_exp) or "scalable_xmr"
     tracker = Tracker(uri, experiment)
-    same_place = uri == run_uri and tracker.experiment_id == run_exp
+    # A moved or copied run never adds children under the parent its original recorded.
+    same_place = (uri == run_uri and tracker.experiment_id == run_exp
+                  and not recorded_elsewhere(meta, store.root))
     if run_parent and same_place and tracker.run_is_active(run_parent):
         return tracker, run_parent, False
+    elsewhere = recorded_elsewhere(meta, store.root)
     parent = tracker.start_run(f"sdml-add:{store.root.name}", tags={
         "job": "add_modality", "xmr.run_dir": str(store.root),
+        **({"xmr.copied_from": elsewhere} if elsewhere else {}),
         "xmr.extends_parent_run_id": str(run_parent), "xmr.extends_tracking_uri": str(run_uri)})
     tracker.log_params(parent, {"dataset": meta.dataset["name"],
                                 "projection_sha256": meta.projection["sha256"], **meta.sdml})

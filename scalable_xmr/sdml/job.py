@@ -76,7 +76,7 @@ def _train(req: TrainRequest, store: RunStore, ds, modalities: list[str], start:
         _check_resume_configs(store, stored, req, modalities)
         if stored.status == "finished" and set(modalities) <= set(stored.finished_modalities()):
             # Nothing to train: a finished run is read, never rewritten (tracking flags or not).
-            return RunSummary(str(store.root), store.read_metrics(), {}, stored_run_url(stored),
+            return RunSummary(str(store.root), store.read_metrics(), {}, stored_run_url(stored, store.root),
                               time.perf_counter() - start)
     meta = _open_run(store, mode, req, ds, modalities)
     tracker = _tracker(req.tracking, store)

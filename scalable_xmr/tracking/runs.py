@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from scalable_xmr.store.meta import RunMeta
@@ -26,12 +27,29 @@ class RunSummary:
     seconds: float
 
 
-def stored_run_url(meta: RunMeta) -> str:
-    """Where a run's MLflow parent run is, as run.json recorded it (no connection made)."""
+def stored_run_url(meta: RunMeta, root: Path | None = None) -> str:
+    """Where a run's MLflow parent run is, as run.json recorded it (no connection made), with a
+    note when that cannot be right any more: the run directory was moved or copied since, or its
+    sqlite tracking store is gone."""
     ml = meta.mlflow or {}
     if not ml.get("parent_run_id"):
         return "(tracking off)"
-    return f"{ml['tracking_uri']} (experiment {ml['experiment_id']}, run {ml['parent_run_id']})"
+    url = f"{ml['tracking_uri']} (experiment {ml['experiment_id']}, run {ml['parent_run_id']})"
+    notes = []
+    elsewhere = recorded_elsewhere(meta, root)
+    if elsewhere:
+        notes.append(f"recorded when the run was at {elsewhere}")
+    uri = str(ml["tracking_uri"])
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        notes.append("that tracking store is not there any more")
+    return url + (f" [{'; '.join(notes)}]" if notes else "")
+
+
+def recorded_elsewhere(meta: RunMeta, root: Path | None) -> str | None:
+    """The directory run.json's MLflow record was made in, when it is not ``root`` (the run was
+    moved or copied since); None when it is, or when unknown."""
+    recorded = (meta.mlflow or {}).get("run_dir")
+    return recorded if root is not None and recorded and recorded != str(root) else None
 
 
 @contextlib.contextmanager
@@ -45,12 +63,21 @@ def parent_run(
     ``params`` and recorded in run.json at once. If the body raises (including Ctrl-C), run.json
     says ``failed`` with the error and the MLflow run ends FAILED; the error goes on up.
     """
-    parent = (meta.mlflow or {}).get("parent_run_id") if mode == "resume" else None
+    stored = meta.mlflow or {}
+    parent = stored.get("parent_run_id") if mode == "resume" else None
+    elsewhere = recorded_elsewhere(meta, store.root)
+    if parent is not None and elsewhere and tracker.enabled:
+        parent = None  # a moved or copied run gets its own parent: the original's stays the original's
     if parent is None:
-        parent = tracker.start_run(name, tags={"job": job})
+        tags = {"job": job, "xmr.run_dir": str(store.root)}
+        if elsewhere:
+            tags.update({"xmr.copied_from": elsewhere,
+                         "xmr.previous_parent_run_id": str(stored.get("parent_run_id"))})
+        parent = tracker.start_run(name, tags=tags)
         tracker.log_params(parent, params)
-        meta.mlflow = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
-                       "parent_run_id": parent}
+        if tracker.enabled or not stored.get("parent_run_id"):  # --no-tracking keeps what was recorded
+            meta.mlflow = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
+                           "parent_run_id": parent, "run_dir": str(store.root)}
         store.write(meta)
     try:
         yield parent

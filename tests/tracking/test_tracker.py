@@ -49,3 +49,19 @@ def test_a_disabled_tracker_ignores_every_call_even_with_a_stored_run_id(tmp_pat
     tracker.log_metrics("0123456789abcdef", {"m": 1.0})
     tracker.log_artifact("0123456789abcdef", tmp_path / "f.txt")
     assert not tracker.live("0123456789abcdef")
+
+
+def test_the_stored_footer_says_when_the_record_cannot_be_right_any_more(tmp_path):
+    from scalable_xmr.store.meta import RunMeta
+    from scalable_xmr.tracking.runs import stored_run_url
+
+    meta = RunMeta(kind="sdml", dataset={}, mlflow={"tracking_uri": f"sqlite:///{tmp_path}/gone.db",
+                                                    "experiment_id": "1", "parent_run_id": "abc",
+                                                    "run_dir": str(tmp_path / "a")})
+    assert stored_run_url(meta, tmp_path / "a") == (
+        f"sqlite:///{tmp_path}/gone.db (experiment 1, run abc) [that tracking store is not there any more]")
+    (tmp_path / "gone.db").write_text("")
+    moved = stored_run_url(meta, tmp_path / "b")
+    assert moved.endswith(f"run abc) [recorded when the run was at {tmp_path / 'a'}]")
+    assert stored_run_url(meta, tmp_path / "a").endswith("run abc)")
+    assert stored_run_url(RunMeta(kind="sdml", dataset={})) == "(tracking off)"
