@@ -131,3 +131,15 @@ def test_bad_h5_shapes(tmp_path):
     (tmp_path / "junk.h5").write_bytes(b"junk")
     with pytest.raises(InputError, match="junk.h5: not a readable HDF5 file"):
         convert_h5(str(tmp_path / "junk.h5"), "wikipedia", str(tmp_path / "out"))
+
+
+def test_inf_in_the_h5_is_named_by_input_file_key_row_and_column(tmp_path):
+    """#14 defect 8: it was reported against the output parquet, which is never written."""
+    arrays = _write_h5(tmp_path / "w.h5", n_train=30, n_test=240)
+    arrays["test_text"][11, 4] = np.inf
+    with h5py.File(tmp_path / "w.h5", "w") as f:
+        for k, a in arrays.items():
+            f[k] = a
+    with pytest.raises(InputError, match=rf"^{tmp_path / 'w.h5'}: key 'test_text' has inf at row 11, col"):
+        convert_h5(str(tmp_path / "w.h5"), "wikipedia", str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

@@ -132,3 +132,14 @@ def test_an_empty_or_truncated_mat_is_one_line(tmp_path, content):
     with pytest.raises(InputError, match=rf"cut.mat: not a readable MATLAB .mat file \({len(content)} bytes"):
         convert_xmedia(str(tmp_path / "cut.mat"), str(tmp_path / "xm"))
     assert sorted(os.listdir(tmp_path)) == ["cut.mat"]
+
+
+def test_nan_in_the_mat_is_named_by_input_file_key_row_and_column(tmp_path):
+    """#14 defect 8: it was reported against the output parquet, which is never written."""
+    arrays = _xmedia_arrays()
+    arrays["A_te"][7, 2] = np.nan
+    path = tmp_path / "XMediaFeatures.mat"
+    scipy.io.savemat(path, arrays)
+    with pytest.raises(InputError, match=rf"^{path}: key 'A_te' has nan at row 7, column 2; features"):
+        convert_xmedia(str(path), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from scalable_xmr.data.modality.dataset import Dataset, DatasetInfo, ModalityInfo, write_dataset
+from scalable_xmr.data.modality.table import check_finite_matrix
 from scalable_xmr.errors import InputError, MissingError
 
 H5_VAL_ROWS = {"wikipedia": 231, "nus-wide": 5000, "coco": 10000}
@@ -105,7 +106,9 @@ def convert_h5(h5_path: str, name: str, out: str, overwrite: bool = False) -> Da
                     f"{h5_path}: key {k_x!r} has shape {x.shape} but {k_y!r} has "
                     f"{len(labels[k_y])} rows; expected ({len(labels[k_y])}, dim)"
                 )
-            parts.append((part, x.astype(np.float32), labels[k_y]))
+            x = x.astype(np.float32)
+            check_finite_matrix(x, h5_path, k_x)
+            parts.append((part, x, labels[k_y]))
         (_, x_tr, y_tr), (_, x_te, y_te) = parts
         if x_tr.shape[1] != x_te.shape[1]:
             raise InputError(

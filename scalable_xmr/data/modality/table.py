@@ -335,3 +335,13 @@ def write_modality_table(
             write_table_by_split(fs, str(tmp), table)
     else:  # object stores: a single PUT is already all-or-nothing
         write_table_by_split(fs, p, table)
+
+
+def check_finite_matrix(x: np.ndarray, path: str, key: str) -> None:
+    """A converter's input matrix holds only finite numbers: else one line naming the input file,
+    its key and the first bad row and column (the output table is never written)."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise InputError(f"{path}: key {key!r} has {x[i, j]} at row {i}, column {j}; features must be "
+                         "finite numbers")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from scalable_xmr.data.modality.dataset import Dataset, DatasetInfo, ModalityInfo, write_dataset
+from scalable_xmr.data.modality.table import check_finite_matrix
 from scalable_xmr.errors import InputError, MissingError
 
 N_CLASSES = 20
@@ -76,7 +77,9 @@ def _features(mat: dict[str, Any], key: str, mat_path: str) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
         raise InputError(f"{mat_path}: key {key!r} must be a numeric matrix, got shape {x.shape}")
-    return x.astype(np.float32)  # (n, dim)
+    x = x.astype(np.float32)  # (n, dim)
+    check_finite_matrix(x, mat_path, key)
+    return x
 
 
 def _labels(mat: dict[str, Any], key: str, n: int, mat_path: str) -> np.ndarray:
