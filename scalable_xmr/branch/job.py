@@ -47,7 +47,7 @@ from scalable_xmr.store.lock import run_lock
 from scalable_xmr.store.meta import RunMeta, now_iso
 from scalable_xmr.store.run_store import RunStore
 from scalable_xmr.tracking import plots
-from scalable_xmr.tracking.runs import RunSummary, parent_run, stored_run_url
+from scalable_xmr.tracking.runs import RunSummary, parent_run, stored_run_url, tracking_footer
 from scalable_xmr.tracking.tracker import Tracker, default_tracking_uri
 
 
@@ -155,13 +155,16 @@ def train_pairs(req: PairsRequest, address: str | None = None) -> PairsSummary:
     check_writable(req.run_dir, "--run")
     store = RunStore(req.run_dir)
     with run_lock(store.root):  # one job at a time on a run directory, taken before Ray starts
+        mode = store.plan(overwrite=req.overwrite, resume=req.resume)
+        if mode == "resume":
+            _check_resume(store, req, dataset)  # nothing written
         connect(address)
         check_gpus(req.gpus_per_model or 0.0, "--gpus-per-model")
-        return _train(req, store, dataset, start)
+        return _train(req, store, dataset, store.prepare(mode), start)
 
 
-def _train(req: PairsRequest, store: RunStore, dataset: dict[str, Any], start: float) -> PairsSummary:
-    mode = store.prepare_new(overwrite=req.overwrite, resume=req.resume)
+def _train(req: PairsRequest, store: RunStore, dataset: dict[str, Any], mode: str,
+           start: float) -> PairsSummary:
     if mode == "resume":
         stored = _check_resume(store, req, dataset)
         done = all(m.get("status") == "finished" for m in stored.members.values())
@@ -190,8 +193,26 @@ def _train(req: PairsRequest, store: RunStore, dataset: dict[str, Any], start: f
             store.write(meta)  # each finished member is recorded as soon as it is known
             results[name] = result
         metrics = _finish(store, meta, results, tracker, parent)
-    return PairsSummary(str(store.root), metrics, results, tracker.run_url(parent),
+    return PairsSummary(str(store.root), metrics, results, tracking_footer(tracker, parent, store.root),
                         time.perf_counter() - start, table=pairs_table(metrics))
+
+
+def _log_results(tracker: Tracker, parent: str | None, store: RunStore, meta: RunMeta,
+                 metrics: dict[str, Any], results: dict[str, BranchResult]) -> None:
+    log_members(tracker, parent, meta, metrics, results)
+    for path in (store.metrics_path, store.run_json, store.plots_dir / "rerank_k.png"):
+        tracker.log_artifact(parent, path)
+
+
+def log_stored_run(store: RunStore, meta: RunMeta, tracker: Tracker) -> str | None:
+    """Log a finished run to MLflow from its run store alone (``xmr track``): a new parent run
+    with the job's params, one child per member and ensemble, the same metrics and artifacts."""
+    parent = tracker.start_run(f"pairs:{store.root.name}", tags={
+        "job": "train_pairs", "xmr.run_dir": str(store.root), "xmr.logged_from_store": "true"})
+    tracker.log_params(parent, run_params(meta))
+    _log_results(tracker, parent, store, meta, store.read_metrics(), _finished_results(store, meta))
+    tracker.end_run(parent)
+    return parent
 
 
 def _record_failure(meta: RunMeta, error: BaseException) -> None:
@@ -210,10 +231,8 @@ def _finish(store: RunStore, meta: RunMeta, results: dict[str, BranchResult], tr
     """Ensembles, metrics.json, plots, MLflow children and artifacts; then status finished."""
     metrics = build_metrics(meta, results, ensembles(store, meta, results))
     store.write_metrics(metrics)
-    plot = plots.rerank_k(metrics, store.plots_dir / "rerank_k.png")
-    log_members(tracker, parent, meta, metrics, results)
-    for path in (store.metrics_path, store.run_json, plot):
-        tracker.log_artifact(parent, path)
+    plots.rerank_k(metrics, store.plots_dir / "rerank_k.png")
+    _log_results(tracker, parent, store, meta, metrics, results)
     meta.finish()
     store.write(meta)
     return metrics

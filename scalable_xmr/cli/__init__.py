@@ -17,7 +17,7 @@ from scalable_xmr.errors import XMRError
 
 # Modules of this package that define `register(subparsers)`; imported lazily so `xmr --help` is fast
 # and a missing optional area never breaks the others.
-_AREAS = ("data", "projection", "train", "extend", "pairs", "sweep")
+_AREAS = ("data", "projection", "train", "extend", "pairs", "sweep", "search", "track")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +42,9 @@ def run_cli(fn: Callable[[], int | None]) -> int:
     """Run ``fn`` and turn user-facing errors into one line on stderr and exit code 2."""
     try:
         return int(fn() or 0)
-    except KeyboardInterrupt:
-        print("xmr: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # Ctrl-C: the job says what it kept and how to go on (xmr_hint)
+        hint = getattr(e, "xmr_hint", None)
+        print(f"xmr: interrupted{f'; {hint}' if hint else ''}", file=sys.stderr)
         return 130
     except (XMRError, ValueError, OSError) as e:  # OSError: unwritable, full or read-only disks...
         if os.environ.get("XMR_DEBUG"):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from scalable_xmr.io import check_writable
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="convert or generate datasets (Parquet) and inspect them")
@@ -75,6 +77,7 @@ def _done(out: str) -> int:
 def _xmedia(args: argparse.Namespace) -> int:
     from scalable_xmr.data import convert_xmedia
 
+    check_writable(args.out, "--out")  # one line before any work
     convert_xmedia(args.mat, args.out, overwrite=args.overwrite)
     return _done(args.out)
 
@@ -82,6 +85,7 @@ def _xmedia(args: argparse.Namespace) -> int:
 def _h5(args: argparse.Namespace) -> int:
     from scalable_xmr.data import convert_h5
 
+    check_writable(args.out, "--out")  # one line before any work
     convert_h5(args.file, args.name, args.out, overwrite=args.overwrite)
     return _done(args.out)
 
@@ -89,6 +93,7 @@ def _h5(args: argparse.Namespace) -> int:
 def _mfeat(args: argparse.Namespace) -> int:
     from scalable_xmr.data import convert_mfeat
 
+    check_writable(args.out, "--out")  # one line before any work
     convert_mfeat(args.out, seed=args.seed, overwrite=args.overwrite)
     return _done(args.out)
 
@@ -96,6 +101,7 @@ def _mfeat(args: argparse.Namespace) -> int:
 def _synthetic(args: argparse.Namespace) -> int:
     from scalable_xmr.data import make_synthetic_xmedia
 
+    check_writable(args.out, "--out")  # one line before any work
     make_synthetic_xmedia(args.out, scale=args.scale, seed=args.seed, overwrite=args.overwrite)
     print("NOTE: synthetic data (not real XMedia); use it to exercise the pipeline only.")
     return _done(args.out)
@@ -184,6 +190,7 @@ def describe_paired(path: str) -> str:
 def _precomp(args: argparse.Namespace) -> int:
     from scalable_xmr.data.paired import convert_precomp
 
+    check_writable(args.out, "--out")  # one line before any work
     convert_precomp(args.src, args.out, min_count=args.min_count,
                     captions_per_image=args.captions_per_image, test_split=args.test_split,
                     overwrite=args.overwrite)
@@ -194,6 +201,7 @@ def _precomp(args: argparse.Namespace) -> int:
 def _synthetic_pairs(args: argparse.Namespace) -> int:
     from scalable_xmr.data.paired import make_synthetic_pairs
 
+    check_writable(args.out, "--out")  # one line before any work
     make_synthetic_pairs(args.out, seed=args.seed, n_train=args.n_train, n_val=args.n_val,
                          n_test=args.n_test, n_regions=args.n_regions, dim=args.dim,
                          captions_per_image=args.captions_per_image, vocab_size=args.vocab_size,
@@ -206,6 +214,7 @@ def _synthetic_pairs(args: argparse.Namespace) -> int:
 def _mfeat_pairs(args: argparse.Namespace) -> int:
     from scalable_xmr.data.paired import mfeat_pairs
 
+    check_writable(args.out, "--out")  # one line before any work
     mfeat_pairs(args.out, view_a=args.view_a, view_b=args.view_b, seed=args.seed,
                 standardize=not args.no_standardize, overwrite=args.overwrite)
     print(describe_paired(args.out))

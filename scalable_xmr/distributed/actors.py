@@ -149,7 +149,7 @@ def unwrap_actor_error(error: Exception) -> Exception:
     """The user-facing error inside a Ray task error, when there is one; an actor that died for
     good becomes an :class:`ActorDiedError`."""
     cause = getattr(error, "cause", None)
-    if isinstance(error, RayTaskError) and isinstance(cause, XMRError | ValueError | FileNotFoundError):
+    if isinstance(error, RayTaskError) and isinstance(cause, XMRError | ValueError | OSError):
         return cause
     if isinstance(error, RayActorError):
         return ActorDiedError(f"an actor died and could not be restarted ({type(error).__name__})")

@@ -55,7 +55,7 @@ from scalable_xmr.store.lock import run_lock
 from scalable_xmr.store.meta import RunMeta, now_iso, versions
 from scalable_xmr.store.projection import load_projection
 from scalable_xmr.store.run_store import RunStore
-from scalable_xmr.tracking.runs import RunSummary, recorded_elsewhere
+from scalable_xmr.tracking.runs import RunSummary, recorded_elsewhere, tracking_footer
 from scalable_xmr.tracking.tracker import (
     Tracker,
     absolute_tracking_uri,
@@ -122,16 +122,18 @@ def add_modalities(req: AddRequest, address: str | None = None) -> RunSummary:
                     for m in req.modalities]
             results = _train(jobs, req, store)
             metrics = _commit(store, meta, staging, results, configs, sources, tracker, parent)
-        except BaseException:
+        except BaseException as e:
             if own_parent:
                 tracker.end_run(parent, "FAILED")
+            if isinstance(e, KeyboardInterrupt):
+                e.xmr_hint = f"{store.root} is unchanged; run the same add-modality command again"
             raise
         finally:
             staging.remove()
         _log_new_pairs(tracker, meta, metrics, list(req.modalities))
         if own_parent:
             tracker.end_run(parent)
-    return RunSummary(str(store.root), metrics, results, tracker.run_url(parent),
+    return RunSummary(str(store.root), metrics, results, tracking_footer(tracker, parent, store.root),
                       time.perf_counter() - start)
 
 

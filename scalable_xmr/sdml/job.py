@@ -16,7 +16,7 @@ from scalable_xmr.data.modality.dataset import open_dataset
 from scalable_xmr.distributed.cluster import connect
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.retrieval import check_no_relevant, precision_recall_curve, precision_scope_curve
-from scalable_xmr.io import absolute_uri, check_writable
+from scalable_xmr.io import absolute_uri, check_writable, read_json
 from scalable_xmr.sdml import evaluate
 from scalable_xmr.sdml.launch import check_resources, train_modalities
 from scalable_xmr.sdml.trainer import ModalityJob, TrainResult, check_split_sizes
@@ -24,7 +24,7 @@ from scalable_xmr.store.lock import run_lock
 from scalable_xmr.store.meta import RunMeta, now_iso
 from scalable_xmr.store.projection import create_projection, load_projection, save_projection
 from scalable_xmr.store.run_store import RunStore
-from scalable_xmr.tracking.runs import RunSummary, parent_run, stored_run_url
+from scalable_xmr.tracking.runs import RunSummary, parent_run, stored_run_url, tracking_footer
 from scalable_xmr.tracking.tracker import Tracker, default_tracking_uri
 
 
@@ -64,26 +64,29 @@ def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
     check_writable(req.run_dir, "--run")
     store = RunStore(req.run_dir)
     with run_lock(store.root):  # one job at a time on a run directory, taken before Ray starts
+        mode = store.plan(overwrite=req.overwrite, resume=req.resume)
+        if mode == "resume":
+            _check_resume_configs(store, _check_resume(store, ds), req, modalities)
         connect(address)
         check_resources(req.resources)  # before anything is written
-        return _train(req, store, ds, modalities, start)
+        return _train(req, store, ds, modalities, store.prepare(mode), start)
 
 
-def _train(req: TrainRequest, store: RunStore, ds, modalities: list[str], start: float) -> RunSummary:
-    mode = store.prepare_new(overwrite=req.overwrite, resume=req.resume)
+def _train(req: TrainRequest, store: RunStore, ds, modalities: list[str], mode: str,
+           start: float) -> RunSummary:
     if mode == "resume":
-        stored = _check_resume(store, ds)
-        _check_resume_configs(store, stored, req, modalities)
+        stored = store.read()
         if stored.status == "finished" and set(modalities) <= set(stored.finished_modalities()):
             # Nothing to train: a finished run is read, never rewritten (tracking flags or not).
             return RunSummary(str(store.root), store.read_metrics(), {}, stored_run_url(stored, store.root),
                               time.perf_counter() - start)
     meta = _open_run(store, mode, req, ds, modalities)
     tracker = _tracker(req.tracking, store)
-    name, params = f"sdml:{store.root.name}", _run_params(meta, req)
+    todo = [m for m in modalities if meta.modalities[m].get("status") != "finished"]
+    jobs = [_job(store, meta, req, m, ds.info.n_classes) for m in todo]  # records each config in meta
+    name = f"sdml:{store.root.name}"
+    params = _run_params(meta, {"gpus_per_modality": req.resources.gpus_per_modality})
     with parent_run(store, meta, tracker, mode, name, "train_xmedia", params) as parent:
-        todo = [m for m in modalities if meta.modalities[m].get("status") != "finished"]
-        jobs = [_job(store, meta, req, m, ds.info.n_classes) for m in todo]
         store.write(meta)  # every modality's config is on record before it trains (resume checks it)
         try:
             results = train_modalities(jobs, req.resources, show_progress=req.show_progress)
@@ -96,7 +99,7 @@ def _train(req: TrainRequest, store: RunStore, ds, modalities: list[str], start:
             store.write(meta)  # each finished modality is recorded as soon as it is known
         metrics = finish_run(store, meta, new_modalities=todo, tracker=tracker, parent_run=parent,
                              results=results, top_k=req.top_k, no_relevant=req.top_k_no_relevant)
-    return RunSummary(str(store.root), metrics, results, tracker.run_url(parent),
+    return RunSummary(str(store.root), metrics, results, tracking_footer(tracker, parent, store.root),
                       time.perf_counter() - start)
 
 
@@ -203,15 +206,48 @@ def _tracker(cfg: TrackingConfig, store: RunStore) -> Tracker:
     return Tracker(cfg.tracking_uri or default_tracking_uri(store.root), cfg.experiment, cfg.enabled)
 
 
-def _run_params(meta: RunMeta, req: TrainRequest) -> dict[str, Any]:
+def _run_params(meta: RunMeta, extra: dict[str, Any]) -> dict[str, Any]:
     # The parent's `lr` lists the rate each modality actually trains with (one value when all
-    # agree); each child run also records its own.
-    rates = {m: req.overrides.config_for(req.sdml, m).lr for m in meta.modalities}
+    # agree); each child run also records its own. Read from run.json, so a stored run logs alike.
+    rates = {m: (meta.modalities[m].get("config") or meta.sdml).get("lr") for m in meta.modalities}
     lr = next(iter(rates.values())) if len(set(rates.values())) == 1 else ",".join(
         f"{m}={r:g}" for m, r in rates.items())
     return {"dataset": meta.dataset["name"], "projection_sha256": meta.projection["sha256"],
-            "strategy": req.resources.strategy, "gpus_per_modality": req.resources.gpus_per_modality,
-            "modalities": ",".join(meta.modalities), **req.sdml.to_dict(), "lr": lr}
+            "strategy": meta.strategy, **extra, "modalities": ",".join(meta.modalities), **meta.sdml,
+            "lr": lr}
+
+
+def stored_results(store: RunStore, meta: RunMeta) -> dict[str, TrainResult]:
+    """Each finished modality's result as its train_log.json and run.json entry recorded it."""
+    out = {}
+    for m in meta.finished_modalities():
+        log, entry = read_json(store.train_log_path(m)), meta.modalities[m]
+        out[m] = TrainResult(m, log["best_epoch"], log["best_val_label"], log["epochs"],
+                             log.get("resumed_at_epoch") or [], log.get("history") or [],
+                             entry.get("train_seconds", 0.0), entry.get("device", "cpu"))
+    return out
+
+
+def log_stored_run(store: RunStore, meta: RunMeta, tracker: Tracker) -> str | None:
+    """Log a finished run to MLflow from its run store alone (``xmr track``: e.g. after the
+    tracking server was down during the job): a new parent run, one child per modality, the same
+    params, metrics and artifacts the job logs. run.json then points at the new parent."""
+    parent = tracker.start_run(f"sdml:{store.root.name}", tags={
+        "job": "train_xmedia", "xmr.run_dir": str(store.root), "xmr.logged_from_store": "true"})
+    tracker.log_params(parent, _run_params(meta, {}))
+    plots = sorted(p for p in store.plots_dir.glob("*.png")) if store.plots_dir.is_dir() else []
+    _log_results(tracker, parent, store, meta, store.read_metrics(), stored_results(store, meta), plots)
+    tracker.end_run(parent)
+    return parent
+
+
+def _log_results(tracker: Tracker, parent: str | None, store: RunStore, meta: RunMeta, metrics: dict,
+                 results: dict[str, TrainResult], plot_paths: list[Path]) -> None:
+    _log_modalities(tracker, parent, meta, results)
+    tracker.log_metrics(parent, {f"map/{k}": v for k, v in metrics["map"].items()})
+    tracker.log_metrics(parent, {"map/mean": metrics["map_mean"]})
+    for path in [store.metrics_path, store.run_json, store.projection_path, *plot_paths]:
+        tracker.log_artifact(parent, path)
 
 
 def finish_run(store: RunStore, meta: RunMeta, new_modalities: list[str], tracker: Tracker,
@@ -238,11 +274,7 @@ def finish_run(store: RunStore, meta: RunMeta, new_modalities: list[str], tracke
                                      n_test={m: len(emb[m][0]) for m in modalities})
     store.write_metrics(metrics)
     plot_paths = make_plots(store, metrics, emb)
-    _log_modalities(tracker, parent_run, meta, results)
-    tracker.log_metrics(parent_run, {f"map/{k}": v for k, v in metrics["map"].items()})
-    tracker.log_metrics(parent_run, {"map/mean": metrics["map_mean"]})
-    for path in [store.metrics_path, store.run_json, store.projection_path, *plot_paths]:
-        tracker.log_artifact(parent_run, path)
+    _log_results(tracker, parent_run, store, meta, metrics, results, plot_paths)
     meta.finish()
     store.write(meta)
     return metrics

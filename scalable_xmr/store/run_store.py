@@ -116,8 +116,9 @@ class RunStore:
             else:
                 p.unlink()
 
-    def prepare_new(self, overwrite: bool, resume: bool) -> str:
-        """Decide what to do with ``root`` for a training job; returns 'new' or 'resume'."""
+    def plan(self, overwrite: bool, resume: bool) -> str:
+        """What a training job will do with ``root``, decided without changing anything (jobs call
+        it before Ray starts): 'new', 'resume', or 'replace' (--overwrite of something there)."""
         if not self.root.exists() or (self.root.is_dir() and not self._entries()):
             if resume:
                 raise RunStateError(f"{self.root}: --resume given but there is no run to resume")
@@ -126,8 +127,7 @@ class RunStore:
             raise InputError(f"{self.root}: exists and is not a directory")
         if not self.run_json.is_file():
             if overwrite:
-                self._clear()
-                return "new"
+                return "replace"
             raise RunStateError(
                 f"{self.root}: exists, is not empty and holds no run.json; choose another --run "
                 "or pass --overwrite to delete it"
@@ -136,12 +136,23 @@ class RunStore:
         if resume:
             return "resume"
         if overwrite:
-            self._clear()
-            return "new"
+            return "replace"
         raise RunStateError(
             f"{self.root}: already holds a {meta.status} run; pass --resume to "
             "continue it or --overwrite to replace it"
         )
+
+    def prepare(self, mode: str) -> str:
+        """Carry out :meth:`plan`'s decision: 'replace' empties the directory (the job's lock
+        stays) and becomes 'new'."""
+        if mode == "replace":
+            self._clear()
+            return "new"
+        return mode
+
+    def prepare_new(self, overwrite: bool, resume: bool) -> str:
+        """:meth:`plan` then :meth:`prepare`; returns 'new' or 'resume'."""
+        return self.prepare(self.plan(overwrite, resume))
 
     # ---- models --------------------------------------------------------------------------------
     def save_model(self, modality: str, payload: dict[str, Any]) -> None:

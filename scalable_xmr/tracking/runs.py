@@ -6,14 +6,17 @@ Both jobs (SDML and branch models) and the add-modality job open their parent ru
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scalable_xmr.errors import RunStateError
+from scalable_xmr.store.lock import run_lock
 from scalable_xmr.store.meta import RunMeta
 from scalable_xmr.store.run_store import RunStore
-from scalable_xmr.tracking.tracker import Tracker
+from scalable_xmr.tracking.tracker import Tracker, default_tracking_uri
 
 
 @dataclass
@@ -43,6 +46,15 @@ def stored_run_url(meta: RunMeta, root: Path | None = None) -> str:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         notes.append("that tracking store is not there any more")
     return url + (f" [{'; '.join(notes)}]" if notes else "")
+
+
+def tracking_footer(tracker: Tracker, parent: str | None, root: Path) -> str:
+    """The footer's MLflow line: the parent run, or, when tracking failed during the job, why and
+    how to log the run once the tracking server is back."""
+    if tracker.failure:
+        return (f"(tracking failed during the job: {tracker.failure}; the run store holds everything: "
+                f"`xmr track --run {root}` logs it once MLflow is reachable)")
+    return tracker.run_url(parent)
 
 
 def recorded_elsewhere(meta: RunMeta, root: Path | None) -> str | None:
@@ -85,5 +97,31 @@ def parent_run(
         meta.fail(e)
         store.write(meta)
         tracker.end_run(parent, "FAILED")
+        if isinstance(e, KeyboardInterrupt):
+            e.xmr_hint = (f"{store.root} is kept (status failed, finished parts and checkpoints intact); "
+                          "run the same command with --resume to continue it")
         raise
     tracker.end_run(parent)
+
+
+def log_finished_run(store: RunStore, tracking_uri: str | None, experiment: str,
+                     log: Callable[[RunStore, RunMeta, Tracker], str | None]) -> str:
+    """``xmr track``: log a finished run to MLflow from its run store alone, with ``log`` (the run
+    kind's own logging), then point run.json at the new parent run. Returns where it went.
+
+    The URI defaults to the one run.json recorded (else the run's default). MLflow unreachable,
+    before or during: one line, run.json unchanged."""
+    meta = store.read_finished()
+    uri = tracking_uri or (meta.mlflow or {}).get("tracking_uri") or default_tracking_uri(store.root)
+    with warnings.catch_warnings():  # a failure is this command's error, not a warning
+        warnings.simplefilter("ignore")
+        tracker = Tracker(uri, experiment)
+        with run_lock(store.root, command=f"xmr track --run {store.root}"):
+            parent = log(store, meta, tracker) if tracker.failure is None else None
+            if tracker.failure or parent is None:
+                raise RunStateError(f"--tracking-uri {tracker.uri}: MLflow is not reachable "
+                                    f"({tracker.failure}); run.json is unchanged")
+            meta.mlflow = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
+                           "parent_run_id": parent, "run_dir": str(store.root)}
+            store.write(meta)
+    return tracker.run_url(parent)

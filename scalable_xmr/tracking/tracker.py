@@ -49,6 +49,13 @@ class Tracker:
         self.enabled = enabled
         self.client = None
         self.experiment_id: str | None = None
+        self.failure: str | None = None  # why tracking stopped mid-job, if it did
+        # A tracking server that went away must not hold a finished job for minutes: MLflow's own
+        # defaults retry an HTTP call 7 times with backoff (about 4 min). Ours: 3 tries, ~7 s.
+        # Users who set these variables keep their values.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         if enabled:
             self._safe(self._connect, experiment)
 
@@ -80,9 +87,10 @@ class Tracker:
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - tracking must never kill training
+            self.failure = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
             warnings.warn(
-                f"MLflow tracking failed ({type(e).__name__}: {e}); results are safe in the run "
-                "store, tracking for this job is now off",
+                f"MLflow tracking failed ({self.failure}); results are safe in the run store, "
+                "tracking for this job is now off (`xmr track --run <run>` logs a finished run later)",
                 stacklevel=2,
             )
             self.enabled = False

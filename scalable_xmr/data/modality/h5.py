@@ -48,7 +48,8 @@ def _read_h5(h5_path: str) -> dict[str, np.ndarray]:
     with f:
         missing = [k for k in keys if k not in f]
         if missing:
-            raise InputError(f"{h5_path}: missing key {missing[0]!r} (also missing: {missing[1:]})")
+            also = f" (also missing: {', '.join(missing[1:])})" if missing[1:] else ""
+            raise InputError(f"{h5_path}: missing key {missing[0]!r}{also}")
         return {k: np.asarray(f[k][()]) for k in keys}
 
 

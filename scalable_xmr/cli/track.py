@@ -1,0 +1,39 @@
+"""``xmr track``: log a finished run to MLflow from its run store alone.
+
+For a run whose tracking failed during the job (the server went away: the job finished, warned and
+said so in its footer), or that was trained with ``--no-tracking``. A new parent run gets the same
+params, per-modality (per-member) child runs, metrics and artifacts the job logs, and run.json then
+points at it. The run's files other than run.json are only read.
+
+    xmr track --run runs/sdml-x
+    xmr track --run runs/sdml-x --tracking-uri http://127.0.0.1:5000 --experiment xmedia
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("track", help="log a finished run to MLflow from its run store (e.g. after "
+                       "the tracking server was down)", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", metavar="DIR", required=True, help="a finished run directory (SDML or branch)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow URI (default: the one run.json recorded, else sqlite:///<abs parent of "
+                   "--run>/mlflow.db)")
+    p.add_argument("--experiment", default="scalable_xmr", help="MLflow experiment name (scalable_xmr)")
+    p.set_defaults(func=run_track)
+
+
+def run_track(args: argparse.Namespace) -> int:
+    from scalable_xmr.branch.job import log_stored_run as log_pairs
+    from scalable_xmr.sdml.job import log_stored_run as log_sdml
+    from scalable_xmr.store.run_store import RunStore
+    from scalable_xmr.tracking.runs import log_finished_run
+
+    store = RunStore(args.run)
+    log = log_sdml if store.read().kind == "sdml" else log_pairs
+    where = log_finished_run(store, args.tracking_uri, args.experiment, log)
+    print(f"logged {store.root} to MLflow: {where}")
+    return 0
