@@ -31,7 +31,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     target = tmp / final.name
     try:
-        yield target
+        try:
+            yield target
+        except OSError as e:  # a full or read-only disk: name the file being written, not a temp
+            if e.errno is None or e.filename not in (None, str(target)):
+                raise
+            raise OSError(e.errno, e.strerror, str(final)) from e
         if not target.exists():
             raise RuntimeError(f"atomic write of {final} produced nothing")
         if target.is_dir() and final.exists():

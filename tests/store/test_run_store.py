@@ -74,3 +74,21 @@ def test_layout_of_both_kinds_of_run(tmp_path):
     assert store.checkpoint_path("image") == tmp_path / "modalities/image/checkpoints/last.pt"
     assert store.embeddings_path("image", "test") == tmp_path / "modalities/image/embeddings/test.parquet"
     assert store.member_dir("mtfn-seed1") == tmp_path / "models/mtfn-seed1"
+
+
+def test_a_full_disk_names_the_file_being_written_not_its_temporary(tmp_path, monkeypatch):
+    import errno
+
+    from scalable_xmr.io import atomic_write_bytes
+
+    (tmp_path / "x.json").write_text("old")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("os.fsync", full)
+    with pytest.raises(OSError, match="No space left on device") as info:
+        atomic_write_bytes(tmp_path / "x.json", b"new")
+    assert info.value.filename == str(tmp_path / "x.json")
+    assert (tmp_path / "x.json").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temporary left
