@@ -11,6 +11,7 @@ import os
 
 import ray
 
+from scalable_xmr.distributed.signals import SETUP_HOOK
 from scalable_xmr.errors import InputError
 
 _STARTED_LOCAL = False
@@ -35,7 +36,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     global _STARTED_LOCAL
     if ray.is_initialized():
         return "attached to the Ray runtime already initialised in this process"
-    quiet = {"log_to_driver": True, "logging_level": "WARNING"}
+    # Workers ignore Ctrl-C: the driver alone handles it (distributed/signals.py).
+    quiet = {"log_to_driver": True, "logging_level": "WARNING",
+             "runtime_env": {"worker_process_setup_hook": SETUP_HOOK}}
     if address is None and _on_cluster_head():
         address = "auto"
     if address not in (None, "local"):

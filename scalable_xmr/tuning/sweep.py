@@ -18,7 +18,10 @@ tuner.pkl, experiment_state-*.json, <trainable>_<id>...   Tune's own (resume, re
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,6 +260,32 @@ def _tuner(req: SweepRequest, meta: dict[str, Any], sweep_dir: Path, backend, ca
     )
 
 
+def fit_noting_ctrl_c(tuner) -> tuple[Any, bool]:
+    """``tuner.fit()`` and whether Ctrl-C (SIGINT) stopped it.
+
+    Tune (ray/tune/tune.py ``_setup_signal_catching``, Ray 2.60) replaces the SIGINT handler for
+    the run, and puts the previous one back only when SIGINT arrives; its result grid then lists
+    the trials it stopped as terminated, like finished ones. So: install a handler of our own
+    (behaving as Python's default), see after the run whether Tune handed it back, and restore the
+    handler from before either way (else Tune's would swallow a later Ctrl-C of this process).
+    """
+    in_main = (threading.current_thread() is threading.main_thread()
+               and not int(os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0")))  # Tune's own switch
+    before = signal.getsignal(signal.SIGINT) if in_main else None
+
+    def ours(signum, frame):
+        raise KeyboardInterrupt
+
+    if in_main:
+        signal.signal(signal.SIGINT, ours)
+    try:
+        grid = tuner.fit()
+        return grid, in_main and signal.getsignal(signal.SIGINT) is ours
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, before)
+
+
 def run_sweep(req: SweepRequest, address: str | None = None, callbacks: tuple = ()) -> SweepSummary:
     """Run (or, with ``req.resume``, continue) a sweep; returns where everything went.
 
@@ -284,11 +313,12 @@ def run_sweep(req: SweepRequest, address: str | None = None, callbacks: tuple = 
     meta["status"] = "running"
     atomic_write_json(sweep_dir / SWEEP_FILE, meta)
     try:
-        grid = _tuner(req, meta, sweep_dir, backend, [mlflow_cb, *callbacks]).fit()
+        grid, interrupted = fit_noting_ctrl_c(_tuner(req, meta, sweep_dir, backend, [mlflow_cb, *callbacks]))
         rows = res.rows_from_results(grid, backend.group_key)
-        # Interrupted: a trial still running/paused, or (trials are created lazily under
-        # max_concurrent) fewer trials than the space holds.
-        finished = grid.num_terminated + grid.num_errors >= len(grid) >= meta["n_trials"]
+        # Interrupted: Ctrl-C (Tune then reports the trials it stopped as terminated), a trial
+        # still running/paused, or (trials are created lazily under max_concurrent) fewer trials
+        # than the space holds.
+        finished = not interrupted and grid.num_terminated + grid.num_errors >= len(grid) >= meta["n_trials"]
         if not finished:
             meta["status"] = "interrupted"
             atomic_write_json(sweep_dir / SWEEP_FILE, meta)
