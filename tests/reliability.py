@@ -82,34 +82,11 @@ class Case:
 
 # ---- builders of bad datasets and files ----------------------------------------------------------
 def make_finished_run(root: Path, data: str) -> Path:
-    from scalable_xmr.config import SDMLConfig
-    from scalable_xmr.data.modality.dataset import open_dataset
-    from scalable_xmr.store.meta import RunMeta
-    from scalable_xmr.store.projection import create_projection, save_projection
-    from scalable_xmr.store.run_store import RunStore
+    from fake_runs import make_finished_run as make
 
-    ds = open_dataset(data, validate=False)
-    store = RunStore(root)
-    root.mkdir(parents=True)
-    sha = save_projection(store.projection_path, create_projection(32, 20, seed=0), seed=0)
-    rng = np.random.default_rng(0)
-    for m in ("image", "text"):
-        for split in ("val", "test"):
-            d = ds.read_split(m, split)
-            store.write_embeddings(m, split, d.ids, d.labels, rng.standard_normal((len(d), 32)))
-        store.model_path(m).write_bytes(b"model " + m.encode())
-    store.write(RunMeta(
-        kind="sdml", status="finished",
-        dataset={"uri": data, "name": ds.info.name, "n_classes": 20, "multi_label": False,
-                 "class_names": list(ds.info.class_names)},
-        projection={"file": "projection.arrow", "sha256": sha, "dim": 32, "n_classes": 20, "seed": 0},
-        sdml=SDMLConfig(dim=32, batch_size=20).to_dict(), strategy="parallel",
-        modalities={m: {"status": "finished", "config": SDMLConfig(dim=32, batch_size=20).to_dict()}
-                    for m in ("image", "text")},
-    ))
-    store.write_metrics({"modalities": ["image", "text"], "map": {"image-text": 0.5, "text-image": 0.5},
-                         "map_mean": 0.5})
-    return root
+    from scalable_xmr.config import SDMLConfig
+
+    return make(root, data, ("image", "text"), SDMLConfig(dim=32, batch_size=20), record_configs=True)
 
 
 def _set_json(key: str, value) -> Callable[[Path], None]:

@@ -13,12 +13,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from fake_runs import make_finished_run
 
 from scalable_xmr.cli.extend import job_parser, request_from_args
 from scalable_xmr.cli.extend import main as add_main
 from scalable_xmr.config import SDMLConfig
 from scalable_xmr.data.modality.dataset import DatasetInfo, ModalityInfo, open_dataset, write_dataset
-from scalable_xmr.store.meta import RunMeta
 from scalable_xmr.store.projection import create_projection, save_projection
 from scalable_xmr.store.run_store import RunStore
 
@@ -35,28 +35,8 @@ def tree_hashes(root: Path) -> dict[str, str]:
 @pytest.fixture
 def fake_run(tmp_path, small_xmedia) -> Path:
     """A finished 4-modality run on the small synthetic data, made without training."""
-    ds = open_dataset(small_xmedia, validate=False)
-    store = RunStore(tmp_path / "run")
-    store.root.mkdir()
-    sha = save_projection(store.projection_path, create_projection(32, 20, seed=0), seed=0)
-    rng = np.random.default_rng(0)
-    for m in OLD:
-        for split in ("val", "test"):
-            d = ds.read_split(m, split)
-            store.write_embeddings(m, split, d.ids, d.labels, rng.standard_normal((len(d), 32)))
-        store.model_path(m).write_bytes(b"model " + m.encode())
-    store.write(RunMeta(
-        kind="sdml", status="finished",
-        dataset={"uri": small_xmedia, "name": ds.info.name, "n_classes": 20, "multi_label": False,
-                 "class_names": list(ds.info.class_names)},
-        projection={"file": "projection.arrow", "sha256": sha, "dim": 32, "n_classes": 20, "seed": 0},
-        sdml=TINY.to_dict(), strategy="parallel",
-        modalities={m: {"status": "finished"} for m in OLD},
-        mlflow={"tracking_uri": None, "experiment_id": None, "parent_run_id": None},
-    ))
-    pairs = {f"{q}-{t}": 0.5 for q in OLD for t in OLD if q != t}
-    store.write_metrics({"modalities": list(OLD), "map": pairs, "map_mean": 0.5})
-    return store.root
+    return make_finished_run(tmp_path / "run", small_xmedia, OLD, TINY,
+                             mlflow={"tracking_uri": None, "experiment_id": None, "parent_run_id": None})
 
 
 def write_table(path: Path, labels: list[list[int]], features, fixed: bool = True) -> str:
