@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     tracking = TrackingConfig(f"sqlite:///{work}/mlflow.db", "bench-add") if args.tracking else \
         TrackingConfig(enabled=False)
     machine = [r for r in machine_info(threads=0) if r[0] != "torch threads"]  # load before we start
-    print(connect("local"), "-", describe_cluster(), file=sys.stderr)
+    connect("local")  # prints where it runs
     others = tuple(m for m in MODALITIES if m != args.modality)
     common = dict(dataset_uri=str(data), sdml=cfg, tracking=tracking, show_progress=False, overwrite=True)
 

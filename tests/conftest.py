@@ -34,15 +34,33 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
+LOCAL_RAY = {"address": "local", "num_cpus": 2, "include_dashboard": False, "log_to_driver": False,
+             "logging_level": "ERROR"}
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR")
+        ray.init(**LOCAL_RAY)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_local_paused():
+    """For a module that runs its own Ray cluster (tests/e2e/test_multinode.py): this process's Ray
+    is shut down for the module and, if it was running, the session's local Ray is started again
+    after it, so `ray_local` tests on either side of the module get the Ray they expect."""
+    import ray
+
+    was_running = ray.is_initialized()
+    ray.shutdown()
+    yield
+    ray.shutdown()
+    if was_running:
+        ray.init(**LOCAL_RAY)
 
 
 @pytest.fixture(scope="session")

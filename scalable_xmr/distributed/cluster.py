@@ -2,14 +2,21 @@
 
 ``connect`` attaches under ``ray submit`` / ``ray job submit`` (or with RAY_ADDRESS set), or with an
 explicit address, and otherwise starts a private local Ray; it never attaches to a Ray that another
-process on this machine started for itself.
+process on this machine started for itself. Either way it says which, with the resources it found
+("attached to Ray cluster at 10.0.0.5:6379: 3 nodes, 20 CPUs, 2 GPUs" / "started a private local
+Ray (2 CPUs, 0 GPUs)"), and it refuses a cluster whose Ray is not the pinned version.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import re
+import sys
 
 import ray
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 from scalable_xmr.distributed.signals import SETUP_HOOK
 from scalable_xmr.errors import InputError
@@ -27,26 +34,96 @@ def _on_cluster_head() -> bool:
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> str:
-    """Attach to a Ray cluster, or start a local one; returns a description.
+    """Attach to a Ray cluster, or start a local one; prints (to stderr) and returns where it runs.
 
     ``address=None``: attach to the cluster when running under ``ray submit`` (or with RAY_ADDRESS
     set), else start a private local Ray. ``"auto"`` attaches to a cluster started on this machine
-    with ``ray start``; ``"local"`` always starts one; anything else is a cluster address.
+    with ``ray start``; ``"local"`` always starts one; anything else is a cluster address. A cluster
+    whose Ray is not the version this package pins is refused with one line naming both.
     """
     global _STARTED_LOCAL
     if ray.is_initialized():
-        return "attached to the Ray runtime already initialised in this process"
+        return _say(f"using the Ray already running in this process: {_resources()}")
     # Workers ignore Ctrl-C: the driver alone handles it (distributed/signals.py).
     quiet = {"log_to_driver": True, "logging_level": "WARNING",
              "runtime_env": {"worker_process_setup_hook": SETUP_HOOK}}
     if address is None and _on_cluster_head():
         address = "auto"
     if address not in (None, "local"):
-        ray.init(address=address, **quiet)
-        return f"attached to Ray cluster at {address}"
+        try:
+            ray.init(address=address, **quiet)
+        except RuntimeError as e:  # ray.init refuses a cluster of another Ray/Python version
+            versions = versions_in_mismatch(str(e))
+            if versions is None:
+                raise
+            raise InputError(mismatch_message(address, *versions, ray_pin())) from None
+        where = ray.get_runtime_context().gcs_address or address
+        problem = pin_problem(ray.__version__, ray_pin(), where)
+        if problem:
+            ray.shutdown()
+            raise InputError(problem)
+        return _say(f"attached to Ray cluster at {where}: {_resources()}")
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
     _STARTED_LOCAL = True
-    return f"started a local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+    res = ray.cluster_resources()
+    return _say(f"started a private local Ray ({res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs)")
+
+
+def _say(line: str) -> str:
+    print(line, file=sys.stderr, flush=True)
+    return line
+
+
+def _resources() -> str:
+    res = ray.cluster_resources()
+    n = sum(1 for node in ray.nodes() if node.get("Alive"))
+    return f"{n} node{'s' if n != 1 else ''}, {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs"
+
+
+def ray_pin() -> str | None:
+    """The Ray version specifier this package was installed with (``==2.60.*``); None when it is
+    not installed as a distribution (run from a source tree)."""
+    try:
+        requires = importlib.metadata.requires("scalable_xmr") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for line in requires:
+        req = Requirement(line)
+        if req.name == "ray" and req.marker is None:
+            return str(req.specifier) or None
+    return None
+
+
+def pin_problem(cluster_ray: str, pin: str | None, where: str) -> str | None:
+    """One line when a cluster's Ray version is outside the package's pin, else None."""
+    if pin is None or SpecifierSet(pin).contains(cluster_ray, prereleases=True):
+        return None
+    return (f"Ray cluster at {where} runs Ray {cluster_ray}, but scalable_xmr pins ray{pin}: install "
+            f"the pinned Ray on every node (pip install 'ray[default,train,tune,serve]{pin}') or use a "
+            "cluster of that version")
+
+
+_MISMATCH = re.compile(r"Ray:\s*(\S+)\s*Python:\s*(\S+)")
+
+
+def versions_in_mismatch(message: str) -> tuple[str, str, str, str] | None:
+    """(cluster Ray, cluster Python, this Ray, this Python) from ray.init's "Version mismatch"
+    error (ray._private.utils.check_version_info), or None for any other error."""
+    if "Version mismatch" not in message:
+        return None
+    found = _MISMATCH.findall(message)
+    if len(found) != 2:
+        return None
+    (cluster_ray, cluster_py), (my_ray, my_py) = found
+    return cluster_ray, cluster_py, my_ray, my_py
+
+
+def mismatch_message(address: str, cluster_ray: str, cluster_py: str, my_ray: str, my_py: str,
+                     pin: str | None) -> str:
+    pinned = f"; scalable_xmr pins ray{pin}" if pin else ""
+    return (f"Ray cluster at {address} runs Ray {cluster_ray} on Python {cluster_py}, this job Ray "
+            f"{my_ray} on Python {my_py}{pinned}: run the job with the cluster's Ray and Python "
+            "(e.g. through `ray submit` / `ray job submit`), or start the cluster with the pinned Ray")
 
 
 def describe_cluster() -> str:
@@ -75,11 +152,23 @@ def can_autoscale() -> bool:
 
 
 def check_gpus(gpus_per_actor: float, flag: str) -> None:
-    """Fail fast when GPUs are asked of a cluster that has none and cannot get any (``flag`` names
-    the option the user set, e.g. ``--gpus-per-modality``)."""
-    no_gpus = ray.cluster_resources().get("GPU", 0) == 0
-    if gpus_per_actor > 0 and no_gpus and not can_autoscale():
-        raise InputError(
-            f"{flag} {gpus_per_actor:g} but this Ray cluster has no GPUs ({describe_cluster()}); "
-            "use 0 to train on CPUs"
-        )
+    """Fail fast when an actor asks for more GPUs than any node has and the cluster cannot add a
+    bigger node (``flag`` names the option the user set, e.g. ``--gpus-per-modality``)."""
+    if gpus_per_actor <= 0 or can_autoscale():
+        return
+    problem = gpu_problem(gpus_per_actor, flag, ray.cluster_resources().get("GPU", 0),
+                          largest_node()["GPU"], describe_cluster())
+    if problem:
+        raise InputError(problem)
+
+
+def gpu_problem(gpus_per_actor: float, flag: str, total: float, largest: float, described: str) -> str | None:
+    """Why ``gpus_per_actor`` GPUs per actor can never be placed (none at all; more than the
+    largest node has: one actor cannot span nodes), or None."""
+    if total == 0:
+        return (f"{flag} {gpus_per_actor:g} but this Ray cluster has no GPUs ({described}); "
+                "use 0 to train on CPUs")
+    if gpus_per_actor > largest:
+        return (f"{flag} {gpus_per_actor:g}: no node of this Ray cluster has that many GPUs (the largest "
+                f"has {largest:g}; {described}); an actor runs on one node")
+    return None

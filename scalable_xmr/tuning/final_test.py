@@ -2,10 +2,10 @@
 
 Trials select on validation only. They never read their test split, so no test figure reaches
 Tune, the trials' MLflow runs or the choice of the best trial. When the sweep has chosen (per
-modality for SDML, one trial for a branch model), it scores that choice on test here, once, in one
-Ray task with a trial's resources, from the model the chosen trial saved (``model.pt``); nothing
-is retrained. best.json, summary.md, the printed summary and the sweep's MLflow parent run carry
-the result labelled :data:`TEST_LABEL`.
+modality for SDML, one trial for a branch model), it scores that choice on test here, once, with a
+trial's resources (in a Ray task when that includes a GPU, else on the driver), from the model the
+chosen trial saved (``model.pt``); nothing is retrained. best.json, summary.md, the printed
+summary and the sweep's MLflow parent run carry the result labelled :data:`TEST_LABEL`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from scalable_xmr.data.paired import open_paired_dataset
 from scalable_xmr.io import read_json
 from scalable_xmr.models.sdml import SDMLAutoencoder
 from scalable_xmr.sdml import evaluate
+from scalable_xmr.sdml.trainer import resolve_device
 from scalable_xmr.store.projection import load_projection
 from scalable_xmr.store.run_store import RunStore
 from scalable_xmr.tuning.sdml_trial import anchor_map
@@ -30,12 +31,22 @@ TEST_LABEL = "test (chosen config, scored once)"
 
 
 def run_once(fn: Callable[..., dict[str, Any]], info: dict[str, Any], *args: Any) -> dict[str, Any]:
-    """``fn(*args, device=..., threads=...)`` in one Ray task with one trial's CPUs and GPUs."""
+    """``fn(*args, device=..., threads=...)`` with one trial's CPUs and GPUs: in one Ray task when
+    it needs a GPU, else here on the driver, which has the sweep's files and its modules loaded
+    already (a Ray task would start a worker and import torch first: seconds per sweep)."""
     import ray
+    import torch
 
     gpus, cpus = float(info["gpus_per_trial"]), float(info["cpus_per_trial"])
+    threads = max(1, int(cpus))
+    if gpus == 0:
+        before = torch.get_num_threads()
+        try:
+            return fn(*args, device="cpu", threads=threads)
+        finally:
+            torch.set_num_threads(before)
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=1)(fn)
-    return ray.get(task.remote(*args, device="cuda" if gpus > 0 else "cpu", threads=max(1, int(cpus))))
+    return ray.get(task.remote(*args, device="auto", threads=threads))
 
 
 # -------------------------------------------------------------------------------------- branch
@@ -58,7 +69,7 @@ def score_branch_trial(trial_dir: str, dataset_uri: str, device: str = "cpu",
     choice = RerankChoice(**{k: int(v) for k, v in result["choice"].items()})
     groups = result.get("t2i_groups", "candidate")
     split = ds.read_split("test")
-    dev = torch.device(device)
+    dev = resolve_device(device)  # "auto": CUDA when this task sees its GPU, else CPU
     model, config = load_branch_model(path, dev)
     sim, text_sim, source = score_model(model, config, split, dev)
     report = recall_report(sim, text_sim, split.require_captions_per_image(), choice, t2i_groups=groups)
@@ -99,9 +110,9 @@ def score_sdml_trials(trial_dirs: dict[str, str], dataset_uri: str, n_classes: i
     import torch
 
     torch.set_num_threads(threads)
-    dev = torch.device(device)
+    dev = resolve_device(device)  # "auto": CUDA when this task sees its GPU, else CPU
     ds = open_dataset(dataset_uri, validate=False)
-    P = load_projection(projection, expected_sha256=projection_sha256)
+    P = load_projection(projection, expected_sha256=projection_sha256).copy()  # (d, c), writable
     emb: evaluate.Embeddings = {}
     for m, directory in trial_dirs.items():
         store = RunStore(directory)
