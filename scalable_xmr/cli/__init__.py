@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from scalable_xmr.distributed.submission import check_submission_paths
 from scalable_xmr.errors import XMRError
 
 # Modules of this package that define `register(subparsers)`; imported lazily so `xmr --help` is fast
@@ -62,8 +63,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def checked() -> int | None:
-        from scalable_xmr.cli.common import check_submission_paths  # a light module, imported on use
-
         check_submission_paths(args)  # under `ray job submit`: no output in the job's temporary dir
         return args.func(args)
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from scalable_xmr.cli import run_cli
-from scalable_xmr.distributed.submission import job_submission_id, submission_path_problem
-from scalable_xmr.errors import InputError
+from scalable_xmr.distributed.submission import check_submission_paths
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
 
@@ -74,24 +73,6 @@ def run_job(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace]
         return func(args)
 
     return run_cli(checked)
-
-
-# Output paths a job keeps (attribute -> flag), and what a missing one defaults to.
-KEPT_PATHS = {"run": "--run", "storage": "--storage"}
-KEPT_DEFAULTS = {"--run": "runs/<kind>-<date>-<time>"}
-
-
-def check_submission_paths(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> None:
-    """Under `ray job submit`, refuse output paths that would land in the job's temporary working
-    directory (one line naming the flag); anywhere else, do nothing."""
-    submission = job_submission_id(env)
-    if submission is None:
-        return
-    paths = {flag: getattr(args, attr) for attr, flag in KEPT_PATHS.items() if hasattr(args, attr)}
-    tracking = None if getattr(args, "no_tracking", False) else getattr(args, "tracking_uri", None)
-    problem = submission_path_problem(paths, KEPT_DEFAULTS, tracking, submission)
-    if problem:
-        raise InputError(problem)
 
 
 def print_run_footer(run_dir: str, tracking: str, seconds: float, metrics_file: bool = False) -> None:

@@ -7,9 +7,12 @@ written there and lost. Under a submission they are refused with one line saying
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from collections.abc import Mapping
+
+from scalable_xmr.errors import InputError
 
 # Ray's JobSupervisor starts the entrypoint with this variable set to {"runtime_env": ...,
 # "metadata": {"job_submission_id": ...}} (ray/dashboard/modules/job/job_supervisor.py,
@@ -66,3 +69,21 @@ def submission_path_problem(paths: Mapping[str, str | None], defaults: Mapping[s
         return f"--tracking-uri {tracking_uri}: " + lost.format(
             sid=submission_id, extra=", e.g. sqlite:////abs/mlflow.db, or an http:// MLflow server")
     return None
+
+
+# Output paths a job keeps (attribute -> flag), and what a missing one defaults to.
+KEPT_PATHS = {"run": "--run", "storage": "--storage"}
+KEPT_DEFAULTS = {"--run": "runs/<kind>-<date>-<time>"}
+
+
+def check_submission_paths(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> None:
+    """Under `ray job submit`, refuse output paths that would land in the job's temporary working
+    directory (one line naming the flag); anywhere else, do nothing."""
+    submission = job_submission_id(env)
+    if submission is None:
+        return
+    paths = {flag: getattr(args, attr) for attr, flag in KEPT_PATHS.items() if hasattr(args, attr)}
+    tracking = None if getattr(args, "no_tracking", False) else getattr(args, "tracking_uri", None)
+    problem = submission_path_problem(paths, KEPT_DEFAULTS, tracking, submission)
+    if problem:
+        raise InputError(problem)

@@ -11,7 +11,6 @@ import pytest
 from one_line import fails_one_line
 from ray._private.utils import check_version_info
 
-from scalable_xmr.cli.common import check_submission_paths
 from scalable_xmr.cli.train import main as train_main
 from scalable_xmr.distributed.cluster import (
     gpu_problem,
@@ -22,6 +21,7 @@ from scalable_xmr.distributed.cluster import (
 )
 from scalable_xmr.distributed.submission import (
     JOB_CONFIG_ENV,
+    check_submission_paths,
     job_submission_id,
     relative_local_path,
     submission_path_problem,
