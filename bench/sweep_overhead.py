@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/sweep_overhead.py              # 16 short SDML trials (~2-4 min on 2 cores)
     .venv/bin/python bench/sweep_overhead.py --epochs 40  # longer trials: the overhead share drops
+    .venv/bin/python bench/sweep_overhead.py --population 1,4  # the same sweep, one trial per
+                                                          # configuration vs populations of 4
 
 One SDML sweep on SYNTHETIC small XMedia-shaped data (``make_synthetic_xmedia(scale="small")``):
 4 modalities x 4 samples of (λ, lr) = 16 trials of ``--epochs`` epochs, FIFO (every trial runs to
@@ -17,6 +19,13 @@ and the shares ``1 - training / (wall x concurrency)`` (everything that is not t
 MLflow, data loading, checkpoints) and ``1 - in-trial / (wall x concurrency)`` (what Ray, Tune and
 MLflow cost around the trial functions). Short trials on tiny data are the worst case: the fixed
 costs per trial (actor start, result and checkpoint syncing, MLflow child runs) dominate.
+
+``--population 1,4`` runs the sweep once per value, in one process on one Ray: with N > 1 each
+modality's configurations train as populations of N in one Tune trial (tuning/population_trial.py),
+so the fixed costs are paid per population instead of per configuration (the configurations are
+then drawn on the driver, seeded: the two runs train different λ / lr values of the same space).
+``--flush 0,5`` also repeats each sweep with the MLflow callback writing every result at once (0,
+as before 2026-11-30) and buffering per-epoch metrics for up to 5 s (tuning/tracking.py).
 """
 
 from __future__ import annotations
@@ -33,18 +42,59 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 MODALITIES = ("image", "text", "audio", "video")
 
 
+def phase_clock():
+    """A Tune callback noting when the first trial started and when the last one ended."""
+    from ray import tune
+
+    class PhaseClock(tune.Callback):
+        first_start: float | None = None
+        last_end: float | None = None
+
+        def on_trial_start(self, iteration, trials, trial, **info) -> None:
+            self.first_start = self.first_start or time.perf_counter()
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            self.last_end = time.perf_counter()
+
+    return PhaseClock()
+
+
+def run_one(data: str, root: Path, args, population: int, flush: float) -> dict[str, float]:
+    """One sweep; its wall time and phases, training and in-trial seconds summed over configurations."""
+    from scalable_xmr.config import TrackingConfig
+    from scalable_xmr.tuning import SweepRequest, run_sweep, tracking
+
+    tracking.FLUSH_SECONDS = flush  # the callback runs here, on the driver
+    req = SweepRequest(
+        "sdml", data, storage=str(root / "sweeps"), name=f"bench-pop{population}-flush{flush:g}",
+        num_samples=args.samples, epochs=args.epochs, scheduler="fifo", max_concurrent=args.max_concurrent,
+        modalities=MODALITIES, base={"dim": 32, "hidden": 128, "batch_size": 20}, population=population,
+        tracking=TrackingConfig(f"sqlite:///{root}/mlflow.db", "bench"), verbose=0)
+    clock = phase_clock()
+    start = time.perf_counter()
+    summary = run_sweep(req, callbacks=(clock,))
+    end = time.perf_counter()
+    trials = summary.trials
+    return {"configurations": len(trials), "wall": summary.seconds,
+            "before": clock.first_start - start, "trials": clock.last_end - clock.first_start,
+            "after": end - clock.last_end,
+            "train": sum(t.metrics.get("train_seconds", 0.0) for t in trials),
+            "in_trial": sum(t.metrics.get("trial_seconds", 0.0) for t in trials)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=10, help="epochs per trial (default 10)")
     p.add_argument("--samples", type=int, default=4, help="samples per modality (4 x 4 = 16 trials)")
     p.add_argument("--max-concurrent", type=int, default=2, help="trials at once = Ray CPUs (2)")
+    p.add_argument("--population", default="1", help="population sizes to run, comma-separated (1)")
+    p.add_argument("--flush", default="5", help="MLflow metric buffering seconds to run, comma-separated")
     args = p.parse_args()
+    variants = [(int(n), float(f)) for n in args.population.split(",") for f in args.flush.split(",")]
 
     import ray
 
-    from scalable_xmr.config import TrackingConfig
     from scalable_xmr.data.modality.synthetic import make_synthetic_xmedia
-    from scalable_xmr.tuning import SweepRequest, run_sweep
 
     print_info("Machine", machine_info(threads=1))
     with tempfile.TemporaryDirectory(prefix="sweep-bench-") as tmp:
@@ -54,29 +104,30 @@ def main() -> None:
         ray.init(address="local", num_cpus=args.max_concurrent, include_dashboard=False,
                  log_to_driver=False, logging_level="ERROR")
         ray_start = time.perf_counter() - start
-        req = SweepRequest(
-            "sdml", data, storage=str(Path(tmp) / "sweeps"), name="bench", num_samples=args.samples,
-            epochs=args.epochs, scheduler="fifo", max_concurrent=args.max_concurrent,
-            modalities=MODALITIES, base={"dim": 32, "hidden": 128, "batch_size": 20},
-            tracking=TrackingConfig(f"sqlite:///{tmp}/mlflow.db", "bench"), verbose=0)
-        summary = run_sweep(req)
+        runs = {v: run_one(data, Path(tmp), args, *v) for v in variants}
         ray.shutdown()
-    trials = summary.trials
-    wall, conc = summary.seconds, args.max_concurrent
-    train = sum(t.metrics.get("train_seconds", 0.0) for t in trials)
-    in_trial = sum(t.metrics.get("trial_seconds", 0.0) for t in trials)
+    conc = args.max_concurrent
+
+    def column(r: dict[str, float]) -> list[str]:
+        wall, n = r["wall"], r["configurations"]
+        return [f"{wall:.1f} s", f"{r['before']:.1f} s", f"{r['trials']:.1f} s", f"{r['after']:.1f} s",
+                f"{60 * n / wall:.1f}", f"{r['train']:.1f} s", f"{r['in_trial']:.1f} s",
+                f"{1 - r['train'] / (wall * conc):.0%}", f"{1 - r['in_trial'] / (wall * conc):.0%}",
+                f"{r['train'] / n:.2f} s", f"{wall * conc / n:.2f} s"]
+
+    names = ["wall time of run_sweep", "  before the first trial (sweep.json, P, MLflow, Tune, actors)",
+             "  first trial start to last trial end", "  after the trials (final test, summary, plots)",
+             "configurations per minute", "training seconds, summed",
+             "in-trial seconds, summed", "share of wall x concurrency outside training",
+             "share of wall x concurrency outside the trial functions",
+             "mean training seconds per configuration", "mean wall x concurrency per configuration"]
+    cols = {n: column(r) for n, r in runs.items()}
+    n_cfg = next(iter(runs.values()))["configurations"]
     print_table(
-        f"SDML sweep: {len(trials)} trials x {args.epochs} epochs, {conc} at once (synthetic small data)",
-        ("quantity", "value"),
-        [("Ray start-up (not in wall)", f"{ray_start:.1f} s"),
-         ("wall time of run_sweep", f"{wall:.1f} s"),
-         ("trials per minute", f"{60 * len(trials) / wall:.1f}"),
-         ("training seconds, summed over trials", f"{train:.1f} s"),
-         ("in-trial seconds, summed over trials", f"{in_trial:.1f} s"),
-         ("share of wall x concurrency outside training", f"{1 - train / (wall * conc):.0%}"),
-         ("share of wall x concurrency outside the trial functions", f"{1 - in_trial / (wall * conc):.0%}"),
-         ("mean training seconds per trial", f"{train / len(trials):.2f} s"),
-         ("mean wall x concurrency per trial", f"{wall * conc / len(trials):.2f} s")],
+        f"SDML sweep: {n_cfg} configurations x {args.epochs} epochs, {conc} trials at once (synthetic "
+        f"small data); Ray start-up {ray_start:.1f} s (not in wall)",
+        ("quantity", *(f"--population {n}, flush {f:g} s" for n, f in runs)),
+        [(name, *(cols[n][i] for n in runs)) for i, name in enumerate(names)],
     )
 
 

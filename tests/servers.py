@@ -88,3 +88,59 @@ def which_or_fail(name: str, hint: str) -> str:
     if path is None:
         raise RuntimeError(f"{name} not found on PATH: {hint}")
     return path
+
+
+class MotoServer:
+    """moto's S3-compatible server (``moto_server``, from ``moto[server]``) on 127.0.0.1, with the
+    standard variables that point pyarrow at it (:meth:`env`); state is in memory, gone on stop."""
+
+    def __init__(self, root: Path, port: int | None = None):
+        self.root = Path(root)
+        self.port = port or free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def start(self) -> MotoServer:
+        moto_bin = Path(sys.executable).with_name("moto_server")
+        if not moto_bin.exists():
+            raise RuntimeError(f"moto_server not found next to {sys.executable}: "
+                               "pip install 'moto[server]' (the dev extra)")
+        self.root.mkdir(parents=True, exist_ok=True)
+        log = open(self.root / "moto.log", "ab")
+        self.proc = subprocess.Popen([str(moto_bin), "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_http(self.endpoint + "/moto-api/", proc=self.proc)
+        except RuntimeError as e:
+            self.stop()
+            raise RuntimeError(f"{e}; log: {(self.root / 'moto.log').read_text()[-2000:]}") from None
+        return self
+
+    def create_bucket(self, name: str) -> None:
+        req = urllib.request.Request(f"{self.endpoint}/{name}", method="PUT")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 200, f"creating bucket {name}: HTTP {r.status}"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def moto_server(root: Path):
+    server = MotoServer(root).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -45,6 +45,7 @@ from scalable_xmr.io import absolute_uri, check_writable, read_json
 from scalable_xmr.models.registry import BRANCH_MODELS
 from scalable_xmr.store.lock import run_lock
 from scalable_xmr.store.meta import RunMeta, now_iso
+from scalable_xmr.store.remote import uri_of
 from scalable_xmr.store.run_store import RunStore
 from scalable_xmr.tracking import plots
 from scalable_xmr.tracking.runs import RunSummary, parent_run, stored_run_url, tracking_footer
@@ -155,6 +156,7 @@ def train_pairs(req: PairsRequest, address: str | None = None) -> PairsSummary:
     check_writable(req.run_dir, "--run")
     store = RunStore(req.run_dir)
     with run_lock(store.root):  # one job at a time on a run directory, taken before Ray starts
+        store.refresh()  # an object-storage run: its local mirror as the bucket holds it
         mode = store.plan(overwrite=req.overwrite, resume=req.resume)
         if mode == "resume":
             _check_resume(store, req, dataset)  # nothing written
@@ -171,8 +173,8 @@ def _train(req: PairsRequest, store: RunStore, dataset: dict[str, Any], mode: st
         if stored.status == "finished" and done:
             # Nothing to train: a finished run is read, never rewritten (tracking flags or not).
             metrics = store.read_metrics()
-            return PairsSummary(str(store.root), metrics, _finished_results(store, stored),
-                                stored_run_url(stored, store.root), time.perf_counter() - start,
+            return PairsSummary(store.uri, metrics, _finished_results(store, stored),
+                                stored_run_url(stored, store.uri), time.perf_counter() - start,
                                 table=pairs_table(metrics))
     meta = _open_run(store, mode, req, dataset)
     tracker = Tracker(req.tracking.tracking_uri or default_tracking_uri(store.root),
@@ -187,13 +189,14 @@ def _train(req: PairsRequest, store: RunStore, dataset: dict[str, Any], mode: st
         except BaseException as e:  # finished members stay finished; the one that failed says why
             _record_failure(meta, e)
             raise  # parent_run writes run.json, status failed
+        store.refresh()  # an object-storage run: what the actors uploaded, from any node
         for name, result in trained.items():
             meta.members[name].pop("error", None)  # failed before, finished now
             meta.members[name].update(_member_entry(result))
             store.write(meta)  # each finished member is recorded as soon as it is known
             results[name] = result
         metrics = _finish(store, meta, results, tracker, parent)
-    return PairsSummary(str(store.root), metrics, results, tracking_footer(tracker, parent, store.root),
+    return PairsSummary(store.uri, metrics, results, tracking_footer(tracker, parent, store.uri),
                         time.perf_counter() - start, table=pairs_table(metrics))
 
 
@@ -208,7 +211,7 @@ def log_stored_run(store: RunStore, meta: RunMeta, tracker: Tracker) -> str | No
     """Log a finished run to MLflow from its run store alone (``xmr track``): a new parent run
     with the job's params, one child per member and ensemble, the same metrics and artifacts."""
     parent = tracker.start_run(f"pairs:{store.root.name}", tags={
-        "job": "train_pairs", "xmr.run_dir": str(store.root), "xmr.logged_from_store": "true"})
+        "job": "train_pairs", "xmr.run_dir": store.uri, "xmr.logged_from_store": "true"})
     tracker.log_params(parent, run_params(meta))
     _log_results(tracker, parent, store, meta, store.read_metrics(), _finished_results(store, meta))
     tracker.end_run(parent)
@@ -322,7 +325,7 @@ def _gpus(req: PairsRequest) -> float:
 def _job(store: RunStore, req: PairsRequest, name: str, model: str, seed: int) -> BranchJob:
     gpus = _gpus(req)
     return BranchJob(
-        out_dir=str(store.member_dir(name)), dataset_uri=absolute_uri(req.dataset_uri),
+        out_dir=uri_of(store.member_dir(name)), dataset_uri=absolute_uri(req.dataset_uri),
         trainer=dataclasses.replace(req.trainers[model], seed=seed),
         model_config=dict(req.model_configs.get(model, {})),
         name=name, target_uri=absolute_uri(req.target_uri) if req.target_uri and model == "vsa" else None,

@@ -49,6 +49,7 @@ from scalable_xmr.io import atomic_path, atomic_write_json, read_json
 from scalable_xmr.models.base import BranchModel
 from scalable_xmr.models.registry import branch_config, build_branch_model
 from scalable_xmr.store import torchfile
+from scalable_xmr.store.remote import open_dir
 
 EpochHook = Callable[[dict[str, Any]], None]
 
@@ -402,7 +403,9 @@ def evaluate_ensemble(
 
 def run_member(job: BranchJob, reporter: Reporter) -> BranchResult:
     """One member's training, as a Ray actor runs it (``distributed.actors.run_actors``); a
-    restarted actor calls it again and the trainer resumes from its checkpoint."""
+    restarted actor calls it again and the trainer resumes from its checkpoint. An object-storage
+    ``out_dir`` is worked on in this node's mirror of it (store/remote.py), pulled first."""
+    job = dataclasses.replace(job, out_dir=str(open_dir(job.out_dir)))
     if (checkpoint_dir(job.out_dir) / "last.pt").is_file():
         reporter.event(f"{job.label}: actor (pid {os.getpid()}) resumes from its checkpoint")
     return train_branch(job, progress=reporter.progress, event=reporter.event)

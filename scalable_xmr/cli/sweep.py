@@ -9,6 +9,7 @@ re-ranking K / K' on its trained model, so K never multiplies the trials.
 Examples:
   python jobs/sweep.py --model sdml --num-samples 8 --epochs 20
   python jobs/sweep.py --model sdml --grid lam=0.1,0.5,0.9 --range lr=1e-5:1e-3:log
+  python jobs/sweep.py --model sdml --grid lam=0.1,0.5 --grid lr=1e-4,1e-3 --population 4
   python jobs/sweep.py --model mtfn --data pairs/ --num-samples 32 --range rank=4:32:log
   python jobs/sweep.py --model mtfn --name mtfn-1 --resume       (after an interruption)
   python jobs/train_xmedia.py --config sweeps/<name>/best.json  (train with the winners)
@@ -71,6 +72,12 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                    help="GPUs per trial (default: 1 when the cluster has GPUs, else 0); small SDML "
                    "modalities (input dim < 1024) take a quarter of it")
     r.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
+    r.add_argument("--population", type=int, default=1, metavar="N",
+                   help="SDML: train up to N configurations of a modality that share their shapes "
+                   "(batch size, hidden) in one trial, as one batched computation; each is still "
+                   "its own result row and MLflow child run. The configurations are then drawn "
+                   "before the sweep (seeded by --seed) and ASHA stops whole populations "
+                   "(default 1: one trial per configuration)")
     add_address_argument(r)
     o = p.add_argument_group("output")
     o.add_argument("--storage", default="sweeps", metavar="DIR",
@@ -150,7 +157,7 @@ def request_from_args(args: argparse.Namespace):
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
         base=parse_set(args.set), seed=args.seed, resume=args.resume,
         tracking=TrackingConfig(args.tracking_uri, args.experiment, not args.no_tracking),
-        verbose=0 if args.quiet else 1,
+        verbose=0 if args.quiet else 1, population=args.population,
     )
 
 

@@ -35,5 +35,5 @@ def run_track(args: argparse.Namespace) -> int:
     store = RunStore(args.run)
     log = log_sdml if store.read().kind == "sdml" else log_pairs
     where = log_finished_run(store, args.tracking_uri, args.experiment, log)
-    print(f"logged {store.root} to MLflow: {where}")
+    print(f"logged {store.uri} to MLflow: {where}")
     return 0

@@ -11,6 +11,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from scalable_xmr.errors import InputError, MissingError
+from scalable_xmr.io import open_uri
 
 
 def resolve_uri(uri: str, filesystem: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, str]:
@@ -20,10 +21,7 @@ def resolve_uri(uri: str, filesystem: pafs.FileSystem | None = None) -> tuple[pa
         return filesystem, uri
     if "://" not in uri:
         return pafs.LocalFileSystem(), os.path.abspath(uri)
-    try:
-        return pafs.FileSystem.from_uri(uri)
-    except (pa.ArrowException, ValueError, OSError) as e:
-        raise InputError(f"{uri}: not a usable file-system URI ({e})") from e
+    return open_uri(uri)  # s3: credentials and bucket checked, one line naming the URI
 
 
 def file_type(fs: pafs.FileSystem, path: str) -> pafs.FileType:

@@ -10,6 +10,7 @@ Ray (2 CPUs, 0 GPUs)"), and it refuses a cluster whose Ray is not the pinned ver
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 import re
 import sys
@@ -63,6 +64,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
             ray.shutdown()
             raise InputError(problem)
         return _say(f"attached to Ray cluster at {where}: {_resources()}")
+    # Ray 2.60 announces on every local start that token authentication is on (its secure
+    # default, which we keep): one library line before every job's own. Only that notice is muted.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
     _STARTED_LOCAL = True
     res = ray.cluster_resources()

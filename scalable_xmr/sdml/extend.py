@@ -46,7 +46,7 @@ from scalable_xmr.data.modality.dataset import open_dataset, read_modality_table
 from scalable_xmr.data.modality.table import check_labelled_test
 from scalable_xmr.distributed.cluster import connect
 from scalable_xmr.errors import ActorDiedError, InputError, MissingError, RunStateError
-from scalable_xmr.io import absolute_uri, atomic_write_bytes, check_writable
+from scalable_xmr.io import absolute_uri, atomic_write_bytes, check_writable, written
 from scalable_xmr.sdml import evaluate
 from scalable_xmr.sdml.job import finish_run, modality_entry
 from scalable_xmr.sdml.launch import check_resources, train_modalities
@@ -105,6 +105,7 @@ def add_modalities(req: AddRequest, address: str | None = None) -> RunSummary:
     store = RunStore(req.run_dir)
     store.read_finished()  # a clear error before locking anything
     with run_lock(store.root):  # one job at a time on a run directory
+        store.refresh()  # an object-storage run: its local mirror as the bucket holds it
         meta = store.read_finished()
         n_classes = _check_run(store, meta, req)
         configs = _configs(store, meta, req)
@@ -114,26 +115,28 @@ def add_modalities(req: AddRequest, address: str | None = None) -> RunSummary:
         check_resources(req.resources)
         tracker, parent, own_parent = _open_tracking(store, meta, req.tracking)
         shutil.rmtree(store.root / STAGING, ignore_errors=True)  # left by a killed add job
+        written(store.root / STAGING)  # (written(): the same change in an object-storage run's bucket)
         staging = _Staging(store)
         try:
-            jobs = [ModalityJob(run_dir=str(staging.root), modality=m, config=configs[m],
+            jobs = [ModalityJob(run_dir=staging.store.uri, modality=m, config=configs[m],
                                 dataset_uri=sources[m].dataset_uri, table_path=sources[m].table_path,
                                 n_classes=n_classes, projection_sha256=meta.projection["sha256"])
                     for m in req.modalities]
             results = _train(jobs, req, store)
+            store.refresh()  # an object-storage run: what the actors uploaded, from any node
             metrics = _commit(store, meta, staging, results, configs, sources, tracker, parent)
         except BaseException as e:
             if own_parent:
                 tracker.end_run(parent, "FAILED")
             if isinstance(e, KeyboardInterrupt):
-                e.xmr_hint = f"{store.root} is unchanged; run the same add-modality command again"
+                e.xmr_hint = f"{store.uri} is unchanged; run the same add-modality command again"
             raise
         finally:
             staging.remove()
         _log_new_pairs(tracker, meta, metrics, list(req.modalities))
         if own_parent:
             tracker.end_run(parent)
-    return RunSummary(str(store.root), metrics, results, tracking_footer(tracker, parent, store.root),
+    return RunSummary(store.uri, metrics, results, tracking_footer(tracker, parent, store.uri),
                       time.perf_counter() - start)
 
 
@@ -243,11 +246,13 @@ class _Staging:
         self.root = store.root / STAGING / f"add-{uuid.uuid4().hex[:12]}"
         self.root.mkdir(parents=True)
         shutil.copyfile(store.projection_path, self.root / "projection.arrow")
+        written(self.root / "projection.arrow")
         self.store = RunStore(self.root)
         self.aside = self.root / "aside"  # folders moved out of modalities/ during the commit
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+        written(self.root)
         with contextlib.suppress(OSError):
             self.root.parent.rmdir()  # only if empty
 
@@ -282,15 +287,16 @@ def _commit(store: RunStore, meta: RunMeta, staging: _Staging, results: dict[str
                 moved_aside.append((staging.aside / m, dest))
             dest.parent.mkdir(exist_ok=True)
             os.replace(staging.store.modality_dir(m), dest)  # atomic: the folder appears whole
+            written(dest)  # object storage: uploaded file by file (no rename there), before run.json
             moved_in.append(dest)
             meta.modalities[m] = {**modality_entry(results[m]), "config": configs[m].to_dict(),
                                      "source": sources[m].to_json(), "added": now_iso()}
         meta.additions = [*(meta.additions or []), {
             "modalities": list(results), "replaced": replaced, "at": now_iso(),
             "mlflow_parent_run_id": parent, "versions": versions()}]
-        if parent and recorded_elsewhere(meta, store.root):  # a moved or copied run adopts its own parent
+        if parent and recorded_elsewhere(meta, store.uri):  # a moved or copied run adopts its own parent
             meta.mlflow = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
-                           "parent_run_id": parent, "run_dir": str(store.root)}
+                           "parent_run_id": parent, "run_dir": store.uri}
         old_at_k = store.read_metrics().get("map_at_k", {})  # keep reporting the run's mAP@k
         return finish_run(store, meta, new_modalities=list(results), tracker=tracker, parent_run=parent,
                           results=results, top_k=old_at_k.get("k"),
@@ -331,15 +337,19 @@ def _rollback(store: RunStore, snapshot: dict[Path, bytes | None], moved_in: lis
     try:
         for dest in moved_in:
             shutil.rmtree(dest)
+            written(dest)
         for aside, dest in moved_aside:
             os.replace(aside, dest)
+            written(dest)
         if store.plots_dir.is_dir():
             for p in store.plots_dir.iterdir():
                 if p.is_file() and p not in snapshot:
                     p.unlink()
+                    written(p)
         for path, data in sorted(snapshot.items(), key=lambda kv: kv[0] == store.run_json):
             if data is None:
                 path.unlink(missing_ok=True)
+                written(path)
             elif not path.is_file() or path.read_bytes() != data:
                 atomic_write_bytes(path, data)
     except OSError as e:  # the run still loads: run.json is either the old one or the committed one
@@ -366,12 +376,12 @@ def _open_tracking(store: RunStore, meta: RunMeta,
     tracker = Tracker(uri, experiment)
     # A moved or copied run never adds children under the parent its original recorded.
     same_place = (uri == run_uri and tracker.experiment_id == run_exp
-                  and not recorded_elsewhere(meta, store.root))
+                  and not recorded_elsewhere(meta, store.uri))
     if run_parent and same_place and tracker.run_is_active(run_parent):
         return tracker, run_parent, False
-    elsewhere = recorded_elsewhere(meta, store.root)
+    elsewhere = recorded_elsewhere(meta, store.uri)
     parent = tracker.start_run(f"sdml-add:{store.root.name}", tags={
-        "job": "add_modality", "xmr.run_dir": str(store.root),
+        "job": "add_modality", "xmr.run_dir": store.uri,
         **({"xmr.copied_from": elsewhere} if elsewhere else {}),
         "xmr.extends_parent_run_id": str(run_parent), "xmr.extends_tracking_uri": str(run_uri)})
     tracker.log_params(parent, {"dataset": meta.dataset["name"],

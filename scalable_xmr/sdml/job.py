@@ -64,6 +64,7 @@ def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
     check_writable(req.run_dir, "--run")
     store = RunStore(req.run_dir)
     with run_lock(store.root):  # one job at a time on a run directory, taken before Ray starts
+        store.refresh()  # an object-storage run: its local mirror as the bucket holds it
         mode = store.plan(overwrite=req.overwrite, resume=req.resume)
         if mode == "resume":
             _check_resume_configs(store, _check_resume(store, ds), req, modalities)
@@ -78,7 +79,7 @@ def _train(req: TrainRequest, store: RunStore, ds, modalities: list[str], mode: 
         stored = store.read()
         if stored.status == "finished" and set(modalities) <= set(stored.finished_modalities()):
             # Nothing to train: a finished run is read, never rewritten (tracking flags or not).
-            return RunSummary(str(store.root), store.read_metrics(), {}, stored_run_url(stored, store.root),
+            return RunSummary(store.uri, store.read_metrics(), {}, stored_run_url(stored, store.uri),
                               time.perf_counter() - start)
     meta = _open_run(store, mode, req, ds, modalities)
     tracker = _tracker(req.tracking, store)
@@ -93,13 +94,14 @@ def _train(req: TrainRequest, store: RunStore, ds, modalities: list[str], mode: 
         except BaseException as e:  # the modalities that finished stay finished; the one that failed says why
             record_failure(meta, e)
             raise  # parent_run writes run.json, status failed
+        store.refresh()  # an object-storage run: what the actors uploaded, from any node
         for m, result in results.items():
             meta.modalities[m].pop("error", None)  # a modality that failed before and now finished
             meta.modalities[m].update(modality_entry(result))
             store.write(meta)  # each finished modality is recorded as soon as it is known
         metrics = finish_run(store, meta, new_modalities=todo, tracker=tracker, parent_run=parent,
                              results=results, top_k=req.top_k, no_relevant=req.top_k_no_relevant)
-    return RunSummary(str(store.root), metrics, results, tracking_footer(tracker, parent, store.root),
+    return RunSummary(store.uri, metrics, results, tracking_footer(tracker, parent, store.uri),
                       time.perf_counter() - start)
 
 
@@ -177,7 +179,7 @@ def _job(store: RunStore, meta: RunMeta, req: TrainRequest, modality: str, n_cla
     cfg = req.overrides.config_for(req.sdml, modality)
     meta.modalities[modality]["config"] = cfg.to_dict()
     return ModalityJob(
-        run_dir=str(store.root), modality=modality, config=cfg,
+        run_dir=store.uri, modality=modality, config=cfg,  # a URI: actors open their own mirror
         dataset_uri=None if table_path else meta.dataset["uri"], table_path=table_path,
         n_classes=n_classes, projection_sha256=meta.projection["sha256"],
     )
@@ -233,7 +235,7 @@ def log_stored_run(store: RunStore, meta: RunMeta, tracker: Tracker) -> str | No
     tracking server was down during the job): a new parent run, one child per modality, the same
     params, metrics and artifacts the job logs. run.json then points at the new parent."""
     parent = tracker.start_run(f"sdml:{store.root.name}", tags={
-        "job": "train_xmedia", "xmr.run_dir": str(store.root), "xmr.logged_from_store": "true"})
+        "job": "train_xmedia", "xmr.run_dir": store.uri, "xmr.logged_from_store": "true"})
     tracker.log_params(parent, _run_params(meta, {}))
     plots = sorted(p for p in store.plots_dir.glob("*.png")) if store.plots_dir.is_dir() else []
     _log_results(tracker, parent, store, meta, store.read_metrics(), stored_results(store, meta), plots)

@@ -169,6 +169,52 @@ class ModalityData:
             )
 
 
+def member_seed(cfg: SDMLConfig, modality: str) -> int:
+    """The seed of one modality's network init and batch order (a population member uses the same)."""
+    return cfg.seed * 1_000_003 + zlib.crc32(modality.encode())
+
+
+def load_job_projection(job: ModalityJob, store: RunStore, device: torch.device) -> torch.Tensor:
+    """P (d, c) of ``job``'s run, checked against its sha256 and the config's dim."""
+    P = load_projection(store.projection_path, expected_sha256=job.projection_sha256)
+    if P.shape != (job.config.dim, job.n_classes):
+        raise InputError(
+            f"{store.projection_path}: P is {P.shape}, expected (dim {job.config.dim}, "
+            f"n_classes {job.n_classes})"
+        )
+    return torch.from_numpy(np.array(P)).to(device)  # (d, c)
+
+
+def improves(val_label: float, best_val: float) -> bool:
+    """Model selection (SDML §4.2 as the reference code does it): keep the epoch with the lowest
+    validation label loss; a tie keeps the earlier epoch."""
+    return val_label < best_val
+
+
+def mean_label_loss(encode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                    P: torch.Tensor, per_sample: Callable[..., torch.Tensor] = label_loss_per_sample,
+                    chunk: int = 4096) -> torch.Tensor:
+    """Mean ‖Pᵀh − y‖₂ over the labeled rows of ``x`` (h = ``encode`` of a chunk of rows).
+
+    ``per_sample(h, P, y)`` gives one value per row; a population passes a vmapped one, so that
+    ``encode`` may return (..., rows, d) and the result keeps the leading (member) dims.
+    """
+    labeled = y.sum(1) > 0
+    total = x.new_zeros(())
+    for i in range(0, len(x), chunk):
+        h = encode(x[i : i + chunk])
+        total = total + (per_sample(h, P, y[i : i + chunk]) * labeled[i : i + chunk]).sum(-1)
+    return total / labeled.sum().clamp_min(1)
+
+
+def model_payload(model: SDMLAutoencoder, cfg: SDMLConfig, modality: str, best_epoch: int,
+                  projection_sha256: str | None) -> dict[str, Any]:
+    """What ``model.pt`` holds: the network, its configs and the selected epoch."""
+    return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+            "model_config": model.config(), "sdml_config": cfg.to_dict(), "modality": modality,
+            "best_epoch": best_epoch, "projection_sha256": projection_sha256 or ""}
+
+
 def _load_splits(job: ModalityJob) -> dict[str, Any]:
 
     splits = ("train", *job.eval_splits)
@@ -188,15 +234,9 @@ class ModalityTrainer:
             torch.set_num_threads(job.num_threads)
         self.device = resolve_device(job.device)
         self.store = RunStore(job.run_dir)
-        P = load_projection(self.store.projection_path, expected_sha256=job.projection_sha256)
-        if P.shape != (self.cfg.dim, job.n_classes):
-            raise InputError(
-                f"{self.store.projection_path}: P is {P.shape}, expected (dim {self.cfg.dim}, "
-                f"n_classes {job.n_classes})"
-            )
-        self.P = torch.from_numpy(np.array(P)).to(self.device)  # (d, c)
+        self.P = load_job_projection(job, self.store, self.device)  # (d, c)
         self.data = ModalityData(job, self.device)
-        seed = self.cfg.seed * 1_000_003 + zlib.crc32(job.modality.encode())
+        seed = member_seed(self.cfg, job.modality)
         torch.manual_seed(seed)
         self.model = SDMLAutoencoder(self.data.input_dim, self.cfg.dim, self.cfg.hidden).to(self.device)
         if self.cfg.normalize:
@@ -242,14 +282,9 @@ class ModalityTrainer:
     def val_label_loss(self) -> float:
         """Mean ‖Pᵀh − y‖₂ over labeled validation rows: the model-selection criterion."""
         self.model.eval()
-        x, y = self.x["val"], self.data.labels["val"]
-        labeled = y.sum(1) > 0
-        total = x.new_zeros(())
-        for i in range(0, len(x), 4096):
-            h = self.model.encode_normalized(x[i : i + 4096])
-            total += (label_loss_per_sample(h, self.P, y[i : i + 4096]) * labeled[i : i + 4096]).sum()
+        loss = mean_label_loss(self.model.encode_normalized, self.x["val"], self.data.labels["val"], self.P)
         self.model.train()
-        return float(total / labeled.sum().clamp_min(1))
+        return float(loss)
 
     def train_epoch(self) -> EpochStats:
         """One pass over the shuffled train split (SDML Algorithm 1's inner loop) + validation.
@@ -314,7 +349,7 @@ class ModalityTrainer:
     def record(self, stats: EpochStats) -> None:
         row = {k: float(v) for k, v in vars(stats).items()}
         self.history.append(row)
-        if stats.loss_val_label < self.best_val:
+        if improves(stats.loss_val_label, self.best_val):
             self.best_val, self.best_epoch = stats.loss_val_label, stats.epoch
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if self.progress is not None:
@@ -370,15 +405,8 @@ class ModalityTrainer:
     # ---- outputs -------------------------------------------------------------------------------
     def save_model(self) -> None:
         """``model.pt``: the current network, its configs and the selected epoch (atomic)."""
-        m = self.job.modality
-        self.store.save_model(m, {
-            "state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()},
-            "model_config": self.model.config(),
-            "sdml_config": self.cfg.to_dict(),
-            "modality": m,
-            "best_epoch": self.best_epoch,
-            "projection_sha256": self.job.projection_sha256 or "",
-        })
+        self.store.save_model(self.job.modality, model_payload(self.model, self.cfg, self.job.modality,
+                                                               self.best_epoch, self.job.projection_sha256))
 
     def write_outputs(self) -> None:
         """Best model, the embeddings of the job's ``eval_splits`` and the training log, each

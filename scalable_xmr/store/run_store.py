@@ -29,8 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scalable_xmr.errors import InputError, MissingError, RunStateError
-from scalable_xmr.io import atomic_path, atomic_write_json, read_json
-from scalable_xmr.store import torchfile
+from scalable_xmr.io import atomic_path, atomic_write_json, read_json, written
+from scalable_xmr.store import remote, torchfile
 from scalable_xmr.store.lock import LOCK_NAME
 from scalable_xmr.store.meta import RunMeta, now_iso
 
@@ -38,10 +38,28 @@ FORMAT_VERSION = 1
 
 
 class RunStore:
-    """Paths and atomic reads/writes of one run directory."""
+    """Paths and atomic reads/writes of one run directory.
+
+    ``root`` is a local path or an object-storage URI (``s3://bucket/runs/x``); a URI's run is
+    read and written in its local mirror (store/remote.py), ``root`` then being the mirror and
+    ``uri`` the URI (what jobs hand to actors and trials, which may run on other nodes)."""
 
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root).expanduser().resolve()
+        self._mirror = remote.mirror(os.fspath(root)) if remote.is_uri(root) else None
+        if self._mirror is not None:
+            remote.pull(self._mirror)
+            self.root = self._mirror.local
+            self.uri = self._mirror.uri
+        else:
+            self.root = remote.local_path(root)
+            self.uri = remote.uri_of(self.root)  # a mirror path given as such stands for its URI
+
+    def refresh(self) -> None:
+        """Bring the local mirror of an object-storage run in line with the bucket (new objects
+        downloaded, files the bucket lacks removed): a job calls it once it holds the run's lock,
+        and after its actors (on any node) have uploaded their results. Nothing for a local run."""
+        if self._mirror is not None:
+            remote.pull(self._mirror, prune=True)
 
     # ---- paths ---------------------------------------------------------------------------------
     @property
@@ -85,9 +103,9 @@ class RunStore:
 
     def read(self) -> RunMeta:
         if not self.root.is_dir():
-            raise MissingError(f"{self.root}: run directory not found")
+            raise MissingError(f"{self.uri}: run directory not found")
         if not self.run_json.is_file():
-            raise RunStateError(f"{self.root}: not a run directory (no run.json)")
+            raise RunStateError(f"{self.uri}: not a run directory (no run.json)")
         return RunMeta.from_json(read_json(self.run_json), str(self.run_json))
 
     def write(self, meta: RunMeta) -> None:
@@ -99,7 +117,7 @@ class RunStore:
         meta = self.read()
         if meta.status != "finished":
             raise RunStateError(
-                f"{self.root}: not a finished run (status {meta.status!r}); "
+                f"{self.uri}: not a finished run (status {meta.status!r}); "
                 "finish it with `xmr train --run ... --resume` first"
             )
         return meta
@@ -115,21 +133,22 @@ class RunStore:
                 shutil.rmtree(p)
             else:
                 p.unlink()
+            written(p)  # an object-storage run: deleted in the bucket too
 
     def plan(self, overwrite: bool, resume: bool) -> str:
         """What a training job will do with ``root``, decided without changing anything (jobs call
         it before Ray starts): 'new', 'resume', or 'replace' (--overwrite of something there)."""
         if not self.root.exists() or (self.root.is_dir() and not self._entries()):
             if resume:
-                raise RunStateError(f"{self.root}: --resume given but there is no run to resume")
+                raise RunStateError(f"{self.uri}: --resume given but there is no run to resume")
             return "new"
         if not self.root.is_dir():
-            raise InputError(f"{self.root}: exists and is not a directory")
+            raise InputError(f"{self.uri}: exists and is not a directory")
         if not self.run_json.is_file():
             if overwrite:
                 return "replace"
             raise RunStateError(
-                f"{self.root}: exists, is not empty and holds no run.json; choose another --run "
+                f"{self.uri}: exists, is not empty and holds no run.json; choose another --run "
                 "or pass --overwrite to delete it"
             )
         meta = self.read()
@@ -138,7 +157,7 @@ class RunStore:
         if overwrite:
             return "replace"
         raise RunStateError(
-            f"{self.root}: already holds a {meta.status} run; pass --resume to "
+            f"{self.uri}: already holds a {meta.status} run; pass --resume to "
             "continue it or --overwrite to replace it"
         )
 

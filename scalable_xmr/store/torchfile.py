@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from scalable_xmr.errors import CorruptFileError
-from scalable_xmr.io import atomic_path
+from scalable_xmr.io import atomic_path, written
 
 MAGIC = b"XMRTORCH1"
 _DIGEST = 32
@@ -67,6 +67,7 @@ def save_rotating(obj: Any, path: str | os.PathLike) -> None:
     """:func:`save`, keeping the file it replaces as ``<path>.prev``."""
     if Path(path).is_file():
         os.replace(path, previous(path))
+        written(previous(path))  # an object-storage run keeps the previous checkpoint too
     save(obj, path)
 
 

@@ -30,7 +30,7 @@ class RunSummary:
     seconds: float
 
 
-def stored_run_url(meta: RunMeta, root: Path | None = None) -> str:
+def stored_run_url(meta: RunMeta, root: str | None = None) -> str:
     """Where a run's MLflow parent run is, as run.json recorded it (no connection made), with a
     note when that cannot be right any more: the run directory was moved or copied since, or its
     sqlite tracking store is gone."""
@@ -48,7 +48,7 @@ def stored_run_url(meta: RunMeta, root: Path | None = None) -> str:
     return url + (f" [{'; '.join(notes)}]" if notes else "")
 
 
-def tracking_footer(tracker: Tracker, parent: str | None, root: Path) -> str:
+def tracking_footer(tracker: Tracker, parent: str | None, root: str) -> str:
     """The footer's MLflow line: the parent run, or, when tracking failed during the job, why and
     how to log the run once the tracking server is back."""
     if tracker.failure:
@@ -57,7 +57,7 @@ def tracking_footer(tracker: Tracker, parent: str | None, root: Path) -> str:
     return tracker.run_url(parent)
 
 
-def recorded_elsewhere(meta: RunMeta, root: Path | None) -> str | None:
+def recorded_elsewhere(meta: RunMeta, root: str | None) -> str | None:
     """The directory run.json's MLflow record was made in, when it is not ``root`` (the run was
     moved or copied since); None when it is, or when unknown."""
     recorded = (meta.mlflow or {}).get("run_dir")
@@ -77,11 +77,11 @@ def parent_run(
     """
     stored = meta.mlflow or {}
     parent = stored.get("parent_run_id") if mode == "resume" else None
-    elsewhere = recorded_elsewhere(meta, store.root)
+    elsewhere = recorded_elsewhere(meta, store.uri)
     if parent is not None and elsewhere and tracker.enabled:
         parent = None  # a moved or copied run gets its own parent: the original's stays the original's
     if parent is None:
-        tags = {"job": job, "xmr.run_dir": str(store.root)}
+        tags = {"job": job, "xmr.run_dir": store.uri}
         if elsewhere:
             tags.update({"xmr.copied_from": elsewhere,
                          "xmr.previous_parent_run_id": str(stored.get("parent_run_id"))})
@@ -89,7 +89,7 @@ def parent_run(
         tracker.log_params(parent, params)
         if tracker.enabled or not stored.get("parent_run_id"):  # --no-tracking keeps what was recorded
             meta.mlflow = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
-                           "parent_run_id": parent, "run_dir": str(store.root)}
+                           "parent_run_id": parent, "run_dir": store.uri}
         store.write(meta)
     try:
         yield parent
@@ -98,7 +98,7 @@ def parent_run(
         store.write(meta)
         tracker.end_run(parent, "FAILED")
         if isinstance(e, KeyboardInterrupt):
-            e.xmr_hint = (f"{store.root} is kept (status failed, finished parts and checkpoints intact); "
+            e.xmr_hint = (f"{store.uri} is kept (status failed, finished parts and checkpoints intact); "
                           "run the same command with --resume to continue it")
         raise
     tracker.end_run(parent)
@@ -116,12 +116,12 @@ def log_finished_run(store: RunStore, tracking_uri: str | None, experiment: str,
     with warnings.catch_warnings():  # a failure is this command's error, not a warning
         warnings.simplefilter("ignore")
         tracker = Tracker(uri, experiment)
-        with run_lock(store.root, command=f"xmr track --run {store.root}"):
+        with run_lock(store.root, command=f"xmr track --run {store.uri}"):
             parent = log(store, meta, tracker) if tracker.failure is None else None
             if tracker.failure or parent is None:
                 raise RunStateError(f"--tracking-uri {tracker.uri}: MLflow is not reachable "
                                     f"({tracker.failure}); run.json is unchanged")
             meta.mlflow = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
-                           "parent_run_id": parent, "run_dir": str(store.root)}
+                           "parent_run_id": parent, "run_dir": store.uri}
             store.write(meta)
     return tracker.run_url(parent)

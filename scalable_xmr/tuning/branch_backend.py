@@ -80,7 +80,7 @@ class BranchBackend:
             ks=None if info["ks"] is None else tuple(info["ks"]),
             k_texts=None if info["k_texts"] is None else tuple(info["k_texts"]),
             t2i_groups=info.get("t2i_groups", T2I_GROUPS),
-            device="cuda" if info["gpus_per_trial"] > 0 else "cpu",
+            device="auto" if info["gpus_per_trial"] > 0 else "cpu",
             threads=max(1, int(info["cpus_per_trial"])))
         return tune.with_resources(tune.with_parameters(branch_trial, setup=setup), trial_resources(info))
 

@@ -28,15 +28,42 @@ class TrialRow:
         return float(value) if isinstance(value, int | float) and math.isfinite(value) else float("nan")
 
 
+MEMBERS_KEY = "members"  # a population trial's config (member values) and result (member metrics)
+
+
+def member_id(trial_id: str, index: int) -> str:
+    """The row id, directory name and MLflow run name of member ``index`` of a population trial."""
+    return f"{trial_id}-m{index}"
+
+
+def member_rows(row: TrialRow) -> list[TrialRow]:
+    """One row per configuration: ``row`` itself, or each member of a population trial
+    (tuning/population_trial.py) with its own config, metrics and error."""
+    members = row.config.get(MEMBERS_KEY)
+    if members is None:
+        return [row]
+    config = {k: v for k, v in row.config.items() if k != MEMBERS_KEY}
+    shared = {k: v for k, v in row.metrics.items() if k != MEMBERS_KEY}
+    reported = row.metrics.get(MEMBERS_KEY) or []
+    out = []
+    for i, values in enumerate(members):
+        name = member_id(row.trial_id, i)
+        metrics = {**shared, **(reported[i] if i < len(reported) else {}), "trial_id": name}
+        error = row.error or metrics.pop("error", None)
+        out.append(TrialRow(name, {**config, **values}, metrics, row.group, error))
+    return out
+
+
 def rows_from_results(results, group_key: str | None) -> list[TrialRow]:
-    """TrialRows of a Tune ``ResultGrid`` (one per trial, errors kept as text)."""
+    """TrialRows of a Tune ``ResultGrid``: one per configuration (a population trial gives one
+    per member), errors kept as text."""
     rows = []
     for r in results:
         config = dict(r.config or {})
         trial_id = str(r.metrics.get("trial_id") or Path(str(r.path)).name)
         error = None if r.error is None else f"{type(r.error).__name__}: {r.error}".splitlines()[0]
-        rows.append(TrialRow(trial_id, config, dict(r.metrics or {}),
-                             config.get(group_key) if group_key else None, error))
+        rows.extend(member_rows(TrialRow(trial_id, config, dict(r.metrics or {}),
+                                         config.get(group_key) if group_key else None, error)))
     return sorted(rows, key=lambda row: row.trial_id)
 
 

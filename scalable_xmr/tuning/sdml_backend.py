@@ -14,7 +14,8 @@ from scalable_xmr.io import absolute_uri
 from scalable_xmr.store.projection import create_projection, save_projection
 from scalable_xmr.tuning.backend import trial_resources
 from scalable_xmr.tuning.final_test import sdml_summary, sdml_test
-from scalable_xmr.tuning.results import TrialRow
+from scalable_xmr.tuning.population_trial import populations, sdml_population_trial
+from scalable_xmr.tuning.results import MEMBERS_KEY, TrialRow
 from scalable_xmr.tuning.sdml_trial import SDMLTrialSetup, sdml_trial
 from scalable_xmr.tuning.trial_io import trial_dir
 
@@ -24,7 +25,8 @@ SMALL_GPU_SHARE = 0.25  # a small modality's trial takes this share of --gpus-pe
 
 # ------------------------------------------------------------------------------------------ SDML
 class SDMLBackend:
-    """One trial per (modality, configuration); one best configuration per modality."""
+    """One trial per (modality, configuration) -- or, with ``--population N``, per (modality,
+    population of up to N configurations) -- and one best configuration per modality."""
 
     group_key = "modality"
     metrics = {"anchor_map": ("best_anchor_map", "max"), "label_loss": ("best_val_label_loss", "min")}
@@ -44,7 +46,13 @@ class SDMLBackend:
         base = from_dict(SDMLConfig, {**req.base, "epochs": req.epochs}, source="sweep base config")
         P = create_projection(base.dim, ds.info.n_classes, req.seed)
         digest = save_projection(sweep_dir / "projection.arrow", P, seed=req.seed)
-        return {"dataset": {"uri": absolute_uri(req.dataset_uri), "name": ds.info.name,
+        extra = {}
+        if req.population > 1:  # configurations drawn here, grouped, one Tune trial per group
+            configs = space.sample(req.num_samples, req.seed)
+            for values in configs:  # a bad combination fails now, not in every trial
+                from_dict(SDMLConfig, {**base.to_dict(), **values}, source=f"sweep configuration {values}")
+            extra = {"population": req.population, "populations": populations(configs, req.population)}
+        return {**extra, "dataset": {"uri": absolute_uri(req.dataset_uri), "name": ds.info.name,
                             "n_classes": ds.info.n_classes},
                 "modalities": modalities,
                 "input_dims": {m: ds.info.modalities[m].dim for m in modalities},
@@ -58,6 +66,9 @@ class SDMLBackend:
     def param_space(self, tuned: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
         from ray import tune
 
+        if info.get("populations"):  # the members' values are drawn already (prepare)
+            return {"modality": tune.grid_search(list(info["modalities"])),
+                    MEMBERS_KEY: tune.grid_search(info["populations"])}
         return {"modality": tune.grid_search(list(info["modalities"])), **tuned}
 
     def trainable(self, info: dict[str, Any], sweep_dir: Path):
@@ -66,11 +77,12 @@ class SDMLBackend:
         setup = SDMLTrialSetup(
             sweep_dir=str(sweep_dir), dataset_uri=info["dataset"]["uri"],
             n_classes=info["dataset"]["n_classes"], projection_sha256=info["projection"]["sha256"],
-            base=info["base"], device="cuda" if info["gpus_per_trial"] > 0 else "cpu",
+            base=info["base"], device="auto" if info["gpus_per_trial"] > 0 else "cpu",
             threads=max(1, int(info["cpus_per_trial"])))
         resources = self.trial_resources(info)
         # Tune asks per trial: a small modality's trial packs onto a fraction of a GPU.
-        return tune.with_resources(tune.with_parameters(sdml_trial, setup=setup),
+        fn = sdml_population_trial if info.get("populations") else sdml_trial
+        return tune.with_resources(tune.with_parameters(fn, setup=setup),
                                    lambda config: resources[config["modality"]])
 
     @staticmethod

@@ -240,6 +240,31 @@ class SearchSpace:
                 out[name] = (tune.loguniform if d.log else tune.uniform)(d.low, d.high)
         return out
 
+    def sample(self, num_samples: int, seed: int) -> list[dict[str, Any]]:
+        """Every configuration Tune would run, drawn here (seeded): the grids' product in order,
+        ``num_samples`` draws of the sampled ranges for each grid point. A population sweep needs
+        its configurations before Tune starts, to group them (tuning/population_trial.py)."""
+        import itertools
+
+        import numpy as np
+
+        rng = np.random.default_rng([seed, 16])
+        tuned = self.tuned()
+        grids = {k: d.values for k, d in tuned.items() if d.kind == "grid"}
+        ranges = {k: d for k, d in tuned.items() if d.kind != "grid"}
+        out = []
+        for point in itertools.product(*grids.values()):
+            for _ in range(num_samples):
+                config = dict(zip(grids, point, strict=True))
+                for key, d in ranges.items():
+                    high = d.high + 1 if d.kind == "int" else d.high  # int: both ends included
+                    lo, hi = (math.log(d.low), math.log(high)) if d.log else (d.low, high)
+                    value = float(rng.uniform(lo, hi))
+                    value = math.exp(value) if d.log else value
+                    config[key] = min(int(math.floor(value)), int(d.high)) if d.kind == "int" else value
+                out.append(config)
+        return out
+
     def swept(self) -> list[str]:
         """Hyperparameters that take more than one value across trials (for plots)."""
         return [k for k, d in self.tuned().items() if d.kind != "grid" or len(d.values) > 1]

@@ -6,6 +6,8 @@ The sweep directory ``<storage>/<name>/`` is Tune's experiment directory and our
 sweep.json          request, search space, dataset, P, MLflow ids, status (running/interrupted/finished)
 projection.arrow    SDML: the one P every trial reads (written once)
 trials/<trial_id>/  each trial's own run directory: checkpoints, embeddings, starts.jsonl
+trials/<trial_id>-m<i>/  with --population: member i's model, embeddings and log (the population's
+                    checkpoints stay in trials/<trial_id>/); every member is a row and an MLflow run
 best.json           the best configuration (per modality for SDML), for `--config best.json`, and
                     its test figures: trials select on val only; the chosen configuration is
                     scored on test once, at the end (final_test.py)
@@ -30,8 +32,9 @@ from typing import Any
 from scalable_xmr.config import TrackingConfig
 from scalable_xmr.distributed.cluster import can_autoscale, connect, describe_cluster
 from scalable_xmr.errors import InputError, MissingError, RunStateError
-from scalable_xmr.io import atomic_write_json, atomic_write_text, check_writable, read_json
+from scalable_xmr.io import atomic_write_json, atomic_write_text, check_writable, read_json, written
 from scalable_xmr.store.meta import now_iso, versions
+from scalable_xmr.store.remote import open_dir, pull_path, uri_of
 from scalable_xmr.tracking.tracker import Tracker, default_tracking_uri
 from scalable_xmr.tuning import results as res
 from scalable_xmr.tuning.backend import Backend
@@ -70,6 +73,7 @@ class SweepRequest:
     seed: int = 0
     max_failures: int = 2  # restarts of a failed trial (from its last checkpoint)
     verbose: int = 1  # Tune's console output: 0 silent, 1 status, 2 every result
+    population: int = 1  # SDML: train up to this many configurations of a modality in one trial
 
 
 @dataclass
@@ -105,6 +109,10 @@ def _check_request(req: SweepRequest) -> None:
         raise InputError(f"--gpus-per-trial must be >= 0, got {req.gpus_per_trial}")
     if req.cpus_per_trial <= 0:
         raise InputError(f"--cpus-per-trial must be > 0, got {req.cpus_per_trial}")
+    if not isinstance(req.population, int) or req.population < 1:
+        raise InputError(f"--population must be an integer >= 1, got {req.population!r}")
+    if req.population > 1 and req.model != "sdml":
+        raise InputError(f"--population applies to --model sdml only, not {req.model}")
     if req.modalities is not None and req.model != "sdml":
         raise InputError(f"--modality applies to --model sdml only, not {req.model}")
     backend = backend_for(req.model)
@@ -133,7 +141,9 @@ def _latest_sweep(storage: Path, model: str) -> Path:
 
 
 def sweep_dir_for(req: SweepRequest) -> Path:
-    storage = Path(req.storage).expanduser().resolve()
+    # --storage s3://bucket/sweeps: our files go through its local mirror (store/remote.py), and
+    # Tune's own (tuner.pkl, experiment state, trial checkpoints) to the bucket through uri_of.
+    storage = open_dir(req.storage, "--storage")
     if req.name:
         if "/" in req.name or req.name in (".", ".."):
             raise InputError(f"--name must be a plain directory name, got {req.name!r}")
@@ -161,7 +171,7 @@ def _resumable(req: SweepRequest, sweep_dir: Path) -> dict[str, Any]:
     """sweep.json of the sweep to resume, or MissingError (checked before Ray starts)."""
     from ray.tune import Tuner
 
-    if not (sweep_dir / SWEEP_FILE).is_file() or not Tuner.can_restore(str(sweep_dir)):
+    if not (sweep_dir / SWEEP_FILE).is_file() or not Tuner.can_restore(uri_of(sweep_dir)):
         raise MissingError(f"--resume: no sweep to resume at {sweep_dir} (no {SWEEP_FILE} / tuner.pkl)")
     meta = read_json(sweep_dir / SWEEP_FILE)
     if meta.get("model") != req.model:
@@ -172,7 +182,7 @@ def _resumable(req: SweepRequest, sweep_dir: Path) -> dict[str, Any]:
 def _check_new(sweep_dir: Path) -> None:
     from ray.tune import Tuner
 
-    if (sweep_dir / SWEEP_FILE).exists() or Tuner.can_restore(str(sweep_dir)):
+    if (sweep_dir / SWEEP_FILE).exists() or Tuner.can_restore(uri_of(sweep_dir)):
         raise RunStateError(f"{sweep_dir}: already holds a sweep; pass --resume to continue it or "
                             "choose another --name")
 
@@ -201,8 +211,12 @@ def _open_sweep(req: SweepRequest, sweep_dir: Path, backend) -> dict[str, Any]:
     except BaseException:
         if created:  # leave no half-made sweep behind (a bad dataset, --set value ...)
             shutil.rmtree(sweep_dir, ignore_errors=True)
+            written(sweep_dir)
         raise
-    meta["n_trials"] = space.check_nonempty(req.num_samples, backend.n_groups(meta))
+    meta["n_configurations"] = space.check_nonempty(req.num_samples, backend.n_groups(meta))
+    # Tune trials: one per configuration, or one per (group, population) with --population.
+    meta["n_trials"] = (backend.n_groups(meta) * len(meta["populations"]) if meta.get("populations")
+                        else meta["n_configurations"])
     meta["param_space_json"] = {k: d.to_json() for k, d in space.tuned().items()}
     atomic_write_json(sweep_dir / SWEEP_FILE, meta)
     return meta
@@ -224,6 +238,7 @@ def _tracker(req: SweepRequest, meta: dict[str, Any], sweep_dir: Path) -> tuple[
         parent = tracker.start_run(f"sweep:{meta['name']}", tags={"job": "sweep", "model": meta["model"]})
         params = {k: meta[k] for k in ("model", "metric", "mode", "epochs", "num_samples", "scheduler",
                                        "max_concurrent", "gpus_per_trial", "cpus_per_trial", "seed")}
+        params.update({k: meta[k] for k in ("population",) if k in meta})
         params.update({f"space.{k}": v for k, v in meta["param_space_json"].items()})
         params.update({f"in_trial.{k}": v for k, v in meta["in_trial"].items()})
         params.update({f"base.{k}": v for k, v in _fixed(meta).items()})
@@ -243,7 +258,7 @@ def _tuner(req: SweepRequest, meta: dict[str, Any], sweep_dir: Path, backend, ca
 
     trainable = backend.trainable(meta, sweep_dir)
     if req.resume:  # param space, scheduler, callbacks come back from tuner.pkl
-        return tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True,
+        return tune.Tuner.restore(uri_of(sweep_dir), trainable=trainable, resume_unfinished=True,
                                   resume_errored=True)
     space = build_space(meta["model"], req.grids, req.ranges)
     scheduler = make_scheduler(meta["scheduler"], meta["max_iterations"], backend.group_key)
@@ -251,10 +266,11 @@ def _tuner(req: SweepRequest, meta: dict[str, Any], sweep_dir: Path, backend, ca
         trainable,
         param_space=backend.param_space(space.tune_space(), meta),
         tune_config=tune.TuneConfig(metric=meta["metric"], mode=meta["mode"], scheduler=scheduler,
-                                    num_samples=meta["num_samples"],
+                                    # population: every configuration is in the grid already
+                                    num_samples=1 if meta.get("populations") else meta["num_samples"],
                                     max_concurrent_trials=meta["max_concurrent"], reuse_actors=True),
         run_config=tune.RunConfig(
-            name=sweep_dir.name, storage_path=str(sweep_dir.parent), callbacks=callbacks,
+            name=sweep_dir.name, storage_path=uri_of(sweep_dir.parent), callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=req.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=req.verbose),
     )
@@ -315,6 +331,7 @@ def run_sweep(req: SweepRequest, address: str | None = None, callbacks: tuple = 
     try:
         grid, interrupted = fit_noting_ctrl_c(_tuner(req, meta, sweep_dir, backend, [mlflow_cb, *callbacks]))
         rows = res.rows_from_results(grid, backend.group_key)
+        pull_path(sweep_dir)  # --storage on object storage: what trials on other nodes uploaded
         # Interrupted: Ctrl-C (Tune then reports the trials it stopped as terminated), a trial
         # still running/paused, or (trials are created lazily under max_concurrent) fewer trials
         # than the space holds.
@@ -360,7 +377,9 @@ def _finish(meta: dict[str, Any], sweep_dir: Path, backend, rows: list[res.Trial
     for path in [sweep_dir / BEST_FILE, sweep_dir / "summary.md", sweep_dir / SWEEP_FILE, *plots]:
         tracker.log_artifact(parent, path)
     tracker.end_run(parent)
-    meta.update(status="finished", finished=now_iso(), n_trials=len(rows))
+    # n_trials counts Tune trials; with --population each holds several configurations (rows).
+    meta.update(status="finished", finished=now_iso(),
+                **({"n_configurations": len(rows)} if meta.get("populations") else {"n_trials": len(rows)}))
     meta.pop("error", None)
     atomic_write_json(sweep_dir / SWEEP_FILE, meta)
     return SweepSummary(str(sweep_dir), len(rows), True, best_json, str(sweep_dir / BEST_FILE), table,

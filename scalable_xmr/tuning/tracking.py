@@ -7,6 +7,14 @@ through :class:`scalable_xmr.tracking.tracker.Tracker` (so a tracking failure on
 the sweep), logs each trial's configuration as params, every reported epoch as metrics with
 ``step = training_iteration``, and ends the child run FINISHED / FAILED with the trial.
 
+Per-epoch metrics are buffered and written every :data:`FLUSH_SECONDS` (one ``log_batch`` per run),
+and at each trial's end: Tune holds a trial in ``tune.report`` until the driver has handled its
+result, so one sqlite transaction per epoch per trial was a per-epoch cost of every trial.
+
+A population trial (``--population N``, tuning/population_trial.py) gets one child run per member,
+named ``<trial_id>-m<i>``, with that member's configuration and metrics: MLflow shows every
+configuration as it does for single trials.
+
 The trial -> MLflow run map is kept in ``<sweep>/mlflow_runs.json``: Tune pickles callbacks into
 ``tuner.pkl`` when the sweep starts, so after ``Tuner.restore`` this object comes back in its
 first state; the file lets a resumed sweep continue the children it already has instead of
@@ -16,6 +24,7 @@ opening duplicates.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +32,10 @@ from ray import tune
 
 from scalable_xmr.io import atomic_write_json, read_json
 from scalable_xmr.tracking.tracker import Tracker
+from scalable_xmr.tuning.results import MEMBERS_KEY, member_id
 
 RUNS_FILE = "mlflow_runs.json"
+FLUSH_SECONDS = 5.0  # per-epoch metrics wait at most this long on the driver before MLflow has them
 
 # Tune result key -> MLflow metric name (docs/metrics.md names; MLflow refuses '@' in names).
 METRIC_NAMES = {
@@ -71,10 +82,21 @@ class SweepTracking(tune.Callback):
         self.enabled = enabled and parent_run_id is not None
         self._tracker: Tracker | None = None
         self._runs: dict[str, str] | None = None
+        self._pending: dict[str, list[tuple[str, float, int]]] = {}  # run -> unwritten metric rows
+        self._flushed = time.monotonic()
 
     def __getstate__(self) -> dict[str, Any]:
         # The MLflow client does not pickle; tuner.pkl keeps the settings only.
-        return {**self.__dict__, "_tracker": None, "_runs": None}
+        return {**self.__dict__, "_tracker": None, "_runs": None, "_pending": {}}
+
+    def _flush(self, runs: list[str] | None = None) -> None:
+        """Write the buffered metric rows of ``runs`` (all when None), one batch per run."""
+        for run in list(self._pending) if runs is None else runs:
+            rows = self._pending.pop(run, None)
+            if rows:
+                self.tracker.log_metric_rows(run, rows)
+        if runs is None:
+            self._flushed = time.monotonic()
 
     @property
     def tracker(self) -> Tracker:
@@ -89,37 +111,70 @@ class SweepTracking(tune.Callback):
             self._runs = dict(read_json(path)) if path.is_file() else {}
         return self._runs
 
-    def _run_for(self, trial) -> str | None:
-        run = self.runs.get(trial.trial_id)
+    def _start(self, key: str, group: Any, params: dict[str, Any], tags: dict[str, str]) -> str | None:
+        """A child run for ``key`` (a trial or population member id), created once."""
+        run = self.runs.get(key)
         if run is None and self.enabled:
-            group = trial.config.get("modality")
-            name = f"{trial.trial_id}" + (f" {group}" if group else "")
-            tags = {"trial_id": trial.trial_id, "sweep": Path(self.sweep_dir).name}
-            run = self.tracker.start_run(name, parent_id=self.parent_run_id, tags=tags)
+            name = key + (f" {group}" if group else "")
+            run = self.tracker.start_run(name, parent_id=self.parent_run_id,
+                                         tags={"trial_id": key, "sweep": Path(self.sweep_dir).name, **tags})
             if run is not None:
-                params = {**self.fixed_params, **trial.config, "trial_id": trial.trial_id}
-                self.tracker.log_params(run, params)
-                self.runs[trial.trial_id] = run
+                self.tracker.log_params(run, {**self.fixed_params, **params, "trial_id": key})
+                self.runs[key] = run
                 atomic_write_json(Path(self.sweep_dir) / RUNS_FILE, self.runs)
         return run
 
+    def _runs_for(self, trial) -> list[tuple[str | None, Any]]:
+        """(child run, result of it) pairs of ``trial``: itself, or each member of a population
+        (``pick(result)`` gives that member's part of a result)."""
+        config = dict(trial.config)
+        members = config.pop(MEMBERS_KEY, None)
+        group = config.get("modality")
+        if members is None:
+            return [(self._start(trial.trial_id, group, config, {}), lambda result: result)]
+        out = []
+        for i, values in enumerate(members):
+            run = self._start(member_id(trial.trial_id, i), group,
+                              {**config, **values, "population_size": len(members)},
+                              {"population_trial": trial.trial_id})
+            out.append((run, lambda result, i=i: _member_result(result, i)))
+        return out
+
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        self._run_for(trial)
+        self._runs_for(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        run = self._run_for(trial)
-        if run is not None:
-            step = int(result.get("training_iteration", 0))
-            self.tracker.log_metrics(run, mlflow_metrics(result), step=step)
+        step = int(result.get("training_iteration", 0))
+        for run, pick in self._runs_for(trial):
+            if run is not None:
+                rows = [(k, v, step) for k, v in mlflow_metrics(pick(result)).items()]
+                self._pending.setdefault(run, []).extend(rows)
+        if time.monotonic() - self._flushed >= FLUSH_SECONDS:
+            self._flush()
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        run = self._run_for(trial)
-        if run is not None:
-            last = trial.last_result or {}
-            final = {f"final/{k}": v for k, v in mlflow_metrics(last).items()}
-            final["final/epochs"] = float(last.get("training_iteration", 0))
-            self.tracker.log_metrics(run, final)
-            self.tracker.end_run(run, "FINISHED")
+        last = trial.last_result or {}
+        runs = self._runs_for(trial)
+        self._flush([run for run, _ in runs if run is not None])
+        for run, pick in runs:
+            if run is not None:
+                mine = pick(last)
+                final = {f"final/{k}": v for k, v in mlflow_metrics(mine).items()}
+                final["final/epochs"] = float(last.get("training_iteration", 0))
+                self.tracker.log_metrics(run, final)
+                self.tracker.end_run(run, "FAILED" if mine.get("error") else "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self.tracker.end_run(self._run_for(trial), "FAILED")
+        runs = self._runs_for(trial)
+        self._flush([run for run, _ in runs if run is not None])
+        for run, _ in runs:
+            self.tracker.end_run(run, "FAILED")
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        self._flush()
+
+
+def _member_result(result: dict[str, Any], i: int) -> dict[str, Any]:
+    """Member ``i``'s metrics of a population trial's result (its own list entry)."""
+    members = result.get(MEMBERS_KEY) or []
+    return dict(members[i]) if i < len(members) else {}

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from scalable_xmr.io import written
+
 TRIALS_DIR = "trials"
 STARTS_FILE = "starts.jsonl"
 STATE_FILE = "trial_state.json"
@@ -37,6 +39,7 @@ def log_start(directory: Path, resumed_from: int | None) -> None:
     line = {"pid": os.getpid(), "time": time.time(), "resumed_from_epoch": resumed_from}
     with open(directory / STARTS_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps(line) + "\n")
+    written(directory / STARTS_FILE)  # appended, not renamed: an object-storage sweep uploads it now
 
 
 def read_starts(directory: Path) -> list[dict[str, Any]]:

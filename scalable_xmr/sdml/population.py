@@ -1,0 +1,364 @@
+"""Population training: N configurations of one modality's SDML network as one batched computation.
+
+SDML's per-modality networks are small MLPs trained against a fixed P, so configurations of one
+modality that differ only in values that change neither a shape nor the data (λ, the learning rate,
+the seed: :data:`POPULATION_KEYS`) can train together in one process: the N networks' parameters are
+stacked on a leading member axis, every layer runs as one batched GEMM over the members
+(``torch.baddbmm``, or ``torch.vmap`` over ``torch.func.functional_call`` of the model itself), and
+the loss is SDML Eq. 1 (``functional.losses.sdml_loss``) vmapped over the members with each member's
+own λ. Each member is, in semantics, one :class:`~scalable_xmr.sdml.trainer.ModalityTrainer`:
+
+- the same initial weights (seeded by :func:`~scalable_xmr.sdml.trainer.member_seed`),
+- the same batch order (its own generator, seeded the same way, reshuffled each epoch),
+- its own Adam (betas 0.5, 0.999) with its own learning rate and state: the optimizer holds every
+  member's slice of the stacked tensors as a parameter group of its own (views, no copies),
+- its own history and model selection (the epoch with the lowest validation label loss,
+  :func:`~scalable_xmr.sdml.trainer.improves`).
+
+tests/sdml/test_population.py checks that against N separate ModalityTrainer runs. Results match
+within float tolerance, not bit for bit: a batched GEMM sums in another order than N single ones.
+A member whose loss stops being finite is marked failed (its slot keeps computing, nobody reads
+it); the others continue, where a ModalityTrainer would stop with an error.
+
+What it costs (bench/population_speed.py, BENCHMARKS.md): the work is N trainings' FLOPs, so on a
+CPU where one training already runs near the GEMM rate a population saves only the per-process and
+per-step fixed costs; on a GPU, where one small MLP leaves most of the device idle, it fills it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scalable_xmr.config import SDMLConfig
+from scalable_xmr.errors import InputError
+from scalable_xmr.functional.losses import label_loss_per_sample, sdml_loss
+from scalable_xmr.io import atomic_write_json
+from scalable_xmr.models.sdml import SDMLAutoencoder
+from scalable_xmr.sdml.trainer import (
+    EpochStats,
+    ModalityData,
+    ModalityJob,
+    improves,
+    load_job_projection,
+    make_adam,
+    mean_label_loss,
+    member_seed,
+    model_payload,
+    resolve_device,
+    retain_freed_memory,
+)
+from scalable_xmr.store import torchfile
+from scalable_xmr.store.meta import now_iso
+from scalable_xmr.store.run_store import RunStore
+
+POPULATION_KEYS = ("lam", "lr", "seed")  # may differ between members (no shape or data changes)
+KERNELS = ("bmm", "vmap")
+PopulationHook = Callable[[list[EpochStats], bool], None]  # (each member's stats, checkpointed)
+
+
+def check_compatible(configs: Sequence[SDMLConfig]) -> None:
+    """InputError unless ``configs`` differ only in :data:`POPULATION_KEYS`."""
+    if not configs:
+        raise InputError("a population needs at least one configuration")
+    shared = {k: v for k, v in configs[0].to_dict().items() if k not in POPULATION_KEYS}
+    for i, cfg in enumerate(configs[1:], 1):
+        for key, value in cfg.to_dict().items():
+            if key not in POPULATION_KEYS and value != shared[key]:
+                raise InputError(f"population member {i}: {key}={value!r} differs from member 0's "
+                                 f"{shared[key]!r}; members may differ only in {', '.join(POPULATION_KEYS)}")
+
+
+class StackedAutoencoder:
+    """N :class:`SDMLAutoencoder` parameter sets stacked on a leading member axis, and their forward.
+
+    ``template`` gives the architecture (its ``encoder`` / ``decoder`` Sequentials) and holds the
+    shared normaliser; ``params`` maps its parameter names to leaf tensors (N, *shape).
+    """
+
+    def __init__(self, template: SDMLAutoencoder, params: dict[str, torch.Tensor], kernel: str = "bmm"):
+        if kernel not in KERNELS:
+            raise InputError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+        self.template, self.params, self.kernel = template, params, kernel
+
+    def _mlp(self, prefix: str, layers: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+        for j, layer in enumerate(layers):
+            if isinstance(layer, nn.Linear):
+                w = self.params[f"{prefix}.{j}.weight"]  # (N, out, in)
+                b = self.params[f"{prefix}.{j}.bias"]  # (N, out)
+                if h.dim() == 2:  # one input shared by every member: (B, i) -> (N, B, o)
+                    h = torch.matmul(h, w.transpose(1, 2)) + b.unsqueeze(1)
+                else:
+                    h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))  # (N, B, o)
+            else:
+                h = layer(h)  # ReLU
+        return h
+
+    def _functional(self, x: torch.Tensor, encode_only: bool):
+        """The model's own forward (``functional_call``) vmapped over the members."""
+        from torch.func import functional_call
+
+        x_dim = 0 if x.dim() == 3 else None  # (N, B, dim) per member, or one (B, dim) shared
+        if encode_only:  # SDMLAutoencoder.encode_normalized: the encoder, then L2-normalise
+            def encode(p, xi):
+                return F.normalize(functional_call(self.template.encoder, p, (xi,)), dim=-1)
+
+            return torch.vmap(encode, in_dims=(0, x_dim))(_sub(self.params, "encoder"), x)
+        return torch.vmap(lambda p, xi: functional_call(self.template, p, (xi,)),
+                          in_dims=(0, x_dim))(self.params, x)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """h of standardised inputs (N, B, dim) or one shared (B, dim): (N, B, d), L2-normalised."""
+        if self.kernel == "vmap":
+            return self._functional(x, encode_only=True)
+        return F.normalize(self._mlp("encoder", self.template.encoder, x), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, x̂) of standardised batches (N, B, dim): (N, B, d), (N, B, dim)."""
+        if self.kernel == "vmap":
+            return self._functional(x, encode_only=False)
+        h = self.encode(x)
+        return h, self._mlp("decoder", self.template.decoder, h)
+
+    def member_state(self, i: int, params: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Member ``i``'s state_dict (its weights + the shared normaliser), as views."""
+        source = self.params if params is None else params
+        return {**{k: v[i].detach() for k, v in source.items()},
+                "feature_mean": self.template.feature_mean, "feature_std": self.template.feature_std}
+
+
+def _sub(params: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) + 1:]: v for k, v in params.items() if k.startswith(prefix + ".")}
+
+
+@dataclass
+class Member:
+    """One configuration's record: its history and selected epoch, as ModalityTrainer keeps them."""
+
+    config: SDMLConfig
+    lr: float
+    best_val: float = float("inf")
+    best_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    failed: str | None = None  # why it stopped counting (a non-finite loss)
+
+
+class PopulationTrainer:
+    """Trains N configurations of ``job.modality`` at once (see the module docstring).
+
+    ``job`` gives the run directory (P, the checkpoint), the data, device and threads; its config
+    must be population-compatible with ``configs`` (usually ``configs[0]``).
+    """
+
+    def __init__(self, job: ModalityJob, configs: Sequence[SDMLConfig], kernel: str = "bmm"):
+        configs = list(configs)
+        check_compatible([job.config, *configs])
+        self.job, self.cfg = job, configs[0]
+        if job.num_threads:
+            torch.set_num_threads(job.num_threads)
+        self.device = resolve_device(job.device)
+        self.store = RunStore(job.run_dir)
+        self.P = load_job_projection(job, self.store, self.device)  # (d, c)
+        self.data = ModalityData(job, self.device)
+        self.members = [Member(c, c.lr_for(job.modality)) for c in configs]
+        n, dim = len(configs), self.data.input_dim
+        self.generators, stacked = [], {}
+        for i, c in enumerate(configs):  # each member's init exactly as its ModalityTrainer's
+            seed = member_seed(c, job.modality)
+            torch.manual_seed(seed)
+            net = SDMLAutoencoder(dim, c.dim, c.hidden).to(self.device)
+            for name, p in net.named_parameters():
+                if name not in stacked:
+                    stacked[name] = torch.empty((n, *p.shape), device=self.device)
+                stacked[name][i].copy_(p.detach())
+            self.generators.append(torch.Generator(device="cpu").manual_seed(seed))
+        self.template = net  # architecture + the shared normaliser (its weights are never used)
+        if self.cfg.normalize:
+            self.template.fit_normalizer(self.data.features["train"])
+        self.x = {s: self.template.normalize(f) for s, f in self.data.features.items()}
+        params = {k: v.requires_grad_() for k, v in stacked.items()}
+        self.net = StackedAutoencoder(self.template, params, kernel)
+        self.best_params = {k: v.detach().clone() for k, v in params.items()}
+        # Member i's optimizer parameters are views of row i of the stacked tensors: Adam (fused)
+        # updates the stacked storage in place, with member i's own rate and state.
+        self._views = [[v.detach()[i] for v in params.values()] for i in range(n)]
+        groups = [{"params": views, "lr": m.lr} for views, m in zip(self._views, self.members, strict=True)]
+        self.optimizer = make_adam(groups, self.members[0].lr, self.device)
+        self.lam = torch.tensor([c.lam for c in configs], device=self.device)  # (N,)
+        self.epoch = 0
+        self.resumed_at: list[int] = []
+        self._resume()
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    # ---- one epoch -----------------------------------------------------------------------------
+    def batch_indices(self) -> torch.Tensor:
+        """(N, steps, B) train rows of this epoch's batches, each member shuffled by its own
+        generator as ModalityTrainer.batches does (last partial batch dropped)."""
+        retain_freed_memory()
+        n, b = len(self.x["train"]), self.cfg.batch_size
+        if n < b:
+            raise InputError(f"modality {self.job.modality!r}: train split has {n} rows, "
+                             f"fewer than one batch of {b}")
+        steps = n // b
+        perms = [torch.randperm(n, generator=g)[: steps * b] for g in self.generators]
+        return torch.stack(perms).view(self.size, steps, b).to(self.device)
+
+    def step(self, rows: torch.Tensor) -> torch.Tensor:
+        """One Adam step of every member on its batch ``rows`` (N, B); returns (3, N) losses."""
+        x = self.x["train"].index_select(0, rows.flatten()).view(*rows.shape, -1)  # (N, B, dim)
+        y = self.data.labels["train"].index_select(0, rows.flatten()).view(*rows.shape, -1)  # (N, B, c)
+        for p in self.net.params.values():
+            p.grad = None
+        h, x_hat = self.net.forward(x)
+        # SDML Eq. 1 per member, with its own λ: (N,) each.
+        total, recon, label = torch.vmap(sdml_loss, in_dims=(0, 0, 0, None, 0, 0))(x_hat, x, h, self.P, y,
+                                                                                   self.lam)
+        total.sum().backward()  # members are independent: d(sum)/d(member i) = d(total_i)
+        grads = [p.grad for p in self.net.params.values()]
+        for i, views in enumerate(self._views):
+            for view, grad in zip(views, grads, strict=True):
+                view.grad = grad[i]
+        self.optimizer.step()
+        return torch.stack([total.detach(), recon.detach(), label.detach()])
+
+    @torch.no_grad()
+    def val_label_loss(self) -> torch.Tensor:
+        """(N,) mean ‖Pᵀh − y‖₂ over labeled validation rows: each member's selection criterion."""
+        per_sample = torch.vmap(label_loss_per_sample, in_dims=(0, None, None))
+        return mean_label_loss(self.net.encode, self.x["val"], self.data.labels["val"], self.P,
+                               per_sample=per_sample, chunk=1024)
+
+    def train_epoch(self) -> list[EpochStats]:
+        """One pass of every member over its shuffled train split, then validation.
+
+        Each member's ``seconds`` is its share of the epoch (the epoch's time / N).
+        """
+        start = time.perf_counter()
+        order = self.batch_indices()  # (N, steps, B)
+        sums = torch.zeros(3, self.size, device=self.device)
+        for s in range(order.shape[1]):
+            sums += self.step(order[:, s])
+        self.epoch += 1
+        means = (sums / order.shape[1]).T.tolist()  # (N, 3): one host sync per epoch
+        val = self.val_label_loss().tolist()
+        seconds = (time.perf_counter() - start) / self.size
+        stats = [EpochStats(self.epoch, *m, v, seconds) for m, v in zip(means, val, strict=True)]
+        for member, st in zip(self.members, stats, strict=True):
+            bad = [t for t, v in zip(("total", "reconstruction", "label"), (st.loss_train, st.loss_recon,
+                                     st.loss_label), strict=True) if not math.isfinite(v)]
+            if bad and member.failed is None:
+                member.failed = (f"modality {self.job.modality!r}: the {' and '.join(bad)} loss is not "
+                                 f"finite at epoch {self.epoch} (lr {member.lr:g}); lower --lr")
+        if all(m.failed for m in self.members):
+            raise InputError(self.members[0].failed)
+        return stats
+
+    def record(self, stats: list[EpochStats]) -> None:
+        """Each member's history and model selection (ModalityTrainer.record's rule)."""
+        improved = []
+        for i, (member, st) in enumerate(zip(self.members, stats, strict=True)):
+            member.history.append({k: float(v) for k, v in vars(st).items()})
+            if member.failed is None and improves(st.loss_val_label, member.best_val):
+                member.best_val, member.best_epoch = st.loss_val_label, st.epoch
+                improved.append(i)
+        if improved:
+            rows = torch.tensor(improved, device=self.device)
+            for k, v in self.net.params.items():
+                self.best_params[k].index_copy_(0, rows, v.detach().index_select(0, rows))
+
+    def fit(self, on_epoch: PopulationHook | None = None,
+            out_dirs: Sequence[str | Path] | None = None) -> None:
+        """Train to ``epochs`` (a resumed population continues); checkpoint every
+        ``checkpoint_every`` epochs and at the last; then ``on_epoch(stats, checkpointed)``.
+        With ``out_dirs`` (one run directory per member) each member's outputs are written there."""
+        while self.epoch < self.cfg.epochs:
+            stats = self.train_epoch()
+            self.record(stats)
+            checkpointed = self.epoch == self.cfg.epochs or self.epoch % self.cfg.checkpoint_every == 0
+            if checkpointed:
+                self.save_checkpoint()
+            if on_epoch is not None:
+                on_epoch(stats, checkpointed)
+        for i, directory in enumerate(out_dirs or ()):
+            self.write_outputs(i, directory)
+
+    # ---- members as plain models ---------------------------------------------------------------
+    def member_model(self, i: int, best: bool = True) -> SDMLAutoencoder:
+        """Member ``i`` as an SDMLAutoencoder (its selected epoch, or its current weights).
+
+        The same scratch module is returned each time: copy it before asking for another member.
+        """
+        self.template.load_state_dict(self.net.member_state(i, self.best_params if best else None))
+        return self.template.eval()
+
+    @torch.no_grad()
+    def embeddings(self, split: str, best: bool = False) -> torch.Tensor:
+        """(N, n, d) embeddings of ``split`` by every member (current or selected weights)."""
+        net = StackedAutoencoder(self.template, self.best_params, self.net.kernel) if best else self.net
+        x = self.x[split]
+        return torch.cat([net.encode(x[i : i + 1024]) for i in range(0, len(x), 1024)], dim=1)
+
+    def write_outputs(self, i: int, run_dir: str | Path) -> None:
+        """Member ``i``'s selected model, its ``eval_splits`` embeddings and training log in
+        ``run_dir`` (the layout of a ModalityTrainer run)."""
+        member, m = self.members[i], self.job.modality
+        store = RunStore(run_dir)
+        model = self.member_model(i, best=True)
+        store.save_model(m, model_payload(model, member.config, m, member.best_epoch,
+                                          self.job.projection_sha256))
+        for split in self.job.eval_splits:
+            with torch.no_grad():
+                emb = model.encode(self.data.features[split]).cpu().numpy()
+            store.write_embeddings(m, split, self.data.ids[split], self.data.labels[split].cpu().numpy(), emb)
+        atomic_write_json(store.train_log_path(m), {
+            "modality": m, "best_epoch": member.best_epoch, "best_val_label": member.best_val,
+            "epochs": self.epoch, "resumed_at_epoch": self.resumed_at, "history": member.history,
+            "input_dim": self.data.input_dim, "n_train": len(self.x["train"]), "failed": member.failed,
+            "population": {"size": self.size, "member": i}, "finished": now_iso(),
+        })
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        state = {
+            "params": {k: v.detach() for k, v in self.net.params.items()},
+            "best_params": self.best_params,
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "generators": [g.get_state() for g in self.generators],
+            "members": [{**dataclasses.asdict(m), "config": m.config.to_dict()} for m in self.members],
+            "resumed_at": self.resumed_at,
+            "configs": [m.config.to_dict() for m in self.members],
+        }
+        torchfile.save_rotating(state, self.store.checkpoint_path(self.job.modality))
+
+    def _resume(self) -> None:
+        path = self.store.checkpoint_path(self.job.modality)
+        if not path.is_file() and not torchfile.previous(path).is_file():
+            return
+        state, _, _ = torchfile.load_newest_good(path, self.device)
+        if state.get("configs") != [m.config.to_dict() for m in self.members]:
+            raise InputError(f"{path}: checkpoint was written by another population; delete it or use "
+                             "the same configurations")
+        with torch.no_grad():
+            for k, v in self.net.params.items():
+                v.copy_(state["params"][k])
+                self.best_params[k].copy_(state["best_params"][k])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for g, s in zip(self.generators, state["generators"], strict=True):
+            g.set_state(s.cpu())
+        for member, saved in zip(self.members, state["members"], strict=True):
+            member.best_val, member.best_epoch = float(saved["best_val"]), int(saved["best_epoch"])
+            member.history, member.failed = list(saved["history"]), saved["failed"]
+        self.epoch = int(state["epoch"])
+        self.resumed_at = [*state.get("resumed_at", []), self.epoch]

@@ -1,0 +1,113 @@
+"""The SDML population trial: up to N configurations of one modality trained in one Tune trial.
+
+With ``--population N`` an SDML sweep draws its configurations on the driver
+(:meth:`SearchSpace.sample`, seeded by ``--seed``), groups those that share every shape-changing
+value (batch size, hidden width: :func:`populations`) into populations of at most N, and runs one
+Tune trial per (modality, population). The trial trains its members as one batched computation
+(:class:`~scalable_xmr.sdml.population.PopulationTrainer`) and scores each of them exactly as an
+ordinary trial does (``sdml_trial.py``): validation label loss, anchor mAP, the selected epoch's
+``model.pt`` saved whenever it changes, all in the member's own directory
+``trials/<trial_id>-m<i>/``. Every report carries each member's metrics under ``members``; the
+sweep's driver turns each member into a result row (``results.rows_from_results``) and an MLflow
+child run of its own (``tracking.SweepTracking``), so a population sweep records every
+configuration as a sweep of single trials does. The trial's own metric for Tune's scheduler is
+its best member's (ASHA, when used, stops whole populations).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from scalable_xmr.config import SDMLConfig, from_dict
+from scalable_xmr.sdml.population import POPULATION_KEYS, PopulationTrainer
+from scalable_xmr.sdml.trainer import ModalityJob, model_payload
+from scalable_xmr.store.run_store import RunStore
+from scalable_xmr.tuning import trial_io
+from scalable_xmr.tuning.results import MEMBERS_KEY, member_id
+from scalable_xmr.tuning.sdml_trial import SDMLTrialSetup, anchor_map
+
+
+def populations(configs: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    """``configs`` grouped by their shape-changing values, in order, in chunks of at most ``size``."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for config in configs:
+        key = tuple(sorted((k, v) for k, v in config.items() if k not in POPULATION_KEYS))
+        groups.setdefault(key, []).append(config)
+    return [members[i : i + size] for members in groups.values() for i in range(0, len(members), size)]
+
+
+def sdml_population_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None:
+    """Tune function trainable: train ``config["members"]`` of ``config["modality"]`` together."""
+    start = time.perf_counter()
+    modality, members = config["modality"], config[MEMBERS_KEY]
+    cfgs = [from_dict(SDMLConfig, {**setup.base, **values}, source=f"population member {values}")
+            .resolved(modality) for values in members]
+    trial_id = trial_io.current_trial_id()
+    directory = trial_io.trial_dir(setup.sweep_dir, trial_id)
+    member_dirs = [trial_io.trial_dir(setup.sweep_dir, member_id(trial_id, i)) for i in range(len(cfgs))]
+    trial_io.link_file(Path(setup.sweep_dir) / "projection.arrow", directory / "projection.arrow")
+    job = ModalityJob(run_dir=str(directory), modality=modality, config=cfgs[0],
+                      dataset_uri=setup.dataset_uri, n_classes=setup.n_classes,
+                      projection_sha256=setup.projection_sha256, device=setup.device,
+                      num_threads=setup.threads, eval_splits=("val",))
+    ckpt_dir = directory / "modalities" / modality / "checkpoints"
+    state = trial_io.install_tune_checkpoint(ckpt_dir) or {}
+    trial_io.log_start(directory, state.get("epoch"))
+    pop = PopulationTrainer(job, cfgs)
+    best_map = list(state.get("best_anchor_map", [float("nan")] * pop.size))
+    train_seconds = float(state.get("train_seconds", 0.0))
+    labels, P = pop.data.labels["val"].cpu(), pop.P.cpu()
+
+    def on_epoch(stats, checkpointed: bool) -> None:
+        nonlocal train_seconds
+        train_seconds += sum(s.seconds for s in stats)
+        val_emb = pop.embeddings("val").cpu()  # (N, n, d), current weights
+        rows = []
+        for i, (member, st) in enumerate(zip(pop.members, stats, strict=True)):
+            val_map = anchor_map(val_emb[i], labels, P) if member.failed is None else float("nan")
+            if member.best_epoch == pop.epoch:  # this member's selected model changed: keep it
+                best_map[i] = val_map
+                _save_member(pop, i, member_dirs[i], val_emb[i])
+            rows.append({
+                "epoch": pop.epoch, "loss_train": st.loss_train, "loss_recon": st.loss_recon,
+                "loss_label": st.loss_label, "val_label_loss": st.loss_val_label,
+                "val_anchor_map": val_map, "best_epoch": member.best_epoch,
+                "best_val_label_loss": member.best_val, "best_anchor_map": best_map[i],
+                "train_seconds": train_seconds / pop.size, "n_train": len(pop.x["train"]),
+                **({"error": member.failed} if member.failed else {}),
+            })
+        metrics = {MEMBERS_KEY: rows, "epoch": pop.epoch, "population_size": pop.size,
+                   "best_anchor_map": _best(rows, "best_anchor_map", max),
+                   "best_val_label_loss": _best(rows, "best_val_label_loss", min),
+                   "train_seconds": train_seconds}
+        if pop.epoch == pop.cfg.epochs:  # before the last report: Tune may end the trial on it
+            for i, d in enumerate(member_dirs):
+                pop.write_outputs(i, d)
+            metrics["trial_seconds"] = time.perf_counter() - start
+            for row in rows:
+                row["trial_seconds"] = metrics["trial_seconds"] / pop.size
+        if checkpointed:
+            trial_io.report(metrics, ckpt_dir, {"epoch": pop.epoch, "best_anchor_map": best_map,
+                                                "train_seconds": train_seconds})
+        else:
+            trial_io.report(metrics)
+
+    pop.fit(on_epoch)
+
+
+def _best(rows: list[dict[str, Any]], key: str, pick) -> float:
+    values = [r[key] for r in rows if "error" not in r and math.isfinite(r[key])]
+    return pick(values) if values else float("nan")
+
+
+def _save_member(pop: PopulationTrainer, i: int, directory: Path, val_emb) -> None:
+    """Member ``i``'s selected model and its val embeddings, in its own trial directory."""
+    m, store = pop.job.modality, RunStore(directory)
+    member = pop.members[i]
+    store.save_model(m, model_payload(pop.member_model(i, best=True), member.config, m,
+                                      member.best_epoch, pop.job.projection_sha256))
+    store.write_embeddings(m, "val", pop.data.ids["val"], pop.data.labels["val"].cpu().numpy(),
+                           val_emb.numpy())

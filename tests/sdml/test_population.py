@@ -1,0 +1,115 @@
+"""Population training equals N separate ModalityTrainer trainings (within float tolerance)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from scalable_xmr.config import SDMLConfig
+from scalable_xmr.data.modality.dataset import open_dataset
+from scalable_xmr.errors import InputError
+from scalable_xmr.sdml.population import PopulationTrainer, check_compatible
+from scalable_xmr.sdml.trainer import ModalityJob, ModalityTrainer
+from scalable_xmr.store.projection import create_projection, save_projection
+from scalable_xmr.store.run_store import RunStore
+
+BASE = SDMLConfig(dim=32, hidden=48, epochs=4, batch_size=20, checkpoint_every=2)
+# Different λ, learning rates and seeds (two members share a seed: same init and batch order).
+CONFIGS = [dataclasses.replace(BASE, lam=0.5, lr=1e-3, seed=0),
+           dataclasses.replace(BASE, lam=0.1, lr=3e-3, seed=1),
+           dataclasses.replace(BASE, lam=0.9, lr=5e-4, seed=0)]
+TOL = {"rtol": 2e-4, "atol": 2e-5}
+
+
+def _job(run, data, cfg, modality="image", **kw):
+    ds = open_dataset(data)
+    run.mkdir(parents=True, exist_ok=True)
+    digest = save_projection(run / "projection.arrow", create_projection(cfg.dim, ds.info.n_classes, 0))
+    return ModalityJob(run_dir=str(run), modality=modality, config=cfg, dataset_uri=data,
+                       n_classes=ds.info.n_classes, projection_sha256=digest, **kw)
+
+
+def _separate(tmp_path, data, epochs):
+    """Each configuration trained on its own by ModalityTrainer, ``epochs`` epochs."""
+    out = []
+    for i, cfg in enumerate(CONFIGS):
+        trainer = ModalityTrainer(_job(tmp_path / f"single{i}", data, cfg))
+        for _ in range(epochs):
+            trainer.record(trainer.train_epoch())
+        out.append(trainer)
+    return out
+
+
+@pytest.mark.parametrize("kernel", ["bmm", "vmap"])
+def test_population_equals_separate_trainings(tmp_path, small_xmedia, one_torch_thread, kernel):
+    epochs = 4
+    singles = _separate(tmp_path, small_xmedia, epochs)
+    pop = PopulationTrainer(_job(tmp_path / "pop", small_xmedia, CONFIGS[0]), CONFIGS, kernel=kernel)
+    for _ in range(epochs):
+        pop.record(pop.train_epoch())
+    for i, single in enumerate(singles):
+        member = pop.members[i]
+        assert member.lr == CONFIGS[i].lr and member.failed is None
+        for key in ("loss_train", "loss_recon", "loss_label", "loss_val_label"):  # every epoch
+            np.testing.assert_allclose([h[key] for h in member.history], [h[key] for h in single.history],
+                                       **TOL, err_msg=f"member {i} {key}")
+        # Selection rule: the epoch of the lowest val label loss (its own history, and the trainer's).
+        vals = [h["loss_val_label"] for h in member.history]
+        assert member.best_epoch == int(np.argmin(vals)) + 1
+        single_vals = [h["loss_val_label"] for h in single.history]
+        if abs(sorted(single_vals)[0] - sorted(single_vals)[1]) > 1e-4:  # no near-tie to flip
+            assert member.best_epoch == single.best_epoch
+        assert member.best_val == pytest.approx(single.best_val, rel=2e-4)
+        # Parameters after k epochs, and the selected epoch's parameters.
+        current = pop.net.member_state(i)
+        for name, value in single.model.state_dict().items():
+            torch.testing.assert_close(current[name], value, **TOL, msg=f"member {i} {name}")
+        if member.best_epoch == single.best_epoch:
+            best = pop.net.member_state(i, pop.best_params)
+            for name, value in single.best_state.items():
+                torch.testing.assert_close(best[name], value, **TOL, msg=f"member {i} best {name}")
+
+
+def test_initial_weights_are_each_seeds(tmp_path, small_xmedia, one_torch_thread):
+    """Before any step every member holds exactly its ModalityTrainer's initial weights."""
+    pop = PopulationTrainer(_job(tmp_path / "pop", small_xmedia, CONFIGS[0]), CONFIGS)
+    for i, cfg in enumerate(CONFIGS):
+        single = ModalityTrainer(_job(tmp_path / f"s{i}", small_xmedia, cfg))
+        for name, value in single.model.state_dict().items():
+            torch.testing.assert_close(pop.net.member_state(i)[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_fit_writes_each_member_and_resumes(tmp_path, small_xmedia, one_torch_thread):
+    straight = PopulationTrainer(_job(tmp_path / "a", small_xmedia, CONFIGS[0]), CONFIGS)
+    seen = []
+    dirs = [tmp_path / "out" / str(i) for i in range(len(CONFIGS))]
+    straight.fit(lambda stats, ck: seen.append((stats[0].epoch, ck, len(stats))), out_dirs=dirs)
+    assert seen == [(1, False, 3), (2, True, 3), (3, False, 3), (4, True, 3)]
+    for i, d in enumerate(dirs):
+        payload = RunStore(d).load_model("image")
+        assert payload["best_epoch"] == straight.members[i].best_epoch
+        assert payload["sdml_config"] == CONFIGS[i].to_dict()
+        _, _, emb = RunStore(d).read_embeddings("image", "test", 20)
+        np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+    # 2 epochs, a checkpoint, a new process's trainer resumes and ends where the straight one did.
+    cfgs = CONFIGS
+    first = PopulationTrainer(_job(tmp_path / "b", small_xmedia, cfgs[0]), cfgs)
+    for _ in range(2):
+        first.record(first.train_epoch())
+    first.save_checkpoint()
+    resumed = PopulationTrainer(_job(tmp_path / "b", small_xmedia, cfgs[0]), cfgs)
+    assert resumed.epoch == 2 and resumed.resumed_at == [2]
+    resumed.fit()
+    for k, v in straight.net.params.items():
+        torch.testing.assert_close(resumed.net.params[k], v, msg=k)
+    assert [m.best_epoch for m in resumed.members] == [m.best_epoch for m in straight.members]
+
+
+def test_members_must_share_shapes():
+    check_compatible(CONFIGS)
+    with pytest.raises(InputError, match=r"population member 1: hidden=64 differs from member 0's 48"):
+        check_compatible([CONFIGS[0], dataclasses.replace(BASE, hidden=64)])
+    with pytest.raises(InputError, match="at least one configuration"):
+        check_compatible([])
