@@ -1,0 +1,166 @@
+"""``xmr index`` / ``xmr search`` / ``xmr serve``: use a finished run (docs/search.md).
+
+    xmr index  --run runs/sdml --modality image --table items.parquet --out index/image
+    xmr search --run runs/sdml --query-modality text --query-table q.parquet --target image \
+               --index index/image
+    xmr serve  --run runs/sdml --index image=index/image --host 127.0.0.1 --port 8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+from scalable_xmr.cli.common import add_address_argument
+from scalable_xmr.errors import InputError
+
+INDEX_HELP = """Encode a Parquet table (id, features[, labels]) with a run's network into an index
+(a directory of Parquet files: id, embedding[, labels], and _xmr_index.json naming the run and
+P's sha256). Streams through Ray Data: read_parquet -> map_batches (one encoder replica per GPU,
+or per CPU slot but one) -> write_parquet, so the table never has to fit in memory."""
+
+SEARCH_HELP = """Search a gallery with the queries of a Parquet table (id, features[, labels]).
+The gallery is an index from `xmr index` (--index) or the target modality's stored test split.
+Prints (query id, rank, item id, score), or writes them to --out; with labels on both sides it
+also prints mAP, mAP@k and precision@k."""
+
+SERVE_HELP = """Serve a run over HTTP with Ray Serve: one encoder deployment per modality
+(requests batched) and a search deployment holding the galleries. GET /healthz, GET /modalities,
+POST /search {"query_modality", "features" | "id", "target_modality", "k"} -> [{"id", "score"}].
+Runs until interrupted (Ctrl-C), then shuts Serve down."""
+
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", metavar="DIR", required=True, help="a finished run (directory or pyarrow.fs URI)")
+    p.add_argument("--model", metavar="NAME", default=None,
+                   help="the member of a branch-model (pairs) run that has several (e.g. vse)")
+
+
+def _ann_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ann", choices=("exact", "flat", "ivf", "hnsw"), default="exact",
+                   help="exact chunked search (default), or a faiss index: flat (exact inner product), "
+                   "ivf or hnsw (approximate)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("index", help="encode a Parquet table into a search index (Ray Data)",
+                       description=INDEX_HELP, formatter_class=fmt)
+    _run_arguments(p)
+    p.add_argument("--modality", required=True, help="the run's modality the table holds")
+    p.add_argument("--table", metavar="FILE", required=True, help="Parquet: id, features[, labels]")
+    p.add_argument("--out", metavar="DIR", default=None, help="index directory (default: <table>.index)")
+    p.add_argument("--batch-size", type=int, default=4096, help="rows per encoder call (default 4096)")
+    p.add_argument("--gpus-per-replica", type=float, default=0.0,
+                   help="GPUs per encoder replica (default 0: one replica per CPU slot but one)")
+    p.add_argument("--no-progress", action="store_true", help="no progress output")
+    add_address_argument(p.add_argument_group("cluster"))
+    p.set_defaults(func=run_index)
+
+    p = sub.add_parser("search", help="search a gallery with a query table", description=SEARCH_HELP,
+                       formatter_class=fmt)
+    _run_arguments(p)
+    p.add_argument("--query-modality", required=True, help="modality of the query table")
+    p.add_argument("--query-table", metavar="FILE", required=True, help="Parquet: id, features[, labels]")
+    p.add_argument("--target", required=True, help="modality to search")
+    p.add_argument("--index", metavar="DIR", default=None,
+                   help="an index from `xmr index` (default: the target's stored test split)")
+    p.add_argument("--k", type=int, default=10, help="results per query (default 10)")
+    p.add_argument("--out", metavar="FILE", default=None, help="write the results to this Parquet file")
+    p.add_argument("--limit", type=int, default=20, help="queries printed without --out (default 20)")
+    _ann_argument(p)
+    p.set_defaults(func=run_search)
+
+    p = sub.add_parser("serve", help="serve a run over HTTP (Ray Serve)", description=SERVE_HELP,
+                       formatter_class=fmt)
+    _run_arguments(p)
+    p.add_argument("--index", action="append", metavar="MODALITY=DIR", default=[],
+                   help="gallery of a modality (repeat; default: its stored test split)")
+    p.add_argument("--modality", action="append", default=None,
+                   help="serve only these modalities (repeat; default: every modality of the run)")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--replicas", type=int, default=1, help="replicas of each encoder (default 1)")
+    p.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per encoder replica (default 0)")
+    _ann_argument(p)
+    add_address_argument(p.add_argument_group("cluster"))
+    p.set_defaults(func=run_serve)
+
+
+def _positive(value: int, flag: str) -> int:
+    if value < 1:
+        raise InputError(f"{flag}: must be a positive integer, got {value}")
+    return value
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from scalable_xmr.distributed.cluster import connect
+    from scalable_xmr.serving.index import build_index
+
+    _positive(args.batch_size, "--batch-size")
+    out = args.out or f"{args.table.rstrip('/')}.index"
+    connect(args.address)
+    side = build_index(args.run, args.modality, args.table, out, model=args.model, batch_size=args.batch_size,
+                       gpus_per_replica=args.gpus_per_replica, show_progress=not args.no_progress)
+    print(f"index         : {os.path.abspath(out)}")
+    print(f"rows          : {side['rows']} {side['modality']} items, {side['dim']}-d embeddings")
+    print(f"run           : {side['run']} (P sha256 {side['fingerprint'][:12]})")
+    print(f"wall time     : {side['seconds']:.1f} s with {side['replicas']} encoder replica(s)")
+    return 0
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from scalable_xmr.serving.query import SearchRequest, format_results, search_table, write_results
+
+    _positive(args.k, "--k")
+    outcome = search_table(SearchRequest(run=args.run, query_modality=args.query_modality,
+                                         query_table=args.query_table, target=args.target, index=args.index,
+                                         k=args.k, ann=args.ann, model=args.model))
+    n = len(outcome.result.query_ids)
+    if args.out:
+        write_results(outcome.result, args.out)
+        print(f"results       : {os.path.abspath(args.out)} ({n} queries x {args.k})")
+    else:
+        print(format_results(outcome.result, args.limit))
+        if n > args.limit:
+            print(f"... {n - args.limit} more queries (--out FILE writes them all)")
+    print(f"gallery       : {outcome.gallery}")
+    print(f"search        : {n} queries in {outcome.seconds:.3f} s ({args.ann})")
+    for name, value in (outcome.metrics or {}).items():
+        print(f"{name:<14}: {value:.4f}")
+    return 0
+
+
+def parse_indexes(values: list[str]) -> dict[str, str]:
+    out = {}
+    for v in values:
+        modality, sep, path = v.partition("=")
+        if not sep or not modality or not path:
+            raise InputError(f"--index: expected MODALITY=DIR, got {v!r}")
+        out[modality] = path
+    return out
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from scalable_xmr.distributed.cluster import connect
+    from scalable_xmr.serving import app
+
+    _positive(args.replicas, "--replicas")
+    indexes = parse_indexes(args.index)
+    connect(args.address)
+    url = app.deploy(args.run, indexes, args.modality, host=args.host, port=args.port, replicas=args.replicas,
+                     gpus_per_replica=args.gpus_per_replica, ann=args.ann, model=args.model)
+    print(f"serving       : {url} (GET /healthz, GET /modalities, POST /search); Ctrl-C stops", flush=True)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    try:
+        while not stop:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    app.shutdown()
+    print("stopped", file=sys.stderr)
+    return 0
