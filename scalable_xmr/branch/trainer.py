@@ -40,10 +40,9 @@ from scalable_xmr.store import torchfile
 __all__ = ["PairTrainer"]
 
 
-def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
+# Version 2 leaves out what a resume does not read (see PairTrainer.state_dict); 1 held it all.
+CHECKPOINT_FORMAT = "scalable_xmr.pair_trainer/2"
+READABLE_FORMATS = ("scalable_xmr.pair_trainer/1", CHECKPOINT_FORMAT)
 EpochCallback = Callable[[dict[str, Any]], None]
 
 
@@ -129,7 +128,7 @@ class PairTrainer:
             best = self.best[stage]
             improved = best is None or score > best["score"]
             if improved:
-                self.best[stage] = {"score": score, "epoch": self.epoch, "model": _cpu_state(self.model)}
+                self.best[stage] = {"score": score, "epoch": self.epoch, "model": self._stage_state(stage)}
             record = {
                 "epoch": self.epoch,
                 "stage": stage,
@@ -150,26 +149,54 @@ class PairTrainer:
         return self.history
 
     def restore_best(self) -> None:
-        """Load the selected state (best text-text if trained, else best image-text)."""
-        best = self.best["text_text"] or self.best["image_text"]
-        if best is not None:
-            self.model.load_state_dict(best["model"])
+        """Load the selected state: the best image-text parameters, then (when trained) the best
+        text-text ones (the image-text ones were frozen at the best image-text state meanwhile)."""
+        for stage in ("image_text", "text_text"):
+            if self.best[stage] is not None:
+                self._load_partial(self.best[stage]["model"])
 
     def _begin_text_stage(self) -> None:
         if self.best["image_text"] is not None:  # MTFN-RR §4.1: S_TT starts from the best S_IT
-            self.model.load_state_dict(self.best["image_text"]["model"])
+            self._load_partial(self.best["image_text"]["model"])
         self.model.init_text_branch()
         self.stage = "text_text"
         self.optimizer = self._make_optimizer(self.stage)
 
-    def _make_optimizer(self, stage: str) -> torch.optim.Optimizer:
+    def _stage_parameters(self, stage: str) -> list[torch.nn.Parameter]:
         if stage == "text_text":
-            params = self.model.text_branch_parameters()
-        elif hasattr(self.model, "image_text_parameters"):
-            params = self.model.image_text_parameters()
-        else:
-            params = list(self.model.parameters())
-        return torch.optim.Adam(params, lr=self.config.lr)
+            return self.model.text_branch_parameters()
+        if hasattr(self.model, "image_text_parameters"):
+            return self.model.image_text_parameters()
+        return list(self.model.parameters())
+
+    def _stage_keys(self, stage: str) -> set[str]:
+        """State-dict keys of what ``stage`` trains, and every buffer. The rest of the model is,
+        during the image-text stage, MTFN's S_TT branch (re-initialised from S_IT before it is
+        used, MTFN-RR §4.1) and, during the text-text stage, the image-text branch (frozen at the
+        best image-text state), so a checkpoint or a best state need not hold it."""
+        trained = {id(p) for p in self._stage_parameters(stage)}
+        keys = {name for name, p in self.model.named_parameters() if id(p) in trained}
+        return keys | {name for name, _ in self.model.named_buffers()}
+
+    def _stage_state(self, stage: str) -> dict[str, torch.Tensor]:
+        """A CPU copy of the parameters ``stage`` trains (a best state)."""
+        keys = self._stage_keys(stage)
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items() if k in keys}
+
+    def _load_partial(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Load some of the model's tensors; a key the model does not have is an error."""
+        unexpected = self.model.load_state_dict(state, strict=False).unexpected_keys
+        if unexpected:
+            raise InputError(f"state for model {self.config.model!r} has unknown keys {unexpected[:3]}")
+
+    def _make_optimizer(self, stage: str) -> torch.optim.Optimizer:
+        params = self._stage_parameters(stage)
+        # One fused kernel over all parameters (the same Adam update): the default per-tensor loop
+        # took ~20% of an MTFN / VSA step on the CPU (bench/branch_speed.py).
+        try:
+            return torch.optim.Adam(params, lr=self.config.lr, fused=True)
+        except (RuntimeError, TypeError):  # pragma: no cover - builds without a fused kernel
+            return torch.optim.Adam(params, lr=self.config.lr, foreach=True)
 
     def _set_lr(self) -> float:
         cfg = self.config
@@ -202,14 +229,20 @@ class PairTrainer:
             idx = perm[s : s + bs]  # (B,) captions
             if len(idx) < 2:
                 continue
-            img_idx = data.caption_image_index[idx]  # (B,)
-            images, texts, lengths = data.images[img_idx], data.texts[idx], data.lengths[idx]
-            target = None if self.target_data is None else self._target_batch(len(idx))
-            loss = self.batch_loss(images, texts, lengths, img_idx, target)
-            self._step(loss)
-            total += loss.detach()
+            total += self.train_step(idx)
             n_batches += 1
         return float(total) / max(n_batches, 1)
+
+    def train_step(self, idx: torch.Tensor) -> torch.Tensor:
+        """One image-text optimiser step on training captions ``idx (B,)`` with their images;
+        returns the batch's loss (detached, on the device: no host sync)."""
+        data = self.train_data
+        img_idx = data.caption_image_index[idx]  # (B,)
+        images, texts, lengths = data.images[img_idx], data.texts[idx], data.lengths[idx]
+        target = None if self.target_data is None else self._target_batch(len(idx))
+        loss = self.batch_loss(images, texts, lengths, img_idx, target)
+        self._step(loss)
+        return loss.detach()
 
     def batch_loss(
         self,
@@ -319,32 +352,52 @@ class PairTrainer:
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: model, optimizer, epoch, stage, best, history, RNG."""
+        """What a resume needs, once each: the parameters the current stage trains (MTFN's
+        frozen or not-yet-initialised branch is left out, see :meth:`_stage_keys`), Adam's state
+        of those, epoch, stage, the best states (``model: None`` where the best epoch is the one
+        just trained: it equals ``model``), history and RNG."""
         rng = {"torch": torch.get_rng_state(), "shuffle": self._shuffle.get_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        keys = self._stage_keys(self.stage)
+        if self.stage == "text_text" and self.best["image_text"] is None:  # no image-text epochs
+            keys |= self._stage_keys("image_text")
+        best = {}
+        for stage, record in self.best.items():
+            if record is not None and stage == self.stage and record["epoch"] == self.epoch - 1:
+                record = {**record, "model": None}  # the model as it is now
+            best[stage] = record
         return {
-            "format": "scalable_xmr.pair_trainer/1",
+            "format": CHECKPOINT_FORMAT,
             "config": asdict(self.config),
             "epoch": self.epoch,
             "stage": self.stage,
-            "model": self.model.state_dict(),
+            "model": {k: v for k, v in self.model.state_dict().items() if k in keys},
             "optimizer": self.optimizer.state_dict(),
-            "best": self.best,
+            "best": best,
             "history": self.history,
             "rng": rng,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume from :meth:`state_dict` output (model name must match)."""
+        """Resume from :meth:`state_dict` output (model name must match); also reads the
+        version-1 checkpoints that held every tensor of the model and of each best state."""
         saved = state.get("config", {}).get("model")
         if saved != self.config.model:
             raise InputError(f"checkpoint is for model {saved!r}, trainer is {self.config.model!r}")
-        self.model.load_state_dict(state["model"])
         self.stage = state["stage"]
+        best = dict(state["best"])
+        stage_keys = self._stage_keys(self.stage)
+        for stage, record in best.items():
+            if record is not None and record["model"] is None:  # the best is the saved model
+                own = {k: v for k, v in state["model"].items() if k in stage_keys}
+                best[stage] = {**record, "model": own}
+        if self.stage == "text_text" and best["image_text"] is not None:
+            self._load_partial(best["image_text"]["model"])  # the frozen image-text branch
+        self._load_partial(state["model"])
         self.optimizer = self._make_optimizer(self.stage)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch, self.best = int(state["epoch"]), dict(state["best"])
+        self.epoch, self.best = int(state["epoch"]), best
         self.history = list(state["history"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
         self._shuffle.set_state(state["rng"]["shuffle"].cpu())
@@ -362,7 +415,7 @@ class PairTrainer:
         if not Path(path).is_file() and not torchfile.previous(path).is_file():
             raise MissingError(f"{path}: checkpoint not found")
         state, _, skipped = torchfile.load_newest_good(path)
-        if not isinstance(state, dict) or state.get("format") != "scalable_xmr.pair_trainer/1":
+        if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
             raise InputError(f"{path}: not a pair-trainer checkpoint")
         self.load_state_dict(state)
         return skipped

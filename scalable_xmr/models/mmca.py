@@ -50,6 +50,7 @@ from torch import nn
 from scalable_xmr.config import TrainSchedule
 from scalable_xmr.errors import InputError
 from scalable_xmr.models.base import BranchModel, check_margin_hinge, check_positive_int
+from scalable_xmr.models.conv import conv1d_channels_last
 
 __all__ = ["MMCA", "MMCAConfig", "NGramPool", "as_regions", "check_tokens", "concat_text_reprs"]
 
@@ -168,12 +169,13 @@ class NGramPool(nn.Module):
 
     def forward(self, frags: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """``frags (N, T, d)``, ``valid (N, T)`` bool -> ``(N, d)`` unit vectors."""
-        x = (frags * valid.unsqueeze(-1)).transpose(1, 2)  # (N, d, T), padding zeroed
+        x = frags * valid.unsqueeze(-1)  # (N, T, d), padding zeroed
         pooled = []
         for conv, width in zip(self.convs, self.windows, strict=True):
-            p = F.relu(conv(F.pad(x, (0, width - 1))))  # (N, F, T): Eq. 6, window k..k+l-1
-            p = p.masked_fill(~valid.unsqueeze(1), float("-inf"))  # only windows at real words
-            pooled.append(p.amax(dim=-1))  # (N, F): q_l
+            # channels-last, one GEMM per window size (models/conv.py): the Conv1d's own sums
+            p = F.relu(conv1d_channels_last(F.pad(x, (0, 0, 0, width - 1)), conv))  # (N, T, F): Eq. 6
+            p = p.masked_fill(~valid.unsqueeze(-1), float("-inf"))  # only windows at real words
+            pooled.append(p.amax(dim=1))  # (N, F): q_l
         c = self.norm(self.fc(torch.cat(pooled, dim=-1)))  # (N, d): Eq. 7
         return F.normalize(c, dim=-1)
 

@@ -63,6 +63,7 @@ from scalable_xmr.config import TrainSchedule
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.contrastive import mmd_gaussian
 from scalable_xmr.models.base import BranchModel, check_margin_hinge, check_positive_int
+from scalable_xmr.models.conv import conv1d_channels_last, conv_transpose1d_channels_last
 from scalable_xmr.models.mmca import as_regions, check_tokens
 
 __all__ = ["VSA", "VSAConfig", "ConvTextAutoencoder", "conv_lengths"]
@@ -168,17 +169,18 @@ class ConvTextAutoencoder(nn.Module):
     def encode(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """``tokens, valid (B, T ≤ max_len)`` -> code h_c ``(B, embed_dim)`` in [-1, 1]."""
         x = self.unit_words()[tokens] * valid.unsqueeze(-1)  # (B, T, k), zeros at padding
-        x = F.pad(x.transpose(1, 2), (0, self.cfg.max_len - x.shape[1]))  # (B, k, T⁽⁰⁾)
+        x = F.pad(x, (0, 0, 0, self.cfg.max_len - x.shape[1]))  # (B, T⁽⁰⁾, k)
+        # channels-last, one GEMM per layer (models/conv.py): the same sums as the Conv1d modules
         for conv in self.encoder:
-            x = F.relu(conv(x))  # (B, C_n, T⁽ⁿ⁾): Eq. 1
-        return torch.tanh(self.encoder_last(x)).squeeze(-1)  # (B, d)
+            x = F.relu(conv1d_channels_last(x, conv))  # (B, T⁽ⁿ⁾, C_n): Eq. 1
+        return torch.tanh(conv1d_channels_last(x, self.encoder_last)).squeeze(1)  # (B, d)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Code ``(B, d)`` -> reconstructed unit word vectors x̂ ``(B, max_len, word_dim)``."""
-        x = self.decoder_first(codes.unsqueeze(-1))  # (B, C_{N-1}, T⁽ᴺ⁻¹⁾)
+        x = conv_transpose1d_channels_last(codes.unsqueeze(1), self.decoder_first)  # (B, T⁽ᴺ⁻¹⁾, C)
         for layer in self.decoder:
-            x = layer(F.relu(x))  # (B, C_n, T⁽ⁿ⁾)
-        return F.normalize(x.transpose(1, 2), dim=-1)  # (B, T⁽⁰⁾, k)
+            x = conv_transpose1d_channels_last(F.relu(x), layer)  # (B, T⁽ⁿ⁾, C_n)
+        return F.normalize(x, dim=-1)  # (B, T⁽⁰⁾, k)
 
     def loss(self, tokens: torch.Tensor, valid: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Eq. 2-3: −Σ_t log softmax_v(cos(x̂ᵗ, W_e[v]) / τ)[wᵗ] over real words; batch sum."""

@@ -27,6 +27,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from scalable_xmr.config import TrainSchedule
 from scalable_xmr.errors import InputError
 from scalable_xmr.models.base import BranchModel, check_margin_hinge, check_positive_ints
+from scalable_xmr.models.gru import gru_last_hidden, pack_by_length
 
 __all__ = ["VSE", "VSEConfig", "GRUTextEncoder", "DenseTextEncoder", "pool_regions"]
 
@@ -85,11 +86,20 @@ class GRUTextEncoder(nn.Module):
                 f"{tuple(tokens.shape)} (dense text needs a model built with "
                 f"text_dim)"
             )
-        x = self.embed(tokens)  # (B, T, word_dim)
-        # pack_padded_sequence wants lengths on the CPU: one small copy of B ints per batch.
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, h_last = self.gru(packed)  # (1, B, hidden), in the input's batch order
-        return h_last[-1]  # (B, hidden)
+        lengths_cpu = lengths.cpu()  # the step loop needs them on the host: one copy of B ints
+        if len(lengths_cpu) != len(tokens) or bool((lengths_cpu < 1).any()) or bool(
+                (lengths_cpu > tokens.shape[1]).any()):
+            raise InputError(f"lengths: expected {len(tokens)} caption lengths in [1, "
+                             f"{tokens.shape[1]}], got {lengths_cpu.tolist()[:8]}...")
+        if tokens.is_cuda:  # cuDNN's fused GRU
+            x = self.embed(tokens)  # (B, T, word_dim)
+            packed = pack_padded_sequence(x, lengths_cpu, batch_first=True, enforce_sorted=False)
+            _, h_last = self.gru(packed)  # (1, B, hidden), in the input's batch order
+            return h_last[-1]  # (B, hidden)
+        # CPU: the same equations as few large GEMMs (models/gru.py)
+        packed_tokens, order, batch_sizes = pack_by_length(tokens, lengths_cpu)
+        h_sorted = gru_last_hidden(self.embed(packed_tokens), batch_sizes, self.gru)  # (B, hidden)
+        return h_sorted[torch.argsort(order)]  # (B, hidden), in the input's batch order
 
 
 class DenseTextEncoder(nn.Module):

@@ -159,6 +159,42 @@ def test_mtfn_two_stage_resume(splits, tmp_path):
     assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in straight.history])
 
 
+def test_mtfn_checkpoints_hold_what_a_resume_reads_and_resume_exactly(splits, tmp_path):
+    """Image-text checkpoints leave out S_TT (re-initialised from S_IT before use), text-text ones
+    the frozen S_IT (kept once, as the best image-text state); a best state equal to the model is
+    not stored twice. Resuming from each checkpoint ends on the same weights as training straight."""
+    cfg = PairTrainerConfig(model="mtfn", epochs=2, text_epochs=2, batch_size=8, lr=1e-3, seed=0)
+    straight = PairTrainer(cfg, SMALL_MTFN, *splits)
+    straight.fit()
+    part = PairTrainer(cfg, SMALL_MTFN, *splits)
+    states = []
+
+    def save(record):
+        states.append(part.state_dict())
+        part.save_checkpoint(tmp_path / f"ep{record['epoch']}.pt")
+
+    part.fit(on_epoch=save)
+    tt = {k for k in part.model.state_dict() if k.startswith("tt_")}
+    it = set(part.model.state_dict()) - tt
+    for state, record in zip(states, part.history, strict=True):
+        own = tt if record["stage"] == "text_text" else it
+        assert set(state["model"]) == own
+        best = state["best"][record["stage"]]
+        assert (best["model"] is None) == record["is_best"]
+        if best["model"] is not None:
+            assert set(best["model"]) == own
+        if record["stage"] == "text_text":
+            kept = state["best"]["image_text"]["model"]
+            assert kept is not None and set(kept) == it
+    for epoch in range(4):
+        resumed = PairTrainer(cfg, SMALL_MTFN, *splits)
+        resumed.load_checkpoint(tmp_path / f"ep{epoch}.pt")
+        resumed.fit()
+        assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
+        for key, value in straight.model.state_dict().items():
+            torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
 def test_checkpoint_errors(splits, tmp_path):
     trainer = _trainer(splits, epochs=1)
     with pytest.raises(MissingError, match="checkpoint not found"):
