@@ -45,15 +45,13 @@ from scalable_xmr.io import atomic_write_json
 from scalable_xmr.models.sdml import SDMLAutoencoder
 from scalable_xmr.sdml.trainer import (
     EpochStats,
-    ModalityData,
     ModalityJob,
     improves,
-    load_job_projection,
+    job_context,
     make_adam,
     mean_label_loss,
     member_seed,
     model_payload,
-    resolve_device,
     retain_freed_memory,
 )
 from scalable_xmr.store import torchfile
@@ -162,12 +160,7 @@ class PopulationTrainer:
         configs = list(configs)
         check_compatible([job.config, *configs])
         self.job, self.cfg = job, configs[0]
-        if job.num_threads:
-            torch.set_num_threads(job.num_threads)
-        self.device = resolve_device(job.device)
-        self.store = RunStore(job.run_dir)
-        self.P = load_job_projection(job, self.store, self.device)  # (d, c)
-        self.data = ModalityData(job, self.device)
+        self.device, self.store, self.P, self.data = job_context(job)
         self.members = [Member(c, c.lr_for(job.modality)) for c in configs]
         n, dim = len(configs), self.data.input_dim
         self.generators, stacked = [], {}

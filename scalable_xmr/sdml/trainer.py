@@ -225,17 +225,22 @@ def _load_splits(job: ModalityJob) -> dict[str, Any]:
     return {s: ds.read_split(job.modality, s) for s in splits}
 
 
+def job_context(job: ModalityJob) -> tuple[torch.device, RunStore, torch.Tensor, ModalityData]:
+    """What a trainer of ``job`` starts from (one network or a population): torch threads set,
+    the device, the run store, P (d, c) checked against its sha256, and the modality's data."""
+    if job.num_threads:
+        torch.set_num_threads(job.num_threads)
+    device = resolve_device(job.device)
+    store = RunStore(job.run_dir)
+    return device, store, load_job_projection(job, store, device), ModalityData(job, device)
+
+
 class ModalityTrainer:
     """Trains one modality's supervised autoencoder against the fixed P (SDML Algorithm 1)."""
 
     def __init__(self, job: ModalityJob, progress: ProgressFn | None = None):
         self.job, self.cfg, self.progress = job, job.config, progress
-        if job.num_threads:
-            torch.set_num_threads(job.num_threads)
-        self.device = resolve_device(job.device)
-        self.store = RunStore(job.run_dir)
-        self.P = load_job_projection(job, self.store, self.device)  # (d, c)
-        self.data = ModalityData(job, self.device)
+        self.device, self.store, self.P, self.data = job_context(job)
         seed = member_seed(self.cfg, job.modality)
         torch.manual_seed(seed)
         self.model = SDMLAutoencoder(self.data.input_dim, self.cfg.dim, self.cfg.hidden).to(self.device)

@@ -89,11 +89,8 @@ def sdml_population_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None
             metrics["trial_seconds"] = time.perf_counter() - start
             for row in rows:
                 row["trial_seconds"] = metrics["trial_seconds"] / pop.size
-        if checkpointed:
-            trial_io.report(metrics, ckpt_dir, {"epoch": pop.epoch, "best_anchor_map": best_map,
-                                                "train_seconds": train_seconds})
-        else:
-            trial_io.report(metrics)
+        trial_io.report(metrics, ckpt_dir if checkpointed else None,
+                        {"epoch": pop.epoch, "best_anchor_map": best_map, "train_seconds": train_seconds})
 
     pop.fit(on_epoch)
 

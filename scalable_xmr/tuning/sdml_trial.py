@@ -105,11 +105,8 @@ def sdml_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None:
         if trainer.epoch == cfg.epochs:  # before the last report: Tune may end the trial on it
             trainer.write_outputs()
             metrics["trial_seconds"] = time.perf_counter() - start
-        if checkpointed:
-            trial_io.report(metrics, ckpt_dir, {"epoch": trainer.epoch, "best_anchor_map": best_map,
-                                                "train_seconds": train_seconds})
-        else:
-            trial_io.report(metrics)
+        trial_io.report(metrics, ckpt_dir if checkpointed else None,
+                        {"epoch": trainer.epoch, "best_anchor_map": best_map, "train_seconds": train_seconds})
 
     trainer.fit(on_epoch)
 
