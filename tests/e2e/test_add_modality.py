@@ -165,6 +165,7 @@ def test_kill_before_run_json_then_add_again_from_tables_with_replace(run_copy, 
                                                                      monkeypatch):
     before = tree_hashes(run_copy)
     old_metrics = json.loads((run_copy / "metrics.json").read_text())
+    original_parent = json.loads((run_copy / "run.json").read_text())["mlflow"]["parent_run_id"]
 
     # A kill right before the run.json commit: nothing after that point runs (no rollback, no cleanup).
     def killed(self, meta):
@@ -224,11 +225,14 @@ def test_kill_before_run_json_then_add_again_from_tables_with_replace(run_copy, 
                 assert metrics["map"][key] == pytest.approx(from_scratch_map(run_copy, q, t, 20), abs=1e-6)
             else:
                 assert metrics["map"][key] == old_metrics["map"][key]
-    # Another tracking URI: a new parent run there, linking to the run's own parent.
+    # Another tracking URI: a new parent run there, linking to the run's own parent. run_copy is a
+    # copy of the trained run (another directory), so it then adopts that parent as its own.
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/other.db")
     runs = mlflow.search_runs(experiment_names=["elsewhere"], output_format="list")
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
-    assert parent.data.tags["xmr.extends_parent_run_id"] == meta["mlflow"]["parent_run_id"]
+    assert parent.data.tags["xmr.extends_parent_run_id"] == original_parent
+    assert meta["mlflow"]["parent_run_id"] == parent.info.run_id
+    assert meta["mlflow"]["run_dir"] == str(run_copy)
     assert parent.data.metrics["map/mean"] == pytest.approx(metrics["map_mean"])
     assert sorted(r.info.run_name for r in runs if r is not parent) == ["3d", "video"]
 
