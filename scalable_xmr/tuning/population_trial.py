@@ -23,11 +23,11 @@ from typing import Any
 
 from scalable_xmr.config import SDMLConfig, from_dict
 from scalable_xmr.sdml.population import POPULATION_KEYS, PopulationTrainer
-from scalable_xmr.sdml.trainer import ModalityJob, model_payload
+from scalable_xmr.sdml.trainer import model_payload
 from scalable_xmr.store.run_store import RunStore
 from scalable_xmr.tuning import trial_io
 from scalable_xmr.tuning.results import MEMBERS_KEY, member_id
-from scalable_xmr.tuning.sdml_trial import SDMLTrialSetup, anchor_map
+from scalable_xmr.tuning.sdml_trial import SDMLTrialSetup, anchor_map, start_trial_job
 
 
 def populations(configs: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
@@ -48,14 +48,7 @@ def sdml_population_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None
     trial_id = trial_io.current_trial_id()
     directory = trial_io.trial_dir(setup.sweep_dir, trial_id)
     member_dirs = [trial_io.trial_dir(setup.sweep_dir, member_id(trial_id, i)) for i in range(len(cfgs))]
-    trial_io.link_file(Path(setup.sweep_dir) / "projection.arrow", directory / "projection.arrow")
-    job = ModalityJob(run_dir=str(directory), modality=modality, config=cfgs[0],
-                      dataset_uri=setup.dataset_uri, n_classes=setup.n_classes,
-                      projection_sha256=setup.projection_sha256, device=setup.device,
-                      num_threads=setup.threads, eval_splits=("val",))
-    ckpt_dir = directory / "modalities" / modality / "checkpoints"
-    state = trial_io.install_tune_checkpoint(ckpt_dir) or {}
-    trial_io.log_start(directory, state.get("epoch"))
+    job, ckpt_dir, state = start_trial_job(setup, directory, modality, cfgs[0])
     pop = PopulationTrainer(job, cfgs)
     best_map = list(state.get("best_anchor_map", [float("nan")] * pop.size))
     train_seconds = float(state.get("train_seconds", 0.0))

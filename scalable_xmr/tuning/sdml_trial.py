@@ -66,13 +66,11 @@ def anchor_map(emb: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray
     return mean_average_precision(emb[labeled], anchors, labels[labeled], eye)
 
 
-def sdml_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None:
-    """Tune function trainable: train ``config["modality"]`` with the rest of ``config``."""
-    start = time.perf_counter()
-    modality = config["modality"]
-    values = {k: v for k, v in config.items() if k != "modality"}
-    cfg = from_dict(SDMLConfig, {**setup.base, **values}, source=f"trial config {config}").resolved(modality)
-    directory = trial_io.trial_dir(setup.sweep_dir, trial_io.current_trial_id())
+def start_trial_job(setup, directory: Path, modality: str,
+                    cfg: SDMLConfig) -> tuple[ModalityJob, Path, dict[str, Any]]:
+    """A trial's run-shaped directory (the sweep's P linked in), its job (val split only), its
+    checkpoint directory and the Tune checkpoint state it resumes from ({} when new); the start
+    is logged. Shared by the one-configuration and the population trial."""
     trial_io.link_file(Path(setup.sweep_dir) / "projection.arrow", directory / "projection.arrow")
     job = ModalityJob(run_dir=str(directory), modality=modality, config=cfg,
                       dataset_uri=setup.dataset_uri, n_classes=setup.n_classes,
@@ -81,6 +79,17 @@ def sdml_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None:
     ckpt_dir = directory / "modalities" / modality / "checkpoints"
     state = trial_io.install_tune_checkpoint(ckpt_dir) or {}
     trial_io.log_start(directory, state.get("epoch"))
+    return job, ckpt_dir, state
+
+
+def sdml_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None:
+    """Tune function trainable: train ``config["modality"]`` with the rest of ``config``."""
+    start = time.perf_counter()
+    modality = config["modality"]
+    values = {k: v for k, v in config.items() if k != "modality"}
+    cfg = from_dict(SDMLConfig, {**setup.base, **values}, source=f"trial config {config}").resolved(modality)
+    directory = trial_io.trial_dir(setup.sweep_dir, trial_io.current_trial_id())
+    job, ckpt_dir, state = start_trial_job(setup, directory, modality, cfg)
     trainer = ModalityTrainer(job)
     best_map = float(state.get("best_anchor_map", float("nan")))
     train_seconds = float(state.get("train_seconds", 0.0))
