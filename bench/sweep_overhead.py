@@ -1,14 +1,18 @@
 """Sweep overhead: trials per minute, and the share of wall time spent outside training.
 
-    .venv/bin/python bench/sweep_overhead.py              # 16 short SDML trials (~2-4 min on 2 cores)
-    .venv/bin/python bench/sweep_overhead.py --epochs 40  # longer trials: the overhead share drops
-    .venv/bin/python bench/sweep_overhead.py --population 1,4  # the same sweep, one trial per
-                                                          # configuration vs populations of 4
+    .venv/bin/python bench/sweep_overhead.py               # the target case: 16 trials, ~10 s of
+                                                           # training each (~2 min on 2 cores)
+    .venv/bin/python bench/sweep_overhead.py --scale small --modalities image,text,audio,video \
+        --samples 4 --epochs 10                            # tiny trials: fixed costs' worst case
+    .venv/bin/python bench/sweep_overhead.py --population 1,4  # one trial per configuration vs
+                                                           # populations of 4
 
-One SDML sweep on SYNTHETIC small XMedia-shaped data (``make_synthetic_xmedia(scale="small")``):
-4 modalities x 4 samples of (λ, lr) = 16 trials of ``--epochs`` epochs, FIFO (every trial runs to
-the end), ``--max-concurrent`` trials at once on a local Ray with that many CPUs, MLflow tracking on
-(sqlite), as ``jobs/sweep.py`` runs it. Measured:
+One SDML sweep on SYNTHETIC XMedia-shaped data (``make_synthetic_xmedia(scale=--scale)``): by
+default the full-size image and text tables (4000 train rows of 4096 / 3000 features) with the
+default network, 2 modalities x 8 samples of (λ, lr) = 16 trials of 3 epochs (~10 s of training
+each on this machine); ``--scale small`` uses the tiny tables with a tiny network (dim 32, hidden
+128, batch 20). FIFO (every trial runs to the end), ``--max-concurrent`` trials at once on a local
+Ray with that many CPUs, MLflow tracking on (sqlite), as ``jobs/sweep.py`` runs it. Measured:
 
 - wall: ``run_sweep`` from call to return (Ray already started; its start-up is listed apart),
 - training: the sum over trials of the seconds inside ``train_epoch`` (reported by each trial),
@@ -39,7 +43,7 @@ from pathlib import Path
 from _common import machine_info, print_info, print_table
 
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-MODALITIES = ("image", "text", "audio", "video")
+SMALL_BASE = {"dim": 32, "hidden": 128, "batch_size": 20}  # tiny trials: the fixed costs' worst case
 
 
 def phase_clock():
@@ -68,7 +72,8 @@ def run_one(data: str, root: Path, args, population: int, flush: float) -> dict[
     req = SweepRequest(
         "sdml", data, storage=str(root / "sweeps"), name=f"bench-pop{population}-flush{flush:g}",
         num_samples=args.samples, epochs=args.epochs, scheduler="fifo", max_concurrent=args.max_concurrent,
-        modalities=MODALITIES, base={"dim": 32, "hidden": 128, "batch_size": 20}, population=population,
+        modalities=tuple(args.modalities.split(",")), base=SMALL_BASE if args.scale == "small" else {},
+        population=population,
         tracking=TrackingConfig(f"sqlite:///{root}/mlflow.db", "bench"), verbose=0)
     clock = phase_clock()
     start = time.perf_counter()
@@ -84,8 +89,12 @@ def run_one(data: str, root: Path, args, population: int, flush: float) -> dict[
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=10, help="epochs per trial (default 10)")
-    p.add_argument("--samples", type=int, default=4, help="samples per modality (4 x 4 = 16 trials)")
+    p.add_argument("--scale", choices=("full", "small"), default="full",
+                   help="synthetic data: full = XMedia-shaped, default networks (default); small = "
+                        "tiny data and networks (dim 32, hidden 128, batch 20)")
+    p.add_argument("--modalities", default="image,text", help="modalities swept (default image,text)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per trial (default 3: ~10 s of training)")
+    p.add_argument("--samples", type=int, default=8, help="samples per modality (2 x 8 = 16 trials)")
     p.add_argument("--max-concurrent", type=int, default=2, help="trials at once = Ray CPUs (2)")
     p.add_argument("--population", default="1", help="population sizes to run, comma-separated (1)")
     p.add_argument("--flush", default="5", help="MLflow metric buffering seconds to run, comma-separated")
@@ -99,7 +108,7 @@ def main() -> None:
     print_info("Machine", machine_info(threads=1))
     with tempfile.TemporaryDirectory(prefix="sweep-bench-") as tmp:
         data = str(Path(tmp) / "data")
-        make_synthetic_xmedia(data, scale="small", seed=0)
+        make_synthetic_xmedia(data, scale=args.scale, seed=0)
         start = time.perf_counter()
         ray.init(address="local", num_cpus=args.max_concurrent, include_dashboard=False,
                  log_to_driver=False, logging_level="ERROR")
@@ -125,7 +134,7 @@ def main() -> None:
     n_cfg = next(iter(runs.values()))["configurations"]
     print_table(
         f"SDML sweep: {n_cfg} configurations x {args.epochs} epochs, {conc} trials at once (synthetic "
-        f"small data); Ray start-up {ray_start:.1f} s (not in wall)",
+        f"{args.scale} data); Ray start-up {ray_start:.1f} s (not in wall)",
         ("quantity", *(f"--population {n}, flush {f:g} s" for n, f in runs)),
         [(name, *(cols[n][i] for n in runs)) for i, name in enumerate(names)],
     )

@@ -28,6 +28,25 @@ def file_type(fs: pafs.FileSystem, path: str) -> pafs.FileType:
     return fs.get_file_info(path).type
 
 
+def source_identity(fs: pafs.FileSystem, paths: str | list[str]) -> tuple[tuple[str, int, int], ...] | None:
+    """``(path, size, mtime_ns)`` of every file at or under ``paths``: equal identities mean the
+    same files, unchanged. None when a file system gives no modification time."""
+    out = []
+    for path in [paths] if isinstance(paths, str) else paths:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.Directory:  # a table of shards: every file in it
+            infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        else:
+            infos = [info]
+        for i in sorted(infos, key=lambda i: i.path):
+            if i.type != pafs.FileType.File:
+                continue
+            if i.mtime_ns is None:
+                return None
+            out.append((i.path, int(i.size), int(i.mtime_ns)))
+    return tuple(out)
+
+
 def read_json_at(fs: pafs.FileSystem, path: str) -> Any:
     if file_type(fs, path) != pafs.FileType.File:
         raise MissingError(f"{path}: file not found")

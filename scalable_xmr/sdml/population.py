@@ -46,6 +46,7 @@ from scalable_xmr.models.sdml import SDMLAutoencoder
 from scalable_xmr.sdml.trainer import (
     EpochStats,
     ModalityJob,
+    checkpoint_due,
     improves,
     job_context,
     make_adam,
@@ -271,14 +272,15 @@ class PopulationTrainer:
                 self.best_params[k].index_copy_(0, rows, v.detach().index_select(0, rows))
 
     def fit(self, on_epoch: PopulationHook | None = None,
-            out_dirs: Sequence[str | Path] | None = None) -> None:
+            out_dirs: Sequence[str | Path] | None = None, checkpoint_at_end: bool = True) -> None:
         """Train to ``epochs`` (a resumed population continues); checkpoint every
-        ``checkpoint_every`` epochs and at the last; then ``on_epoch(stats, checkpointed)``.
-        With ``out_dirs`` (one run directory per member) each member's outputs are written there."""
+        ``checkpoint_every`` epochs and at the last (unless ``checkpoint_at_end`` is False); then
+        ``on_epoch(stats, checkpointed)``. With ``out_dirs`` (one run directory per member) each
+        member's outputs are written there."""
         while self.epoch < self.cfg.epochs:
             stats = self.train_epoch()
             self.record(stats)
-            checkpointed = self.epoch == self.cfg.epochs or self.epoch % self.cfg.checkpoint_every == 0
+            checkpointed = checkpoint_due(self.epoch, self.cfg, checkpoint_at_end)
             if checkpointed:
                 self.save_checkpoint()
             if on_epoch is not None:

@@ -27,7 +27,9 @@ import torch
 
 from scalable_xmr import faults
 from scalable_xmr.config import SDMLConfig
-from scalable_xmr.data.modality.dataset import open_dataset, read_modality_table
+from scalable_xmr.data.filesystem import resolve_uri, source_identity
+from scalable_xmr.data.modality.cache import cached_splits
+from scalable_xmr.data.modality.dataset import SplitData, open_dataset, read_modality_table
 from scalable_xmr.distributed.progress import Reporter
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.losses import label_loss_per_sample, sdml_loss
@@ -58,6 +60,9 @@ class ModalityJob:
     # Splits read besides train: val selects the epoch, test gets embeddings for evaluation. A
     # sweep trial reads ("val",) alone: its sweep scores the chosen trial on test once, at the end.
     eval_splits: tuple[str, ...] = ("val", "test")
+    # Keep the splits read in this process for the next job of the same modality (a sweep's
+    # reused trial actors: data/modality/cache.py); a training job reads its data once anyway.
+    reuse_data: bool = False
 
     def __post_init__(self) -> None:
         if (self.dataset_uri is None) == (self.table_path is None):
@@ -185,6 +190,12 @@ def load_job_projection(job: ModalityJob, store: RunStore, device: torch.device)
     return torch.from_numpy(np.array(P)).to(device)  # (d, c)
 
 
+def checkpoint_due(epoch: int, cfg: SDMLConfig, at_end: bool = True) -> bool:
+    """Whether the loop checkpoints after ``epoch``: every ``checkpoint_every`` epochs and, when
+    ``at_end``, at the last."""
+    return (at_end and epoch == cfg.epochs) or epoch % cfg.checkpoint_every == 0
+
+
 def improves(val_label: float, best_val: float) -> bool:
     """Model selection (SDML §4.2 as the reference code does it): keep the epoch with the lowest
     validation label loss; a tie keeps the earlier epoch."""
@@ -215,14 +226,27 @@ def model_payload(model: SDMLAutoencoder, cfg: SDMLConfig, modality: str, best_e
             "best_epoch": best_epoch, "projection_sha256": projection_sha256 or ""}
 
 
-def _load_splits(job: ModalityJob) -> dict[str, Any]:
-
+def _load_splits(job: ModalityJob) -> dict[str, SplitData]:
+    """The train split and ``job.eval_splits``, from memory when ``job.reuse_data`` and this
+    process read the same unchanged files before (data/modality/cache.py)."""
     splits = ("train", *job.eval_splits)
     if job.table_path is not None:
-        tables = read_modality_table(job.table_path, n_classes=job.n_classes)
-        return {s: tables[s] for s in splits}
-    ds = open_dataset(job.dataset_uri, validate=False)
-    return {s: ds.read_split(job.modality, s) for s in splits}
+        def load() -> dict[str, SplitData]:
+            tables = read_modality_table(job.table_path, n_classes=job.n_classes)
+            return {s: tables[s] for s in splits}
+
+        identity = source_identity(*resolve_uri(job.table_path))
+    else:
+        ds = open_dataset(job.dataset_uri, validate=False)
+
+        def load() -> dict[str, SplitData]:
+            return {s: ds.read_split(job.modality, s) for s in splits}
+
+        identity = ds.source_identity(job.modality)
+    if not job.reuse_data:
+        return load()
+    key = (job.dataset_uri, job.table_path, job.modality, splits, job.n_classes)
+    return cached_splits(key, identity, load)
 
 
 def job_context(job: ModalityJob) -> tuple[torch.device, RunStore, torch.Tensor, ModalityData]:
@@ -328,19 +352,20 @@ class ModalityTrainer:
         return EpochStats(self.epoch, *means, self.val_label_loss(), time.perf_counter() - start)
 
     # ---- the loop ------------------------------------------------------------------------------
-    def fit(self, on_epoch: EpochHook | None = None) -> TrainResult:
+    def fit(self, on_epoch: EpochHook | None = None, checkpoint_at_end: bool = True) -> TrainResult:
         """Train to ``cfg.epochs`` (resumed runs continue), then write the selected model and outputs.
 
-        Every epoch is recorded and, every ``checkpoint_every`` epochs and at the last, checkpointed;
-        then ``on_epoch(stats, checkpointed)`` runs (a sweep trial scores and reports there). The
-        job and the sweep trial run this same loop. Outputs are written at the end unless the hook
-        already wrote them for the last epoch (:meth:`write_outputs`).
+        Every epoch is recorded and, every ``checkpoint_every`` epochs and at the last (unless
+        ``checkpoint_at_end`` is False: a sweep trial, which nothing resumes once it has ended),
+        checkpointed; then ``on_epoch(stats, checkpointed)`` runs (a sweep trial scores and reports
+        there). The job and the sweep trial run this same loop. Outputs are written at the end
+        unless the hook already wrote them for the last epoch (:meth:`write_outputs`).
         """
         start = time.perf_counter()
         while self.epoch < self.cfg.epochs:
             stats = self.train_epoch()
             self.record(stats)
-            checkpointed = self.epoch == self.cfg.epochs or self.epoch % self.cfg.checkpoint_every == 0
+            checkpointed = checkpoint_due(self.epoch, self.cfg, checkpoint_at_end)
             if checkpointed:
                 self.save_checkpoint()
                 faults.crash_after_checkpoint(self.job.modality, self.epoch, self.cfg.epochs,

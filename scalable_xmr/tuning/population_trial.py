@@ -6,7 +6,7 @@ value (batch size, hidden width: :func:`populations`) into populations of at mos
 Tune trial per (modality, population). The trial trains its members as one batched computation
 (:class:`~scalable_xmr.sdml.population.PopulationTrainer`) and scores each of them exactly as an
 ordinary trial does (``sdml_trial.py``): validation label loss, anchor mAP, the selected epoch's
-``model.pt`` saved whenever it changes, all in the member's own directory
+``model.pt`` (written when and as ``sdml_trial.py`` says), all in the member's own directory
 ``trials/<trial_id>-m<i>/``. Every report carries each member's metrics under ``members``; the
 sweep's driver turns each member into a result row (``results.rows_from_results``) and an MLflow
 child run of its own (``tracking.SweepTracking``), so a population sweep records every
@@ -61,9 +61,10 @@ def sdml_population_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None
         rows = []
         for i, (member, st) in enumerate(zip(pop.members, stats, strict=True)):
             val_map = anchor_map(val_emb[i], labels, P) if member.failed is None else float("nan")
-            if member.best_epoch == pop.epoch:  # this member's selected model changed: keep it
+            if member.best_epoch == pop.epoch:  # this member's selected model changed
                 best_map[i] = val_map
-                _save_member(pop, i, member_dirs[i], val_emb[i])
+                if setup.save_each_selected and pop.epoch < pop.cfg.epochs:  # the last: below
+                    _save_member(pop, i, member_dirs[i], val_emb[i])
             rows.append({
                 "epoch": pop.epoch, "loss_train": st.loss_train, "loss_recon": st.loss_recon,
                 "loss_label": st.loss_label, "val_label_loss": st.loss_val_label,
@@ -85,7 +86,7 @@ def sdml_population_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None
         trial_io.report(metrics, ckpt_dir if checkpointed else None,
                         {"epoch": pop.epoch, "best_anchor_map": best_map, "train_seconds": train_seconds})
 
-    pop.fit(on_epoch)
+    pop.fit(on_epoch, checkpoint_at_end=False)
 
 
 def _best(rows: list[dict[str, Any]], key: str, pick) -> float:

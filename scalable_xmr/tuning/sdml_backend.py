@@ -78,7 +78,7 @@ class SDMLBackend:
             sweep_dir=str(sweep_dir), dataset_uri=info["dataset"]["uri"],
             n_classes=info["dataset"]["n_classes"], projection_sha256=info["projection"]["sha256"],
             base=info["base"], device="auto" if info["gpus_per_trial"] > 0 else "cpu",
-            threads=max(1, int(info["cpus_per_trial"])))
+            threads=max(1, int(info["cpus_per_trial"])), save_each_selected=info.get("scheduler") != "fifo")
         resources = self.trial_resources(info)
         # Tune asks per trial: a small modality's trial packs onto a fraction of a GPU.
         fn = sdml_population_trial if info.get("populations") else sdml_trial

@@ -11,11 +11,18 @@ Each trial runs the same :meth:`~scalable_xmr.sdml.trainer.ModalityTrainer.fit` 
 training job (scoring and reporting from its ``on_epoch`` hook), with ``run_dir`` = the trial's
 own directory (holding a link to the sweep's one ``projection.arrow``), so it reads only its
 modality's train and val splits and P -- never its test split: selection is on validation alone.
-Whenever the selected epoch (lowest validation label loss, as in training) changes, the trial saves
-that model (``model.pt``) and its val embeddings: at its end the sweep encodes the chosen trials'
+At its last epoch the trial writes the selected epoch's (lowest validation label loss, as in
+training) model (``model.pt``) and val embeddings: at its end the sweep encodes the chosen trials'
 test splits with those models and scores the chosen combination cross-modally, once
-(``tuning/final_test.py``), without retraining. Saving the model costs a write of its weights per
-improving epoch (46 MB for a 4096-d input; tens of ms on a local disk).
+(``tuning/final_test.py``), without retraining. When the scheduler may stop a trial before its
+last epoch (ASHA), the trial also writes them whenever the selected epoch changes, so a stopped
+trial has its model too: a write of its weights per improving epoch (46 MB for a 4096-d input,
+~0.15 s with its checksum here). A FIFO sweep runs every trial to its end and skips those writes.
+
+The trial reads its modality's data through the worker's cache (data/modality/cache.py: Tune
+reuses trial actors, so a worker decodes each modality's table once per sweep, not per trial), and
+does not checkpoint its last epoch (nothing resumes a trial that has ended; Tune would copy the
+checkpoint into its storage on top).
 """
 
 from __future__ import annotations
@@ -48,6 +55,9 @@ class SDMLTrialSetup:
     base: dict[str, Any] = field(default_factory=dict)  # SDMLConfig values every trial shares
     device: str = "auto"
     threads: int = 1
+    # The scheduler may stop a trial before its last epoch (ASHA): write the selected model each
+    # time it changes, not only at the end.
+    save_each_selected: bool = True
 
 
 def anchor_map(emb: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
@@ -75,7 +85,7 @@ def start_trial_job(setup, directory: Path, modality: str,
     job = ModalityJob(run_dir=str(directory), modality=modality, config=cfg,
                       dataset_uri=setup.dataset_uri, n_classes=setup.n_classes,
                       projection_sha256=setup.projection_sha256, device=setup.device,
-                      num_threads=setup.threads, eval_splits=("val",))
+                      num_threads=setup.threads, eval_splits=("val",), reuse_data=True)
     ckpt_dir = directory / "modalities" / modality / "checkpoints"
     state = trial_io.install_tune_checkpoint(ckpt_dir) or {}
     trial_io.log_start(directory, state.get("epoch"))
@@ -100,10 +110,12 @@ def sdml_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None:
         train_seconds += stats.seconds
         val_emb = _encode(trainer, "val")
         val_map = anchor_map(val_emb, trainer.data.labels["val"].cpu(), trainer.P.cpu())
-        if trainer.best_epoch == trainer.epoch:  # the selected model changed: keep it
+        last = trainer.epoch == cfg.epochs
+        if trainer.best_epoch == trainer.epoch:  # the selected model changed
             best_map = val_map
-            trainer.save_model()
-            _write_embeddings(trainer, {"val": val_emb})
+            if setup.save_each_selected and not last:  # the last epoch writes it below
+                trainer.save_model()
+                _write_embeddings(trainer, {"val": val_emb})
         metrics = {
             "epoch": trainer.epoch, "loss_train": stats.loss_train, "loss_recon": stats.loss_recon,
             "loss_label": stats.loss_label, "val_label_loss": stats.loss_val_label,
@@ -111,13 +123,13 @@ def sdml_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None:
             "best_val_label_loss": trainer.best_val, "best_anchor_map": best_map,
             "train_seconds": train_seconds, "n_train": len(trainer.x["train"]),
         }
-        if trainer.epoch == cfg.epochs:  # before the last report: Tune may end the trial on it
-            trainer.write_outputs()
+        if last:  # before the last report: Tune may end the trial on it
+            trainer.write_outputs()  # the selected epoch's model and val embeddings, the log
             metrics["trial_seconds"] = time.perf_counter() - start
         trial_io.report(metrics, ckpt_dir if checkpointed else None,
                         {"epoch": trainer.epoch, "best_anchor_map": best_map, "train_seconds": train_seconds})
 
-    trainer.fit(on_epoch)
+    trainer.fit(on_epoch, checkpoint_at_end=False)
 
 
 @torch.no_grad()

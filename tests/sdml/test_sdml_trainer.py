@@ -156,3 +156,37 @@ def test_a_sweep_trial_job_never_reads_the_test_split(tmp_path, small_xmedia):
     assert not store.embeddings_path("audio", "test").exists()
     with pytest.raises(ValueError, match="eval_splits must be"):
         _job(tmp_path, small_xmedia, eval_splits=("test",))
+
+
+def test_reuse_data_reads_the_table_once_per_process(tmp_path, small_xmedia, monkeypatch):
+    from scalable_xmr.data.modality import cache
+    from scalable_xmr.data.modality.dataset import Dataset
+
+    reads = []
+    real = Dataset.read_split
+    monkeypatch.setattr(Dataset, "read_split", lambda self, m, s: reads.append((m, s)) or real(self, m, s))
+    cache.clear()
+    try:
+        cfg = SDMLConfig(dim=32, hidden=64, epochs=1, batch_size=20)
+        job = _job(tmp_path, small_xmedia, cfg=cfg, eval_splits=("val",), reuse_data=True)
+        a, b = ModalityTrainer(job), ModalityTrainer(job)
+        assert reads == [("image", "train"), ("image", "val")]  # the second trainer read nothing
+        assert a.data.features["train"].data_ptr() == b.data.features["train"].data_ptr()
+        before = a.data.features["train"].clone()
+        a.fit()
+        b.fit()
+        assert torch.equal(b.data.features["train"], before)  # training never writes into them
+        ModalityTrainer(_job(tmp_path, small_xmedia, cfg=cfg, eval_splits=("val",)))  # no reuse
+        assert len(reads) == 4
+    finally:
+        cache.clear()
+
+
+def test_no_checkpoint_at_end_when_asked(tmp_path, small_xmedia):
+    cfg = SDMLConfig(dim=32, hidden=64, epochs=3, batch_size=20, checkpoint_every=2)
+    seen = []
+    trainer = ModalityTrainer(_job(tmp_path, small_xmedia, cfg=cfg))
+    trainer.fit(lambda stats, checkpointed: seen.append((stats.epoch, checkpointed)), checkpoint_at_end=False)
+    assert seen == [(1, False), (2, True), (3, False)]
+    state = torchfile.load(RunStore(tmp_path / "run").checkpoint_path("image"))
+    assert state["epoch"] == 2

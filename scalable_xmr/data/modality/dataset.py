@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from scalable_xmr.data.filesystem import file_type, open_table, read_json_at, resolve_uri
+from scalable_xmr.data.filesystem import file_type, open_table, read_json_at, resolve_uri, source_identity
 from scalable_xmr.data.modality.info import SPLITS, DatasetInfo, ModalityInfo
 from scalable_xmr.data.modality.table import (
     SplitData,
@@ -72,6 +72,11 @@ class Dataset:
         if modality not in self.info.modalities:
             raise InputError(f"{self.uri}: no modality {modality!r}; has {self.modalities}")
         return f"{self._root}/{modality}.parquet"
+
+    def source_identity(self, modality: str) -> tuple | None:
+        """What identifies the files a read of ``modality`` depends on (dataset.json and its
+        table): sizes and modification times; None when the file system has no times."""
+        return source_identity(self._fs, [f"{self._root}/dataset.json", self.table_path(modality)])
 
     def _table(self, modality: str) -> tuple[pads.Dataset, str, int]:
         path = self.table_path(modality)
