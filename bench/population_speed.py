@@ -45,8 +45,9 @@ from scalable_xmr.config import SDMLConfig
 from scalable_xmr.data.modality.dataset import write_dataset
 from scalable_xmr.data.modality.info import DatasetInfo, ModalityInfo
 from scalable_xmr.data.modality.synthetic import CLASS_NAMES, N_CLASSES, SHAPES, synthetic_modality
+from scalable_xmr.sdml.modality_job import ModalityJob
 from scalable_xmr.sdml.population import PopulationTrainer
-from scalable_xmr.sdml.trainer import ModalityJob, ModalityTrainer
+from scalable_xmr.sdml.trainer import ModalityTrainer
 from scalable_xmr.store.projection import create_projection, save_projection
 
 LAMS = (0.1, 0.3, 0.5, 0.7, 0.9, 0.2, 0.4, 0.6)

@@ -49,7 +49,8 @@ from scalable_xmr.config import ResourceConfig, SDMLConfig, TrackingConfig
 from scalable_xmr.data.modality.dataset import open_dataset
 from scalable_xmr.functional.losses import sdml_loss
 from scalable_xmr.models.sdml import SDMLAutoencoder
-from scalable_xmr.sdml.trainer import ModalityJob, ModalityTrainer
+from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.trainer import ModalityTrainer
 from scalable_xmr.store.projection import create_projection, save_projection
 
 STRATEGIES = ("parallel", "serial", "joint")

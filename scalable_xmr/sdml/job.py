@@ -19,7 +19,8 @@ from scalable_xmr.functional.retrieval import check_no_relevant, precision_recal
 from scalable_xmr.io import absolute_uri, check_writable, read_json
 from scalable_xmr.sdml import evaluate
 from scalable_xmr.sdml.launch import check_resources, train_modalities
-from scalable_xmr.sdml.trainer import ModalityJob, TrainResult, check_split_sizes
+from scalable_xmr.sdml.modality_job import ModalityJob, check_split_sizes
+from scalable_xmr.sdml.trainer import TrainResult
 from scalable_xmr.store.lock import run_lock
 from scalable_xmr.store.meta import RunMeta, now_iso
 from scalable_xmr.store.projection import create_projection, load_projection, save_projection

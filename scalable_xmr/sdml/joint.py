@@ -15,14 +15,8 @@ import time
 import torch
 
 from scalable_xmr.distributed.progress import Reporter
-from scalable_xmr.sdml.trainer import (
-    EpochStats,
-    ModalityJob,
-    ModalityTrainer,
-    ProgressFn,
-    TrainResult,
-    make_adam,
-)
+from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.trainer import EpochStats, ModalityTrainer, ProgressFn, TrainResult, make_adam
 from scalable_xmr.store import torchfile
 
 

@@ -19,7 +19,8 @@ from scalable_xmr.distributed.actors import ActorResources, ActorTask, failed_ta
 from scalable_xmr.distributed.cluster import check_gpus
 from scalable_xmr.distributed.progress import ProgressBars
 from scalable_xmr.sdml.joint import train_joint
-from scalable_xmr.sdml.trainer import ModalityJob, TrainResult, train_modality
+from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.trainer import TrainResult, train_modality
 
 
 def actor_resources(resources: ResourceConfig) -> ActorResources:

@@ -43,12 +43,11 @@ from scalable_xmr.errors import InputError
 from scalable_xmr.functional.losses import label_loss_per_sample, sdml_loss
 from scalable_xmr.io import atomic_write_json
 from scalable_xmr.models.sdml import SDMLAutoencoder
+from scalable_xmr.sdml.modality_job import ModalityJob, job_context
 from scalable_xmr.sdml.trainer import (
     EpochStats,
-    ModalityJob,
     checkpoint_due,
     improves,
-    job_context,
     make_adam,
     mean_label_loss,
     member_seed,

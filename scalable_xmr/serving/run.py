@@ -28,7 +28,7 @@ from scalable_xmr.branch.member import load_branch_model
 from scalable_xmr.data.paired import open_paired_dataset
 from scalable_xmr.errors import InputError, MissingError
 from scalable_xmr.models.sdml import SDMLAutoencoder
-from scalable_xmr.sdml.trainer import resolve_device
+from scalable_xmr.sdml.modality_job import resolve_device
 from scalable_xmr.serving.branch import MODALITIES as PAIR_MODALITIES
 from scalable_xmr.serving.branch import BranchEngine
 from scalable_xmr.serving.search import (

@@ -37,7 +37,8 @@ import torch
 
 from scalable_xmr.config import SDMLConfig, from_dict
 from scalable_xmr.functional.retrieval import mean_average_precision
-from scalable_xmr.sdml.trainer import ModalityJob, ModalityTrainer
+from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.trainer import ModalityTrainer
 from scalable_xmr.tuning import trial_io
 
 # Tune result key -> (MLflow metric name, direction) for the two SDML sweep metrics.

@@ -20,7 +20,8 @@ BASE = {"dim": 32, "hidden": 64, "batch_size": 20, "checkpoint_every": 1}
 def test_population_sweep_reports_every_configuration(ray_local, small_xmedia, tmp_path, one_torch_thread):
     from mlflow.tracking import MlflowClient
 
-    from scalable_xmr.sdml.trainer import ModalityJob, ModalityTrainer
+    from scalable_xmr.sdml.modality_job import ModalityJob
+    from scalable_xmr.sdml.trainer import ModalityTrainer
     from scalable_xmr.store.run_store import RunStore
     from scalable_xmr.tuning import SweepRequest, run_sweep
 

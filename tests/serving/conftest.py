@@ -14,7 +14,8 @@ import pytest
 from scalable_xmr.config import SDMLConfig
 from scalable_xmr.data.modality.dataset import open_dataset
 from scalable_xmr.sdml.job import finish_run, modality_entry
-from scalable_xmr.sdml.trainer import ModalityJob, ModalityTrainer
+from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.trainer import ModalityTrainer
 from scalable_xmr.store.meta import RunMeta
 from scalable_xmr.store.projection import create_projection, save_projection
 from scalable_xmr.store.run_store import RunStore
