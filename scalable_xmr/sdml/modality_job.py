@@ -128,5 +128,5 @@ def job_context(job: ModalityJob) -> tuple[torch.device, RunStore, torch.Tensor,
     if job.num_threads:
         torch.set_num_threads(job.num_threads)
     device = resolve_device(job.device)
-    store = RunStore(job.run_dir)
+    store = RunStore(job.run_dir, modality=job.modality)  # on S3: P and this modality's files
     return device, store, load_job_projection(job, store, device), ModalityData(job, device)

@@ -123,14 +123,24 @@ def _skipped(rel: str) -> bool:
     return parts[-1] in _SKIP or any(p.endswith(".tmp") and p.startswith(".") for p in parts)
 
 
-def pull(m: Mirror, prune: bool = False) -> int:
+def _wanted(rel: str, subdirs: tuple[str, ...] | None) -> bool:
+    """With ``subdirs``: a file at the top of the run, or under one of those directories."""
+    return subdirs is None or "/" not in rel or any(rel.startswith(f"{d}/") for d in subdirs)
+
+
+def pull(m: Mirror, prune: bool = False, subdirs: tuple[str, ...] | None = None) -> int:
     """Download every object newer than its local copy (or missing locally); with ``prune`` also
-    delete local files the bucket does not hold (the job lock and temporaries excepted). Returns
-    the number of files downloaded."""
+    delete local files the bucket does not hold (the job lock and temporaries excepted). With
+    ``subdirs`` (paths relative to the run) only the run's top-level files and what lies under
+    those directories are downloaded: an actor training one modality fetches P, run.json and its
+    own modality's checkpoints, not every other modality's files. Returns the number of files
+    downloaded."""
+    if prune and subdirs is not None:
+        raise ValueError("pull: prune needs the whole run (subdirs=None)")
     remote = _remote_files(m)
     n = 0
     for rel, info in remote.items():
-        if _skipped(rel):
+        if _skipped(rel) or not _wanted(rel, subdirs):
             continue
         target = m.local / rel
         mtime = info.mtime.timestamp() if info.mtime else 0.0

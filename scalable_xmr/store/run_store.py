@@ -42,12 +42,14 @@ class RunStore:
 
     ``root`` is a local path or an object-storage URI (``s3://bucket/runs/x``); a URI's run is
     read and written in its local mirror (store/remote.py), ``root`` then being the mirror and
-    ``uri`` the URI (what jobs hand to actors and trials, which may run on other nodes)."""
+    ``uri`` the URI (what jobs hand to actors and trials, which may run on other nodes). With
+    ``modality`` (an actor or trial training that one modality) a URI's mirror gets the run's
+    top-level files and that modality's directory only."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, modality: str | None = None):
         self._mirror = remote.mirror(os.fspath(root)) if remote.is_uri(root) else None
         if self._mirror is not None:
-            remote.pull(self._mirror)
+            remote.pull(self._mirror, subdirs=None if modality is None else (f"modalities/{modality}",))
             self.root = self._mirror.local
             self.uri = self._mirror.uri
         else:

@@ -155,3 +155,24 @@ def test_cli_refuses_a_missing_bucket_and_missing_credentials_in_one_line(env, s
     fails_one_line(main, capsys, [*argv, f"s3://{BUCKET}/runs/y"],
                    f"s3://{BUCKET}/runs/y: no S3 credentials configured")
     assert not (tmp_path / "cache-a").exists()  # nothing written, not even a mirror
+
+
+def test_a_modality_actor_pulls_the_run_top_and_its_own_modality_only(env, tmp_path, monkeypatch):
+    uri = f"s3://{BUCKET}/runs/per-modality"
+    store = RunStore(uri)
+    store.root.mkdir(parents=True)
+    store.write(sdml_meta())
+    atomic_write_text(store.projection_path, "P")
+    for m in ("a", "b"):
+        torchfile.save_rotating({"modality": m}, store.checkpoint_path(m))
+        atomic_write_text(store.modality_dir(m) / "embeddings" / "val.parquet", m)
+    monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "node-2"))  # another node
+    actor = RunStore(uri, modality="a")
+    files = sorted(p.relative_to(actor.root).as_posix() for p in actor.root.rglob("*") if p.is_file())
+    assert files == ["modalities/a/checkpoints/last.pt", "modalities/a/embeddings/val.parquet",
+                     "projection.arrow", "run.json"]
+    assert torchfile.load(actor.checkpoint_path("a")) == {"modality": "a"}
+    whole = RunStore(uri)  # the job's own view: everything
+    assert (whole.modality_dir("b") / "embeddings" / "val.parquet").read_text() == "b"
+    with pytest.raises(ValueError, match="prune needs the whole run"):
+        remote.pull(remote.mirror(uri), prune=True, subdirs=("modalities/a",))
