@@ -42,13 +42,16 @@ class BranchBackend:
     def __init__(self, model: str):
         self.model = model
 
-    def prepare(self, req, sweep_dir: Path, space: SearchSpace) -> dict[str, Any]:
-
+    def check(self, req) -> None:
+        """The paired dataset must hold a train and a val split."""
         ds = open_paired_dataset(req.dataset_uri)
         present = ds.splits()
         for split in ("train", "val"):
             if split not in present:
                 raise InputError(f"--data {req.dataset_uri}: no {split!r} split (has {present})")
+
+    def prepare(self, req, sweep_dir: Path, space: SearchSpace) -> dict[str, Any]:
+        self.check(req)
         trainer, model_values = split_base(self.model, req.base)
         trainer.setdefault("seed", req.seed)
         # MTFN: the text-text branch trains after, as in the train-pairs job

@@ -34,15 +34,20 @@ class SDMLBackend:
     table_extra = ("best_anchor_map", "best_val_label_loss", "best_epoch")
     complete_key = None  # every trial stores its selected epoch's embeddings as it goes
 
-    def prepare(self, req, sweep_dir: Path, space) -> dict[str, Any]:
-        """Check the dataset and modalities, write the sweep's one projection.arrow."""
-        # dataset.json only: each trial reads and checks its own modality's table, nothing else.
+    def check(self, req) -> tuple[Any, list[str]]:
+        """The dataset (dataset.json only: each trial reads and checks its own modality's table,
+        nothing else) and the modalities swept, each one in it."""
         ds = open_dataset(req.dataset_uri, validate=False)
         modalities = list(req.modalities or ds.modalities)
         for m in modalities:
             if m not in ds.modalities:
                 raise InputError(f"--modality {m!r}: not in dataset {req.dataset_uri} "
                                  f"(it has: {', '.join(ds.modalities)})")
+        return ds, modalities
+
+    def prepare(self, req, sweep_dir: Path, space) -> dict[str, Any]:
+        """Check the dataset and modalities, write the sweep's one projection.arrow."""
+        ds, modalities = self.check(req)
         base = from_dict(SDMLConfig, {**req.base, "epochs": req.epochs}, source="sweep base config")
         P = create_projection(base.dim, ds.info.n_classes, req.seed)
         digest = save_projection(sweep_dir / "projection.arrow", P, seed=req.seed)

@@ -319,6 +319,8 @@ def run_sweep(req: SweepRequest, address: str | None = None, callbacks: tuple = 
         _check_base(req, space)
         _check_new(sweep_dir)
     backend = backend_for(req.model)
+    if not req.resume:  # the dataset and its modalities / splits, before Ray starts too
+        backend.check(req)
     check_writable(sweep_dir, "--storage")
     connect(address)
     meta = _open_sweep(req, sweep_dir, backend)
