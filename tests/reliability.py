@@ -324,7 +324,7 @@ CASES: list[Case] = [
     Case("sweep", "a --modality the dataset lacks", lambda c: _sweep(c, "--modality", "smell"),
          "--modality 'smell': not in dataset"),
     Case("sweep", "--data that does not exist", lambda c: _sweep(c)[:4] + [str(c.root / "nope"), *_sweep(c)[5:]],
-         "dataset directory not found"),
+         "dataset path does not exist"),
     Case("sweep", "--num-samples 0", lambda c: _sweep(c, "--num-samples", "0"),
          "the search space has zero configurations: --num-samples is 0"),
     Case("sweep", "--resume of no sweep", lambda c: ["sweep", "--model", "sdml", "--storage",
