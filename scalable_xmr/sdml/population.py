@@ -59,6 +59,7 @@ from scalable_xmr.store.meta import now_iso
 from scalable_xmr.store.run_store import RunStore
 
 POPULATION_KEYS = ("lam", "lr", "seed")  # may differ between members (no shape or data changes)
+LAYOUT = "weights (N, in, out)"  # how a population checkpoint stores Linear weights
 KERNELS = ("bmm", "vmap")
 PopulationHook = Callable[[list[EpochStats], bool], None]  # (each member's stats, checkpointed)
 
@@ -75,11 +76,28 @@ def check_compatible(configs: Sequence[SDMLConfig]) -> None:
                                  f"{shared[key]!r}; members may differ only in {', '.join(POPULATION_KEYS)}")
 
 
+def is_weight(name: str) -> bool:
+    """A Linear weight: stored transposed in a population (see :class:`StackedAutoencoder`)."""
+    return name.endswith(".weight")
+
+
+def stacked_layout(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """A module parameter (or a stack of them) in the population's layout: weights transposed."""
+    return tensor.transpose(-1, -2) if is_weight(name) else tensor
+
+
+module_layout = stacked_layout  # the transpose is its own inverse
+
+
 class StackedAutoencoder:
     """N :class:`SDMLAutoencoder` parameter sets stacked on a leading member axis, and their forward.
 
     ``template`` gives the architecture (its ``encoder`` / ``decoder`` Sequentials) and holds the
-    shared normaliser; ``params`` maps its parameter names to leaf tensors (N, *shape).
+    shared normaliser; ``params`` maps its parameter names to leaf tensors (N, *shape), except that
+    Linear weights are stored transposed, (N, in, out): ``h @ W_t`` then needs no transpose and
+    autograd produces each weight's gradient in the weight's own layout. Stored as the module's
+    (N, out, in), every step's weight gradients came out transposed and AccumulateGrad copied them
+    into the parameters' layout: 300 ms of a 583 ms step for 4 image networks on one thread.
     """
 
     def __init__(self, template: SDMLAutoencoder, params: dict[str, torch.Tensor], kernel: str = "bmm"):
@@ -90,12 +108,12 @@ class StackedAutoencoder:
     def _mlp(self, prefix: str, layers: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
         for j, layer in enumerate(layers):
             if isinstance(layer, nn.Linear):
-                w = self.params[f"{prefix}.{j}.weight"]  # (N, out, in)
+                w = self.params[f"{prefix}.{j}.weight"]  # (N, in, out): stored transposed
                 b = self.params[f"{prefix}.{j}.bias"]  # (N, out)
                 if h.dim() == 2:  # one input shared by every member: (B, i) -> (N, B, o)
-                    h = torch.matmul(h, w.transpose(1, 2)) + b.unsqueeze(1)
+                    h = torch.matmul(h, w) + b.unsqueeze(1)
                 else:
-                    h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))  # (N, B, o)
+                    h = torch.baddbmm(b.unsqueeze(1), h, w)  # (N, B, o)
             else:
                 h = layer(h)  # ReLU
         return h
@@ -105,13 +123,14 @@ class StackedAutoencoder:
         from torch.func import functional_call
 
         x_dim = 0 if x.dim() == 3 else None  # (N, B, dim) per member, or one (B, dim) shared
+        params = {k: module_layout(k, v) for k, v in self.params.items()}  # views, (N, out, in)
         if encode_only:  # SDMLAutoencoder.encode_normalized: the encoder, then L2-normalise
             def encode(p, xi):
                 return F.normalize(functional_call(self.template.encoder, p, (xi,)), dim=-1)
 
-            return torch.vmap(encode, in_dims=(0, x_dim))(_sub(self.params, "encoder"), x)
+            return torch.vmap(encode, in_dims=(0, x_dim))(_sub(params, "encoder"), x)
         return torch.vmap(lambda p, xi: functional_call(self.template, p, (xi,)),
-                          in_dims=(0, x_dim))(self.params, x)
+                          in_dims=(0, x_dim))(params, x)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """h of standardised inputs (N, B, dim) or one shared (B, dim): (N, B, d), L2-normalised."""
@@ -129,7 +148,7 @@ class StackedAutoencoder:
     def member_state(self, i: int, params: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Member ``i``'s state_dict (its weights + the shared normaliser), as views."""
         source = self.params if params is None else params
-        return {**{k: v[i].detach() for k, v in source.items()},
+        return {**{k: module_layout(k, v[i].detach()) for k, v in source.items()},
                 "feature_mean": self.template.feature_mean, "feature_std": self.template.feature_std}
 
 
@@ -169,9 +188,10 @@ class PopulationTrainer:
             torch.manual_seed(seed)
             net = SDMLAutoencoder(dim, c.dim, c.hidden).to(self.device)
             for name, p in net.named_parameters():
+                p = stacked_layout(name, p.detach())
                 if name not in stacked:
                     stacked[name] = torch.empty((n, *p.shape), device=self.device)
-                stacked[name][i].copy_(p.detach())
+                stacked[name][i].copy_(p)
             self.generators.append(torch.Generator(device="cpu").manual_seed(seed))
         self.template = net  # architecture + the shared normaliser (its weights are never used)
         if self.cfg.normalize:
@@ -325,6 +345,7 @@ class PopulationTrainer:
     # ---- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
         state = {
+            "layout": LAYOUT,
             "params": {k: v.detach() for k, v in self.net.params.items()},
             "best_params": self.best_params,
             "optimizer": self.optimizer.state_dict(),
@@ -344,6 +365,9 @@ class PopulationTrainer:
         if state.get("configs") != [m.config.to_dict() for m in self.members]:
             raise InputError(f"{path}: checkpoint was written by another population; delete it or use "
                              "the same configurations")
+        if state.get("layout") != LAYOUT:
+            raise InputError(f"{path}: checkpoint was written by an older version (weights stored "
+                             f"{state.get('layout', '(N, out, in)')}, now {LAYOUT}); delete it to retrain")
         with torch.no_grad():
             for k, v in self.net.params.items():
                 v.copy_(state["params"][k])

@@ -114,3 +114,28 @@ def test_members_must_share_shapes():
         check_compatible([CONFIGS[0], dataclasses.replace(BASE, hidden=64)])
     with pytest.raises(InputError, match="at least one configuration"):
         check_compatible([])
+
+
+def test_weights_are_stored_transposed_so_their_gradients_need_no_copy(tmp_path, small_xmedia,
+                                                                        one_torch_thread):
+    """Linear weights live as (N, in, out): the step's GEMMs produce their gradients in that layout
+    (contiguous, no AccumulateGrad copy), and a member's state_dict is the module's (out, in)."""
+    pop = PopulationTrainer(_job(tmp_path, small_xmedia, BASE), CONFIGS[:2])
+    w = pop.net.params["encoder.0.weight"]
+    assert w.shape == (2, pop.data.input_dim, 48)  # (N, in, out)
+    pop.step(pop.batch_indices()[:, 0])
+    assert all(p.grad.is_contiguous() and p.grad.stride() == p.stride() for p in pop.net.params.values())
+    assert pop.net.member_state(1)["encoder.0.weight"].shape == (48, pop.data.input_dim)
+
+
+def test_a_checkpoint_of_the_old_weight_layout_is_refused_in_one_line(tmp_path, small_xmedia):
+    from scalable_xmr.store import torchfile
+
+    pop = PopulationTrainer(_job(tmp_path, small_xmedia, BASE), CONFIGS[:2])
+    pop.save_checkpoint()
+    path = pop.store.checkpoint_path("image")
+    state = torchfile.load(path)
+    del state["layout"]  # as written before weights were stored (N, in, out)
+    torchfile.save(state, path)
+    with pytest.raises(InputError, match=r"written by an older version \(weights stored \(N, out, in\)"):
+        PopulationTrainer(_job(tmp_path, small_xmedia, BASE), CONFIGS[:2])
