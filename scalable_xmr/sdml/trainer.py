@@ -1,4 +1,4 @@
-"""One modality's SDML training loop: a plain class, no Ray and no MLflow inside (STYLE.md #3).
+"""One modality's SDML training loop: a plain class, no Ray and no MLflow inside.
 
 ``ModalityTrainer`` loads its own modality's splits and P from storage (no big objects travel
 through a driver), keeps the data as tensors on its device, trains with SDML Algorithm 1, writes an
