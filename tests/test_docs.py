@@ -8,7 +8,8 @@ from pathlib import Path
 from scalable_xmr.cli.reference import render
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "BENCHMARKS.md", ROOT / "RELIABILITY.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [*(ROOT / name for name in ("README.md", "BENCHMARKS.md", "RELIABILITY.md")),
+        *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def test_cli_reference_is_current():
