@@ -62,6 +62,21 @@ def test_budget_evicts_least_recently_used(monkeypatch):
     assert cache.cached_keys() == ["a", "c"]
 
 
+def test_the_budget_comes_from_the_environment(monkeypatch):
+    from scalable_xmr.errors import InputError
+
+    monkeypatch.setenv("XMR_DATA_CACHE_MB", "0")  # off: every call loads
+    calls = []
+    for _ in range(2):
+        cache.cached_splits("k", (1,), lambda: calls.append(1) or _splits(2))
+    assert len(calls) == 2 and cache.cached_keys() == []
+    monkeypatch.setenv("XMR_DATA_CACHE_MB", "1")
+    assert cache.budget_bytes() == 1 << 20
+    monkeypatch.setenv("XMR_DATA_CACHE_MB", "lots")
+    with pytest.raises(InputError, match=r"XMR_DATA_CACHE_MB must be a whole number of MiB .*got 'lots'"):
+        cache.cached_splits("k", (1,), lambda: _splits(2))
+
+
 def test_source_identity_sees_a_rewritten_table(tmp_path, small_xmedia):
     data = tmp_path / "data"
     shutil.copytree(small_xmedia, data)

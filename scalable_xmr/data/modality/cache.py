@@ -9,7 +9,7 @@ a running sweep is read again rather than served stale.
 
 The cached arrays are shared by every trial that gets them: callers must never write into them (the
 trainers standardise into new tensors and gather batches into their own buffers). Memory is
-bounded by :data:`BUDGET_BYTES` (``XMR_DATA_CACHE_MB``, default 4096): the least recently used
+bounded by ``XMR_DATA_CACHE_MB`` (default 4096; 0 turns the cache off): the least recently used
 entries go first; an entry larger than the budget is returned uncached.
 """
 
@@ -21,14 +21,27 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
 from scalable_xmr.data.modality.table import SplitData
+from scalable_xmr.errors import InputError
 
 Splits = dict[str, SplitData]
 Identity = tuple[Hashable, ...]
 
-BUDGET_BYTES = int(os.environ.get("XMR_DATA_CACHE_MB", "4096")) << 20
+BUDGET_ENV = "XMR_DATA_CACHE_MB"
+DEFAULT_BUDGET_MB = 4096
+BUDGET_BYTES: int | None = None  # None: from the environment (tests set a number)
 
 _lock = threading.Lock()
 _entries: OrderedDict[Hashable, tuple[Identity, Splits, int]] = OrderedDict()
+
+
+def budget_bytes() -> int:
+    """The cache's byte budget: :data:`BUDGET_BYTES`, else ``$XMR_DATA_CACHE_MB`` MiB (0 = off)."""
+    if BUDGET_BYTES is not None:
+        return BUDGET_BYTES
+    text = os.environ.get(BUDGET_ENV, str(DEFAULT_BUDGET_MB)).strip()
+    if not text.isdigit():
+        raise InputError(f"{BUDGET_ENV} must be a whole number of MiB (0 turns the cache off), got {text!r}")
+    return int(text) << 20
 
 
 def _nbytes(splits: Splits) -> int:
@@ -39,7 +52,8 @@ def cached_splits(key: Hashable, identity: Identity | None, load: Callable[[], S
     """``load()``'s result, from memory when ``key`` was loaded before from sources of the same
     ``identity``. ``identity`` None (the sources cannot be told apart from a changed copy) loads
     without caching."""
-    if identity is None:
+    budget = budget_bytes()
+    if identity is None or budget == 0:
         return load()
     with _lock:
         hit = _entries.get(key)
@@ -50,9 +64,9 @@ def cached_splits(key: Hashable, identity: Identity | None, load: Callable[[], S
     size = _nbytes(splits)
     with _lock:
         _entries.pop(key, None)
-        if size <= BUDGET_BYTES:
+        if size <= budget:
             _entries[key] = (identity, splits, size)
-            while sum(e[2] for e in _entries.values()) > BUDGET_BYTES:
+            while sum(e[2] for e in _entries.values()) > budget:
                 _entries.popitem(last=False)
     return splits
 
