@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,11 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 # The fault-injection plan (scalable_xmr/faults.py): set before Ray starts so every actor sees it.
 FAULT_PLAN = Path(tempfile.mkdtemp(prefix="xmr-faults-")) / "plan.json"
 os.environ["XMR_FAULTS"] = str(FAULT_PLAN)
+# A shell without job control starts background commands (`make test &`) with SIGINT ignored, and
+# an ignored signal stays ignored across exec: every `xmr` the Ctrl-C tests start would then shrug
+# off their SIGINT. Give this process (hence its children) the disposition of a foreground one.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
