@@ -43,7 +43,17 @@ def machine_info(threads: int) -> list[tuple[str, str]]:
 
 
 def median_time(fn: Callable[[], object], repeats: int, min_seconds: float = 0.0) -> float:
-    """Median over ``repeats`` of the seconds one call of ``fn`` takes.
+    """Median over ``repeats`` of the seconds one call of ``fn`` takes (see :func:`call_times`)."""
+    return statistics.median(call_times(fn, repeats, min_seconds))
+
+
+def best_time(fn: Callable[[], object], repeats: int, min_seconds: float = 0.0) -> float:
+    """Fastest of ``repeats`` timings of one call of ``fn`` (see :func:`call_times`)."""
+    return min(call_times(fn, repeats, min_seconds))
+
+
+def call_times(fn: Callable[[], object], repeats: int, min_seconds: float = 0.0) -> list[float]:
+    """``repeats`` timings of one call of ``fn``, in seconds.
 
     Each repeat calls ``fn`` as many times as needed to last ``min_seconds`` (at least once) and
     divides, so that very short calls are not dominated by timer resolution.
@@ -58,7 +68,7 @@ def median_time(fn: Callable[[], object], repeats: int, min_seconds: float = 0.0
             if elapsed >= min_seconds:
                 break
         times.append(elapsed / calls)
-    return statistics.median(times)
+    return times
 
 
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

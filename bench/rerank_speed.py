@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import median_time
 
 from scalable_xmr.functional.rerank import T2I_GROUPS, rerank_i2t, rerank_t2i
 from scalable_xmr.functional.retrieval import recall_at_k
@@ -51,15 +51,6 @@ def make_similarities(n_img: int, seed: int = 0, dim: int = 64):
     img = torch.nn.functional.normalize(img, dim=1)
     cap = torch.nn.functional.normalize(cap, dim=1)
     return img @ cap.T, cap @ cap.T
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def bench_size(n_img: int, k: int, k_text: int, subset: dict[str, int], repeats: int) -> list:

@@ -35,7 +35,7 @@ from scalable_xmr.serving.ann import AnnIndex, recall_at_k
 from scalable_xmr.serving.search import exact_topk, gemm_flops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info  # noqa: E402
+from _common import best_time, machine_info  # noqa: E402
 
 
 def unit_rows(rng: np.random.Generator, n: int, d: int, block: int = 100_000) -> np.ndarray:
@@ -51,15 +51,6 @@ def clustered(rng: np.random.Generator, n: int, d: int, centres: int = 1000,
     c = unit_rows(rng, centres, d)
     x = c[rng.integers(0, centres, n)] + noise * rng.standard_normal((n, d), dtype=np.float32) / np.sqrt(d)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def exact_vs_gemm(n: int, d: int, q: int, repeats: int) -> dict:
@@ -80,7 +71,7 @@ def exact_vs_gemm(n: int, d: int, q: int, repeats: int) -> dict:
     best = {key: float("inf") for key in timed}
     for _ in range(repeats):
         for key, fn in timed.items():
-            best[key] = min(best[key], best_of(fn, 1))
+            best[key] = min(best[key], best_time(fn, 1))
     out = {"gallery": f"{n:,} x {d}", "queries": q, "gflop": gemm_flops(q, n, d) / 1e9, **best}
     out["gemm_gflops"] = out["gflop"] / out["gemm_one_s"]
     out["ratio_to_floor"] = out["exact_topk_s"] / min(out["gemm_blocks_s"], out["gemm_one_s"])
@@ -93,16 +84,16 @@ def ann_table(n: int, d: int, q: int) -> list[dict]:
     query = gallery[rng.integers(0, n, q)] + 0.3 * rng.standard_normal((q, d), dtype=np.float32) / np.sqrt(d)
     exact_idx, _ = exact_topk(query, gallery, 10)
     rows = [{"index": "exact (chunked matmul)", "build_s": 0.0, "recall@10": 1.0,
-             "batch_s": best_of(lambda: exact_topk(query, gallery, 10), 2),
-             "one_ms": 1e3 * best_of(lambda: exact_topk(query[:1], gallery, 10), 3)}]
+             "batch_s": best_time(lambda: exact_topk(query, gallery, 10), 2),
+             "one_ms": 1e3 * best_time(lambda: exact_topk(query[:1], gallery, 10), 3)}]
     for kind in ("flat", "ivf", "hnsw"):
         t0 = time.perf_counter()
         index = AnnIndex.build(gallery, kind)
         build = time.perf_counter() - t0
         idx, _ = index.search(query, 10)
         rows.append({"index": kind, "build_s": build, "recall@10": recall_at_k(idx, exact_idx),
-                     "batch_s": best_of(lambda index=index: index.search(query, 10), 2),
-                     "one_ms": 1e3 * best_of(lambda index=index: index.search(query[:1], 10), 3)})
+                     "batch_s": best_time(lambda index=index: index.search(query, 10), 2),
+                     "one_ms": 1e3 * best_time(lambda index=index: index.search(query[:1], 10), 3)})
     return rows
 
 

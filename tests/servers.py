@@ -36,7 +36,53 @@ def wait_http(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = 
     raise RuntimeError(f"server for {url} did not answer within {timeout:.0f} s")
 
 
-class MlflowServer:
+class LocalServer:
+    """A server process of the tests' own on 127.0.0.1, in its own process group, logging under
+    ``self.root``; a context manager (started on entry, stopped on exit)."""
+
+    root: Path
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> LocalServer:  # pragma: no cover - each server says how it starts
+        raise NotImplementedError
+
+    def stop(self) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _launch(self, argv: list[str], log_name: str, health_url: str, env: dict[str, str] | None = None):
+        """Start ``argv`` and wait until ``health_url`` answers; a server that does not come up is
+        stopped and its log's tail is in the error."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        log = open(self.root / log_name, "ab")
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=env)
+        try:
+            wait_http(health_url, proc=self.proc)
+        except RuntimeError as e:
+            self.stop()
+            raise RuntimeError(f"{e}; log: {(self.root / log_name).read_text()[-2000:]}") from None
+        return self
+
+    def _stop_group(self, first: signal.Signals) -> None:
+        """``first`` to the server's process group, SIGKILL if it is still there after 30 s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, first)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+class MlflowServer(LocalServer):
     """``mlflow server`` with a sqlite backend and local artifacts under ``root``."""
 
     def __init__(self, root: Path, port: int | None = None):
@@ -49,38 +95,17 @@ class MlflowServer:
         mlflow_bin = Path(sys.executable).with_name("mlflow")
         if not mlflow_bin.exists():
             raise RuntimeError(f"mlflow server needs the mlflow CLI next to {sys.executable}; not found")
-        self.root.mkdir(parents=True, exist_ok=True)
-        log = open(self.root / "server.log", "ab")
-        self.proc = subprocess.Popen(
+        return self._launch(
             [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
              "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "MLFLOW_ALLOW_FILE_STORE": "true"})
-        try:
-            wait_http(self.uri + "/health", proc=self.proc)
-        except RuntimeError as e:
-            self.stop()
-            raise RuntimeError(f"{e}; log: {(self.root / 'server.log').read_text()[-2000:]}") from None
-        return self
+            "server.log", self.uri + "/health", {**os.environ, "MLFLOW_ALLOW_FILE_STORE": "true"})
 
     def kill(self) -> None:
         """Kill the whole server process group (the tracking server going away)."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
+        self._stop_group(signal.SIGKILL)
 
     stop = kill
-
-
-@contextlib.contextmanager
-def mlflow_server(root: Path):
-    server = MlflowServer(root).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def which_or_fail(name: str, hint: str) -> str:
@@ -90,7 +115,7 @@ def which_or_fail(name: str, hint: str) -> str:
     return path
 
 
-class MotoServer:
+class MotoServer(LocalServer):
     """moto's S3-compatible server (``moto_server``, from ``moto[server]``) on 127.0.0.1, with the
     standard variables that point pyarrow at it (:meth:`env`); state is in memory, gone on stop."""
 
@@ -110,16 +135,8 @@ class MotoServer:
         if not moto_bin.exists():
             raise RuntimeError(f"moto_server not found next to {sys.executable}: "
                                "pip install 'moto[server]' (the dev extra)")
-        self.root.mkdir(parents=True, exist_ok=True)
-        log = open(self.root / "moto.log", "ab")
-        self.proc = subprocess.Popen([str(moto_bin), "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            wait_http(self.endpoint + "/moto-api/", proc=self.proc)
-        except RuntimeError as e:
-            self.stop()
-            raise RuntimeError(f"{e}; log: {(self.root / 'moto.log').read_text()[-2000:]}") from None
-        return self
+        return self._launch([str(moto_bin), "-H", "127.0.0.1", "-p", str(self.port)], "moto.log",
+                            self.endpoint + "/moto-api/")
 
     def create_bucket(self, name: str) -> None:
         req = urllib.request.Request(f"{self.endpoint}/{name}", method="PUT")
@@ -127,20 +144,4 @@ class MotoServer:
             assert r.status == 200, f"creating bucket {name}: HTTP {r.status}"
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
-
-
-@contextlib.contextmanager
-def moto_server(root: Path):
-    server = MotoServer(root).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+        self._stop_group(signal.SIGTERM)

@@ -154,7 +154,7 @@ def train_pairs(req: PairsRequest, address: str | None = None) -> PairsSummary:
     start = time.perf_counter()
     dataset = check_dataset(req)
     check_writable(req.run_dir, "--run")
-    store = RunStore(req.run_dir)
+    store = RunStore(req.run_dir, pull=False)  # refresh() below, under the lock, pulls it
     with run_lock(store.root):  # one job at a time on a run directory, taken before Ray starts
         store.refresh()  # an object-storage run: its local mirror as the bucket holds it
         mode = store.plan(overwrite=req.overwrite, resume=req.resume)

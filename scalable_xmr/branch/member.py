@@ -48,6 +48,7 @@ from scalable_xmr.errors import InputError
 from scalable_xmr.io import atomic_path, atomic_write_json, read_json
 from scalable_xmr.models.base import BranchModel
 from scalable_xmr.models.registry import branch_config, build_branch_model
+from scalable_xmr.models.runtime import resolve_device
 from scalable_xmr.store import torchfile
 from scalable_xmr.store.remote import open_dir
 
@@ -120,12 +121,6 @@ def checkpoint_dir(out_dir: str | os.PathLike) -> Path:
 
 def sims_path(out_dir: str | os.PathLike, split: str, text: bool = False) -> Path:
     return Path(out_dir) / "sims" / f"{split}{'_text' if text else ''}.npy"
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def remap_tokens(split: PairedSplit, vocab: list[str], to_vocab: list[str]) -> PairedSplit:

@@ -35,6 +35,7 @@ from scalable_xmr.functional.contrastive import hinge_max_violation, hinge_sum
 from scalable_xmr.functional.retrieval import recall_at_k
 from scalable_xmr.models.base import BranchModel
 from scalable_xmr.models.registry import build_branch_model
+from scalable_xmr.models.runtime import make_adam
 from scalable_xmr.store import torchfile
 
 __all__ = ["PairTrainer"]
@@ -191,12 +192,7 @@ class PairTrainer:
 
     def _make_optimizer(self, stage: str) -> torch.optim.Optimizer:
         params = self._stage_parameters(stage)
-        # One fused kernel over all parameters (the same Adam update): the default per-tensor loop
-        # took ~20% of an MTFN / VSA step on the CPU (bench/branch_speed.py).
-        try:
-            return torch.optim.Adam(params, lr=self.config.lr, fused=True)
-        except (RuntimeError, TypeError):  # pragma: no cover - builds without a fused kernel
-            return torch.optim.Adam(params, lr=self.config.lr, foreach=True)
+        return make_adam(params, self.config.lr)  # fused: one kernel over all parameters
 
     def _set_lr(self) -> float:
         cfg = self.config

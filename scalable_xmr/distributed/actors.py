@@ -36,7 +36,13 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
-from scalable_xmr.distributed.cluster import can_autoscale, cluster_cpus, describe_cluster, largest_node
+from scalable_xmr.distributed.cluster import (
+    can_autoscale,
+    cluster_cpus,
+    describe_cluster,
+    largest_node,
+    node_problem,
+)
 from scalable_xmr.distributed.progress import ProgressBars, Reporter
 from scalable_xmr.errors import ActorDiedError, InputError, XMRError
 
@@ -117,18 +123,27 @@ class _Worker:
         return self.task.fn(self.task.payload, self.reporter)
 
 
-def node_label(node_id: str) -> str:
-    """A node as the driver prints it: its id's first 8 hex digits and its address."""
-    address = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id), "?")
+def node_label(node_id: str, addresses: dict[str, str] | None = None) -> str:
+    """A node as the driver prints it: its id's first 8 hex digits and its address (``addresses``:
+    node id to address, as :func:`node_addresses` gives; asked of Ray when not given)."""
+    address = (node_addresses() if addresses is None else addresses).get(node_id, "?")
     return f"{node_id[:8]} ({address})"
+
+
+def node_addresses() -> dict[str, str]:
+    """Every node Ray knows of (alive or not), by id: its address."""
+    return {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
 
 
 def describe_placement(pg, names: Sequence[str]) -> str | None:
     """One line naming the node each task's bundle was placed on; None on a one-node cluster."""
-    if sum(1 for n in ray.nodes() if n.get("Alive")) < 2:
+    nodes = ray.nodes()  # asked once, for the count and every task's address
+    if sum(1 for n in nodes if n.get("Alive")) < 2:
         return None
-    nodes = placement_group_table(pg)["bundles_to_node_id"]
-    return "placement: " + ", ".join(f"{name} on node {node_label(nodes[i])}" for i, name in enumerate(names))
+    addresses = {n["NodeID"]: n["NodeManagerAddress"] for n in nodes}
+    placed = placement_group_table(pg)["bundles_to_node_id"]
+    return "placement: " + ", ".join(f"{name} on node {node_label(placed[i], addresses)}"
+                                     for i, name in enumerate(names))
 
 
 def cpu_share(resources: ActorResources, n_actors: int) -> float:
@@ -168,11 +183,11 @@ def _check_fits(bundle: dict[str, float], resources: ActorResources) -> None:
     autoscaling cluster may still add a bigger node, so it is given the benefit of the doubt)."""
     if can_autoscale():
         return
-    largest = largest_node()
+    largest, described = largest_node(), describe_cluster()
     for (key, flag) in zip(("CPU", "GPU"), resources.flags, strict=True):
-        if bundle.get(key, 0.0) > largest[key]:
-            raise InputError(f"{flag} {bundle[key]:g}: no node of this cluster has that many {key}s "
-                             f"(the largest has {largest[key]:g}; {describe_cluster()})")
+        problem = node_problem(key, bundle.get(key, 0.0), flag, largest[key], described)
+        if problem:
+            raise InputError(problem)
 
 
 def unwrap_actor_error(error: Exception) -> Exception:

@@ -80,8 +80,13 @@ def _say(line: str) -> str:
 
 def _resources() -> str:
     res = ray.cluster_resources()
-    n = sum(1 for node in ray.nodes() if node.get("Alive"))
+    n = len(alive_nodes())
     return f"{n} node{'s' if n != 1 else ''}, {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs"
+
+
+def alive_nodes() -> list[dict]:
+    """``ray.nodes()`` less the nodes that are gone (Ray keeps dead nodes in that list)."""
+    return [n for n in ray.nodes() if n.get("Alive")]
 
 
 def ray_pin() -> str | None:
@@ -133,7 +138,7 @@ def mismatch_message(address: str, cluster_ray: str, cluster_py: str, my_ray: st
 def describe_cluster() -> str:
     res = ray.cluster_resources()
     parts = [f"{res.get(k, 0):g} {k}" for k in ("CPU", "GPU")]
-    return ", ".join(parts) + f", {len(ray.nodes())} node(s)"
+    return ", ".join(parts) + f", {len(alive_nodes())} node(s)"
 
 
 def cluster_cpus() -> float:
@@ -146,7 +151,7 @@ def has_gpus() -> bool:
 
 def largest_node() -> dict[str, float]:
     """The CPU and GPU count of the biggest alive node (what one actor can be given at most)."""
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    nodes = [n["Resources"] for n in alive_nodes()]
     return {k: max((n.get(k, 0.0) for n in nodes), default=0.0) for k in ("CPU", "GPU")}
 
 
@@ -172,7 +177,15 @@ def gpu_problem(gpus_per_actor: float, flag: str, total: float, largest: float, 
     if total == 0:
         return (f"{flag} {gpus_per_actor:g} but this Ray cluster has no GPUs ({described}); "
                 "use 0 to train on CPUs")
-    if gpus_per_actor > largest:
-        return (f"{flag} {gpus_per_actor:g}: no node of this Ray cluster has that many GPUs (the largest "
+    return node_problem("GPU", gpus_per_actor, flag, largest, described)
+
+
+def node_problem(key: str, per_actor: float, flag: str, largest: float, described: str) -> str | None:
+    """Why an actor asking ``per_actor`` of ``key`` (``"CPU"``/``"GPU"``) can never be placed when
+    the largest node has ``largest`` (one actor cannot span nodes), or None. The one place that
+    says so: :func:`gpu_problem` (before a job writes anything) and the actor launcher
+    (distributed/actors.py) both use it."""
+    if per_actor > largest:
+        return (f"{flag} {per_actor:g}: no node of this cluster has that many {key}s (the largest "
                 f"has {largest:g}; {described}); an actor runs on one node")
     return None

@@ -63,7 +63,7 @@ def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
         batch = req.overrides.config_for(req.sdml, m).batch_size
         check_split_sizes(m, sizes[m], batch, ds.table_path(m))
     check_writable(req.run_dir, "--run")
-    store = RunStore(req.run_dir)
+    store = RunStore(req.run_dir, pull=False)  # refresh() below, under the lock, pulls it
     with run_lock(store.root):  # one job at a time on a run directory, taken before Ray starts
         store.refresh()  # an object-storage run: its local mirror as the bucket holds it
         mode = store.plan(overwrite=req.overwrite, resume=req.resume)

@@ -15,8 +15,9 @@ import time
 import torch
 
 from scalable_xmr.distributed.progress import Reporter
+from scalable_xmr.models.runtime import make_adam
 from scalable_xmr.sdml.modality_job import ModalityJob
-from scalable_xmr.sdml.trainer import EpochStats, ModalityTrainer, ProgressFn, TrainResult, make_adam
+from scalable_xmr.sdml.trainer import SDML_BETAS, EpochStats, ModalityTrainer, ProgressFn, TrainResult
 from scalable_xmr.store import torchfile
 
 
@@ -25,7 +26,7 @@ class JointTrainer:
         self.trainers = [ModalityTrainer(job, progress) for job in jobs]
         groups = [{"params": list(t.model.parameters()), "lr": t.optimizer.param_groups[0]["lr"]}
                   for t in self.trainers]
-        self.optimizer = make_adam(groups, groups[0]["lr"], self.trainers[0].device)
+        self.optimizer = make_adam(groups, groups[0]["lr"], SDML_BETAS)
         self.path = self.trainers[0].store.root / "joint_checkpoint.pt"
         if self.path.is_file():
             state = torchfile.load(self.path, self.trainers[0].device)

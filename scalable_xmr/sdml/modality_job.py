@@ -17,6 +17,7 @@ from scalable_xmr.data.filesystem import resolve_uri, source_identity
 from scalable_xmr.data.modality.cache import cached_splits
 from scalable_xmr.data.modality.dataset import SplitData, open_dataset, read_modality_table
 from scalable_xmr.errors import InputError
+from scalable_xmr.models.runtime import resolve_device
 from scalable_xmr.store.projection import load_projection
 from scalable_xmr.store.run_store import RunStore
 
@@ -63,12 +64,6 @@ def check_split_sizes(modality: str, sizes: dict[str, int], batch_size: int, whe
             raise InputError(f"modality {modality!r} ({where}): {split} split has no rows")
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class ModalityData:
     """One modality's splits as tensors on the device (features raw, labels multi-hot)."""
 
@@ -108,18 +103,20 @@ def _load_splits(job: ModalityJob) -> dict[str, SplitData]:
             tables = read_modality_table(job.table_path, n_classes=job.n_classes)
             return {s: tables[s] for s in splits}
 
-        identity = source_identity(*resolve_uri(job.table_path))
+        def identity() -> tuple | None:
+            return source_identity(*resolve_uri(job.table_path))
     else:
         ds = open_dataset(job.dataset_uri, validate=False)
 
         def load() -> dict[str, SplitData]:
             return {s: ds.read_split(job.modality, s) for s in splits}
 
-        identity = ds.source_identity(job.modality)
+        def identity() -> tuple | None:
+            return ds.source_identity(job.modality)
     if not job.reuse_data:
         return load()
     key = (job.dataset_uri, job.table_path, job.modality, splits, job.n_classes)
-    return cached_splits(key, identity, load)
+    return cached_splits(key, identity(), load)
 
 
 def job_context(job: ModalityJob) -> tuple[torch.device, RunStore, torch.Tensor, ModalityData]:

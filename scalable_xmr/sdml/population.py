@@ -41,18 +41,18 @@ from torch import nn
 from scalable_xmr.config import SDMLConfig
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.losses import label_loss_per_sample, sdml_loss
-from scalable_xmr.io import atomic_write_json
+from scalable_xmr.models.runtime import make_adam
 from scalable_xmr.models.sdml import SDMLAutoencoder
 from scalable_xmr.sdml.modality_job import ModalityJob, job_context
 from scalable_xmr.sdml.trainer import (
+    SDML_BETAS,
     EpochStats,
-    checkpoint_due,
     improves,
-    make_adam,
     mean_label_loss,
     member_seed,
-    model_payload,
     retain_freed_memory,
+    train_epochs,
+    write_run_outputs,
 )
 from scalable_xmr.store import torchfile
 from scalable_xmr.store.meta import now_iso
@@ -204,7 +204,7 @@ class PopulationTrainer:
         # updates the stacked storage in place, with member i's own rate and state.
         self._views = [[v.detach()[i] for v in params.values()] for i in range(n)]
         groups = [{"params": views, "lr": m.lr} for views, m in zip(self._views, self.members, strict=True)]
-        self.optimizer = make_adam(groups, self.members[0].lr, self.device)
+        self.optimizer = make_adam(groups, self.members[0].lr, SDML_BETAS)
         self.lam = torch.tensor([c.lam for c in configs], device=self.device)  # (N,)
         self.epoch = 0
         self.resumed_at: list[int] = []
@@ -249,8 +249,11 @@ class PopulationTrainer:
     def val_label_loss(self) -> torch.Tensor:
         """(N,) mean ‖Pᵀh − y‖₂ over labeled validation rows: each member's selection criterion."""
         per_sample = torch.vmap(label_loss_per_sample, in_dims=(0, None, None))
-        return mean_label_loss(self.net.encode, self.x["val"], self.data.labels["val"], self.P,
-                               per_sample=per_sample, chunk=1024)
+        chunks: list[torch.Tensor] = []
+        loss = mean_label_loss(self.net.encode, self.x["val"], self.data.labels["val"], self.P,
+                               per_sample=per_sample, chunk=1024, keep=chunks)
+        self.val_embeddings = torch.cat(chunks, dim=1)  # (N, n_val, d): this epoch's, current weights
+        return loss
 
     def train_epoch(self) -> list[EpochStats]:
         """One pass of every member over its shuffled train split, then validation.
@@ -292,18 +295,11 @@ class PopulationTrainer:
 
     def fit(self, on_epoch: PopulationHook | None = None,
             out_dirs: Sequence[str | Path] | None = None, checkpoint_at_end: bool = True) -> None:
-        """Train to ``epochs`` (a resumed population continues); checkpoint every
-        ``checkpoint_every`` epochs and at the last (unless ``checkpoint_at_end`` is False); then
-        ``on_epoch(stats, checkpointed)``. With ``out_dirs`` (one run directory per member) each
-        member's outputs are written there."""
-        while self.epoch < self.cfg.epochs:
-            stats = self.train_epoch()
-            self.record(stats)
-            checkpointed = checkpoint_due(self.epoch, self.cfg, checkpoint_at_end)
-            if checkpointed:
-                self.save_checkpoint()
-            if on_epoch is not None:
-                on_epoch(stats, checkpointed)
+        """Train to ``epochs`` (a resumed population continues) through ModalityTrainer's loop
+        (:func:`~scalable_xmr.sdml.trainer.train_epochs`: ``on_epoch(stats, checkpointed)`` with
+        each member's stats). With ``out_dirs`` (one run directory per member) each member's
+        outputs are written there."""
+        train_epochs(self, on_epoch, checkpoint_at_end)
         for i, directory in enumerate(out_dirs or ()):
             self.write_outputs(i, directory)
 
@@ -316,26 +312,12 @@ class PopulationTrainer:
         self.template.load_state_dict(self.net.member_state(i, self.best_params if best else None))
         return self.template.eval()
 
-    @torch.no_grad()
-    def embeddings(self, split: str, best: bool = False) -> torch.Tensor:
-        """(N, n, d) embeddings of ``split`` by every member (current or selected weights)."""
-        net = StackedAutoencoder(self.template, self.best_params, self.net.kernel) if best else self.net
-        x = self.x[split]
-        return torch.cat([net.encode(x[i : i + 1024]) for i in range(0, len(x), 1024)], dim=1)
-
     def write_outputs(self, i: int, run_dir: str | Path) -> None:
         """Member ``i``'s selected model, its ``eval_splits`` embeddings and training log in
         ``run_dir`` (the layout of a ModalityTrainer run)."""
         member, m = self.members[i], self.job.modality
-        store = RunStore(run_dir)
-        model = self.member_model(i, best=True)
-        store.save_model(m, model_payload(model, member.config, m, member.best_epoch,
-                                          self.job.projection_sha256))
-        for split in self.job.eval_splits:
-            with torch.no_grad():
-                emb = model.encode(self.data.features[split]).cpu().numpy()
-            store.write_embeddings(m, split, self.data.ids[split], self.data.labels[split].cpu().numpy(), emb)
-        atomic_write_json(store.train_log_path(m), {
+        write_run_outputs(RunStore(run_dir), self.job, self.member_model(i, best=True), member.config,
+                          member.best_epoch, self.data, {
             "modality": m, "best_epoch": member.best_epoch, "best_val_label": member.best_val,
             "epochs": self.epoch, "resumed_at_epoch": self.resumed_at, "history": member.history,
             "input_dim": self.data.input_dim, "n_train": len(self.x["train"]), "failed": member.failed,
@@ -353,7 +335,6 @@ class PopulationTrainer:
             "generators": [g.get_state() for g in self.generators],
             "members": [{**dataclasses.asdict(m), "config": m.config.to_dict()} for m in self.members],
             "resumed_at": self.resumed_at,
-            "configs": [m.config.to_dict() for m in self.members],
         }
         torchfile.save_rotating(state, self.store.checkpoint_path(self.job.modality))
 
@@ -362,7 +343,8 @@ class PopulationTrainer:
         if not path.is_file() and not torchfile.previous(path).is_file():
             return
         state, _, _ = torchfile.load_newest_good(path, self.device)
-        if state.get("configs") != [m.config.to_dict() for m in self.members]:
+        configs = [m.get("config") for m in state.get("members", [])]
+        if configs != [m.config.to_dict() for m in self.members]:
             raise InputError(f"{path}: checkpoint was written by another population; delete it or use "
                              "the same configurations")
         if state.get("layout") != LAYOUT:

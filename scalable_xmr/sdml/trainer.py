@@ -29,11 +29,14 @@ from scalable_xmr.distributed.progress import Reporter
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.losses import label_loss_per_sample, sdml_loss
 from scalable_xmr.io import atomic_write_json
+from scalable_xmr.models.runtime import make_adam
 from scalable_xmr.models.sdml import SDMLAutoencoder
-from scalable_xmr.sdml.modality_job import ModalityJob, job_context
+from scalable_xmr.sdml.modality_job import ModalityData, ModalityJob, job_context
 from scalable_xmr.store import torchfile
 from scalable_xmr.store.meta import now_iso
+from scalable_xmr.store.run_store import RunStore
 
+SDML_BETAS = (0.5, 0.999)  # Adam's betas in the SDML reference code
 ProgressFn = Callable[[dict[str, Any]], None]
 EpochHook = Callable[["EpochStats", bool], None]  # (this epoch's stats, whether it was checkpointed)
 
@@ -59,19 +62,6 @@ class TrainResult:
     train_seconds: float = 0.0
     device: str = "cpu"
     pid: int = 0
-
-
-def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
-    """Adam with SDML's betas (0.5, 0.999); fused kernel when the build has one (much faster step).
-
-    The fused kernel updates all parameters in one pass over memory without temporaries: for the
-    4096-d network (11.5M parameters, 2 CPU threads) it takes ~9 ms a step, where the default
-    single-tensor loop takes ~28 ms (~60 ms without ``retain_freed_memory``).
-    """
-    try:
-        return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), fused=True)
-    except (RuntimeError, TypeError):  # pragma: no cover - builds without a fused kernel
-        return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), foreach=True)
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
@@ -106,10 +96,46 @@ def member_seed(cfg: SDMLConfig, modality: str) -> int:
     return cfg.seed * 1_000_003 + zlib.crc32(modality.encode())
 
 
-def checkpoint_due(epoch: int, cfg: SDMLConfig, at_end: bool = True) -> bool:
-    """Whether the loop checkpoints after ``epoch``: every ``checkpoint_every`` epochs and, when
-    ``at_end``, at the last."""
-    return (at_end and epoch == cfg.epochs) or epoch % cfg.checkpoint_every == 0
+def save_selected(store: RunStore, job: ModalityJob, model: SDMLAutoencoder, cfg: SDMLConfig,
+                  best_epoch: int, data: ModalityData, embeddings: dict[str, torch.Tensor]) -> None:
+    """``model.pt`` (``model`` as the network of the selected epoch ``best_epoch``) and the given
+    splits' embeddings, each written atomically: what a run or a sweep trial keeps of a network."""
+    m = job.modality
+    store.save_model(m, model_payload(model, cfg, m, best_epoch, job.projection_sha256))
+    for split, emb in embeddings.items():
+        store.write_embeddings(m, split, data.ids[split], data.labels[split].cpu().numpy(), emb.cpu().numpy())
+
+
+def write_run_outputs(store: RunStore, job: ModalityJob, model: SDMLAutoencoder, cfg: SDMLConfig,
+                      best_epoch: int, data: ModalityData, log: dict[str, Any]) -> None:
+    """A trained network's outputs in ``store``: :func:`save_selected` with the embeddings of
+    ``job.eval_splits``, then the training log ``log`` (ModalityTrainer's and a population
+    member's, the same layout)."""
+    model.eval()
+    with torch.no_grad():
+        embeddings = {s: model.encode(data.features[s]) for s in job.eval_splits}
+    save_selected(store, job, model, cfg, best_epoch, data, embeddings)
+    atomic_write_json(store.train_log_path(job.modality), log)
+
+
+def train_epochs(trainer: Any, on_epoch: Callable[[Any, bool], None] | None, checkpoint_at_end: bool,
+                 after_checkpoint: Callable[[], None] | None = None) -> None:
+    """The epoch loop of :class:`ModalityTrainer` and of a population (sdml/population.py):
+    train to ``cfg.epochs`` (a resumed trainer continues), record each epoch, checkpoint every
+    ``checkpoint_every`` epochs and, unless ``checkpoint_at_end`` is False (a sweep trial, which
+    nothing resumes once it has ended), at the last; then ``on_epoch(stats, checkpointed)``."""
+    cfg = trainer.cfg
+    while trainer.epoch < cfg.epochs:
+        stats = trainer.train_epoch()
+        trainer.record(stats)
+        epoch = trainer.epoch
+        checkpointed = (checkpoint_at_end and epoch == cfg.epochs) or epoch % cfg.checkpoint_every == 0
+        if checkpointed:
+            trainer.save_checkpoint()
+            if after_checkpoint is not None:
+                after_checkpoint()
+        if on_epoch is not None:
+            on_epoch(stats, checkpointed)
 
 
 def improves(val_label: float, best_val: float) -> bool:
@@ -120,16 +146,19 @@ def improves(val_label: float, best_val: float) -> bool:
 
 def mean_label_loss(encode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                     P: torch.Tensor, per_sample: Callable[..., torch.Tensor] = label_loss_per_sample,
-                    chunk: int = 4096) -> torch.Tensor:
+                    chunk: int = 4096, keep: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Mean ‖Pᵀh − y‖₂ over the labeled rows of ``x`` (h = ``encode`` of a chunk of rows).
 
     ``per_sample(h, P, y)`` gives one value per row; a population passes a vmapped one, so that
-    ``encode`` may return (..., rows, d) and the result keeps the leading (member) dims.
+    ``encode`` may return (..., rows, d) and the result keeps the leading (member) dims. With
+    ``keep``, each chunk's h is appended to it (the embeddings, for whoever scores them next).
     """
     labeled = y.sum(1) > 0
     total = x.new_zeros(())
     for i in range(0, len(x), chunk):
         h = encode(x[i : i + chunk])
+        if keep is not None:
+            keep.append(h)
         total = total + (per_sample(h, P, y[i : i + chunk]) * labeled[i : i + chunk]).sum(-1)
     return total / labeled.sum().clamp_min(1)
 
@@ -155,7 +184,7 @@ class ModalityTrainer:
             self.model.fit_normalizer(self.data.features["train"])
         # Standardise each split once; the normaliser's buffers still travel with the model.
         self.x = {s: self.model.normalize(f) for s, f in self.data.features.items()}
-        self.optimizer = make_adam(self.model.parameters(), self.cfg.lr_for(job.modality), self.device)
+        self.optimizer = make_adam(self.model.parameters(), self.cfg.lr_for(job.modality), SDML_BETAS)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self.epoch = 0
         self.best_val, self.best_epoch = float("inf"), 0
@@ -192,10 +221,14 @@ class ModalityTrainer:
 
     @torch.no_grad()
     def val_label_loss(self) -> float:
-        """Mean ‖Pᵀh − y‖₂ over labeled validation rows: the model-selection criterion."""
+        """Mean ‖Pᵀh − y‖₂ over labeled validation rows: the model-selection criterion. The val
+        embeddings it computed stay in ``val_embeddings`` (a sweep trial scores them)."""
         self.model.eval()
-        loss = mean_label_loss(self.model.encode_normalized, self.x["val"], self.data.labels["val"], self.P)
+        chunks: list[torch.Tensor] = []
+        loss = mean_label_loss(self.model.encode_normalized, self.x["val"], self.data.labels["val"], self.P,
+                               keep=chunks)
         self.model.train()
+        self.val_embeddings = torch.cat(chunks)  # (n_val, d), L2-normalised
         return float(loss)
 
     def train_epoch(self) -> EpochStats:
@@ -238,23 +271,18 @@ class ModalityTrainer:
     def fit(self, on_epoch: EpochHook | None = None, checkpoint_at_end: bool = True) -> TrainResult:
         """Train to ``cfg.epochs`` (resumed runs continue), then write the selected model and outputs.
 
-        Every epoch is recorded and, every ``checkpoint_every`` epochs and at the last (unless
-        ``checkpoint_at_end`` is False: a sweep trial, which nothing resumes once it has ended),
-        checkpointed; then ``on_epoch(stats, checkpointed)`` runs (a sweep trial scores and reports
-        there). The job and the sweep trial run this same loop. Outputs are written at the end
-        unless the hook already wrote them for the last epoch (:meth:`write_outputs`).
+        The loop is :func:`train_epochs` (``on_epoch(stats, checkpointed)`` after each epoch: a
+        sweep trial scores and reports there); the job and the sweep trial run it alike. Outputs
+        are written at the end unless the hook already wrote them for the last epoch
+        (:meth:`write_outputs`).
         """
         start = time.perf_counter()
-        while self.epoch < self.cfg.epochs:
-            stats = self.train_epoch()
-            self.record(stats)
-            checkpointed = checkpoint_due(self.epoch, self.cfg, checkpoint_at_end)
-            if checkpointed:
-                self.save_checkpoint()
-                faults.crash_after_checkpoint(self.job.modality, self.epoch, self.cfg.epochs,
-                                              self.store.checkpoint_path(self.job.modality).parent)
-            if on_epoch is not None:
-                on_epoch(stats, checkpointed)
+
+        def injected_crash() -> None:  # tests only: scalable_xmr/faults.py
+            faults.crash_after_checkpoint(self.job.modality, self.epoch, self.cfg.epochs,
+                                          self.store.checkpoint_path(self.job.modality).parent)
+
+        train_epochs(self, on_epoch, checkpoint_at_end, injected_crash)
         if not self.outputs_written:
             self.write_outputs()
         return self.result(time.perf_counter() - start)
@@ -316,27 +344,14 @@ class ModalityTrainer:
         self.resumed_at = [*state.get("resumed_at", []), self.epoch]
 
     # ---- outputs -------------------------------------------------------------------------------
-    def save_model(self) -> None:
-        """``model.pt``: the current network, its configs and the selected epoch (atomic)."""
-        self.store.save_model(self.job.modality, model_payload(self.model, self.cfg, self.job.modality,
-                                                               self.best_epoch, self.job.projection_sha256))
-
     def write_outputs(self) -> None:
         """Best model, the embeddings of the job's ``eval_splits`` and the training log, each
         written atomically."""
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        self.model.eval()
-        m = self.job.modality
         self.outputs_written = True
-        self.save_model()
-        for split in self.job.eval_splits:
-            with torch.no_grad():
-                emb = self.model.encode(self.data.features[split]).cpu().numpy()
-            self.store.write_embeddings(m, split, self.data.ids[split],
-                                        self.data.labels[split].cpu().numpy(), emb)
-        atomic_write_json(self.store.train_log_path(m), {
-            "modality": m, "best_epoch": self.best_epoch, "best_val_label": self.best_val,
+        write_run_outputs(self.store, self.job, self.model, self.cfg, self.best_epoch, self.data, {
+            "modality": self.job.modality, "best_epoch": self.best_epoch, "best_val_label": self.best_val,
             "epochs": self.epoch, "resumed_at_epoch": self.resumed_at, "history": self.history,
             "input_dim": self.data.input_dim, "n_train": len(self.x["train"]),
             "finished": now_iso(),

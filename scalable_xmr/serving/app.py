@@ -31,8 +31,8 @@ from ray import serve
 
 from scalable_xmr.errors import InputError, XMRError
 from scalable_xmr.serving.ann import AnnIndex
-from scalable_xmr.serving.index import read_index
-from scalable_xmr.serving.run import Gallery, load_run
+from scalable_xmr.serving.index import check_index, read_index
+from scalable_xmr.serving.run import Gallery, TrainedRun, load_run
 from scalable_xmr.serving.search import check_features, check_k, exact_topk
 
 APP = "xmr"
@@ -71,7 +71,7 @@ class SearchService:
         self.stored: dict[str, dict[str, int]] = {}
         self.query_stored: dict[str, Gallery] = {}
         for m in modalities:
-            self.add_modality(m, indexes.get(m))
+            self._load_gallery(self.run.check_modality(m), indexes.get(m))
 
     def add_modality(self, modality: str, index: str | None = None) -> int:
         """Load (or reload) one modality's gallery (and its stored test items, for queries by id);
@@ -79,12 +79,17 @@ class SearchService:
         run = load_run(self.run_uri, device="cpu")  # re-read: the modality may be new in the run
         modality = run.check_modality(modality)
         self.run = run
-        gallery = read_index(index, run, modality) if index else run.gallery(modality, "test")
+        return self._load_gallery(modality, index)
+
+    def _load_gallery(self, modality: str, index: str | None) -> int:
+        """One modality's gallery and stored test items, from ``self.run``; returns the gallery size."""
+        gallery = read_index(index, self.run, modality) if index else self.run.gallery(modality, "test")
         self.galleries[modality] = gallery
         self.sources[modality] = f"index {index}" if index else "stored test split"
         if self.ann != "exact":
             self.ann_indexes[modality] = AnnIndex.build(gallery.embeddings, self.ann)
-        stored = run.gallery(modality, "test")  # queries by id name stored test items
+        # Queries by id name stored test items: without an index, that is the gallery just read.
+        stored = self.run.gallery(modality, "test") if index else gallery
         self.query_stored[modality] = stored
         self.stored[modality] = {str(i): n for n, i in enumerate(stored.ids)}
         return len(gallery)
@@ -168,6 +173,13 @@ def encoder_options(replicas: int, gpus_per_replica: float) -> dict[str, Any]:
             "ray_actor_options": {"num_cpus": 0.25, "num_gpus": gpus_per_replica}}
 
 
+def _deploy_encoder(run: TrainedRun, modality: str, replicas: int, gpus_per_replica: float) -> None:
+    """(Re)deploy one modality's encoder application (no HTTP route: the search app calls it)."""
+    device = "cuda" if gpus_per_replica > 0 else "cpu"
+    serve.run(ModalityEncoder.options(**encoder_options(replicas, gpus_per_replica)).bind(
+        run.location, modality, device), name=encoder_app_name(modality), route_prefix=None)
+
+
 def deploy(run_uri: str, indexes: dict[str, str] | None = None, modalities: list[str] | None = None,
            host: str = "127.0.0.1", port: int = 8000, replicas: int = 1, gpus_per_replica: float = 0.0,
            ann: str = "exact", model: str | None = None) -> str:
@@ -185,12 +197,10 @@ def deploy(run_uri: str, indexes: dict[str, str] | None = None, modalities: list
     for m, path in indexes.items():
         if m not in mods:
             raise InputError(f"--index {m}={path}: modality {m!r} is not served (serving: {', '.join(mods)})")
-        read_index(path, run, m)
+        check_index(path, run, m)  # its rows are read by the search replica, not here
     serve.start(http_options={"host": host, "port": port})
-    device = "cuda" if gpus_per_replica > 0 else "cpu"
     for m in mods:
-        serve.run(ModalityEncoder.options(**encoder_options(replicas, gpus_per_replica)).bind(
-            run.location, m, device), name=encoder_app_name(m), route_prefix=None)
+        _deploy_encoder(run, m, replicas, gpus_per_replica)
     service = SearchService.options(ray_actor_options={"num_cpus": 0.25})
     serve.run(service.bind(run.location, indexes, mods, ann), name=APP, route_prefix="/")
     return f"http://{host}:{port}"
@@ -203,10 +213,8 @@ def deploy_modality(run_uri: str, modality: str, index: str | None = None, repli
     run = load_run(run_uri, device="cpu")
     modality = run.check_modality(modality, "modality")
     if index:
-        read_index(index, run, modality)
-    device = "cuda" if gpus_per_replica > 0 else "cpu"
-    serve.run(ModalityEncoder.options(**encoder_options(replicas, gpus_per_replica)).bind(
-        run.location, modality, device), name=encoder_app_name(modality), route_prefix=None)
+        check_index(index, run, modality)  # its rows are read by the search replica, not here
+    _deploy_encoder(run, modality, replicas, gpus_per_replica)
     return serve.get_app_handle(APP).add_modality.remote(modality, index).result()
 
 

@@ -52,13 +52,6 @@ class BranchEngine:
             raise InputError(f"model: {model_name!r} has no search support (known: {', '.join(MODES)})")
 
     # ---- inputs --------------------------------------------------------------------------------
-    def input_spec(self, modality: str) -> str:
-        if modality == "image":
-            return f"(n, {self.image_dim}) or (n, regions, {self.image_dim}) float"
-        if self.text_dim is not None:
-            return f"(n, {self.text_dim}) float"
-        return f"token-id lists (ids 1..{self.vocab_size - 1})"
-
     def inputs(self, modality: str, features: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Checked model inputs: images (n, [R,] dim) float, or (tokens (n, T) long, lengths)."""
         if modality == "image":
@@ -130,9 +123,13 @@ class BranchEngine:
     @torch.no_grad()
     def search(self, query_modality: str, query: Repr, gallery: Repr, n_gallery: int, k: int,
                depth: int = RERANK_DEPTH, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-        """(indices (Q, k), scores (Q, k)) of the best gallery items of each query."""
+        """(indices (Q, k), scores (Q, k)) of the best gallery items of each query.
+
+        VSE/VSA: ``gallery`` may be the gallery's stored embeddings (a numpy array, already
+        L2-normalised by :meth:`embedding`): used as they are, not normalised again per search."""
         if self.mode == "embedding":
-            return exact_topk(self.embedding(query), self.embedding(gallery), k, chunk, self.device)
+            emb = gallery if isinstance(gallery, np.ndarray) else self.embedding(gallery)
+            return exact_topk(self.embedding(query), emb, k, chunk, self.device)
         if self.mode == "pairwise":  # MTFN: fusion scores of every pair, one gallery chunk at a time
             return chunked_topk(lambda a, b: self._scores(query_modality, query, _rows(gallery, a, b)),
                                 n_gallery, k, min(chunk, 1024))
@@ -141,7 +138,7 @@ class BranchEngine:
         cand, _ = exact_topk(first_q, first_g, max(k, min(depth, n_gallery)), chunk, self.device)
         out_idx, out_scores = [], []
         for qi, row in enumerate(cand):
-            s = self._scores(query_modality, _rows(query, qi, qi + 1), _take(gallery, row))[0]  # (depth,)
+            s = self._scores(query_modality, _rows(query, qi, qi + 1), take_rows(gallery, row))[0]  # (depth,)
             order = torch.sort(s.cpu(), descending=True, stable=True).indices[:k]
             out_idx.append(row[order.numpy()])
             out_scores.append(s.cpu()[order].numpy())
@@ -152,7 +149,8 @@ def _rows(repr_: Repr, start: int, end: int) -> Repr:
     return tuple(t[start:end] for t in repr_) if isinstance(repr_, tuple) else repr_[start:end]
 
 
-def _take(repr_: Repr, index: Sequence[int]) -> Repr:
+def take_rows(repr_: Repr, index: Sequence[int]) -> Repr:
+    """The rows ``index`` of a representation (a tensor, or a tuple of per-item tensors)."""
     idx = torch.as_tensor(np.asarray(index), dtype=torch.long)
     if isinstance(repr_, tuple):
         return tuple(t[idx.to(t.device)] for t in repr_)

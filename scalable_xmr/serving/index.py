@@ -173,9 +173,11 @@ def check_source(run: TrainedRun, modality: str, table: str) -> None:
 
 
 # ---- reading indexes ---------------------------------------------------------------------------------
-def read_index(path: str, run: TrainedRun, target_modality: str | None = None,
-               field: str = "--index") -> Gallery:
-    """An index directory as a :class:`Gallery`, after checking it was built by ``run``.
+def check_index(path: str, run: TrainedRun, target_modality: str | None = None,
+                field: str = "--index") -> tuple[dict[str, Any], list[str]]:
+    """(sidecar, Parquet files) of an index directory, after checking it was built by ``run`` --
+    without reading its rows (``xmr serve`` checks indexes in the driver; the search replica
+    reads them).
 
     Refused with one line naming ``field`` and the path: no sidecar, another run's fingerprint
     (P sha256), or another modality than ``target_modality``.
@@ -197,6 +199,13 @@ def read_index(path: str, run: TrainedRun, target_modality: str | None = None,
     files = sorted(str(p) for p in root.glob("*.parquet"))
     if not files:
         raise InputError(f"{field} {path}: no Parquet files")
+    return meta, files
+
+
+def read_index(path: str, run: TrainedRun, target_modality: str | None = None,
+               field: str = "--index") -> Gallery:
+    """An index directory as a :class:`Gallery`, after :func:`check_index`."""
+    meta, files = check_index(path, run, target_modality, field)
     table = pads.dataset(files, format="parquet").to_table()
     col = table.column("embedding").combine_chunks()
     emb = col.values.to_numpy().reshape(len(col), col.type.list_size)

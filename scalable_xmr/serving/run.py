@@ -27,10 +27,10 @@ import torch
 from scalable_xmr.branch.member import load_branch_model
 from scalable_xmr.data.paired import open_paired_dataset
 from scalable_xmr.errors import InputError, MissingError
+from scalable_xmr.models.runtime import resolve_device
 from scalable_xmr.models.sdml import SDMLAutoencoder
-from scalable_xmr.sdml.modality_job import resolve_device
 from scalable_xmr.serving.branch import MODALITIES as PAIR_MODALITIES
-from scalable_xmr.serving.branch import BranchEngine
+from scalable_xmr.serving.branch import BranchEngine, take_rows
 from scalable_xmr.serving.search import (
     DEFAULT_CHUNK,
     SearchResult,
@@ -66,19 +66,23 @@ class TrainedRun:
         self.kind = meta.kind
         self.device = resolve_device(device)
         self._encoders: dict[str, SDMLAutoencoder] = {}
+        # Stored galleries a search ranks or looks query ids up in: a pairs run encodes the whole
+        # split to build one, so it is built once per (modality, split), not on every search.
+        self._galleries: dict[tuple[str, str], Gallery] = {}
         if self.kind == "sdml":
             self.modalities = meta.finished_modalities()
-            self.models = list(self.modalities)
             self.model = None
             self.fingerprint = str(meta.projection["sha256"])  # P's sha256: what a common space is
             self.embedding_dim = int(meta.projection["dim"])
             self.n_classes = int(meta.dataset["n_classes"])
         else:
-            self.models = [m for m, v in (meta.members or {}).items() if v.get("status") == "finished"]
-            self.model = _choose_member(self.models, model, store.root)
+            members = [m for m, v in (meta.members or {}).items() if v.get("status") == "finished"]
+            self.model = _choose_member(members, model, store.root)
             path = store.member_dir(self.model) / "model.pt"
             branch, _ = load_branch_model(path, self.device)
-            dims = torchfile.load(path)  # the input sizes it was built for (read twice: small files)
+            # The input sizes it was built for: load_branch_model returns the network, not the
+            # payload, so the file is read a second time (model files are small).
+            dims = torchfile.load(path)
             self.engine = BranchEngine(branch, dims["model"], dims, self.device)
             self.modalities = list(PAIR_MODALITIES)
             self.fingerprint = _payload_sha256(path)  # the member's model.pt content
@@ -197,7 +201,7 @@ class TrainedRun:
         if self.kind != "sdml" and query_modality == target_modality:
             raise InputError(f"target_modality: a {self.model} run searches image<->text, got "
                              f"{query_modality!r} -> {target_modality!r}")
-        gallery = gallery if gallery is not None else self.gallery(target_modality, split)
+        gallery = gallery if gallery is not None else self._stored(target_modality, split)
         if gallery.modality != target_modality:
             raise InputError(f"gallery: holds {gallery.modality!r} items, target_modality is "
                              f"{target_modality!r}")
@@ -206,10 +210,12 @@ class TrainedRun:
         if self.kind == "sdml":
             idx, scores = exact_topk(query, gallery.embeddings, k, chunk, self.device)
         else:
-            reprs = gallery.reprs if gallery.reprs is not None else torch.as_tensor(gallery.embeddings)
             if gallery.reprs is None and self.engine.mode != "embedding":
                 raise InputError(f"gallery: a {self.model} search needs the items' features (its score "
                                  "is not a dot product of stored embeddings); use gallery_from_features")
+            # VSE/VSA rank by the cosine of the stored embeddings, already L2-normalised: no need
+            # to re-derive them from the representations on every search.
+            reprs = gallery.embeddings if self.engine.mode == "embedding" else gallery.reprs
             idx, scores = self.engine.search(query_modality, query, reprs, len(gallery), k, chunk=chunk)
         return result_from(query_ids, gallery.ids, idx, scores)
 
@@ -217,7 +223,7 @@ class TrainedRun:
         """(query ids, query embeddings or branch representations) of features or stored ids."""
         if _is_ids(features_or_ids):
             wanted = [features_or_ids] if isinstance(features_or_ids, str) else list(features_or_ids)
-            stored = self.gallery(modality, split)
+            stored = self._stored(modality, split)
             row = {str(i): n for n, i in enumerate(stored.ids)}
             missing = [i for i in wanted if str(i) not in row]
             if missing:
@@ -226,7 +232,7 @@ class TrainedRun:
             if self.kind == "sdml":
                 return [str(i) for i in wanted], stored.embeddings[rows]
             from_reprs = stored.reprs if stored.reprs is not None else torch.as_tensor(stored.embeddings)
-            return [str(i) for i in wanted], _take_rows(from_reprs, rows)
+            return [str(i) for i in wanted], take_rows(from_reprs, rows)
         if self.kind == "sdml":
             emb = self.encode(modality, features_or_ids)
             return [""] * len(emb), emb
@@ -234,12 +240,11 @@ class TrainedRun:
         n = len(reprs[0]) if isinstance(reprs, tuple) else len(reprs)
         return [""] * n, reprs
 
-
-def _take_rows(repr_: Any, rows: list[int]) -> Any:
-    idx = torch.as_tensor(rows, dtype=torch.long)
-    if isinstance(repr_, tuple):
-        return tuple(t[idx.to(t.device)] for t in repr_)
-    return repr_[idx.to(repr_.device)]
+    def _stored(self, modality: str, split: str) -> Gallery:
+        """:meth:`gallery`, built once per (modality, split) for searches."""
+        if (modality, split) not in self._galleries:
+            self._galleries[(modality, split)] = self.gallery(modality, split)
+        return self._galleries[(modality, split)]
 
 
 def _is_ids(x: Any) -> bool:
@@ -263,10 +268,14 @@ def _choose_member(members: list[str], model: str | None, root: Path) -> str:
 
 def _payload_sha256(path: Path) -> str:
     """SHA-256 of a model file's payload (the checksum its header carries; computed if absent)."""
-    raw = path.read_bytes()
-    if raw.startswith(torchfile.MAGIC):
-        return raw[len(torchfile.MAGIC): len(torchfile.MAGIC) + 32].hex()
-    return hashlib.sha256(raw).hexdigest()
+    with open(path, "rb") as f:
+        # The header is MAGIC + the payload's 32-byte SHA-256 (torchfile): the digest is read
+        # from it, not from the whole file (torchfile.load has already checked it matches).
+        head = f.read(len(torchfile.MAGIC) + 32)
+        if head.startswith(torchfile.MAGIC):
+            return head[len(torchfile.MAGIC):].hex()
+        f.seek(0)  # written before checksums: no header, hash the file
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_run(uri: str | os.PathLike, model: str | None = None, device: str = "auto") -> TrainedRun:

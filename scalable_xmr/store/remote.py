@@ -9,7 +9,9 @@ module keeps the two in step:
 - every file renamed into place under a mirror is uploaded at once, with one PUT, which S3 makes
   atomic (there is no rename on S3, so the object appears whole or not at all); a directory is
   uploaded file by file and objects under it that the mirror no longer has are deleted; a path
-  removed from the mirror is deleted from the bucket (``io.after_write`` calls :func:`push`);
+  removed from the mirror is deleted from the bucket (``io.after_write`` calls :func:`push`); a
+  file renamed within a mirror whose bytes the bucket already holds is copied there server side
+  (:func:`renamed`), not uploaded again;
 - the writers write ``run.json`` (the finished marker) after the files it describes, so in the
   bucket too it is uploaded last.
 
@@ -176,6 +178,35 @@ def _upload(m: Mirror, path: Path) -> None:
     if info.mtime is not None:  # a later pull compares against the object's own time
         stamp = info.mtime.timestamp()
         os.utime(path, (stamp, stamp))
+
+
+def renamed(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Tell the bucket that the file ``src`` was just renamed to ``dst`` (both under one mirror):
+    ``src``'s object is copied to ``dst``'s key server side, with no upload (``src``'s object is left
+    for the caller, which rewrites or removes it). Paths outside a mirror: nothing. A file whose
+    ``src`` object is missing (never uploaded) is uploaded instead."""
+    d = Path(dst).resolve()
+    m = _mirror_of_path(d)
+    if m is None:
+        return
+    s = Path(src).resolve()
+    rel = d.relative_to(m.local).as_posix()
+    if _skipped(rel):
+        return
+    try:
+        s.relative_to(m.local)
+    except ValueError:
+        push(d)
+        return
+    src_key, dst_key = m.key_of(s), m.key_of(d)
+    if m.fs.get_file_info(src_key).type != pafs.FileType.File:
+        push(d)
+        return
+    m.fs.copy_file(src_key, dst_key)
+    info = m.fs.get_file_info(dst_key)
+    if info.mtime is not None and d.is_file():  # as after an upload: a pull compares object times
+        stamp = info.mtime.timestamp()
+        os.utime(d, (stamp, stamp))
 
 
 def push(path: Path) -> None:

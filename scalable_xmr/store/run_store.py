@@ -44,12 +44,15 @@ class RunStore:
     read and written in its local mirror (store/remote.py), ``root`` then being the mirror and
     ``uri`` the URI (what jobs hand to actors and trials, which may run on other nodes). With
     ``modality`` (an actor or trial training that one modality) a URI's mirror gets the run's
-    top-level files and that modality's directory only."""
+    top-level files and that modality's directory only. With ``pull=False`` nothing is downloaded
+    yet: a job that calls :meth:`refresh` once it holds the run's lock pulls the run once, not
+    twice."""
 
-    def __init__(self, root: str | os.PathLike, modality: str | None = None):
+    def __init__(self, root: str | os.PathLike, modality: str | None = None, pull: bool = True):
         self._mirror = remote.mirror(os.fspath(root)) if remote.is_uri(root) else None
         if self._mirror is not None:
-            remote.pull(self._mirror, subdirs=None if modality is None else (f"modalities/{modality}",))
+            if pull:
+                remote.pull(self._mirror, subdirs=None if modality is None else (f"modalities/{modality}",))
             self.root = self._mirror.local
             self.uri = self._mirror.uri
         else:

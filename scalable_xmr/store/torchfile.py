@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from scalable_xmr.errors import CorruptFileError
-from scalable_xmr.io import atomic_path, written
+from scalable_xmr.io import atomic_path
+from scalable_xmr.store import remote
 
 MAGIC = b"XMRTORCH1"
 _DIGEST = 32
@@ -67,7 +68,9 @@ def save_rotating(obj: Any, path: str | os.PathLike) -> None:
     """:func:`save`, keeping the file it replaces as ``<path>.prev``."""
     if Path(path).is_file():
         os.replace(path, previous(path))
-        written(previous(path))  # an object-storage run keeps the previous checkpoint too
+        # An object-storage run keeps the previous checkpoint too: copied in the bucket, not uploaded
+        # again (the save below then overwrites ``path``'s object).
+        remote.renamed(path, previous(path))
     save(obj, path)
 
 

@@ -26,12 +26,13 @@ class Backend(Protocol):
     table_extra: tuple[str, ...]  # reported keys shown in the summary table
     complete_key: str | None  # a key only a trial that ran to its end reports (None: any trial)
 
-    def check(self, req: Any) -> None:
+    def check(self, req: Any) -> Any:
         """Cheap checks of a new sweep's request against its dataset (it exists, has the
-        modalities or splits asked for), run before Ray starts; :meth:`prepare` runs them too."""
+        modalities or splits asked for), run before Ray starts; returns what :meth:`prepare`
+        needs of what it read (``checked``)."""
         ...
 
-    def prepare(self, req: Any, sweep_dir: Path, space: Any) -> dict[str, Any]: ...
+    def prepare(self, req: Any, sweep_dir: Path, space: Any, checked: Any) -> dict[str, Any]: ...
 
     def n_groups(self, info: dict[str, Any]) -> int: ...
 

@@ -50,8 +50,7 @@ class BranchBackend:
             if split not in present:
                 raise InputError(f"--data {req.dataset_uri}: no {split!r} split (has {present})")
 
-    def prepare(self, req, sweep_dir: Path, space: SearchSpace) -> dict[str, Any]:
-        self.check(req)
+    def prepare(self, req, sweep_dir: Path, space: SearchSpace, checked: None = None) -> dict[str, Any]:
         trainer, model_values = split_base(self.model, req.base)
         trainer.setdefault("seed", req.seed)
         # MTFN: the text-text branch trains after, as in the train-pairs job

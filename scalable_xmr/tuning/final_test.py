@@ -19,9 +19,9 @@ from scalable_xmr.branch.member import load_branch_model, score_model
 from scalable_xmr.data.modality.dataset import open_dataset
 from scalable_xmr.data.paired import open_paired_dataset
 from scalable_xmr.io import read_json
+from scalable_xmr.models.runtime import resolve_device
 from scalable_xmr.models.sdml import SDMLAutoencoder
 from scalable_xmr.sdml import evaluate
-from scalable_xmr.sdml.modality_job import resolve_device
 from scalable_xmr.store.projection import load_projection
 from scalable_xmr.store.run_store import RunStore
 from scalable_xmr.tuning.sdml_trial import anchor_map

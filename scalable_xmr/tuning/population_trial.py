@@ -23,7 +23,7 @@ from typing import Any
 
 from scalable_xmr.config import SDMLConfig, from_dict
 from scalable_xmr.sdml.population import POPULATION_KEYS, PopulationTrainer
-from scalable_xmr.sdml.trainer import model_payload
+from scalable_xmr.sdml.trainer import save_selected
 from scalable_xmr.store.run_store import RunStore
 from scalable_xmr.tuning import trial_io
 from scalable_xmr.tuning.results import MEMBERS_KEY, member_id
@@ -57,7 +57,7 @@ def sdml_population_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None
     def on_epoch(stats, checkpointed: bool) -> None:
         nonlocal train_seconds
         train_seconds += sum(s.seconds for s in stats)
-        val_emb = pop.embeddings("val").cpu()  # (N, n, d), current weights
+        val_emb = pop.val_embeddings.cpu()  # (N, n, d): this epoch's, from its validation pass
         rows = []
         for i, (member, st) in enumerate(zip(pop.members, stats, strict=True)):
             val_map = anchor_map(val_emb[i], labels, P) if member.failed is None else float("nan")
@@ -96,9 +96,6 @@ def _best(rows: list[dict[str, Any]], key: str, pick) -> float:
 
 def _save_member(pop: PopulationTrainer, i: int, directory: Path, val_emb) -> None:
     """Member ``i``'s selected model and its val embeddings, in its own trial directory."""
-    m, store = pop.job.modality, RunStore(directory)
     member = pop.members[i]
-    store.save_model(m, model_payload(pop.member_model(i, best=True), member.config, m,
-                                      member.best_epoch, pop.job.projection_sha256))
-    store.write_embeddings(m, "val", pop.data.ids["val"], pop.data.labels["val"].cpu().numpy(),
-                           val_emb.numpy())
+    save_selected(RunStore(directory), pop.job, pop.member_model(i, best=True), member.config,
+                  member.best_epoch, pop.data, {"val": val_emb})

@@ -36,6 +36,12 @@ def member_id(trial_id: str, index: int) -> str:
     return f"{trial_id}-m{index}"
 
 
+def member_metrics(result: dict[str, Any], i: int) -> dict[str, Any]:
+    """Member ``i``'s metrics in a population trial's result (its own entry; {} when missing)."""
+    members = result.get(MEMBERS_KEY) or []
+    return dict(members[i]) if i < len(members) else {}
+
+
 def member_rows(row: TrialRow) -> list[TrialRow]:
     """One row per configuration: ``row`` itself, or each member of a population trial
     (tuning/population_trial.py) with its own config, metrics and error."""
@@ -44,11 +50,10 @@ def member_rows(row: TrialRow) -> list[TrialRow]:
         return [row]
     config = {k: v for k, v in row.config.items() if k != MEMBERS_KEY}
     shared = {k: v for k, v in row.metrics.items() if k != MEMBERS_KEY}
-    reported = row.metrics.get(MEMBERS_KEY) or []
     out = []
     for i, values in enumerate(members):
         name = member_id(row.trial_id, i)
-        metrics = {**shared, **(reported[i] if i < len(reported) else {}), "trial_id": name}
+        metrics = {**shared, **member_metrics(row.metrics, i), "trial_id": name}
         error = row.error or metrics.pop("error", None)
         out.append(TrialRow(name, {**config, **values}, metrics, row.group, error))
     return out

@@ -45,9 +45,9 @@ class SDMLBackend:
                                  f"(it has: {', '.join(ds.modalities)})")
         return ds, modalities
 
-    def prepare(self, req, sweep_dir: Path, space) -> dict[str, Any]:
-        """Check the dataset and modalities, write the sweep's one projection.arrow."""
-        ds, modalities = self.check(req)
+    def prepare(self, req, sweep_dir: Path, space, checked: tuple[Any, list[str]]) -> dict[str, Any]:
+        """Write the sweep's one projection.arrow for the dataset and modalities :meth:`check` found."""
+        ds, modalities = checked
         base = from_dict(SDMLConfig, {**req.base, "epochs": req.epochs}, source="sweep base config")
         P = create_projection(base.dim, ds.info.n_classes, req.seed)
         digest = save_projection(sweep_dir / "projection.arrow", P, seed=req.seed)

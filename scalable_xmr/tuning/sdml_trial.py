@@ -38,7 +38,7 @@ import torch
 from scalable_xmr.config import SDMLConfig, from_dict
 from scalable_xmr.functional.retrieval import mean_average_precision
 from scalable_xmr.sdml.modality_job import ModalityJob
-from scalable_xmr.sdml.trainer import ModalityTrainer
+from scalable_xmr.sdml.trainer import ModalityTrainer, save_selected
 from scalable_xmr.tuning import trial_io
 
 # Tune result key -> (MLflow metric name, direction) for the two SDML sweep metrics.
@@ -109,14 +109,14 @@ def sdml_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None:
         """Score the epoch on val against P's anchors and report it (the job's loop calls this)."""
         nonlocal best_map, train_seconds
         train_seconds += stats.seconds
-        val_emb = _encode(trainer, "val")
+        val_emb = trainer.val_embeddings.cpu()  # this epoch's, from its validation pass
         val_map = anchor_map(val_emb, trainer.data.labels["val"].cpu(), trainer.P.cpu())
         last = trainer.epoch == cfg.epochs
         if trainer.best_epoch == trainer.epoch:  # the selected model changed
             best_map = val_map
             if setup.save_each_selected and not last:  # the last epoch writes it below
-                trainer.save_model()
-                _write_embeddings(trainer, {"val": val_emb})
+                save_selected(trainer.store, trainer.job, trainer.model, cfg, trainer.best_epoch,
+                              trainer.data, {"val": val_emb})
         metrics = {
             "epoch": trainer.epoch, "loss_train": stats.loss_train, "loss_recon": stats.loss_recon,
             "loss_label": stats.loss_label, "val_label_loss": stats.loss_val_label,
@@ -131,19 +131,3 @@ def sdml_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None:
                         {"epoch": trainer.epoch, "best_anchor_map": best_map, "train_seconds": train_seconds})
 
     trainer.fit(on_epoch, checkpoint_at_end=False)
-
-
-@torch.no_grad()
-def _encode(trainer, split: str) -> torch.Tensor:
-    """(n, d) embeddings of a split with the trainer's current model (inputs pre-standardised)."""
-    trainer.model.eval()
-    x = trainer.x[split]
-    out = torch.cat([trainer.model.encode_normalized(x[i : i + 4096]) for i in range(0, len(x), 4096)])
-    trainer.model.train()
-    return out.cpu()
-
-
-def _write_embeddings(trainer, emb: dict[str, torch.Tensor]) -> None:
-    for split, e in emb.items():
-        trainer.store.write_embeddings(trainer.job.modality, split, trainer.data.ids[split],
-                                       trainer.data.labels[split].cpu().numpy(), e.numpy())

@@ -187,7 +187,7 @@ def _check_new(sweep_dir: Path) -> None:
                             "choose another --name")
 
 
-def _open_sweep(req: SweepRequest, sweep_dir: Path, backend) -> dict[str, Any]:
+def _open_sweep(req: SweepRequest, sweep_dir: Path, backend, checked: Any) -> dict[str, Any]:
     """Read sweep.json of a sweep to resume, or create the sweep directory and its sweep.json."""
     if req.resume:
         return _resumable(req, sweep_dir)
@@ -207,7 +207,7 @@ def _open_sweep(req: SweepRequest, sweep_dir: Path, backend) -> dict[str, Any]:
         "log_params": sorted(k for k, d in space.tuned().items() if d.log), "versions": versions(),
     }
     try:
-        meta.update(backend.prepare(req, sweep_dir, space))
+        meta.update(backend.prepare(req, sweep_dir, space, checked))
     except BaseException:
         if created:  # leave no half-made sweep behind (a bad dataset, --set value ...)
             shutil.rmtree(sweep_dir, ignore_errors=True)
@@ -319,11 +319,11 @@ def run_sweep(req: SweepRequest, address: str | None = None, callbacks: tuple = 
         _check_base(req, space)
         _check_new(sweep_dir)
     backend = backend_for(req.model)
-    if not req.resume:  # the dataset and its modalities / splits, before Ray starts too
-        backend.check(req)
+    # the dataset and its modalities / splits, before Ray starts too; prepare() takes what it read
+    checked = None if req.resume else backend.check(req)
     check_writable(sweep_dir, "--storage")
     connect(address)
-    meta = _open_sweep(req, sweep_dir, backend)
+    meta = _open_sweep(req, sweep_dir, backend, checked)
     tracker, parent = _tracker(req, meta, sweep_dir)
     experiment = meta.get("mlflow", {}).get("experiment", req.tracking.experiment)
     fixed = {"model": meta["model"], **{f"base.{k}": v for k, v in _fixed(meta).items()}}

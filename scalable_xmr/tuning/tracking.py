@@ -32,7 +32,7 @@ from ray import tune
 
 from scalable_xmr.io import atomic_write_json, read_json
 from scalable_xmr.tracking.tracker import Tracker
-from scalable_xmr.tuning.results import MEMBERS_KEY, member_id
+from scalable_xmr.tuning.results import MEMBERS_KEY, member_id, member_metrics
 
 RUNS_FILE = "mlflow_runs.json"
 FLUSH_SECONDS = 5.0  # per-epoch metrics wait at most this long on the driver before MLflow has them
@@ -137,7 +137,7 @@ class SweepTracking(tune.Callback):
             run = self._start(member_id(trial.trial_id, i), group,
                               {**config, **values, "population_size": len(members)},
                               {"population_trial": trial.trial_id})
-            out.append((run, lambda result, i=i: _member_result(result, i)))
+            out.append((run, lambda result, i=i: member_metrics(result, i)))
         return out
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
@@ -172,9 +172,3 @@ class SweepTracking(tune.Callback):
 
     def on_experiment_end(self, trials: list, **info) -> None:
         self._flush()
-
-
-def _member_result(result: dict[str, Any], i: int) -> dict[str, Any]:
-    """Member ``i``'s metrics of a population trial's result (its own list entry)."""
-    members = result.get(MEMBERS_KEY) or []
-    return dict(members[i]) if i < len(members) else {}

@@ -15,6 +15,7 @@ from scalable_xmr.cli.train import main as train_main
 from scalable_xmr.distributed.cluster import (
     gpu_problem,
     mismatch_message,
+    node_problem,
     pin_problem,
     ray_pin,
     versions_in_mismatch,
@@ -112,7 +113,11 @@ def test_gpus_no_node_offers():
     assert gpu_problem(1, "--gpus-per-modality", 3, 1, described) is None
     assert gpu_problem(0.5, "--gpus-per-modality", 3, 1, described) is None
     line = gpu_problem(2, "--gpus-per-modality", 3, 1, described)
-    assert line.startswith("--gpus-per-modality 2: no node of this Ray cluster has that many GPUs "
-                           "(the largest has 1; 8 CPU, 3 GPU, 3 node(s))")
+    assert line == ("--gpus-per-modality 2: no node of this cluster has that many GPUs "
+                    "(the largest has 1; 8 CPU, 3 GPU, 3 node(s)); an actor runs on one node")
+    # The actor launcher's own check (distributed/actors.py) says it in the same words.
+    assert node_problem("CPU", 100, "--cpus-per-modality", 2, described).startswith(
+        "--cpus-per-modality 100: no node of this cluster has that many CPUs (the largest has 2;")
+    assert node_problem("CPU", 2, "--cpus-per-modality", 2, described) is None
     none = gpu_problem(1, "--gpus-per-model", 0, 0, "2 CPU, 0 GPU, 1 node(s)")
     assert none.startswith("--gpus-per-model 1 but this Ray cluster has no GPUs (2 CPU, 0 GPU")

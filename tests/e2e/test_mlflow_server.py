@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from servers import mlflow_server
+from servers import MlflowServer
 
 from scalable_xmr.cli.train import main as train_main
 from scalable_xmr.store.run_store import RunStore
@@ -26,7 +26,7 @@ PLOTS = ("map_heatmap.png", "precision_recall.png", "precision_scope.png")
 def test_sdml_job_logs_parent_children_metrics_and_plots_to_a_server(tmp_path, small_xmedia, ray_local,
                                                                      capsys):
     run = tmp_path / "runs" / "served"
-    with mlflow_server(tmp_path / "mlflow") as server:
+    with MlflowServer(tmp_path / "mlflow") as server:
         argv = ["--data", small_xmedia, "--run", str(run), *sum((["--modality", m] for m in MODALITIES), []),
                 "--epochs", str(EPOCHS), "--dim", "32", "--batch-size", "20", "--checkpoint-every", "1",
                 "--tracking-uri", server.uri, "--experiment", "served", "--no-progress"]

@@ -66,8 +66,12 @@ def test_every_atomic_write_is_uploaded_and_read_back_in_a_fresh_mirror(env, tmp
     store.write(sdml_meta(projection={"sha256": "x"}))
     atomic_write_text(store.root / "modalities" / "a" / "train_log.json", "{}\n")
     ckpt = store.checkpoint_path("a")
+    uploads = []
+    real_upload = remote._upload
+    monkeypatch.setattr(remote, "_upload", lambda m, p: (uploads.append(p.name), real_upload(m, p))[1])
     torchfile.save_rotating({"epoch": 1}, ckpt)
     torchfile.save_rotating({"epoch": 2}, ckpt)  # the first becomes last.pt.prev, in the bucket too
+    assert uploads == ["last.pt", "last.pt"]  # .prev is a copy in the bucket, not a second upload
     (store.root / ".lock").write_text("held")  # the job lock stays on the mirror
     got = objects(env, "runs/a")
     assert set(got) == {"run.json", "modalities/a/train_log.json", "modalities/a/checkpoints/last.pt",

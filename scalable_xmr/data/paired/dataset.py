@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from scalable_xmr.data.filesystem import resolve_uri
 from scalable_xmr.data.paired.format import (
     CAPTIONS_FILE,
     IMAGES_FILE,
@@ -223,7 +224,7 @@ def open_paired_dataset(uri: str | os.PathLike) -> PairedDataset:
     """Open a paired dataset directory or URI (``s3://...``, ``gs://...``) for reading."""
     text = str(uri)
     if "://" in text:
-        fs, root = pafs.FileSystem.from_uri(text)
+        fs, root = resolve_uri(text)  # s3: credentials and bucket checked, one line naming the URI
     else:
         fs, root = pafs.LocalFileSystem(), str(Path(text).resolve())
         if not Path(root).is_dir():
