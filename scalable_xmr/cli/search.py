@@ -25,7 +25,9 @@ or per CPU slot but one) -> write_parquet, so the table never has to fit in memo
 SEARCH_HELP = """Search a gallery with the queries of a Parquet table (id, features[, labels]).
 The gallery is an index from `xmr index` (--index) or the target modality's stored test split.
 Prints (query id, rank, item id, score), or writes them to --out; with labels on both sides it
-also prints mAP, mAP@k and precision@k."""
+also prints mAP, mAP@k and precision@k. Every run is searched exactly (the whole gallery ranked by
+the model's own score) unless --ann picks a faiss index or --depth asks an MMCA run for its
+two-stage search; the "search" line says which ranking ran."""
 
 SERVE_HELP = """Serve a run over HTTP with Ray Serve: one encoder deployment per modality
 (requests batched) and a search deployment holding the galleries. GET /healthz, GET /modalities,
@@ -72,6 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="FILE", default=None, help="write the results to this Parquet file")
     p.add_argument("--limit", type=int, default=20, help="queries printed without --out (default 20)")
     _ann_argument(p)
+    p.add_argument("--depth", type=int, default=None, metavar="D",
+                   help="MMCA runs only: two-stage search, the D best by i0·c0 re-scored with the full S "
+                   "(approximate; D from --k to the gallery size). Default: exact, the full S of every item")
     p.set_defaults(func=run_search)
 
     p = sub.add_parser("serve", help="serve a run over HTTP (Ray Serve)", description=SERVE_HELP,
@@ -118,7 +123,7 @@ def run_search(args: argparse.Namespace) -> int:
     _positive(args.k, "--k")
     outcome = search_table(SearchRequest(run=args.run, query_modality=args.query_modality,
                                          query_table=args.query_table, target=args.target, index=args.index,
-                                         k=args.k, ann=args.ann, model=args.model))
+                                         k=args.k, ann=args.ann, model=args.model, depth=args.depth))
     n = len(outcome.result.query_ids)
     if args.out:
         write_results(outcome.result, args.out)
@@ -128,7 +133,7 @@ def run_search(args: argparse.Namespace) -> int:
         if n > args.limit:
             print(f"... {n - args.limit} more queries (--out FILE writes them all)")
     print(f"gallery       : {outcome.gallery}")
-    print(f"search        : {n} queries in {outcome.seconds:.3f} s ({args.ann})")
+    print(f"search        : {n} queries in {outcome.seconds:.3f} s, {outcome.result.mode}")
     for name, value in (outcome.metrics or {}).items():
         print(f"{name:<14}: {value:.4f}")
     return 0

@@ -6,10 +6,18 @@ Each model's way of scoring decides how a gallery is searched:
   one embedding matrix and search is the exact chunked top-k of ``serving.search``.
 - MMCA (``rerank``): S = i0·c0 + α·i1·c1 (MMCA §3.5). The first term is a dot product of
   per-item embeddings (i0 of an image, c0 of a caption), the second needs the cross-attention
-  transformer over every (image, caption) pair. A search takes the ``depth`` best candidates by
-  i0·c0 (exact, chunked), then re-scores only those with the full S (``model.similarity``).
-  Deviation from the paper, which scores every pair with S: the cross term is applied to the
-  first stage's top ``depth`` (default 100) only, so an item outside them cannot enter the top k.
+  transformer over every (image, caption) pair. Two modes, named wherever results are shown:
+
+  * ``exact`` (the default, ``depth=None``): every gallery item is scored with the full S, as the
+    paper ranks and as evaluation does; the gallery is scored in chunks of rows (memory bounded by
+    ``Q x chunk`` scores and the model's ``pair_chunk`` pairs per transformer call). Cost: Q·N
+    cross-attention passes over (regions + words) tokens, plus Q·N·d for i0·c0.
+  * ``two-stage`` (``depth=D``): the D best items by i0·c0 (exact, chunked), then those D re-scored
+    with the full S. Approximate: an item outside the first stage's D cannot enter the top k.
+    Cost: Q·N·d + Q·D cross-attention passes. With D = N it ranks as ``exact`` does.
+
+  In both modes ties in S go to the lower gallery row (the second stage re-orders its candidates
+  by gallery row before the stable sort), so ``depth = N`` and ``exact`` agree even on ties.
 - MTFN (``pairwise``): S_IT = sigmoid(W_m Σ_r (W_v^r ṽ) ⊙ (W_t^r t̃)) (MTFN Eq. 3-4) has no
   per-item embedding: the gallery's representations (ṽ or t̃) are scored against the queries
   in chunks with ``model.ranking_scores`` (the pre-sigmoid logit, same order). Cost per search:
@@ -34,7 +42,6 @@ from scalable_xmr.serving.search import check_features, chunked_topk, exact_topk
 
 MODALITIES = ("image", "text")
 MODES = {"vse": "embedding", "vsa": "embedding", "mmca": "rerank", "mtfn": "pairwise"}
-RERANK_DEPTH = 100  # MMCA: first-stage candidates re-scored with the full S
 
 
 class BranchEngine:
@@ -120,24 +127,53 @@ class BranchEngine:
             return self.model.ranking_scores(query, gallery)
         return self.model.ranking_scores(gallery, query).T
 
+    def check_depth(self, depth: object, k: int, n_gallery: int, field: str = "depth") -> int | None:
+        """``depth`` checked: None (exact), or an int from ``k`` to the gallery size for MMCA's
+        two-stage search; anything else, or a depth for a model without two stages, is InputError."""
+        if depth is None:
+            return None
+        if self.mode != "rerank":
+            raise InputError(f"{field}: only MMCA runs have a two-stage search; a {self.name} search "
+                             f"is exact (got {field}={depth!r})")
+        if not isinstance(depth, int | np.integer) or isinstance(depth, bool) or \
+                not k <= int(depth) <= n_gallery:
+            raise InputError(f"{field}: must be an integer from k = {k} to the gallery size {n_gallery}, "
+                             f"got {depth!r}")
+        return int(depth)
+
+    def describe(self, depth: int | None, n_gallery: int) -> str:
+        """How a search ranks, for the user: the mode and, for MMCA / MTFN, the cost per query."""
+        if self.mode == "embedding":
+            return "exact (cosine of stored embeddings)"
+        if self.mode == "pairwise":
+            return f"exact (MTFN fusion score of every item: {n_gallery} fusion passes per query)"
+        if depth is None:
+            return f"exact (MMCA full S of every item: {n_gallery} cross-attention passes per query)"
+        return (f"two-stage, approximate (top {depth} of {n_gallery} by i0·c0, re-scored with the full S: "
+                f"{depth} cross-attention passes per query)")
+
     @torch.no_grad()
     def search(self, query_modality: str, query: Repr, gallery: Repr, n_gallery: int, k: int,
-               depth: int = RERANK_DEPTH, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+               depth: int | None = None, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """(indices (Q, k), scores (Q, k)) of the best gallery items of each query.
 
         VSE/VSA: ``gallery`` may be the gallery's stored embeddings (a numpy array, already
-        L2-normalised by :meth:`embedding`): used as they are, not normalised again per search."""
+        L2-normalised by :meth:`embedding`): used as they are, not normalised again per search.
+        ``depth``: MMCA only; None ranks every item with the full S (exact), an int ranks the
+        ``depth`` best by i0·c0 with the full S (two-stage; see the module docstring)."""
+        depth = self.check_depth(depth, k, n_gallery)
         if self.mode == "embedding":
             emb = gallery if isinstance(gallery, np.ndarray) else self.embedding(gallery)
             return exact_topk(self.embedding(query), emb, k, chunk, self.device)
-        if self.mode == "pairwise":  # MTFN: fusion scores of every pair, one gallery chunk at a time
+        if self.mode == "pairwise" or depth is None:
+            # MTFN, and MMCA exact: the model's score of every pair, one gallery chunk at a time
             return chunked_topk(lambda a, b: self._scores(query_modality, query, _rows(gallery, a, b)),
                                 n_gallery, k, min(chunk, 1024))
-        # MMCA: i0·c0 candidates (exact), then the full S on those only
+        # MMCA two-stage: i0·c0 candidates (exact), then the full S on those only
         first_q, first_g = query[0].float(), gallery[0].float()
-        cand, _ = exact_topk(first_q, first_g, max(k, min(depth, n_gallery)), chunk, self.device)
+        cand, _ = exact_topk(first_q, first_g, depth, chunk, self.device)
         out_idx, out_scores = [], []
-        for qi, row in enumerate(cand):
+        for qi, row in enumerate(np.sort(cand, axis=1)):  # gallery order: ties to the lower row
             s = self._scores(query_modality, _rows(query, qi, qi + 1), take_rows(gallery, row))[0]  # (depth,)
             order = torch.sort(s.cpu(), descending=True, stable=True).indices[:k]
             out_idx.append(row[order.numpy()])

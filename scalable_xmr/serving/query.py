@@ -36,6 +36,7 @@ class SearchRequest:
     ann: str = "exact"  # exact | flat | ivf | hnsw
     model: str | None = None  # a pairs run's member
     device: str = "auto"
+    depth: int | None = None  # MMCA: two-stage search with this first-stage depth (None: exact)
 
 
 @dataclass
@@ -68,16 +69,22 @@ def search_table(req: SearchRequest) -> SearchOutcome:
     query_emb = None
     if run.kind == "sdml":
         query_emb = run.encode(q_mod, features)
+        if req.depth is not None:
+            raise InputError(f"--depth: only MMCA runs have a two-stage search; an SDML search is exact "
+                             f"(got --depth {req.depth})")
         if req.ann == "exact":
             idx, scores = exact_topk(query_emb, gallery.embeddings, req.k, device=run.device)
+            mode = "exact (cosine of stored embeddings)"
         else:
             idx, scores = AnnIndex.build(gallery.embeddings, req.ann).search(query_emb, req.k)
+            mode = f"faiss {req.ann}" + (" (exact inner product)" if req.ann == "flat" else " (approximate)")
     else:
         if req.ann != "exact":
             raise InputError(f"--ann {req.ann}: faiss indexes serve SDML runs; use --ann exact")
-        found = run.search(q_mod, features, target, req.k, gallery=gallery)
-        idx, scores = found.indices, found.scores
-    result = result_from(ids, gallery.ids, idx, scores)
+        run.engine.check_depth(req.depth, req.k, len(gallery), "--depth")
+        found = run.search(q_mod, features, target, req.k, gallery=gallery, depth=req.depth)
+        idx, scores, mode = found.indices, found.scores, found.mode
+    result = result_from(ids, gallery.ids, idx, scores, mode)
     seconds = time.perf_counter() - start
     metrics = None
     q_labels = labels_matrix(table, run.n_classes)

@@ -189,12 +189,15 @@ class TrainedRun:
     # ---- search --------------------------------------------------------------------------------
     def search(self, query_modality: str, features_or_ids: Any, target_modality: str, k: int = 10,
                gallery: Gallery | None = None, split: str = "test",
-               chunk: int = DEFAULT_CHUNK) -> SearchResult:
-        """The ``k`` best items of ``target_modality`` for each query, best first (exact search).
+               chunk: int = DEFAULT_CHUNK, depth: int | None = None) -> SearchResult:
+        """The ``k`` best items of ``target_modality`` for each query, best first.
 
         ``features_or_ids``: raw features of the query modality, or ids (strings) of stored items
         of the query modality's ``split``. ``gallery``: what to rank (default: the target
         modality's stored ``split``). Scores: cosine (SDML, VSE, VSA), MMCA's S, MTFN's logit.
+        Every model ranks the whole gallery exactly, except an MMCA run given ``depth``: then
+        the ``depth`` best by i0·c0 are re-scored with the full S (two-stage, approximate).
+        ``SearchResult.mode`` says which ranking ran.
         """
         self.check_modality(query_modality, "query_modality")
         self.check_modality(target_modality, "target_modality")
@@ -206,18 +209,23 @@ class TrainedRun:
             raise InputError(f"gallery: holds {gallery.modality!r} items, target_modality is "
                              f"{target_modality!r}")
         k = check_k(k, len(gallery))
-        query_ids, query = self._queries(query_modality, features_or_ids, split)
         if self.kind == "sdml":
+            if depth is not None:
+                raise InputError(f"depth: only MMCA runs have a two-stage search; an SDML search is "
+                                 f"exact (got depth={depth!r})")
+            query_ids, query = self._queries(query_modality, features_or_ids, split)
             idx, scores = exact_topk(query, gallery.embeddings, k, chunk, self.device)
-        else:
-            if gallery.reprs is None and self.engine.mode != "embedding":
-                raise InputError(f"gallery: a {self.model} search needs the items' features (its score "
-                                 "is not a dot product of stored embeddings); use gallery_from_features")
-            # VSE/VSA rank by the cosine of the stored embeddings, already L2-normalised: no need
-            # to re-derive them from the representations on every search.
-            reprs = gallery.embeddings if self.engine.mode == "embedding" else gallery.reprs
-            idx, scores = self.engine.search(query_modality, query, reprs, len(gallery), k, chunk=chunk)
-        return result_from(query_ids, gallery.ids, idx, scores)
+            return result_from(query_ids, gallery.ids, idx, scores, "exact (cosine of stored embeddings)")
+        depth = self.engine.check_depth(depth, k, len(gallery))
+        if gallery.reprs is None and self.engine.mode != "embedding":
+            raise InputError(f"gallery: a {self.model} search needs the items' features (its score "
+                             "is not a dot product of stored embeddings); use gallery_from_features")
+        query_ids, query = self._queries(query_modality, features_or_ids, split)
+        # VSE/VSA rank by the cosine of the stored embeddings, already L2-normalised: no need
+        # to re-derive them from the representations on every search.
+        reprs = gallery.embeddings if self.engine.mode == "embedding" else gallery.reprs
+        idx, scores = self.engine.search(query_modality, query, reprs, len(gallery), k, depth, chunk)
+        return result_from(query_ids, gallery.ids, idx, scores, self.engine.describe(depth, len(gallery)))
 
     def _queries(self, modality: str, features_or_ids: Any, split: str) -> tuple[list[str], Any]:
         """(query ids, query embeddings or branch representations) of features or stored ids."""

@@ -38,6 +38,7 @@ class SearchResult:
     ids: np.ndarray  # (Q, k) object (str)
     scores: np.ndarray  # (Q, k) float32 (cosine for embedding models; MTFN: its fusion logits)
     indices: np.ndarray  # (Q, k) int64 rows of the gallery
+    mode: str = "exact"  # how the ranking was made: "exact ...", "two-stage ...", "faiss ivf ..."
 
     def rows(self) -> list[dict]:
         """One dict per (query, rank): ``query_id, rank (1-based), id, score``."""
@@ -133,11 +134,11 @@ def gemm_flops(n_query: int, n_gallery: int, dim: int) -> int:
 
 
 def result_from(query_ids: Sequence[str], gallery_ids: np.ndarray, idx: np.ndarray,
-                scores: np.ndarray) -> SearchResult:
+                scores: np.ndarray, mode: str = "exact") -> SearchResult:
     """A :class:`SearchResult` from gallery row indices (``exact_topk`` or an ANN index)."""
     gallery_ids = np.asarray(gallery_ids, dtype=object)
     return SearchResult(np.asarray(list(query_ids), dtype=object), gallery_ids[idx],
-                        np.asarray(scores, np.float32), np.asarray(idx, np.int64))
+                        np.asarray(scores, np.float32), np.asarray(idx, np.int64), mode)
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

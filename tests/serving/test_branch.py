@@ -113,3 +113,107 @@ def test_the_index_encoder_reads_token_captions(pairs_run):
     ids, _, stored = load_run(run_dir, model="vse").embeddings("text", "test")
     assert out.column("id").to_pylist() == list(ids)
     np.testing.assert_allclose(emb, stored, atol=1e-5)
+
+
+# ---- MMCA: exact and two-stage search (issue #21) ------------------------------------------------
+def _brute_force_mmca(run_dir: str, data: str) -> np.ndarray:
+    """S(I, T) of every (image, caption) pair of the test split, each pair scored on its own
+    (a 1 x 1 call of the model's S), in float64: the reference the chunked search must match."""
+    import torch
+
+    net, _ = load_branch_model(f"{run_dir}/models/mmca/model.pt", torch.device("cpu"))
+    net.eval()  # no dropout: the scores search ranks by
+    split = open_paired_dataset(data).read_split("test")
+    images = torch.as_tensor(split.images, dtype=torch.float32)
+    out = np.zeros((len(split.image_ids), len(split.caption_ids)), np.float64)
+    with torch.no_grad():
+        for c in range(out.shape[1]):
+            tokens = torch.as_tensor(split.tokens[c : c + 1, : split.lengths[c]], dtype=torch.long)
+            txt = net.encode_texts(tokens, torch.as_tensor(split.lengths[c : c + 1], dtype=torch.long))
+            for i in range(out.shape[0]):
+                out[i, c] = float(net.similarity(net.encode_images(images[i : i + 1]), txt)[0, 0])
+    return out
+
+
+def _ranked(row: np.ndarray, k: int) -> np.ndarray:
+    """The k best columns of one score row, best first, ties to the lower index."""
+    return np.lexsort((np.arange(len(row)), -row))[:k]
+
+
+def _assert_same_ranking(ids, scores, ref_ids, ref_scores, atol=1e-4):
+    """Equal rankings, except that items whose scores differ by less than ``atol`` (a near tie,
+    where float summation order may decide) may trade places."""
+    np.testing.assert_allclose(scores, ref_scores, atol=atol)
+    for a, b, sa, sb in zip(ids, ref_ids, scores, ref_scores, strict=True):
+        assert a == b or abs(sa - sb) < atol, (ids, ref_ids)
+
+
+def test_mmca_exact_search_equals_a_brute_force_full_s_ranking(pairs_run):
+    run_dir, data = pairs_run
+    run = load_run(run_dir, model="mmca", device="cpu")
+    split = open_paired_dataset(data).read_split("test")
+    ref = _brute_force_mmca(run_dir, data)  # (12 images, 60 captions)
+    t2i = run.search("text", list(split.caption_ids[:6]), "image", k=5, chunk=5)
+    assert t2i.mode.startswith("exact (MMCA full S of every item: 12 cross-attention passes")
+    for q in range(6):
+        top = _ranked(ref[:, q], 5)
+        _assert_same_ranking(list(t2i.ids[q]), t2i.scores[q], list(split.image_ids[top]), ref[top, q])
+    i2t = run.search("image", list(split.image_ids[:3]), "text", k=7, chunk=16)
+    for q in range(3):
+        top = _ranked(ref[q], 7)
+        _assert_same_ranking(list(i2t.ids[q]), i2t.scores[q], list(split.caption_ids[top]), ref[q, top])
+
+
+def test_mmca_two_stage_with_the_whole_gallery_is_the_exact_search(pairs_run):
+    run_dir, data = pairs_run
+    run = load_run(run_dir, model="mmca", device="cpu")
+    split = open_paired_dataset(data).read_split("test")
+    queries = list(split.caption_ids[:8])
+    exact = run.search("text", queries, "image", k=6)
+    staged = run.search("text", queries, "image", k=6, depth=12)
+    assert staged.mode.startswith("two-stage, approximate (top 12 of 12 by i0·c0")
+    np.testing.assert_array_equal(staged.ids, exact.ids)
+    np.testing.assert_allclose(staged.scores, exact.scores, atol=1e-5)
+
+
+def test_mmca_two_stage_ranks_the_first_stage_candidates_by_s(pairs_run):
+    """depth = 4 < gallery: the results are the i0·c0 top 4, ordered by the brute-force S."""
+    import torch
+
+    run_dir, data = pairs_run
+    run = load_run(run_dir, model="mmca", device="cpu")
+    split = open_paired_dataset(data).read_split("test")
+    net, _ = load_branch_model(f"{run_dir}/models/mmca/model.pt", torch.device("cpu"))
+    net.eval()
+    ref = _brute_force_mmca(run_dir, data)
+    with torch.no_grad():
+        i0 = net.encode_images(torch.as_tensor(split.images, dtype=torch.float32))[0].double().numpy()
+        c0 = net.encode_texts(torch.as_tensor(split.tokens, dtype=torch.long),
+                              torch.as_tensor(split.lengths, dtype=torch.long))[0].double().numpy()
+    first = i0 @ c0.T  # (images, captions): the first stage's score
+    found = run.search("text", list(split.caption_ids[:5]), "image", k=3, depth=4)
+    for q in range(5):
+        cand = _ranked(first[:, q], 4)
+        top = cand[_ranked(ref[cand, q], 3)]
+        _assert_same_ranking(list(found.ids[q]), found.scores[q], list(split.image_ids[top]), ref[top, q])
+
+
+@pytest.mark.parametrize("model, depth, match", [
+    ("mmca", 0, r"depth: must be an integer from k = 3 to the gallery size 12, got 0"),
+    ("mmca", 2, r"depth: must be an integer from k = 3 to the gallery size 12, got 2"),
+    ("mmca", 13, r"depth: must be an integer from k = 3 to the gallery size 12, got 13"),
+    ("mmca", 4.5, r"depth: must be an integer from k = 3 .* got 4.5"),
+    ("vse", 5, r"depth: only MMCA runs have a two-stage search; a vse search is exact \(got depth=5\)"),
+    ("mtfn", 5, r"depth: only MMCA runs have a two-stage search; a mtfn search is exact"),
+])
+def test_bad_depth(pairs_run, model, depth, match):
+    run = load_run(pairs_run[0], model=model, device="cpu")
+    with pytest.raises(InputError, match=match):
+        run.search("text", np.asarray([[1, 2, 3]]), "image", k=3, depth=depth)
+
+
+def test_search_results_name_their_ranking(pairs_run):
+    for model, mode in (("vse", "exact (cosine of stored embeddings)"),
+                        ("mtfn", "exact (MTFN fusion score of every item: 12 fusion passes per query)")):
+        run = load_run(pairs_run[0], model=model, device="cpu")
+        assert run.search("text", np.asarray([[1, 2, 3]]), "image", k=2).mode == mode

@@ -148,3 +148,49 @@ def test_cli_refuses_an_unfinished_run(sdml_run, text_queries, tmp_path, capsys)
     fails_one_line(main, capsys, ["search", "--run", str(copy), "--query-modality", "text", "--query-table",
                                   text_queries[0], "--target", "image"],
                    "not a finished run (status 'failed')")
+
+
+@pytest.fixture(scope="module")
+def caption_queries(pairs_run, tmp_path_factory):
+    """A query table of the pairs run's first 4 test captions (id, tokens)."""
+    from scalable_xmr.data.paired import open_paired_dataset
+
+    split = open_paired_dataset(pairs_run[1]).read_split("test")
+    tokens = [t[:n].tolist() for t, n in zip(split.tokens[:4], split.lengths[:4], strict=True)]
+    path = tmp_path_factory.mktemp("captions") / "q.parquet"
+    pq.write_table(pa.table({"id": list(split.caption_ids[:4]),
+                             "tokens": pa.array(tokens, pa.list_(pa.int32()))}), path)
+    return str(path)
+
+
+def test_cli_mmca_search_says_which_ranking_ran(pairs_run, caption_queries, capsys):
+    argv = ["search", "--run", pairs_run[0], "--model", "mmca", "--query-modality", "text",
+            "--query-table", caption_queries, "--target", "image", "--k", "3"]
+    assert main(argv) == 0
+    assert "4 queries in" in (out := capsys.readouterr().out)
+    assert "exact (MMCA full S of every item: 12 cross-attention passes per query)" in out
+    assert main([*argv, "--depth", "5"]) == 0
+    assert ("two-stage, approximate (top 5 of 12 by i0·c0, re-scored with the full S: 5 cross-attention "
+            "passes per query)") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model, depth, message", [
+    ("mmca", "2", "--depth: must be an integer from k = 3 to the gallery size 12, got 2"),
+    ("mmca", "0", "--depth: must be an integer from k = 3 to the gallery size 12, got 0"),
+    ("mmca", "13", "--depth: must be an integer from k = 3 to the gallery size 12, got 13"),
+    ("vse", "5", "--depth: only MMCA runs have a two-stage search; a vse search is exact"),
+])
+def test_cli_bad_depth_is_one_line_and_writes_nothing(pairs_run, caption_queries, capsys, tmp_path, model,
+                                                      depth, message):
+    out = tmp_path / "r.parquet"
+    fails_one_line(main, capsys, ["search", "--run", pairs_run[0], "--model", model, "--query-modality",
+                                  "text", "--query-table", caption_queries, "--target", "image", "--k", "3",
+                                  "--depth", depth, "--out", str(out)], message)
+    assert not out.exists()
+
+
+def test_cli_depth_on_an_sdml_run_is_one_line(sdml_run, text_queries, capsys):
+    fails_one_line(main, capsys, ["search", "--run", sdml_run, "--query-modality", "text", "--query-table",
+                                  text_queries[0], "--target", "image", "--depth", "10"],
+                   "--depth: only MMCA runs have a two-stage search; an SDML search is exact "
+                   "(got --depth 10)")
