@@ -7,6 +7,8 @@ value's domain with a message that names the key and the value.
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -33,13 +35,21 @@ SDML_IMAGE_LR = 1e-4
 SDML_OTHER_LR = 2e-4
 
 
+def reference_lr(modality: str) -> tuple[float, str]:
+    """The reference code's Adam rate of ``modality`` and why (the job's lr line prints it)."""
+    if modality == "image":
+        return SDML_IMAGE_LR, "reference code: image rate"
+    return SDML_OTHER_LR, "reference code: non-image rate"
+
+
 @dataclass(frozen=True)
 class SDMLConfig:
     """Hyperparameters of one modality's supervised autoencoder (docs/models.md, SDML §4.2).
 
     ``lr=None`` picks the reference code's per-modality rate (:meth:`lr_for`): 1e-4 for the
     modality named "image", 2e-4 for every other one. The jobs resolve it per modality
-    (:meth:`resolved`), so run.json and MLflow record the rate actually used.
+    (:meth:`ModalityOverrides.config_for`, which also applies ``--lr NAME=RATE`` and best.json), so
+    run.json and MLflow record the rate actually used.
     """
 
     dim: int = 512  # d: common-space size = rows of P (SDML sets 512 for XMedia's networks)
@@ -66,9 +76,7 @@ class SDMLConfig:
         """The Adam rate of ``modality``: ``lr`` when set, else the reference code's rule."""
         if not isinstance(modality, str):  # the rule is by name (it once took the input dim)
             raise TypeError(f"lr_for takes a modality name, got {modality!r}")
-        if self.lr is not None:
-            return self.lr
-        return SDML_IMAGE_LR if modality == "image" else SDML_OTHER_LR
+        return self.lr if self.lr is not None else reference_lr(modality)[0]
 
     def resolved(self, modality: str) -> SDMLConfig:
         """This config with ``lr`` filled in for ``modality`` (what run.json and MLflow record)."""
@@ -154,13 +162,102 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class LearningRates:
+    """The ``--lr`` flags: one Adam rate for every modality and/or rates for named modalities.
+
+    A named rate beats the rate for every modality (``--lr 1e-4 --lr image=2e-4``: image 2e-4, the
+    rest 1e-4); both beat best.json (:meth:`ModalityOverrides.lr_choice` has the whole order).
+    """
+
+    every: float | None = None  # --lr RATE
+    named: tuple[tuple[str, float], ...] = ()  # --lr NAME=RATE, in the order given (frozen)
+
+    @classmethod
+    def parse(cls, values: Sequence[str] | None, flag: str = "--lr") -> LearningRates:
+        """The repeated ``--lr`` values; each is RATE (every modality, at most one) or NAME=RATE.
+
+        Example:
+            >>> LearningRates.parse(["1e-4", "image=2e-4"])
+            LearningRates(every=0.0001, named=(('image', 0.0002),))
+        """
+        every, named = None, {}
+        for value in values or ():
+            name, sep, text = value.partition("=")
+            if sep and not (name.strip() and text.strip()):  # names are checked against the data later
+                raise InputError(f"{flag} {value!r}: a modality's own rate is NAME=RATE, e.g. image=1e-4")
+            rate = _rate(text if sep else value, f"{flag} {value!r}")
+            if not sep:
+                if every is not None:
+                    raise InputError(f"{flag} gives two rates for every modality ({short_number(every)} and "
+                                     f"{short_number(rate)}): give one, and NAME=RATE for a modality's own")
+                every = rate
+            elif name in named:
+                raise InputError(f"{flag} names modality {name!r} twice")
+            else:
+                named[name] = rate
+        return cls(every, tuple(named.items()))
+
+    def check_modalities(self, trained: Sequence[str], dataset: str | None = None,
+                         known: Sequence[str] = ()) -> None:
+        """Every named modality is one the job trains (and, given ``dataset``, one of its ``known``)."""
+        for name, _ in self.named:
+            if name in trained:
+                continue
+            if dataset is not None and name not in known:
+                raise InputError(f"--lr names modality {name!r}, which is not in dataset {dataset} "
+                                 f"(it has: {', '.join(known)})")
+            raise InputError(f"--lr names modality {name!r}, which this job does not train "
+                             f"(--modality: {', '.join(trained)})")
+
+
+def _rate(text: str, where: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError:
+        raise InputError(f"{where}: {text!r} is not a number (give RATE or NAME=RATE, e.g. 1e-4 or "
+                         "image=1e-4)") from None
+    if not (math.isfinite(rate) and rate > 0):
+        raise InputError(f"{where}: a learning rate must be a positive number, got {text}")
+    return rate
+
+
+@dataclass(frozen=True)
 class ModalityOverrides:
-    """Per-modality hyperparameters (e.g. the winners of a per-modality sweep)."""
+    """Per-modality hyperparameters (e.g. the winners of a per-modality sweep) and the ``--lr`` flags."""
 
     per_modality: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lr: LearningRates = LearningRates()  # the command line's rates: they beat per_modality's "lr"
+    source: str = "best.json"  # where per_modality comes from, as the job's lr line names it
 
     def config_for(self, base: SDMLConfig, modality: str) -> SDMLConfig:
-        """``base`` with this modality's overrides, ``lr`` resolved for it (:meth:`SDMLConfig.lr_for`)."""
+        """``base`` with this modality's overrides, ``lr`` resolved for it (:meth:`lr_choice`)."""
+        cfg = self._merged(base, modality)
+        return dataclasses.replace(cfg, lr=self.lr_choice(base, modality)[0])
+
+    def lr_choice(self, base: SDMLConfig, modality: str) -> tuple[float, str]:
+        """``modality``'s Adam rate and where it comes from. First that applies: ``--lr NAME=RATE``,
+        ``--lr RATE``, ``per_modality`` (best.json), ``base.lr`` (the run's), the reference code."""
+        named = dict(self.lr.named)
+        if modality in named:
+            return named[modality], f"--lr {modality}="
+        if self.lr.every is not None:
+            return self.lr.every, "--lr"
+        cfg = self._merged(base, modality)  # best.json's rate, checked like every other value
+        if self.per_modality.get(modality, {}).get("lr") is not None:
+            return cfg.lr, self.source
+        if base.lr is not None:
+            return base.lr, "the run's lr"
+        return reference_lr(modality)
+
+    def lr_line(self, base: SDMLConfig, modalities: Sequence[str]) -> str:
+        """What the jobs print before training, e.g. ``lr: image 1e-4 (reference code: image rate);
+        text, audio 2e-4 (reference code: non-image rate)``: modalities of one rate and reason together."""
+        groups: dict[tuple[float, str], list[str]] = {}
+        for m in modalities:
+            groups.setdefault(self.lr_choice(base, m), []).append(m)
+        return "lr: " + "; ".join(f"{', '.join(ms)} {short_number(rate)} ({why})"
+                                  for (rate, why), ms in groups.items())
+
+    def _merged(self, base: SDMLConfig, modality: str) -> SDMLConfig:
         values = self.per_modality.get(modality, {})
-        merged = {**base.to_dict(), **values}
-        return from_dict(SDMLConfig, merged, source=f"config for modality {modality!r}").resolved(modality)
+        return from_dict(SDMLConfig, {**base.to_dict(), **values}, source=f"config for modality {modality!r}")

@@ -199,6 +199,14 @@ def _pairs(ctx: Ctx, *extra: str, model: str = "vse") -> list[str]:
     return ["train-pairs", "--model", model, "--data", ctx.pairs, "--run", ctx.new, *T, *extra]
 
 
+def _train_only_target(ctx: Ctx) -> str:
+    """A VSA target domain with only a train split, shaped like ``ctx.pairs``: no pairs to score."""
+    from scalable_xmr.data.paired import make_synthetic_pairs
+
+    return str(make_synthetic_pairs(ctx.root / "target", seed=9, n_train=10, n_val=0, n_test=0, n_regions=4,
+                                    dim=32, vocab_size=120, n_concepts=30))
+
+
 def _add(ctx: Ctx, *extra: str, run: str | None = None) -> list[str]:
     return ["add-modality", "--run", run or ctx.run, "--no-progress", *extra]
 
@@ -222,6 +230,19 @@ CASES: list[Case] = [
     Case("train", "a --modality the dataset lacks", lambda c: _train(c, "--modality", "smell"),
          "modality 'smell' not in dataset"),
     Case("train", "--top-k 0", lambda c: _train(c, "--top-k", "0"), "--top-k must be >= 1, got 0"),
+    Case("train", "--lr naming a modality the dataset lacks", lambda c: _train(c, "--lr", "smell=1e-4"),
+         "--lr names modality 'smell', which is not in dataset"),
+    Case("train", "--lr naming a modality the job does not train",
+         lambda c: _train(c, "--modality", "image", "--lr", "text=1e-4"),
+         "--lr names modality 'text', which this job does not train (--modality: image)"),
+    Case("train", "--lr that is not a number", lambda c: _train(c, "--lr", "image=fast"),
+         "--lr 'image=fast': 'fast' is not a number"),
+    Case("train", "--lr of 0", lambda c: _train(c, "--lr", "image=0"),
+         "--lr 'image=0': a learning rate must be a positive number, got 0"),
+    Case("train", "--lr NAME= without a rate", lambda c: _train(c, "--lr", "image="),
+         "--lr 'image=': a modality's own rate is NAME=RATE, e.g. image=1e-4"),
+    Case("train", "two --lr rates for every modality", lambda c: _train(c, "--lr", "1e-4", "--lr", "2e-4"),
+         "--lr gives two rates for every modality (1e-4 and 2e-4)"),
     Case("train", "--run under a file", lambda c: _train(c)[:4] + [f"{c.afile}/run", *T],
          "{afile} is a file, not a directory"),
     Case("train", "a batch larger than a modality's train split", lambda c: _train(c, "--batch-size", "110"),
@@ -288,6 +309,9 @@ CASES: list[Case] = [
          "1 --table file(s) for 2 --modality", RUN_KEPT),
     Case("add-modality", "a modality name with a slash", lambda c: _add(c, "--modality", "a/b", "--data", c.xmedia),
          "--modality 'a/b': a modality name must match", RUN_KEPT),
+    Case("add-modality", "--lr naming a modality the job does not add",
+         lambda c: _add(c, "--modality", "audio", "--data", c.xmedia, "--lr", "text=1e-4"),
+         "--lr names modality 'text', which this job does not train (--modality: audio)", RUN_KEPT),
     Case("add-modality", "the same --modality twice",
          lambda c: _add(c, "--modality", "audio", "--modality", "audio", "--data", c.xmedia),
          "--modality 'audio' given more than once", RUN_KEPT),
@@ -317,6 +341,8 @@ CASES: list[Case] = [
     Case("train-pairs", "--data that is a modality dataset",
          lambda c: ["train-pairs", "--model", "vse", "--data", c.xmedia, "--run", c.new, *T], "images.parquet not found (not a paired dataset?)"),
     Case("train-pairs", "--epochs 0", lambda c: _pairs(c, "--epochs", "0"), "--epochs must be >= 1, got 0"),
+    Case("train-pairs", "a VSA --target without a test split", lambda c: _pairs(c, "--target", _train_only_target(c), model="vsa"),
+         "no 'test' split (it has ['train']); target-domain R@K (VSA-AE-MMD Table 1) is scored on its pairs"),
     # xmr sweep
     Case("sweep", "--grid of an unknown key", lambda c: _sweep(c, "--grid", "wobble=1,2"),
          "--grid: unknown hyperparameter 'wobble' for model sdml; valid: batch_size, hidden, lam, lr"),

@@ -35,3 +35,17 @@ def recall_at(sim: torch.Tensor, k: int) -> tuple[float, float]:
     i2t = (sim.argsort(dim=1, descending=True)[:, :k] == target[:, None]).any(1).float().mean()
     t2i = (sim.argsort(dim=0, descending=True)[:k, :] == target[None, :]).any(0).float().mean()
     return float(i2t), float(t2i)
+
+
+def without_captions(root, split: str):
+    """The paired dataset at ``root`` with every caption of ``split`` removed and its images kept:
+    a split without image-caption pairs. Returns ``root``."""
+    from pathlib import Path
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = Path(root) / "captions.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.filter(pc.not_equal(table["split"], split)), path)
+    return root

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any
 
 from scalable_xmr.config import TrainSchedule, from_dict, short_number
@@ -19,6 +19,7 @@ from scalable_xmr.models.registry import BRANCH_MODELS, branch_model_classes
 
 SCHEDULE_KEYS = ("epochs", "batch_size", "lr", "lr_decay_epochs", "lr_decay")
 TEXT_STAGE_KEY = "text_epochs"  # schedule key of the models with a text-text branch (MTFN)
+COMPRESSION_KEY = "lr_schedule_epochs"  # set by compressed() for sweep trials, never by a user
 
 
 def model_schedule(model: str) -> TrainSchedule:
@@ -60,7 +61,8 @@ def model_keys(model: str) -> set[str]:
 
 def trainer_keys(model: str) -> set[str]:
     """The :class:`PairTrainerConfig` keys a user may set for ``model`` (its schedule included)."""
-    common = {f.name for f in fields(PairTrainerConfig)} - {"model", *SCHEDULE_KEYS, TEXT_STAGE_KEY}
+    common = {f.name for f in fields(PairTrainerConfig)} - {"model", *SCHEDULE_KEYS, TEXT_STAGE_KEY,
+                                                           COMPRESSION_KEY}
     return common | set(schedule_keys(model))
 
 
@@ -103,6 +105,9 @@ class PairTrainerConfig:
     text_epochs: int = 0  # MTFN: epochs of the text-text branch (Eq. 7) after the image-text one
     eval_chunk: int = 1024  # images/captions per block when scoring the validation split
     text_input: str = "auto"  # "tokens" | "features" | "auto" (tokens when the data has them)
+    # Sweep trials (compressed()): the image-text epochs of the full schedule whose lr steps this
+    # shorter training keeps at the same fractions; 0 = not compressed (a step every lr_decay_epochs).
+    lr_schedule_epochs: int = 0
 
     def __post_init__(self) -> None:
         if self.model not in BRANCH_MODELS:
@@ -119,6 +124,7 @@ class PairTrainerConfig:
             ("text_epochs", 0),
             ("eval_chunk", 1),
             ("seed", 0),
+            (COMPRESSION_KEY, 0),
         ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
@@ -141,12 +147,84 @@ class PairTrainerConfig:
                              "branch (only mtfn)")
         if self.text_input not in ("auto", "tokens", "features"):
             raise InputError(f"text_input: expected 'auto', 'tokens' or 'features', got {self.text_input!r}")
+        if self.lr_schedule_epochs and not 1 <= self.epochs <= self.lr_schedule_epochs:
+            raise InputError(f"{COMPRESSION_KEY}={self.lr_schedule_epochs}: a schedule is compressed "
+                             f"into fewer epochs, not {self.epochs}")
+
+    def lr_step_epoch(self, k: int) -> int:
+        """The stage epoch (0-based) from which the ``k``-th lr step (k >= 1) applies.
+
+        Not compressed: ``k * lr_decay_epochs`` (VSE++'s code: step decay). Compressed from a
+        schedule of E = ``lr_schedule_epochs`` epochs into T = ``epochs``: the step moves from
+        epoch s = k * lr_decay_epochs to round(s * T / E), rounded half up, and never before
+        epoch 1 (the first epoch always trains at ``lr``). A step that lands on or after the end of
+        its stage does not happen. T = E gives s itself (the full schedule, unchanged). The
+        text-text stage (MTFN) is compressed by the same factor T / E: its default length is half
+        the image-text epochs in trials and in the final training alike (default_text_epochs).
+
+        Example:
+            >>> vse = PairTrainerConfig("vse", epochs=10, lr_schedule_epochs=30)  # steps at 15 of 30
+            >>> vse.lr_step_epoch(1)
+            5
+            >>> [PairTrainerConfig("mtfn", epochs=7, lr_schedule_epochs=50).lr_step_epoch(k)
+            ...  for k in (1, 2, 3, 4)]  # 1.4, 2.8, 4.2, 5.6 of 7
+            [1, 3, 4, 6]
+        """
+        full_at = k * self.lr_decay_epochs
+        if not self.lr_schedule_epochs:
+            return full_at
+        E, T = self.lr_schedule_epochs, self.epochs
+        return max(1, (2 * full_at * T + E) // (2 * E))  # floor(s*T/E + 1/2) in integers: exact
+
+    def lr_steps(self, stage_epochs: int) -> list[int]:
+        """The epochs of a stage of ``stage_epochs`` epochs at which the lr steps (one entry per
+        step: two steps may share an epoch in a very short compressed stage)."""
+        if not self.lr_decay_epochs:
+            return []
+        out: list[int] = []
+        while (at := self.lr_step_epoch(len(out) + 1)) < stage_epochs:
+            out.append(at)
+        return out
 
     def lr_at(self, stage_epoch: int) -> float:
         """Adam's rate in epoch ``stage_epoch`` (0-based, counted from the start of its stage):
-        ``lr`` times ``lr_decay`` once per ``lr_decay_epochs`` epochs (VSE++'s code: step decay)."""
-        steps = stage_epoch // self.lr_decay_epochs if self.lr_decay_epochs else 0
+        ``lr`` times ``lr_decay`` once per step that applies by then (:meth:`lr_step_epoch`)."""
+        steps = len(self.lr_steps(stage_epoch + 1))
         return self.lr * self.lr_decay**steps
+
+    def describe_lr(self) -> str:
+        """Which lr schedule this training runs, for sweep tables, summary.md and MLflow, e.g.
+        ``lr ×0.1 after 5 of 10 epochs (full schedule compressed: after 15 of 30 epochs)``."""
+        text = self._steps_phrase(self.epochs)
+        full = model_schedule(self.model).epochs
+        if self.lr_schedule_epochs:
+            uncompressed = replace(self, epochs=self.lr_schedule_epochs, lr_schedule_epochs=0)
+            full_steps = uncompressed._steps_phrase(self.lr_schedule_epochs)
+            steps = full_steps.removeprefix(f"lr ×{self.lr_decay:g} ")
+            text += f" (full schedule compressed: {steps})"
+        elif self.epochs == full:
+            text += " (full schedule)"
+        else:
+            text += f" (not compressed; {self.model}'s schedule has {full} epochs)"
+        if self.text_epochs:
+            text += f"; text-text: {self._steps_phrase(self.text_epochs)}"
+        return text
+
+    def _steps_phrase(self, stage_epochs: int) -> str:
+        """``lr ×0.1 after 5 of 10 epochs``, ``lr ×0.5 every 2 of 10 epochs``, ``lr ×0.5 after
+        epochs 1, 3, 4, 6 of 7`` or ``lr constant over 10 epochs``."""
+        at = self.lr_steps(stage_epochs)
+        of = f"{stage_epochs} epoch{'' if stage_epochs == 1 else 's'}"
+        if not at:
+            return f"lr constant over {of}"
+        decay = f"lr ×{self.lr_decay:g}"
+        if len(at) == 1:
+            return f"{decay} after {at[0]} of {of}"
+        if at == [at[0] * (i + 1) for i in range(len(at))]:
+            return f"{decay} every {at[0]} of {of}"
+        # a very short compressed stage may take several steps in one epoch: "1 (3 steps)"
+        epochs = [f"{e}" if at.count(e) == 1 else f"{e} ({at.count(e)} steps)" for e in dict.fromkeys(at)]
+        return f"{decay} after epochs {', '.join(epochs)} of {stage_epochs}"
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> PairTrainerConfig:
@@ -156,3 +234,32 @@ class PairTrainerConfig:
         if missing:
             raise InputError(f"pair trainer config: missing key {missing[0]!r}")
         return from_dict(cls, dict(values), "pair trainer config")
+
+
+def compressed(cfg: PairTrainerConfig, epochs: int) -> PairTrainerConfig:
+    """``cfg`` trained for ``epochs`` image-text epochs: shorter than its schedule, that schedule
+    compressed (each lr step at the same fraction of training, :meth:`PairTrainerConfig.lr_step_epoch`);
+    as long or longer, ``cfg`` with those epochs and its steps every ``lr_decay_epochs`` as ever.
+    ``text_epochs`` is left as it is (the caller's: the sweep gives trials default_text_epochs).
+
+    Example:
+        >>> trial = compressed(PairTrainerConfig("vse"), 10)  # VSE++: 30 epochs, x0.1 after 15
+        >>> [trial.lr_at(e) / trial.lr for e in (4, 5)]
+        [1.0, 0.1]
+        >>> trial.describe_lr()
+        'lr ×0.1 after 5 of 10 epochs (full schedule compressed: after 15 of 30 epochs)'
+        >>> compressed(PairTrainerConfig("vse"), 30) == PairTrainerConfig("vse")
+        True
+    """
+    full = cfg.lr_schedule_epochs or cfg.epochs
+    return replace(cfg, epochs=epochs, lr_schedule_epochs=full if 0 < epochs < full else 0)
+
+
+def stored_trainer(values: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A trainer config as stored (run.json, checkpoints/job.json) with the defaults of fields
+    added since it was written filled in, so a run started before a new field resumes: compare
+    ``stored_trainer(saved)`` with the wanted settings, not the raw dicts."""
+    if not isinstance(values, Mapping):
+        return None if values is None else dict(values)
+    filled = {f.name: f.default for f in fields(PairTrainerConfig) if f.default is not MISSING}
+    return {**filled, **values}

@@ -27,10 +27,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.rerank import T2I_GROUPS, rerank_i2t, rerank_t2i
 from scalable_xmr.functional.retrieval import ArrayLike, as_float_matrix, recall_at_k
+from scalable_xmr.functional.retrieval.checks import BLOCK_ELEMENTS, chunk_ranges
 
 K_GRID = (1, 2, 5, 10, 15, 20)  # re-ranked list lengths tried on val (MTFN-RR Fig. 7a: 1..20)
 K_TEXT_GRID = (0, 1, 2, 4, 8)  # neighbour texts K' of T2I re-ranking (MTFN-RR Eq. 14)
@@ -209,15 +211,61 @@ def average_similarities(mats: Sequence[ArrayLike], name: str = "sim") -> torch.
     return (total / len(mats)).to(torch.float32)
 
 
+def mean_sigmoid_log_odds(
+    logits: Sequence[ArrayLike], offsets: Sequence[float], name: str = "sim"
+) -> torch.Tensor:
+    """log(p / (1 - p)) of p = mean_m sigmoid(logits[m] + offsets[m]), float64, one shape.
+
+    An MTFN ensemble (MTFN-RR §4, Table 4) averages its members' S_IT = sigmoid(W_m f + b_m)
+    (Eq. 4); the members store W_m f (``logits``), and ``offsets`` are their b_m. A mean of
+    sigmoids does not rank like a mean of logits: two members scoring two pairs (10, 2) and
+    (-6, 1) average to logits (2, 1.5) but to sigmoids (0.50, 0.81): the top pair flips.
+
+    The result is strictly increasing in p, so it ranks exactly as p, but keeps the resolution
+    p itself loses where sigmoids saturate (float32 sigmoid(30..40) is 1.0 throughout; a
+    float64 sigmoid rounds to 1.0 beyond ~37): log p = logsumexp_m logsigmoid(x_m) - log M
+    and log(1 - p) = logsumexp_m logsigmoid(-x_m) - log M (the log M cancel) stay exact at
+    either end. One member gives its own logit + offset back. Computed in row blocks.
+
+    Example:
+        >>> import numpy as np
+        >>> a, b = np.array([[10.0, 2.0]]), np.array([[-6.0, 1.0]])  # 2 members x 2 pairs
+        >>> int(((a + b) / 2).argmax()), int(mean_sigmoid_log_odds([a, b], [0.0, 0.0]).argmax())
+        (0, 1)
+        >>> mean_sigmoid_log_odds([np.array([[30.0, 40.0]])], [0.5]).tolist()
+        [[30.5, 40.5]]
+    """
+    if not logits:
+        raise InputError(f"{name}: no matrices to average")
+    if len(offsets) != len(logits):
+        raise InputError(f"{name}: {len(offsets)} offsets for {len(logits)} matrices")
+    mats = [as_float_matrix(m, f"{name}[{i}]") for i, m in enumerate(logits)]
+    for i, m in enumerate(mats[1:], start=1):
+        if m.shape != mats[0].shape:
+            raise InputError(f"{name}[{i}] has shape {tuple(m.shape)}, {name}[0] has {tuple(mats[0].shape)}")
+    n_rows, n_cols = mats[0].shape
+    out = torch.empty(n_rows, n_cols, dtype=torch.float64)
+    rows = max(1, BLOCK_ELEMENTS // (n_cols * len(mats)))  # temporaries of ~one block per member
+    for r0, r1 in chunk_ranges(n_rows, rows):
+        x = [m[r0:r1].to(torch.float64) + float(b) for m, b in zip(mats, offsets, strict=True)]
+        log_p = torch.logsumexp(torch.stack([F.logsigmoid(v) for v in x]), dim=0)  # (B, n_cols)
+        log_q = torch.logsumexp(torch.stack([F.logsigmoid(-v) for v in x]), dim=0)
+        out[r0:r1] = log_p - log_q
+    return out
+
+
 ROW_KEYS = ("i2t@1", "i2t@5", "i2t@10", "t2i@1", "t2i@5", "t2i@10", "rsum")
 
 
-def recall_table(rows: Sequence[tuple[str, dict[str, float]]], title: str = "") -> str:
-    """A fixed-width R@K table: one ``(label, metrics)`` row per line."""
+def recall_table(
+    rows: Sequence[tuple[str, dict[str, float]]], title: str = "", keys: Sequence[str] = ROW_KEYS
+) -> str:
+    """A fixed-width R@K table: one ``(label, metrics)`` row per line, a column per key."""
     width = max([len(label) for label, _ in rows] + [5])
-    head = f"{'model':<{width}}  " + " ".join(f"{k:>7}" for k in ROW_KEYS)
+    cols = [(k, max(7, len(k))) for k in keys]
+    head = f"{'model':<{width}}  " + " ".join(f"{k:>{w}}" for k, w in cols)
     lines = [title] if title else []
     lines += [head, "-" * len(head)]
     for label, metrics in rows:
-        lines.append(f"{label:<{width}}  " + " ".join(f"{metrics[k]:>7.1f}" for k in ROW_KEYS))
+        lines.append(f"{label:<{width}}  " + " ".join(f"{metrics[k]:>{w}.1f}" for k, w in cols))
     return "\n".join(lines)

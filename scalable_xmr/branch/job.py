@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from scalable_xmr.branch.config import PairTrainerConfig
+from scalable_xmr.branch.config import PairTrainerConfig, stored_trainer
 from scalable_xmr.branch.evaluate import COCO_5K, COCO_FOLDS, check_t2i_groups, rerank_grid_for
 from scalable_xmr.branch.member import BranchJob, BranchResult, jsonable, run_member
 from scalable_xmr.branch.report import (
@@ -140,12 +140,33 @@ def check_dataset(req: PairsRequest) -> dict[str, Any]:
     fold = COCO_5K // COCO_FOLDS if test["images"] == COCO_5K else test["images"]
     rerank_grid_for(min(fold, test["images"]), fold * test["captions_per_image"], req.ks, req.k_texts)
     if req.target_uri is not None:
-        target = open_paired_dataset(req.target_uri)
-        if "train" not in target.splits():
-            raise InputError(f"--target {req.target_uri}: no 'train' split (it has {target.splits()})")
-        target.split_sizes("train")
+        _check_target(req.target_uri)
     return {"uri": absolute_uri(req.dataset_uri), "splits": sizes,
             "text": "tokens" if ds.vocab is not None else "features"}
+
+
+def _check_target(uri: str) -> None:
+    """VSA's target domain: a train split (unpaired, for the MMD term) and a test split with
+    image-caption pairs, the same number of captions per image (the target-domain R@K of
+    VSA-AE-MMD Table 1); a val split, when present, is scored too and held to the same rule."""
+    target = open_paired_dataset(uri)
+    present = target.splits()
+    for split in ("train", "test"):
+        if split not in present:
+            why = "its images and captions join the MMD term" if split == "train" else \
+                "target-domain R@K (VSA-AE-MMD Table 1) is scored on its pairs"
+            raise InputError(f"--target {uri}: no {split!r} split (it has {present}); {why}")
+    target.split_sizes("train")
+    for split in ("test", "val"):
+        if split not in present:
+            continue
+        n_img, n_cap, per_image = target.split_sizes(split)
+        if n_cap == 0:
+            raise InputError(f"--target {uri}: split {split!r} has {n_img} images and no captions: "
+                             "target-domain R@K needs its image-caption pairs")
+        if per_image is None:
+            raise InputError(f"--target {uri}: split {split!r} has {n_cap} captions for {n_img} images but "
+                             "not the same number of captions for every image, which R@K needs")
 
 
 # ------------------------------------------------------------------------------ the job
@@ -280,7 +301,10 @@ def _check_resume(store: RunStore, req: PairsRequest, dataset: dict[str, Any]) -
         )
     for name, settings in wanted.items():
         old = meta.members[name]
-        if old.get("settings") != settings:
+        saved = old.get("settings")
+        if isinstance(saved, dict) and "trainer" in saved:  # fields added since the run started
+            saved = {**saved, "trainer": stored_trainer(saved["trainer"])}
+        if saved != settings:
             raise InputError(
                 f"{store.root}: member {name!r} was started with other settings "
                 f"({old.get('settings')}); resume with the same flags or pass --overwrite"

@@ -13,8 +13,13 @@ Everything lands in ``out_dir``::
     checkpoints/last.pt    PairTrainer state (resumable); checkpoints/job.json: its settings
     sims/{val,test}.npy    image x caption ranking scores; sims/{val,test}_text.npy caption x caption
                            (``model.ranking_scores``: MTFN's logits W_m f, not its sigmoid S_IT)
+    sims/target_{test,val}.npy  VSA with a target domain: its image x caption scores there
     result.json            history, selected epoch, val/test R@K, the K grid and the choice
-                           (with ``t2i_groups``, the T2I neighbour groups the grid and test used)
+                           (with ``t2i_groups``, the T2I neighbour groups the grid and test used),
+                           and ``target``: the target-domain R@K (VSA-AE-MMD Table 1)
+
+Selection -- the epoch, K and K' -- uses the source val split only, with or without a target.
+Ensembles of members are formed on the driver (``branch.report.evaluate_ensemble``).
 """
 
 from __future__ import annotations
@@ -31,9 +36,9 @@ import numpy as np
 import torch
 
 from scalable_xmr import faults
-from scalable_xmr.branch.config import PairTrainerConfig
+from scalable_xmr.branch.config import PairTrainerConfig, stored_trainer
 from scalable_xmr.branch.evaluate import (
-    average_similarities,
+    KS,
     check_t2i_groups,
     recall_report,
     rerank_grid,
@@ -45,6 +50,7 @@ from scalable_xmr.branch.trainer import PairTrainer
 from scalable_xmr.data.paired import UNK, PairedSplit, open_paired_dataset
 from scalable_xmr.distributed.progress import Reporter
 from scalable_xmr.errors import InputError
+from scalable_xmr.functional.retrieval import recall_at_k
 from scalable_xmr.io import atomic_path, atomic_write_json, read_json
 from scalable_xmr.models.base import BranchModel
 from scalable_xmr.models.registry import branch_config, build_branch_model
@@ -110,6 +116,7 @@ class BranchResult:
     device: str = "cpu"
     pid: int = 0
     t2i_groups: str = "candidate"  # T2I re-ranking's neighbour groups (grid and test alike)
+    target: dict[str, Any] | None = None  # VSA with a target: evaluate_target's R@K on its splits
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,7 +141,13 @@ def remap_tokens(split: PairedSplit, vocab: list[str], to_vocab: list[str]) -> P
     return dataclasses.replace(split, tokens=mapping[split.tokens], vocab_size=len(to_vocab))
 
 
-def _read_splits(job: BranchJob) -> tuple[dict[str, PairedSplit], PairedSplit | None, list[str] | None]:
+def _read_splits(job: BranchJob) -> tuple[dict[str, PairedSplit], dict[str, PairedSplit]]:
+    """(source splits, target splits) the job uses.
+
+    The target (VSA-AE-MMD, ``job.target_uri``) gives its "train" split, unpaired, to the MMD term
+    and -- when the job scores test -- its "test" split (and "val" if present) to the target-domain
+    R@K of :func:`evaluate_target`; their tokens are remapped to the source vocabulary.
+    """
     ds = open_paired_dataset(job.dataset_uri)
     present = ds.splits()
     for split in ("train", "val"):
@@ -142,15 +155,19 @@ def _read_splits(job: BranchJob) -> tuple[dict[str, PairedSplit], PairedSplit | 
             raise InputError(f"{job.dataset_uri}: no {split!r} split (has {present})")
     wanted = ("train", "val", "test") if job.score_test else ("train", "val")
     splits = {s: ds.read_split(s) for s in wanted if s in present}
-    target = None
+    target: dict[str, PairedSplit] = {}
     if job.target_uri is not None:
         tds = open_paired_dataset(job.target_uri)
-        if "train" not in tds.splits():
-            raise InputError(f"--target {job.target_uri}: no 'train' split (has {tds.splits()})")
-        target = tds.read_split("train")
-        if ds.vocab is not None and tds.vocab is not None:
-            target = remap_tokens(target, tds.vocab, ds.vocab)
-    return splits, target, ds.vocab
+        required = ("train", "test") if job.score_test else ("train",)
+        for split in required:
+            if split not in tds.splits():
+                raise InputError(f"--target {job.target_uri}: no {split!r} split (has {tds.splits()})")
+        scored = ("test", "val") if job.score_test else ()
+        for split in ("train", *(s for s in scored if s in tds.splits())):
+            target[split] = tds.read_split(split)
+            if ds.vocab is not None and tds.vocab is not None:
+                target[split] = remap_tokens(target[split], tds.vocab, ds.vocab)
+    return splits, target
 
 
 class _Checkpoints:
@@ -170,6 +187,7 @@ class _Checkpoints:
             return
         meta = read_json(self.meta_path) if self.meta_path.is_file() else {}
         saved = {k: meta.get(k) for k in self.settings}
+        saved["trainer"] = stored_trainer(saved["trainer"])  # fields added since it was written
         if saved != jsonable(self.settings):
             raise InputError(
                 f"{self.state}: checkpoint was written with other settings {saved}; delete "
@@ -236,7 +254,8 @@ def _save_model(job: BranchJob, trainer: PairTrainer, split: PairedSplit, model_
     torchfile.save(payload, Path(job.out_dir) / "model.pt")
 
 
-def _save_array(path: Path, array: torch.Tensor) -> None:
+def save_array(path: Path, array: torch.Tensor) -> None:
+    """``array`` as ``path`` (.npy, its dtype kept), written atomically."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, array.numpy())
@@ -290,10 +309,12 @@ def train_branch(
     if job.num_threads:
         torch.set_num_threads(job.num_threads)
     device = resolve_device(job.device)
-    splits, target, _ = _read_splits(job)
+    splits, target = _read_splits(job)
     model_cfg = branch_config(job.trainer.model, job.model_config)
+    # Epochs are selected on the SOURCE val split: in unsupervised domain adaptation the target's
+    # pairing is "unknown at training time" (VSA-AE-MMD §3); the target only reports (Table 1).
     trainer = PairTrainer(job.trainer, model_cfg, splits["train"], splits["val"], device,
-                          target_split=target)
+                          target_split=target.get("train"))
     model_config = jsonable(asdict(trainer.model.config)) if hasattr(trainer.model, "config") else {}
     ckpt = _Checkpoints(job, model_config)
     ckpt.resume(trainer)
@@ -303,6 +324,7 @@ def train_branch(
     train_seconds = time.perf_counter() - start
     _save_model(job, trainer, splits["train"], model_config)
     evaluation = evaluate_branch(trainer, splits, job)
+    evaluation["target"] = evaluate_target(trainer, target, job)
     result = BranchResult(
         name=job.label, model=job.trainer.model, seed=job.trainer.seed, out_dir=str(job.out_dir),
         history=[_history_row(r) for r in trainer.history],
@@ -316,7 +338,11 @@ def train_branch(
 
 
 def evaluate_branch(trainer: PairTrainer, splits: dict[str, PairedSplit], job: BranchJob) -> dict[str, Any]:
-    """Val plain R@K, the re-ranking grid on val and its choice, test plain and re-ranked R@K."""
+    """Val plain R@K, the re-ranking grid on val and its choice, test plain and re-ranked R@K.
+
+    K and K' are chosen on the SOURCE val split, also for a VSA model with a target domain: the
+    target's pairs are not available to an unsupervised domain adaptation method.
+    """
     val = splits["val"]
     n = val.require_captions_per_image()
     val_sim, val_text, text_source = score_split(trainer, val)
@@ -330,15 +356,40 @@ def evaluate_branch(trainer: PairTrainer, splits: dict[str, PairedSplit], job: B
         test_sim, test_text, _ = score_split(trainer, test_split)
         test = recall_report(test_sim, test_text, n_test, choice, job.t2i_groups)
         if job.save_sims:
-            _save_array(sims_path(job.out_dir, "test"), test_sim)
-            _save_array(sims_path(job.out_dir, "test", text=True), test_text)
+            save_array(sims_path(job.out_dir, "test"), test_sim)
+            save_array(sims_path(job.out_dir, "test", text=True), test_text)
     if job.save_sims:
-        _save_array(sims_path(job.out_dir, "val"), val_sim)
-        _save_array(sims_path(job.out_dir, "val", text=True), val_text)
+        save_array(sims_path(job.out_dir, "val"), val_sim)
+        save_array(sims_path(job.out_dir, "val", text=True), val_text)
     val_plain = recall_report(val_sim, val_text, n, None)["plain"]
     return {"val": val_plain, "test": test, "grid": grid, "choice": choice.to_dict(),
             "t2i_groups": job.t2i_groups, "text_sim": text_source,
             "captions_per_image": n_test if test else n}
+
+
+def evaluate_target(
+    trainer: PairTrainer, target: dict[str, PairedSplit], job: BranchJob
+) -> dict[str, Any] | None:
+    """R@K on the target domain (VSA-AE-MMD Table 1), or None without a scored target split.
+
+    Plain R@1/5/10, medr, meanr and rsum over all images of the target's "test" split, and of
+    its "val" split when it has one -- reported only: the epoch and K were selected on the
+    SOURCE val split (target pairs are not available in unsupervised domain adaptation), and
+    Table 1 does not re-rank. Writes ``sims/target_{test,val}.npy`` (image x caption scores).
+    """
+    scored = [s for s in ("test", "val") if s in target]
+    if not scored:
+        return None
+    out: dict[str, Any] = {"uri": job.target_uri, "splits": {}}
+    for name in scored:
+        split = target[name]
+        n = split.require_captions_per_image()
+        sim = similarity_matrix(trainer.model, split, trainer.config.eval_chunk, device=trainer.device)
+        if job.save_sims:
+            save_array(sims_path(job.out_dir, f"target_{name}"), sim)
+        out[name] = recall_at_k(sim, n, KS)
+        out["splits"][name] = {"images": split.n_images, "captions_per_image": n}
+    return out
 
 
 def _history_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -347,53 +398,6 @@ def _history_row(record: dict[str, Any]) -> dict[str, Any]:
     if "val_rsum" in record:
         row["val_rsum"] = record["val_rsum"]
     return row
-
-
-def _load_sim(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise InputError(f"{path}: similarity matrix not found (was the member trained with save_sims?)")
-    return np.load(path, mmap_mode="r")
-
-
-def evaluate_ensemble(
-    member_dirs: list[str],
-    out_dir: str,
-    captions_per_image: tuple[int, int],
-    ks: tuple[int, ...] | None = None,
-    k_texts: tuple[int, ...] | None = None,
-    t2i_groups: str = "candidate",
-) -> dict[str, Any]:
-    """An ensemble of trained members (MTFN-RR's ensembles, MTFN-RR §4): the mean of their
-    val / test image-text similarities and of their text-text similarities, re-ranking K chosen
-    on the mean val matrices, applied to the mean test matrices (written to ``out_dir/sims``).
-
-    The members' matrices are their stored ranking scores: for MTFN the logits W_m f (and W_m' f
-    of S_TT), not the sigmoids S_IT / S_TT (the paper says only that it averages M models). Each
-    member's order is the same either way, but a mean of logits weighs a confident member more
-    than a mean of sigmoids would, and next to other models' cosines MTFN weighs by its logit scale.
-
-    ``captions_per_image`` is (val, test); ``t2i_groups`` as in :class:`BranchJob`. Returns the
-    same keys as :func:`evaluate_branch`.
-    """
-
-    check_t2i_groups(t2i_groups)
-    n_val, n_test = captions_per_image
-    mean = {}
-    for split in ("val", "test"):
-        for text in (False, True):
-            mats = [_load_sim(sims_path(d, split, text)) for d in member_dirs]
-            mean[(split, text)] = average_similarities(mats, f"{split}{'_text' if text else ''} sims")
-            _save_array(sims_path(out_dir, split, text), mean[(split, text)])
-    val_sim, val_text = mean[("val", False)], mean[("val", True)]
-    grid_spec = rerank_grid_for(val_sim.shape[0], val_sim.shape[1], ks, k_texts)
-    grid = rerank_grid(val_sim, val_text, n_val, grid_spec, t2i_groups)
-    choice = select_rerank(grid)
-    test = recall_report(mean[("test", False)], mean[("test", True)], n_test, choice, t2i_groups)
-    val_plain = recall_report(val_sim, val_text, n_val, None)["plain"]
-    result = {"members": [str(d) for d in member_dirs], "val": val_plain, "test": test, "grid": grid,
-              "choice": choice.to_dict(), "t2i_groups": t2i_groups, "captions_per_image": n_test}
-    atomic_write_json(Path(out_dir) / "ensemble.json", result)
-    return result
 
 
 def run_member(job: BranchJob, reporter: Reporter) -> BranchResult:

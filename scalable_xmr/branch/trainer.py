@@ -197,7 +197,8 @@ class PairTrainer:
     def _set_lr(self) -> float:
         cfg = self.config
         stage_epoch = self.epoch if self.stage == "image_text" else self.epoch - cfg.epochs
-        lr = cfg.lr_at(stage_epoch)  # the model's schedule (VSE++ / MTFN-RR step decay)
+        # the model's step decay (VSE++ / MTFN-RR); a sweep trial's compressed (branch.config.compressed)
+        lr = cfg.lr_at(stage_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr

@@ -63,8 +63,10 @@ def add_pairs_arguments(p: argparse.ArgumentParser) -> None:
                    help="a paired dataset (images.parquet, captions.parquet, vocab.json; see `xmr data "
                    "precomp|synthetic-pairs|mfeat-pairs`). Default: generate SYNTHETIC paired data")
     d.add_argument("--target", metavar="DIR",
-                   help="VSA only: an unpaired target-domain dataset (same layout; its train split's "
-                   "images and captions join the MMD term, VSA-AE-MMD §3.4)")
+                   help="VSA only: a target-domain dataset (same layout). Its train split's images "
+                   "and captions join the MMD term unpaired (VSA-AE-MMD §3.4); R@K is also reported "
+                   "on its test split (required, with pairs) and val split (if any), as in the "
+                   "paper's Table 1. Epoch and re-ranking K are still selected on --data's val split")
     r = p.add_argument_group("run store")
     r.add_argument("--run", metavar="DIR", help="run directory to create (default: runs/pairs-<date>-<time>)")
     r.add_argument("--resume", action="store_true",

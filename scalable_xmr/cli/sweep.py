@@ -56,7 +56,12 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                    "paper schedule) or model keys (dim, embed_dim, ...)")
     s.add_argument("--modality", action="append", metavar="NAME",
                    help="SDML: sweep only this modality (repeatable; default: every modality)")
-    s.add_argument("--epochs", type=int, default=10, help="training epochs per trial (default 10)")
+    s.add_argument("--epochs", type=int, default=10,
+                   help="training epochs per trial (default 10). A branch trial shorter than its "
+                   "model's schedule runs that schedule compressed: each lr step at the same fraction "
+                   "of training, e.g. vse's x0.1 after 15 of 30 epochs -> after 5 of 10 "
+                   "(docs/models.md); best.json trains the full schedule. SDML has no lr steps: a "
+                   "trial runs the first N of the 200 epochs")
     s.add_argument("--metric", default=None,
                    help="what selects the best, always on the validation split: SDML anchor_map "
                    "(default) or label_loss; branch: rsum. Trials never see the test split; the "
@@ -162,7 +167,8 @@ def request_from_args(args: argparse.Namespace):
 
 
 def run_sweep_cli(args: argparse.Namespace) -> int:
-    from scalable_xmr.tuning.sweep import run_sweep
+    from scalable_xmr.tuning.branch_backend import rerank_line
+    from scalable_xmr.tuning.sweep import run_sweep, schedule_line
 
     summary = run_sweep(request_from_args(args), address=args.address)
     print()
@@ -172,11 +178,9 @@ def run_sweep_cli(args: argparse.Namespace) -> int:
               f"--name {Path(summary.sweep_dir).name} --resume")
         return 130
     print(summary.table)  # every figure in it is a validation one
-    rerank = (summary.best or {}).get("rerank")
-    if rerank:
-        print(f"\nre-ranking on the best trial (val): I2T K={rerank['k_i2t']}, T2I K={rerank['k_t2i']} "
-              f"K'={rerank['k_text']} ({rerank.get('t2i_groups', 'query')} groups): "
-              f"rsum {rerank['rsum']:.2f} (plain {rerank['rsum_plain']:.2f})")
+    print(f"\n{schedule_line(summary.best)}")
+    if "rerank" in summary.best:
+        print(f"\n{rerank_line(summary.best)}")
     if summary.test_line:
         print(f"\n{summary.test_line}")
     print(f"\nsweep directory : {summary.sweep_dir} ({summary.n_trials} trials)")

@@ -17,10 +17,25 @@ from scalable_xmr.cli.common import (
     print_run_footer,
     run_job,
 )
-from scalable_xmr.config import ModalityOverrides, ResourceConfig, SDMLConfig, TrackingConfig
+from scalable_xmr.config import (
+    LearningRates,
+    ModalityOverrides,
+    ResourceConfig,
+    SDMLConfig,
+    TrackingConfig,
+)
 from scalable_xmr.errors import InputError
 
 DEMO_EPOCHS = 25  # `make run`: the full XMedia-shaped data, ~10 min on a 2-core CPU
+
+
+LR_HELP = (
+    "Adam learning rate: RATE for every modality, or NAME=RATE for one (repeat the flag: --lr image=1e-4 "
+    "--lr text=5e-4). A modality's own rate beats the one for all (--lr 1e-4 --lr image=2e-4: image 2e-4, "
+    "the rest 1e-4), and both beat the lr of --config's best.json. Default: best.json's, else the SDML "
+    "reference code's rule, 1e-4 for the modality named 'image' and 2e-4 for every other one. The job "
+    "prints each modality's rate and where it came from before training"
+)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,9 +59,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     h.add_argument("--epochs", type=int, default=200, help="training epochs per modality (default 200)")
     h.add_argument("--lam", type=float, default=0.5,
                    help="λ of SDML Eq. 1 in [0, 1]: weight of reconstruction vs label loss (0.5)")
-    h.add_argument("--lr", type=float, default=None,
-                   help="Adam learning rate of every modality (default: the SDML reference code's "
-                   "rule, 1e-4 for the modality named 'image' and 2e-4 for every other one)")
+    h.add_argument("--lr", action="append", metavar="RATE|NAME=RATE", help=LR_HELP)
     h.add_argument("--dim", type=int, default=512, help="common-space dimension d = rows of P (512)")
     h.add_argument("--batch-size", type=int, default=100, help="batch size (100; last partial dropped)")
     h.add_argument("--seed", type=int, default=0, help="seed of P and of every network (0)")
@@ -54,7 +67,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="feed raw features (paper setting) instead of per-feature standardisation")
     h.add_argument("--checkpoint-every", type=int, default=5, help="checkpoint every N epochs (5)")
     h.add_argument("--config", metavar="JSON",
-                   help="best.json from `xmr sweep --model sdml`: per-modality λ / lr overrides")
+                   help="best.json from `xmr sweep --model sdml`: per-modality overrides (its λ beats "
+                   "--lam, its lr loses to --lr)")
     h.add_argument("--top-k", type=int, default=None, help="also report mAP@k (reference definition)")
     h.add_argument("--top-k-no-relevant", default="zero", metavar="{zero,skip}",
                    help="mAP@k of a query with no relevant item in its top k: zero = AP 0, kept in the "
@@ -126,9 +140,11 @@ def resolve_data(args: argparse.Namespace, run_dir: str) -> str:
     return str(out)
 
 
-def load_overrides(path: str | None) -> ModalityOverrides:
+def load_overrides(path: str | None, lr: list[str] | None = None) -> ModalityOverrides:
+    """best.json's per-modality configs (``--config``) and the ``--lr`` flags, which beat its lr."""
+    rates = LearningRates.parse(lr)
     if not path:
-        return ModalityOverrides()
+        return ModalityOverrides(lr=rates)
     from scalable_xmr.io import read_json
 
     best = read_json(path)
@@ -137,7 +153,8 @@ def load_overrides(path: str | None) -> ModalityOverrides:
     per = best.get("per_modality")
     if not isinstance(per, dict):
         raise InputError(f"--config {path}: no 'per_modality' section")
-    return ModalityOverrides({m: dict(v["config"]) for m, v in per.items()})
+    return ModalityOverrides({m: dict(v["config"]) for m, v in per.items()}, rates,
+                             source=f"--config {Path(path).name}")
 
 
 def request_from_args(args: argparse.Namespace):
@@ -147,7 +164,9 @@ def request_from_args(args: argparse.Namespace):
     if args.demo and args.epochs == 200:
         args.epochs = DEMO_EPOCHS
     run_dir = args.run or _default_run_dir()
-    sdml = SDMLConfig(dim=args.dim, lam=args.lam, lr=args.lr, batch_size=args.batch_size,
+    overrides = load_overrides(args.config, args.lr)
+    # run.json's own lr is --lr RATE: what `xmr add-modality` gives a new modality by default.
+    sdml = SDMLConfig(dim=args.dim, lam=args.lam, lr=overrides.lr.every, batch_size=args.batch_size,
                       epochs=args.epochs, normalize=not args.no_normalize,
                       checkpoint_every=args.checkpoint_every, seed=args.seed)
     resources = ResourceConfig(strategy=args.strategy, gpus_per_modality=args.gpus_per_modality,
@@ -160,7 +179,7 @@ def request_from_args(args: argparse.Namespace):
     return TrainRequest(
         run_dir=run_dir, dataset_uri=data, sdml=sdml,
         modalities=tuple(args.modality) if args.modality else None,
-        overrides=load_overrides(args.config), resources=resources, tracking=tracking,
+        overrides=overrides, resources=resources, tracking=tracking,
         projection_file=args.projection, projection_seed=args.seed, resume=args.resume,
         overwrite=args.overwrite, top_k=args.top_k, top_k_no_relevant=args.top_k_no_relevant,
         show_progress=not args.no_progress,

@@ -32,6 +32,7 @@ import contextlib
 import os
 import re
 import shutil
+import sys
 import time
 import uuid
 import warnings
@@ -109,9 +110,12 @@ def add_modalities(req: AddRequest, address: str | None = None) -> RunSummary:
         store.refresh()  # an object-storage run: its local mirror as the bucket holds it
         meta = store.read_finished()
         n_classes = _check_run(store, meta, req)
-        configs = _configs(store, meta, req)
+        base = from_dict(SDMLConfig, meta.sdml, source=f"{store.run_json} 'sdml'")  # the run's settings
+        configs = _configs(base, meta, req)
         sources = _sources(store, meta, req, configs)
         check_writable(store.root, "--run")
+        # each new modality's rate and where it came from, before anything trains (docs/models.md)
+        print(req.overrides.lr_line(base, req.modalities), file=sys.stderr, flush=True)
         connect(address)
         check_resources(req.resources)
         tracker, parent, own_parent = _open_tracking(store, meta, req.tracking)
@@ -151,6 +155,7 @@ def _check_request(req: AddRequest) -> None:
     dupes = sorted({m for m in req.modalities if req.modalities.count(m) > 1})
     if dupes:
         raise InputError(f"--modality {dupes[0]!r} given more than once")
+    req.overrides.lr.check_modalities(req.modalities)
     if (req.dataset_uri is None) == (not req.table_paths):
         raise InputError("give the new modality's data with --data DIR or --table FILE (one of them)")
     if req.table_paths and len(req.table_paths) != len(req.modalities):
@@ -177,9 +182,8 @@ def _check_run(store: RunStore, meta: RunMeta, req: AddRequest) -> int:
     return n_classes
 
 
-def _configs(store: RunStore, meta: RunMeta, req: AddRequest) -> dict[str, SDMLConfig]:
-    """The run's SDML settings with this job's overrides; d must stay P's row count."""
-    base = from_dict(SDMLConfig, meta.sdml, source=f"{store.run_json} 'sdml'")
+def _configs(base: SDMLConfig, meta: RunMeta, req: AddRequest) -> dict[str, SDMLConfig]:
+    """The run's SDML settings ``base`` with this job's overrides; d must stay P's row count."""
     out = {}
     for m in req.modalities:
         cfg = req.overrides.config_for(base, m)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ class TrainRequest:
     dataset_uri: str
     sdml: SDMLConfig = SDMLConfig()
     modalities: tuple[str, ...] | None = None  # None: every modality of the dataset
-    overrides: ModalityOverrides = ModalityOverrides()
+    overrides: ModalityOverrides = ModalityOverrides()  # best.json's per-modality configs, --lr flags
     resources: ResourceConfig = ResourceConfig()
     tracking: TrackingConfig = TrackingConfig()
     projection_file: str | None = None  # reuse an existing P instead of creating one
@@ -58,6 +59,7 @@ def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
             f"modality {missing[0]!r} not in dataset {req.dataset_uri} "
             f"(it has: {', '.join(ds.modalities)})"
         )
+    req.overrides.lr.check_modalities(modalities, req.dataset_uri, ds.modalities)
     sizes = ds.split_sizes()  # every modality can train before any actor starts
     for m in modalities:
         batch = req.overrides.config_for(req.sdml, m).batch_size
@@ -67,8 +69,13 @@ def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
     with run_lock(store.root):  # one job at a time on a run directory, taken before Ray starts
         store.refresh()  # an object-storage run: its local mirror as the bucket holds it
         mode = store.plan(overwrite=req.overwrite, resume=req.resume)
+        todo = modalities
         if mode == "resume":
-            _check_resume_configs(store, _check_resume(store, ds), req, modalities)
+            stored = _check_resume(store, ds)
+            _check_resume_configs(store, stored, req, modalities)
+            todo = [m for m in modalities if stored.modalities.get(m, {}).get("status") != "finished"]
+        if todo:  # each rate and where it came from, before anything trains (docs/models.md)
+            print(req.overrides.lr_line(req.sdml, todo), file=sys.stderr, flush=True)
         connect(address)
         check_resources(req.resources)  # before anything is written
         return _train(req, store, ds, modalities, store.prepare(mode), start)

@@ -36,6 +36,16 @@ class Backend(Protocol):
 
     def n_groups(self, info: dict[str, Any]) -> int: ...
 
+    def schedule(self, info: dict[str, Any]) -> str:
+        """The training schedule every trial runs, in words (the summary table, MLflow params):
+        how much of the full training, and the lr steps (a branch trial runs its model's
+        schedule compressed, ``branch.config.compressed``)."""
+        ...
+
+    def final_schedule(self, info: dict[str, Any]) -> str:
+        """The schedule the training job runs from best.json with no other flag (the full one)."""
+        ...
+
     def param_space(self, tuned: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]: ...
 
     def trainable(self, info: dict[str, Any], sweep_dir: Path) -> Any: ...

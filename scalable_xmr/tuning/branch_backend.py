@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from scalable_xmr.branch.config import PairTrainerConfig, default_text_epochs, split_values
+from scalable_xmr.branch.config import (
+    COMPRESSION_KEY,
+    PairTrainerConfig,
+    compressed,
+    default_text_epochs,
+    model_schedule,
+    split_values,
+)
 from scalable_xmr.branch.evaluate import K_GRID, K_TEXT_GRID
+from scalable_xmr.branch.member import BranchJob
 from scalable_xmr.data.paired import open_paired_dataset
 from scalable_xmr.errors import InputError
 from scalable_xmr.io import absolute_uri
@@ -20,8 +28,9 @@ from scalable_xmr.tuning.space import SearchSpace
 from scalable_xmr.tuning.trial_io import trial_dir
 
 # A sweep that keeps branch.evaluate's default K grids lets each trial cut them to its gallery.
-T2I_GROUPS = "candidate"  # the trials' T2I neighbour groups: MTFN-RR Eq. 15 (rerank.rerank_t2i)
-_NOT_IN_BEST = ("model", "epochs", "text_epochs", "seed", "eval_chunk")  # the training job's own
+T2I_GROUPS = BranchJob.t2i_groups  # the trials' T2I neighbour groups: train-pairs' default, "candidate"
+# The training job's own, and the trials' compression: best.json trains the model's full schedule.
+_NOT_IN_BEST = ("model", "epochs", "text_epochs", "seed", "eval_chunk", COMPRESSION_KEY)
 
 
 def split_base(model: str, base: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -55,7 +64,9 @@ class BranchBackend:
         trainer.setdefault("seed", req.seed)
         # MTFN: the text-text branch trains after, as in the train-pairs job
         trainer.setdefault("text_epochs", default_text_epochs(self.model, req.epochs))
-        cfg = PairTrainerConfig.from_dict({**trainer, "model": self.model, "epochs": req.epochs})
+        # A trial shorter than the model's schedule runs it compressed (branch.config.compressed):
+        # its lr steps where the final training's fall, as fractions of training.
+        cfg = compressed(PairTrainerConfig.from_dict({**trainer, "model": self.model}), req.epochs)
         branch_config(self.model, model_values)  # bad fixed values fail before any trial
         in_trial = space.in_trial()
         ks, k_texts = in_trial.get("k"), in_trial.get("k_text")
@@ -69,6 +80,23 @@ class BranchBackend:
 
     def n_groups(self, info: dict[str, Any]) -> int:
         return 1
+
+    def _trial_config(self, info: dict[str, Any]) -> PairTrainerConfig:
+        """The trials' trainer config (sweeps before compression existed: not compressed)."""
+        return PairTrainerConfig.from_dict({**info["trainer_base"], "model": self.model})
+
+    def schedule(self, info: dict[str, Any]) -> str:
+        """The lr schedule every trial runs (schedule keys are --set, never swept), e.g. ``lr ×0.1
+        after 5 of 10 epochs (full schedule compressed: after 15 of 30 epochs)``."""
+        return self._trial_config(info).describe_lr()
+
+    def final_schedule(self, info: dict[str, Any]) -> str:
+        """What ``xmr train-pairs --config best.json`` trains with no other flag: best.json holds
+        no epochs, so the model's own, uncompressed (MTFN: and the default text-text epochs)."""
+        epochs = model_schedule(self.model).epochs
+        final = replace(self._trial_config(info), epochs=epochs, lr_schedule_epochs=0,
+                        text_epochs=default_text_epochs(self.model, epochs))
+        return final.describe_lr()
 
     def param_space(self, tuned: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
         return dict(tuned)
@@ -101,6 +129,7 @@ class BranchBackend:
         config = {**trainer, **info["model_base"], **{k: row.config[k] for k in tuned if k in row.config}}
         m = row.metrics
         return {"model": self.model, "config": config, "dataset": info["dataset"],
+                "schedule": {"trials": self.schedule(info), "final": self.final_schedule(info)},
                 "trial_id": row.trial_id, "trial_dir": str(trial_dir(sweep_dir, row.trial_id)),
                 "val": {"rsum": m.get("best_rsum"), "rsum_selected": m.get("rsum_selected"),
                         **{k: m[k] for k in m if k.startswith(("i2t_", "t2i_")) and k[4:].isdigit()}},
@@ -124,3 +153,12 @@ class BranchBackend:
     def summary_line(best: dict[str, Any]) -> str:
 
         return branch_summary(best["test"])
+
+
+def rerank_line(best: dict[str, Any]) -> str:
+    """The best trial's re-ranking choice on val, as ``xmr sweep`` prints it; a best.json without
+    ``t2i_groups`` had the sweep's default groups (:data:`T2I_GROUPS`)."""
+    rerank = best["rerank"]
+    return (f"re-ranking on the best trial (val): I2T K={rerank['k_i2t']}, T2I K={rerank['k_t2i']} "
+            f"K'={rerank['k_text']} ({rerank.get('t2i_groups', T2I_GROUPS)} groups): "
+            f"rsum {rerank['rsum']:.2f} (plain {rerank['rsum_plain']:.2f})")

@@ -39,7 +39,7 @@ class BranchTrialSetup:
     model_base: dict[str, Any] = field(default_factory=dict)  # the model config's fixed values
     ks: tuple[int, ...] | None = None  # None: branch.evaluate's default grid, cut to the gallery
     k_texts: tuple[int, ...] | None = None
-    t2i_groups: str = "candidate"  # T2I re-ranking's neighbour groups (branch.evaluate)
+    t2i_groups: str = BranchJob.t2i_groups  # T2I re-ranking's neighbour groups (branch.evaluate)
     checkpoint_every: int = 1
     device: str = "auto"
     threads: int = 1

@@ -107,18 +107,23 @@ def _cell(value: Any) -> str:
 
 
 def top_table(rows: list[TrialRow], metric: str, mode: str, params: list[str],
-              extra: tuple[str, ...] = (), n: int = 10) -> str:
-    """A Markdown table of the top ``n`` trials of each group (all groups in one table)."""
+              extra: tuple[str, ...] = (), n: int = 10, schedule: str | None = None) -> str:
+    """A Markdown table of the top ``n`` trials of each group (all groups in one table).
+
+    ``epochs``: the epochs a trial ran (fewer when ASHA stopped it); ``schedule``, when given: the
+    training schedule every trial was set to run (``Backend.schedule``), a column of its own.
+    """
     extra = tuple(k for k in extra if k != metric)
     header = ["rank", "trial", *(["group"] if any(r.group for r in rows) else []), *params, metric,
-              *extra, "epochs"]
+              *extra, "epochs", *(["schedule"] if schedule else [])]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for group in dict.fromkeys(r.group for r in rows):
         members = ranked([r for r in rows if r.group == group], metric, mode)[:n]
         for i, r in enumerate(members, 1):
             cells = [str(i), r.trial_id, *([str(r.group)] if r.group else []),
                      *(_cell(r.config.get(p)) for p in params), _cell(r.score(metric)),
-                     *(_cell(r.metrics.get(k)) for k in extra), _cell(r.metrics.get("training_iteration"))]
+                     *(_cell(r.metrics.get(k)) for k in extra), _cell(r.metrics.get("training_iteration")),
+                     *([schedule] if schedule else [])]
             lines.append("| " + " | ".join(cells) + " |")
     failed = [r for r in rows if r.error]
     for r in failed:

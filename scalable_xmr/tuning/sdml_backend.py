@@ -4,6 +4,7 @@ turn the best trial of every modality into ``best.json``."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,20 @@ from scalable_xmr.tuning.trial_io import trial_dir
 
 SMALL_INPUT_DIM = 1024  # below: a "small" modality, packed onto a share of a GPU
 SMALL_GPU_SHARE = 0.25  # a small modality's trial takes this share of --gpus-per-trial
+FULL_EPOCHS = next(f.default for f in fields(SDMLConfig) if f.name == "epochs")  # xmr train's: 200
+
+
+def sdml_schedule(epochs: int) -> str:
+    """How much of SDML's training a trial of ``epochs`` epochs runs: SDML has no lr steps (one
+    constant Adam rate per modality, sdml/trainer.py), so a short trial is the start of the full
+    training, e.g. ``10 of 200 epochs, constant lr (SDML has no lr steps)``."""
+    if epochs < FULL_EPOCHS:
+        ran = f"{epochs} of {FULL_EPOCHS} epochs"
+    elif epochs == FULL_EPOCHS:
+        ran = f"{epochs} epochs (the full training)"
+    else:
+        ran = f"{epochs} epochs (more than the default {FULL_EPOCHS})"
+    return f"{ran}, constant lr (SDML has no lr steps)"
 
 
 # ------------------------------------------------------------------------------------------ SDML
@@ -67,6 +82,16 @@ class SDMLBackend:
 
     def n_groups(self, info: dict[str, Any]) -> int:
         return len(info["modalities"])
+
+    @staticmethod
+    def schedule(info: dict[str, Any]) -> str:
+        """What every trial runs: ``10 of 200 epochs, constant lr (SDML has no lr steps)``."""
+        return sdml_schedule(info["base"]["epochs"])
+
+    @staticmethod
+    def final_schedule(info: dict[str, Any]) -> str:
+        """What ``xmr train --config best.json`` trains with no --epochs (best.json holds none)."""
+        return sdml_schedule(FULL_EPOCHS)
 
     def param_space(self, tuned: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
         from ray import tune
@@ -118,6 +143,7 @@ class SDMLBackend:
                       "epochs_trained": row.metrics.get("training_iteration"),
                       "trial_dir": str(trial_dir(sweep_dir, row.trial_id))}
         return {"model": "sdml", "dataset": info["dataset"], "projection": info["projection"],
+                "schedule": {"trials": self.schedule(info), "final": self.final_schedule(info)},
                 "per_modality": per, "cross_modal": sdml_test(per, info, sweep_dir)}
 
     @staticmethod

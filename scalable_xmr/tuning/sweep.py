@@ -10,8 +10,10 @@ trials/<trial_id>-m<i>/  with --population: member i's model, embeddings and log
                     checkpoints stay in trials/<trial_id>/); every member is a row and an MLflow run
 best.json           the best configuration (per modality for SDML), for `--config best.json`, and
                     its test figures: trials select on val only; the chosen configuration is
-                    scored on test once, at the end (final_test.py)
-summary.md          the table of the top trials and that test line; plots/ the metric per hyperparameter
+                    scored on test once, at the end (final_test.py); `schedule`: the trials' and
+                    the training job's (a branch trial runs its model's schedule compressed into
+                    --epochs, branch.config.compressed; best.json trains the full one)
+summary.md          the table of the top trials and those lines; plots/ the metric per hyperparameter
 mlflow_runs.json    trial id -> MLflow child run id
 tuner.pkl, experiment_state-*.json, <trainable>_<id>...   Tune's own (resume, results, checkpoints)
 ```
@@ -236,8 +238,9 @@ def _tracker(req: SweepRequest, meta: dict[str, Any], sweep_dir: Path) -> tuple[
     parent = old.get("parent_run_id")
     if parent is None and tracker.enabled:
         parent = tracker.start_run(f"sweep:{meta['name']}", tags={"job": "sweep", "model": meta["model"]})
-        params = {k: meta[k] for k in ("model", "metric", "mode", "epochs", "num_samples", "scheduler",
-                                       "max_concurrent", "gpus_per_trial", "cpus_per_trial", "seed")}
+        params = {k: meta[k] for k in ("model", "metric", "mode", "epochs", "schedule", "num_samples",
+                                       "scheduler", "max_concurrent", "gpus_per_trial", "cpus_per_trial",
+                                       "seed")}
         params.update({k: meta[k] for k in ("population",) if k in meta})
         params.update({f"space.{k}": v for k, v in meta["param_space_json"].items()})
         params.update({f"in_trial.{k}": v for k, v in meta["in_trial"].items()})
@@ -324,9 +327,11 @@ def run_sweep(req: SweepRequest, address: str | None = None, callbacks: tuple = 
     check_writable(sweep_dir, "--storage")
     connect(address)
     meta = _open_sweep(req, sweep_dir, backend, checked)
+    meta.setdefault("schedule", backend.schedule(meta))  # what every trial runs, in words
     tracker, parent = _tracker(req, meta, sweep_dir)
     experiment = meta.get("mlflow", {}).get("experiment", req.tracking.experiment)
-    fixed = {"model": meta["model"], **{f"base.{k}": v for k, v in _fixed(meta).items()}}
+    fixed = {"model": meta["model"], "schedule": meta["schedule"],
+             **{f"base.{k}": v for k, v in _fixed(meta).items()}}
     mlflow_cb = SweepTracking(tracker.uri, experiment, parent, str(sweep_dir), fixed, tracker.enabled)
     meta["status"] = "running"
     atomic_write_json(sweep_dir / SWEEP_FILE, meta)
@@ -353,6 +358,12 @@ def run_sweep(req: SweepRequest, address: str | None = None, callbacks: tuple = 
     return summary
 
 
+def schedule_line(best: dict[str, Any]) -> str:
+    """Which schedule the trials ran and which one training with ``best`` (best.json) runs."""
+    schedule = best["schedule"]
+    return f"Schedule: trials ran {schedule['trials']}; training with best.json runs {schedule['final']}."
+
+
 def _finish(meta: dict[str, Any], sweep_dir: Path, backend, rows: list[res.TrialRow], tracker: Tracker,
             parent: str | None) -> SweepSummary:
     """best.json, the summary table and plots, MLflow artifacts; marks the sweep finished.
@@ -366,10 +377,12 @@ def _finish(meta: dict[str, Any], sweep_dir: Path, backend, rows: list[res.Trial
                  "sweep": meta["name"], "metric": metric, "mode": mode, "epochs": meta["epochs"],
                  "n_trials": len(rows), "created": now_iso()}
     atomic_write_json(sweep_dir / BEST_FILE, best_json)
-    table = res.top_table(rows, metric, mode, meta["tuned"], extra=backend.table_extra)
+    table = res.top_table(rows, metric, mode, meta["tuned"], extra=backend.table_extra,
+                          schedule=meta["schedule"])
     test_line = backend.summary_line(best_json)
     atomic_write_text(sweep_dir / "summary.md", f"# Sweep {meta['name']} ({meta['model']})\n\n"
-                      f"Trials ranked by validation {metric}.\n\n{table}\n\n{test_line}\n")
+                      f"Trials ranked by validation {metric}.\n\n{table}\n\n"
+                      f"{schedule_line(best_json)}\n\n{test_line}\n")
     plot = res.plot_metric_vs_params(
         rows, meta["swept"], metric, mode, sweep_dir / "plots" / f"{metric}_vs_hyperparameters.png",
         set(meta["log_params"]), f"{meta['model']} sweep {meta['name']}: {metric} per trial")
@@ -388,4 +401,4 @@ def _finish(meta: dict[str, Any], sweep_dir: Path, backend, rows: list[res.Trial
                         plots, tracker.run_url(parent), 0.0, rows, test_line)
 
 
-__all__ = ["SweepRequest", "SweepSummary", "run_sweep", "sweep_dir_for"]
+__all__ = ["SweepRequest", "SweepSummary", "run_sweep", "schedule_line", "sweep_dir_for"]

@@ -15,7 +15,8 @@ from scalable_xmr.branch.evaluate import (
     recall_report,
     rerank_grid,
 )
-from scalable_xmr.branch.member import BranchJob, evaluate_ensemble, sims_path
+from scalable_xmr.branch.member import BranchJob, sims_path
+from scalable_xmr.branch.report import evaluate_ensemble
 from scalable_xmr.errors import InputError
 
 N = 2  # captions per image: caption j belongs to image j // N
@@ -89,8 +90,9 @@ def test_ensemble_records_its_groups(tmp_path):
             np.save(sims_path(d, split), rng.random((n_img, n_img * N)).astype(np.float32))
             np.save(sims_path(d, split, text=True), rng.random((n_img * N, n_img * N)).astype(np.float32))
         dirs.append(str(d))
-    out = evaluate_ensemble(dirs, str(tmp_path / "ens"), (N, N), ks=(2,), k_texts=(1,), t2i_groups="query")
+    out = evaluate_ensemble("vse", dirs, str(tmp_path / "ens"), (N, N), ks=(2,), k_texts=(1,),
+                            t2i_groups="query")
     assert out["t2i_groups"] == "query"
     assert json.loads((tmp_path / "ens" / "ensemble.json").read_text())["t2i_groups"] == "query"
     with pytest.raises(InputError, match="t2i_groups must be one of candidate, query"):
-        evaluate_ensemble(dirs, str(tmp_path / "ens2"), (N, N), t2i_groups="all")
+        evaluate_ensemble("vse", dirs, str(tmp_path / "ens2"), (N, N), t2i_groups="all")

@@ -12,11 +12,11 @@ import torch
 from scalable_xmr.branch.config import PairTrainerConfig
 from scalable_xmr.branch.member import (
     BranchJob,
-    evaluate_ensemble,
     remap_tokens,
     sims_path,
     train_branch,
 )
+from scalable_xmr.branch.report import evaluate_ensemble
 from scalable_xmr.branch.scoring import PairTensors, text_cosine_matrix
 from scalable_xmr.branch.trainer import PairTrainer
 from scalable_xmr.data.paired import make_synthetic_pairs, open_paired_dataset
@@ -149,7 +149,7 @@ def test_evaluate_ensemble_averages_member_sims(tmp_path):
             np.save(sims_path(d, split), rng.random(shape).astype(np.float32))
             np.save(sims_path(d, split, text=True), rng.random((shape[1], shape[1])).astype(np.float32))
         dirs.append(str(d))
-    out = evaluate_ensemble(dirs, str(tmp_path / "ens"), (2, 2), ks=(1,), k_texts=(0,))
+    out = evaluate_ensemble("vse", dirs, str(tmp_path / "ens"), (2, 2), ks=(1,), k_texts=(0,))
     mean = (np.load(sims_path(dirs[0], "test")) + np.load(sims_path(dirs[1], "test"))) / 2
     np.testing.assert_allclose(np.load(sims_path(tmp_path / "ens", "test")), mean, rtol=1e-6)
     best = np.argmax(mean, axis=1) // 2 == np.arange(3)
@@ -158,4 +158,4 @@ def test_evaluate_ensemble_averages_member_sims(tmp_path):
     assert json.loads((tmp_path / "ens" / "ensemble.json").read_text())["members"] == dirs
     (tmp_path / "m1" / "sims" / "val.npy").unlink()
     with pytest.raises(InputError, match="similarity matrix not found"):
-        evaluate_ensemble(dirs, str(tmp_path / "ens2"), (2, 2))
+        evaluate_ensemble("vse", dirs, str(tmp_path / "ens2"), (2, 2))

@@ -211,10 +211,11 @@ def test_flags_override_the_run_config_per_new_modality(tmp_path, small_xmedia):
                                     "--data", small_xmedia, "--epochs", "7", "--no-normalize",
                                     "--config", str(best), "--lr", "1e-3"])
     req = request_from_args(args)
-    assert req.overrides.per_modality == {
-        "video": {"lam": 0.2, "lr": 1e-3, "epochs": 7, "normalize": False},
-        "lidar": {"lr": 1e-3, "epochs": 7, "normalize": False},
+    assert req.overrides.per_modality == {  # best.json, then the flags; --lr beats best.json's lr
+        "video": {"lam": 0.2, "lr": 5e-4, "epochs": 7, "normalize": False},
+        "lidar": {"epochs": 7, "normalize": False},
     }
+    assert req.overrides.lr.every == 1e-3
     assert req.tracking is None  # the run's own tracking
     cfg = req.overrides.config_for(TINY, "video")
     got = (cfg.lam, cfg.lr, cfg.epochs, cfg.normalize, cfg.dim, cfg.batch_size)

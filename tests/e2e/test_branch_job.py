@@ -35,7 +35,7 @@ def test_cli_job_trains_every_model_and_tracks_it(tmp_path, small_pairs, small_c
                                                   ray_local, capsys):
     from scalable_xmr.data.paired import make_synthetic_pairs
 
-    target = make_synthetic_pairs(tmp_path / "target", seed=9, n_train=40, n_val=0, n_test=0, n_regions=4,
+    target = make_synthetic_pairs(tmp_path / "target", seed=9, n_train=40, n_val=0, n_test=20, n_regions=4,
                                   dim=32, vocab_size=120, n_concepts=30)
     sets = [f"--set={m}.{k}={json.dumps(v)}" for m, cfg in small_configs.items() for k, v in cfg.items()]
     sets += ["--set", f"vsa.recon_weight={VSA_RECON_WEIGHT}"]
