@@ -1,11 +1,13 @@
 # Two commands on a fresh clone: `make run` (set up + main job on the embedded default) and
-# `make test` (set up + lint + the whole test suite). Only Python 3.11 needs to be present.
+# `make test` (set up + lint + the test suite, as any user: it changes nothing outside the clone and
+# temp dirs). Only Python 3.11 needs to be present. `make test-system` (root) runs the tests marked
+# `system`, which install packages, create a user, start an sshd and mount a tmpfs (README, Tests).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast test-slow lint run bench clean
+.PHONY: setup test test-system test-fast test-slow lint run bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +26,12 @@ lint: setup
 
 test: setup lint
 	$(PY) -m pytest -q
+
+# Only the `system` tier (tests/conftest.py leaves it out unless -m names it). No bytecode and no
+# .pytest_cache: root leaves no files of its own in a user's clone.
+test-system: setup
+	@test "$$(id -u)" = 0 || { echo "make test-system runs as root: it installs packages, creates a user, starts an sshd and mounts a tmpfs (see README, Tests)" >&2; exit 1; }
+	PYTHONDONTWRITEBYTECODE=1 $(PY) -m pytest -q -p no:cacheprovider -m system
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

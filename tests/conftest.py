@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import tempfile
 from pathlib import Path
@@ -33,11 +34,21 @@ def crash_after():
     FAULT_PLAN.unlink(missing_ok=True)
 
 
-def pytest_collection_modifyitems(items):
-    """Everything under tests/e2e/ (jobs on a local Ray, Tune sweeps, the README) is the slow tier."""
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/e2e/ (jobs on a local Ray, Tune sweeps, the README) is the slow tier.
+
+    Tests marked ``system`` need root and change the machine (packages, a user, an sshd, a mount):
+    they run only when the -m expression names them (``make test-system`` is ``-m system``), so
+    ``pytest``, ``make test`` and any other -m (``-m slow``) leave them out."""
     for item in items:
         if "e2e" in item.path.parts:
             item.add_marker(pytest.mark.slow)
+    if re.search(r"\bsystem\b", config.option.markexpr or ""):
+        return
+    system = [item for item in items if item.get_closest_marker("system")]
+    if system:
+        config.hook.pytest_deselected(items=system)
+        items[:] = [item for item in items if not item.get_closest_marker("system")]
 
 
 LOCAL_RAY = {"address": "local", "num_cpus": 2, "include_dashboard": False, "log_to_driver": False,

@@ -8,6 +8,11 @@ skips the torch install), and an sshd on 127.0.0.1 with its own port and config.
 from `python -m scalable_xmr.cli.cluster` (the README's command), so cluster.yaml's mounts, setup
 and start commands are what runs. The wall times are printed (run with -s to see them) and, with
 XMR_CLUSTER_TIMES=<file>, written there as JSON (BENCHMARKS.md, "Cluster launcher").
+
+That test is the system tier (`make test-system`, as root): it installs packages when missing, creates
+a user and starts an sshd. Not as the calling user instead: the launcher works in the login user's
+home (its ~/.bashrc, ~/venv, the file mounts under ~: sshd takes the home from the passwd entry) and
+`ray stop` / `ray down` end every Ray process of that user, the suite's own and any of the user's.
 """
 
 from __future__ import annotations
@@ -75,8 +80,8 @@ def tail(text: str, n: int = 40) -> str:
 def node(tmp_path_factory):
     """The node user, its sshd (stopped at the end) and its ports; fails saying what is missing."""
     if os.geteuid() != 0:
-        pytest.fail("the cluster e2e test runs as root: it creates the user "
-                    f"{USER!r} and starts an sshd (running as uid {os.geteuid()})")
+        pytest.fail("the cluster e2e test is the system tier, run by `make test-system` as root: it creates "
+                    f"the user {USER!r} and starts an sshd (running as uid {os.geteuid()})")
     for tool in ("bash", "su", "useradd", "apt-get"):
         if shutil.which(tool) is None:
             pytest.fail(f"the cluster e2e test needs {tool!r} on PATH")
@@ -163,6 +168,7 @@ def assert_attached(out: str, gcs_port: int) -> None:
     assert "started a private local Ray" not in out
 
 
+@pytest.mark.system
 def test_ray_up_submit_job_submit_down(node, tmp_path):
     cfg = tmp_path / "cluster-local.yaml"
     ports = local_config(node, cfg)

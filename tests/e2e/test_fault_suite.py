@@ -2,7 +2,11 @@
 its own private Ray), in its own session so that Ctrl-C reaches the whole job as a terminal sends
 it (SIGINT to the process group), and the driver can be SIGKILLed alone.
 
-Every test then continues the job with the documented command and checks the run is complete."""
+Every test then continues the job with the documented command and checks the run is complete.
+
+The full disk is a small tmpfs. In `make test` it is mounted inside a user + mount namespace of this
+user (no root, nothing visible outside: the job runs in the namespace, this process reaches its files
+through /proc/<pid>/root); `make test-system` (root) repeats the test on a tmpfs mounted for real."""
 
 from __future__ import annotations
 
@@ -12,12 +16,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from servers import MlflowServer
 
-from scalable_xmr.store import torchfile
 from scalable_xmr.store.run_store import RunStore
 
 LONG = ["--epochs", "60", "--dim", "32", "--batch-size", "20", "--checkpoint-every", "1", "--no-progress"]
@@ -35,13 +41,14 @@ def fault(kind: str):
 class Job:
     """``xmr ARGS`` in its own session; stdout/stderr collected to files."""
 
-    def __init__(self, args: list[str], logs: Path, env: dict | None = None):
+    def __init__(self, args: list[str], logs: Path, env: dict | None = None, wrap: Sequence[str] = ()):
+        """``wrap``: a prefix that execs the command elsewhere (``nsenter ... --``), pid unchanged."""
         logs.mkdir(parents=True, exist_ok=True)
         self.out, self.err = logs / "stdout.txt", logs / "stderr.txt"
         env = {**os.environ, "TQDM_DISABLE": "1", **(env or {})}
         env.pop("XMR_FAULTS", None)
         env.pop("RAY_ADDRESS", None)
-        self.proc = subprocess.Popen([str(Path(sys.executable).with_name("xmr")), *args],
+        self.proc = subprocess.Popen([*wrap, str(Path(sys.executable).with_name("xmr")), *args],
                                      stdout=open(self.out, "w"), stderr=open(self.err, "w"),
                                      start_new_session=True, env=env)
 
@@ -76,8 +83,9 @@ class Job:
         return f"stdout:\n{self.out.read_text()[-3000:]}\nstderr:\n{self.err.read_text()[-3000:]}"
 
 
-def run_xmr(args: list[str], logs: Path, env: dict | None = None) -> tuple[int, str, str]:
-    job = Job(args, logs, env)
+def run_xmr(args: list[str], logs: Path, env: dict | None = None,
+            wrap: Sequence[str] = ()) -> tuple[int, str, str]:
+    job = Job(args, logs, env, wrap)
     code = job.finish()
     return code, job.out.read_text(), job.err.read_text()
 
@@ -225,39 +233,125 @@ def test_mlflow_server_killed_mid_run_training_finishes_and_track_catches_up(tmp
         again.kill()
 
 
-@fault("disk full (a small tmpfs) during training, then --resume after space is freed")
-def test_a_full_disk_is_one_line_keeps_earlier_artifacts_and_resumes(tmp_path, small_xmedia):
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
+@dataclass(frozen=True)
+class SmallDisk:
+    """A 256 MiB tmpfs: ``path`` as the job sees it, ``view`` the same directory as seen from this
+    process (plain file operations only: resolving a path under /proc/<pid>/root leaves the
+    namespace, and RunStore resolves its root), ``wrap`` the prefix that runs a command where the
+    tmpfs is mounted."""
+
+    path: Path
+    view: Path
+    wrap: tuple[str, ...] = ()
+
+    def seen(self, path: Path) -> Path:
+        return self.view / path.relative_to(self.path)
+
+    def read_run(self, run: Path, what: str) -> str:
+        """READ_RUN's output for ``run`` (the job's path), run where the tmpfs is mounted."""
+        done = subprocess.run([*self.wrap, sys.executable, "-c", READ_RUN, str(run), what],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.strip()
+
+
+READ_RUN = """
+import sys
+from scalable_xmr.store import torchfile
+from scalable_xmr.store.run_store import RunStore
+store = RunStore(sys.argv[1])
+if sys.argv[2] == "damaged":
+    for m in ("image", "text"):  # the checkpoints written before are intact (checksums verify)
+        torchfile.load_newest_good(store.checkpoint_path(m))
+    print(store.read().status)
+else:
+    print(*store.read_finished().finished_modalities())
+"""
+
+
+USERNS_KNOBS = ("/proc/sys/kernel/unprivileged_userns_clone", "/proc/sys/user/max_user_namespaces",
+                "/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
+
+
+def _userns_tmpfs(mnt: Path) -> Iterator[SmallDisk]:
+    """The tmpfs inside a user + mount namespace held open by ``cat`` (ends when its stdin closes,
+    with this process at the latest): root in the namespace only, the mount invisible outside."""
+    script = 'mount -t tmpfs -o size=256m tmpfs "$1" && echo mounted && exec cat'
+    unshare = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh", str(mnt)]
+    try:
+        holder = subprocess.Popen(unshare, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+    except FileNotFoundError as e:
+        _no_userns(f"{e.filename}: not found (util-linux)")
+    try:
+        if holder.stdout.readline().strip() != "mounted":
+            holder.stdin.close()
+            _no_userns(holder.stderr.read().strip())
+        enter = ("nsenter", "--target", str(holder.pid), "--user", "--mount", "--preserve-credentials", "--")
+        yield SmallDisk(mnt, Path(f"/proc/{holder.pid}/root") / mnt.relative_to("/"), enter)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+def _no_userns(why: str) -> NoReturn:
+    """No unprivileged user namespace (a kernel feature a workstation may have switched off): there
+    the test belongs to the system tier. CI must have it: fail."""
+    knobs = ", ".join(f"{k.rsplit('/', 1)[1]}={Path(k).read_text().strip()}" for k in USERNS_KNOBS
+                      if Path(k).is_file())
+    message = (f"no unprivileged user + mount namespace here (`unshare --user --map-root-user --mount`, "
+               f"then mount a tmpfs: {why}; {knobs or 'no userns sysctl found'}): the kernel feature this "
+               "test needs to mount a tmpfs without root; `make test-system` (as root) runs it on a "
+               "real tmpfs")
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _root_tmpfs(mnt: Path) -> Iterator[SmallDisk]:
+    if os.geteuid() != 0:
+        pytest.fail(f"the system tier mounts a tmpfs: run `make test-system` as root (uid {os.geteuid()})")
     mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mnt)],
                            capture_output=True, text=True)
-    assert mount.returncode == 0, f"this test mounts a tmpfs (needs root): {mount.stderr}"
+    assert mount.returncode == 0, f"mount -t tmpfs failed: {mount.stderr}"
     try:
-        run = mnt / "run"
-        store = RunStore(run)
-        job = Job(_train_args(small_xmedia, run, *LONG), tmp_path / "first")
-        job.wait_for(lambda: all(_epoch_of(store, m) for m in ("image", "text")), "both checkpoints")
-        filler = mnt / "filler"
-        with open(filler, "wb") as f:  # take every free byte
-            try:
-                while True:
-                    f.write(b"\0" * (1 << 20))
-                    f.flush()
-            except OSError:
-                pass
-        code = job.finish()
-        err = job.err.read_text()
-        assert code == 2, job.text()
-        lines = [line for line in err.splitlines() if line.startswith("xmr: error")]
-        assert len(lines) == 1 and lines[0].startswith(f"xmr: error: {run}/"), err
-        assert lines[0].endswith(": No space left on device"), err
-        assert "Traceback" not in err
-        assert store.read().status in ("running", "failed")  # run.json intact and readable
-        for m in ("image", "text"):  # the checkpoints written before are intact (checksums verify)
-            torchfile.load_newest_good(store.checkpoint_path(m))
-        filler.unlink()  # space freed
-        code, _, err = run_xmr(_train_args(small_xmedia, run, *LONG, "--resume"), tmp_path / "resume")
-        assert code == 0, err
-        assert store.read_finished().finished_modalities() == ["image", "text"]
+        yield SmallDisk(mnt, mnt)
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture(params=["userns", pytest.param("root", marks=pytest.mark.system)])
+def small_disk(request, tmp_path) -> Iterator[SmallDisk]:
+    mnt = tmp_path.resolve() / "disk"
+    mnt.mkdir()
+    yield from (_userns_tmpfs if request.param == "userns" else _root_tmpfs)(mnt)
+
+
+@fault("disk full (a small tmpfs) during training, then --resume after space is freed")
+def test_a_full_disk_is_one_line_keeps_earlier_artifacts_and_resumes(tmp_path, small_xmedia, small_disk):
+    run = small_disk.path / "run"
+    checkpoints = [small_disk.seen(RunStore(run).checkpoint_path(m)) for m in ("image", "text")]
+    job = Job(_train_args(small_xmedia, run, *LONG), tmp_path / "first", wrap=small_disk.wrap)
+    job.wait_for(lambda: all(c.is_file() for c in checkpoints), "both checkpoints")
+    filler = small_disk.seen(small_disk.path / "filler")
+    with open(filler, "wb") as f:  # take every free byte
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        except OSError:
+            pass
+    code = job.finish()
+    err = job.err.read_text()
+    assert code == 2, job.text()
+    lines = [line for line in err.splitlines() if line.startswith("xmr: error")]
+    assert len(lines) == 1 and lines[0].startswith(f"xmr: error: {run}/"), err
+    assert lines[0].endswith(": No space left on device"), err
+    assert "Traceback" not in err
+    # run.json intact and readable, the checkpoints written before it intact
+    assert small_disk.read_run(run, "damaged").splitlines()[-1] in ("running", "failed")
+    filler.unlink()  # space freed
+    code, _, err = run_xmr(_train_args(small_xmedia, run, *LONG, "--resume"), tmp_path / "resume",
+                           wrap=small_disk.wrap)
+    assert code == 0, err
+    assert small_disk.read_run(run, "finished") == "image text"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A one-machine "cluster node" for tests/e2e/test_cluster_launcher.py, reached over SSH on 127.0.0.1.
 #
-#   setup_sshd.sh start STATE_DIR PORT USER KEY_FILE CACHE_KEY   (run as root)
+#   setup_sshd.sh start STATE_DIR PORT USER KEY_FILE CACHE_KEY   (run as root: the system tier, make test-system)
 #   setup_sshd.sh stop  STATE_DIR
 #
 # start: installs openssh-server and rsync with apt-get when missing; creates USER (non-root: `ray
