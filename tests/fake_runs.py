@@ -40,3 +40,33 @@ def make_finished_run(root: Path, data: str, modalities: tuple[str, ...], sdml: 
     pairs = {f"{q}-{t}": 0.5 for q in modalities for t in modalities if q != t}
     store.write_metrics({"modalities": list(modalities), "map": pairs, "map_mean": 0.5})
     return store.root
+
+
+TINY_BRANCH = {  # tiny networks: these tests check search mechanics, not retrieval quality
+    "vse": {"embed_dim": 16, "word_dim": 8},
+    "mmca": {"embed_dim": 16, "n_heads": 2, "n_filters": 8, "text_layers": 1, "max_len": 16},
+    "mtfn": {"rank": 2, "dim": 8, "word_dim": 8, "text_hidden": 8},
+    "vsa": {"embed_dim": 16, "word_dim": 8, "conv_channels": (8, 16), "max_len": 16},
+}
+
+
+def train_pairs_run(run_dir: Path, data: str, models=("vse", "mmca", "mtfn")) -> str:
+    """A finished ``pairs`` run (run.json + models/<member>/model.pt), members trained one epoch
+    each by ``branch.member.train_branch`` (the function the train-pairs actors run)."""
+    from scalable_xmr.branch.config import PairTrainerConfig
+    from scalable_xmr.branch.member import BranchJob, train_branch
+
+    store = RunStore(run_dir)
+    store.root.mkdir(parents=True)
+    members = {}
+    for name in models:
+        job = BranchJob(out_dir=str(store.member_dir(name)), dataset_uri=data,
+                        trainer=PairTrainerConfig(model=name, epochs=1, batch_size=10, lr=1e-3),
+                        model_config=TINY_BRANCH[name], device="cpu", save_sims=False, ks=(1,), k_texts=(1,))
+        train_branch(job)
+        members[name] = {"status": "finished", "model": name}
+    meta = RunMeta(kind="pairs", dataset={"uri": data, "name": "synthetic-pairs"}, models=list(models),
+                   members=members)
+    meta.finish()
+    store.write(meta)
+    return str(store.root)

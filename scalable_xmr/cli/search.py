@@ -29,10 +29,13 @@ also prints mAP, mAP@k and precision@k. Every run is searched exactly (the whole
 the model's own score) unless --ann picks a faiss index or --depth asks an MMCA run for its
 two-stage search; the "search" line says which ranking ran."""
 
-SERVE_HELP = """Serve a run over HTTP with Ray Serve: one encoder deployment per modality
-(requests batched) and a search deployment holding the galleries. GET /healthz, GET /modalities,
-POST /search {"query_modality", "features" | "id", "target_modality", "k"} -> [{"id", "score"}].
-Runs until interrupted (Ctrl-C), then shuts Serve down."""
+SERVE_HELP = """Serve a run over HTTP with Ray Serve: SDML runs (any modality -> any other) and
+image-text runs (VSE, VSA, MMCA, MTFN; image <-> text). One search deployment holds the galleries
+and the run's networks (concurrent queries encoded together). GET /healthz (503 while deploying),
+GET /modalities (what each modality accepts), POST /search {"query_modality", "target_modality",
+"k", one of "features" | "id" | "text" | "tokens", MMCA: "depth"} -> {"hits": [{"id", "score"}],
+"mode", "gallery"}. Every bad request is a 4xx JSON {"error": "<field>: ..."}. Prints "ready: URL"
+once it answers; runs until Ctrl-C or SIGTERM, then shuts Serve down."""
 
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,7 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--query-table", metavar="FILE", required=True, help="Parquet: id, features[, labels]")
     p.add_argument("--target", required=True, help="modality to search")
     p.add_argument("--index", metavar="DIR", default=None,
-                   help="an index from `xmr index` (default: the target's stored test split)")
+                   help="an index from `xmr index` (default: the target's stored --split)")
+    p.add_argument("--split", default="test", choices=("test", "val"),
+                   help="the stored split searched without --index, and where mAP is computed (default test)")
     p.add_argument("--k", type=int, default=10, help="results per query (default 10)")
     p.add_argument("--out", metavar="FILE", default=None, help="write the results to this Parquet file")
     p.add_argument("--limit", type=int, default=20, help="queries printed without --out (default 20)")
@@ -88,9 +93,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="serve only these modalities (repeat; default: every modality of the run)")
     p.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
-    p.add_argument("--replicas", type=int, default=1, help="replicas of each encoder (default 1)")
-    p.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per encoder replica (default 0)")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="replicas of the search deployment, each with the run's networks (default 1)")
+    p.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per replica (default 0)")
     _ann_argument(p)
+    p.add_argument("--verbose", action="store_true",
+                   help="Ray Serve's own INFO logs and one access line per request (also XMR_DEBUG=1)")
     add_address_argument(p.add_argument_group("cluster"))
     p.set_defaults(func=run_serve)
 
@@ -102,11 +110,18 @@ def _positive(value: int, flag: str) -> int:
 
 
 def run_index(args: argparse.Namespace) -> int:
-    from scalable_xmr.distributed.cluster import connect
-    from scalable_xmr.serving.index import build_index
+    from scalable_xmr.serving.preflight import check_out_dir, open_run
 
     _positive(args.batch_size, "--batch-size")
     out = args.out or f"{args.table.rstrip('/')}.index"
+    # Checked before torch or Ray load: the run, its modality, the table's presence, --out.
+    open_run(args.run, args.model).check_modality(args.modality, "--modality")
+    if not os.path.exists(args.table):
+        raise InputError(f"--table {args.table}: not found")
+    check_out_dir(out)
+    from scalable_xmr.distributed.cluster import connect
+    from scalable_xmr.serving.index import build_index
+
     connect(args.address)
     side = build_index(args.run, args.modality, args.table, out, model=args.model, batch_size=args.batch_size,
                        gpus_per_replica=args.gpus_per_replica, show_progress=not args.no_progress)
@@ -118,12 +133,23 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from scalable_xmr.serving.query import SearchRequest, format_results, search_table, write_results
+    from scalable_xmr.serving.preflight import check_out_file, open_run
 
     _positive(args.k, "--k")
+    # Before torch loads: the run, its modalities, the query table's presence, --out.
+    run = open_run(args.run, args.model)
+    run.check_modality(args.query_modality, "--query-modality")
+    run.check_modality(args.target, "--target")
+    if not os.path.exists(args.query_table):
+        raise InputError(f"--query-table {args.query_table}: not found")
+    if args.out:
+        check_out_file(args.out)
+    from scalable_xmr.serving.query import SearchRequest, format_results, search_table, write_results
+
     outcome = search_table(SearchRequest(run=args.run, query_modality=args.query_modality,
                                          query_table=args.query_table, target=args.target, index=args.index,
-                                         k=args.k, ann=args.ann, model=args.model, depth=args.depth))
+                                         k=args.k, ann=args.ann, model=args.model, depth=args.depth,
+                                         split=args.split))
     n = len(outcome.result.query_ids)
     if args.out:
         write_results(outcome.result, args.out)
@@ -134,6 +160,8 @@ def run_search(args: argparse.Namespace) -> int:
             print(f"... {n - args.limit} more queries (--out FILE writes them all)")
     print(f"gallery       : {outcome.gallery}")
     print(f"search        : {n} queries in {outcome.seconds:.3f} s, {outcome.result.mode}")
+    if outcome.metrics:
+        print(f"metrics over  : every row of --query-table ({n} queries) against the {outcome.gallery}")
     for name, value in (outcome.metrics or {}).items():
         print(f"{name:<14}: {value:.4f}")
     return 0
@@ -149,23 +177,51 @@ def parse_indexes(values: list[str]) -> dict[str, str]:
     return out
 
 
+def wait_ready(url: str, timeout: float = 120.0) -> None:
+    """Until ``GET /healthz`` answers 200 (the placeholder answers 503 while deploying)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise InputError(f"{url}/healthz: not ready after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 def run_serve(args: argparse.Namespace) -> int:
-    from scalable_xmr.distributed.cluster import connect
-    from scalable_xmr.serving import app
+    from scalable_xmr.serving.preflight import check_serve
 
     _positive(args.replicas, "--replicas")
     indexes = parse_indexes(args.index)
+    # Everything that can be checked without torch or Ray, first: one line, exit 2, in a second.
+    check_serve(args.run, indexes, args.modality, args.ann, args.model, args.host, args.port)
+    from scalable_xmr.serving import app
+
+    app.set_verbose(args.verbose or os.environ.get("XMR_DEBUG") == "1")
+    from scalable_xmr.distributed.cluster import connect, started_local
+
     connect(args.address)
-    url = app.deploy(args.run, indexes, args.modality, host=args.host, port=args.port, replicas=args.replicas,
-                     gpus_per_replica=args.gpus_per_replica, ann=args.ann, model=args.model)
-    print(f"serving       : {url} (GET /healthz, GET /modalities, POST /search); Ctrl-C stops", flush=True)
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    stop: list[bool] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))  # as Ctrl-C: shut Serve down, exit 0
     try:
+        url = app.deploy(args.run, indexes, args.modality, host=args.host, port=args.port,
+                         replicas=args.replicas, gpus_per_replica=args.gpus_per_replica, ann=args.ann,
+                         model=args.model)
+        wait_ready(url)
+        print(f"ready: {url} (GET /healthz, GET /modalities, POST /search); Ctrl-C or kill stops it",
+              flush=True)
         while not stop:
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
-    app.shutdown()
+    finally:
+        app.shutdown(private_ray=started_local())
     print("stopped", file=sys.stderr)
     return 0

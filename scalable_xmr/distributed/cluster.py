@@ -19,6 +19,7 @@ import ray
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
+from scalable_xmr.distributed import reaper
 from scalable_xmr.distributed.signals import SETUP_HOOK
 from scalable_xmr.errors import InputError
 
@@ -69,8 +70,14 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
     _STARTED_LOCAL = True
+    reaper.watch()  # this private Ray dies with this process, even on SIGKILL (distributed/reaper.py)
     res = ray.cluster_resources()
     return _say(f"started a private local Ray ({res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs)")
+
+
+def started_local() -> bool:
+    """Whether :func:`connect` started this process's Ray (a private local one)."""
+    return _STARTED_LOCAL
 
 
 def _say(line: str) -> str:

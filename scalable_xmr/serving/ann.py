@@ -70,6 +70,12 @@ class AnnIndex:
         return idx.astype(np.int64), scores
 
 
+def ann_mode(kind: str) -> str:
+    """How a faiss index ranks, for the user: ``faiss flat (exact inner product)``, ``faiss ivf
+    (approximate)``."""
+    return f"faiss {kind} " + ("(exact inner product)" if kind == "flat" else "(approximate)")
+
+
 def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
     """Mean fraction of each query's exact top-k ids that the approximate top-k holds."""
     k = exact.shape[1]

@@ -38,10 +38,8 @@ import torch
 
 from scalable_xmr.errors import InputError
 from scalable_xmr.models.base import BranchModel, Repr
+from scalable_xmr.serving.preflight import MODES
 from scalable_xmr.serving.search import check_features, chunked_topk, exact_topk, l2_normalize
-
-MODALITIES = ("image", "text")
-MODES = {"vse": "embedding", "vsa": "embedding", "mmca": "rerank", "mtfn": "pairwise"}
 
 
 class BranchEngine:

@@ -5,7 +5,10 @@ fixed_size_list<float32>[d]`` (and ``labels: list<int32>`` when the source table
 sidecar ``_xmr_index.json`` (ignored by Parquet readers: leading underscore) that records the run,
 the modality, the model and the run's fingerprint -- P's sha256 for an SDML run (the common space
 the embeddings live in), the model file's sha256 for a branch-model run. A search refuses an index
-whose fingerprint differs from its run's: its embeddings are in another space.
+whose fingerprint differs from its run's: its embeddings are in another space. Every model kind can
+be indexed: ``embedding`` holds the L2-normalised embedding (SDML, VSE, VSA), MTFN's ṽ / t̃ (scored
+by its fusion), or MMCA's i0 / c0, which MMCA indexes complete with the cross-attention input of
+each item (``regions``: an image's k x d region features; ``words``: a caption's word features).
 
 :func:`build_index` streams the source table through Ray Data: ``read_parquet`` -> ``map_batches``
 with :class:`BatchEncoder` (a callable class, so each replica loads the run once) -> ``write_parquet``.
@@ -27,12 +30,10 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from scalable_xmr.errors import InputError, MissingError
-from scalable_xmr.io import atomic_write_json, read_json
+from scalable_xmr.io import atomic_write_json
+from scalable_xmr.serving.preflight import FORMAT, SIDECAR, check_index, check_out_dir
 from scalable_xmr.serving.run import Gallery, TrainedRun, load_run
 from scalable_xmr.store.meta import now_iso
-
-SIDECAR = "_xmr_index.json"
-FORMAT = "scalable_xmr.index/1"
 
 
 # ---- reading source tables -------------------------------------------------------------------------
@@ -91,12 +92,49 @@ class BatchEncoder:
         self.column = feature_column(self.run, modality)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        emb = self.run.encode(self.modality, features_of(batch, self.column, self.where))  # (B, d)
-        out = {"id": batch.column("id").cast(pa.string()),
-               "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])}
+        features = features_of(batch, self.column, self.where)
+        out = {"id": batch.column("id").cast(pa.string())}
+        if self.run.kind != "sdml" and self.run.engine.mode == "rerank":
+            reprs = self.run.engine.represent(self.modality, features)  # MMCA: (i0, R) / (c0, E, valid)
+            emb = self.run.engine.embedding(reprs)
+            out.update(mmca_columns(self.modality, reprs))
+        else:
+            emb = self.run.encode(self.modality, features)  # (B, d)
+        out["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
         if "labels" in batch.column_names:
             out["labels"] = batch.column("labels").cast(pa.list_(pa.int32()))
         return pa.table(out)
+
+
+def mmca_columns(modality: str, reprs: tuple) -> dict[str, pa.Array]:
+    """An MMCA item's cross-attention input beside its i0 / c0: ``regions`` (an image's R, k x d
+    flattened) or ``words`` (a caption's E at its valid positions, n x d flattened; padding dropped,
+    which changes nothing: padded words are masked out of every attention and pool)."""
+    if modality == "image":
+        regions = reprs[1].float().cpu().numpy()  # (B, k, d)
+        return {"regions": pa.FixedSizeListArray.from_arrays(pa.array(regions.reshape(-1)),
+                                                             regions.shape[1] * regions.shape[2])}
+    _, words, valid = (t.cpu() for t in reprs)  # (B, T, d), (B, T)
+    rows = [words[i][valid[i]].float().numpy().reshape(-1) for i in range(len(words))]
+    return {"words": pa.array(rows, pa.list_(pa.float32()))}
+
+
+def mmca_reprs(modality: str, table: pa.Table, emb: np.ndarray, dim: int) -> tuple:
+    """The MMCA representation of index rows (:func:`mmca_columns` read back)."""
+    import torch
+
+    first = torch.from_numpy(np.array(emb, dtype=np.float32))  # a copy: Arrow's buffers are read-only
+    if modality == "image":
+        col = table.column("regions").combine_chunks()
+        regions = col.values.to_numpy().reshape(len(col), col.type.list_size // dim, dim)
+        return first, torch.from_numpy(np.array(regions, dtype=np.float32))
+    rows = [np.asarray(r, np.float32).reshape(-1, dim) for r in table.column("words").to_pylist()]
+    n = max(len(r) for r in rows)
+    words = np.zeros((len(rows), n, dim), np.float32)
+    valid = np.zeros((len(rows), n), bool)
+    for i, r in enumerate(rows):
+        words[i, : len(r)], valid[i, : len(r)] = r, True
+    return first, torch.from_numpy(words), torch.from_numpy(valid)
 
 
 def encoder_slots(gpus_per_replica: float = 0.0) -> tuple[int, dict[str, float]]:
@@ -122,12 +160,8 @@ def build_index(run_uri: str, modality: str, table: str, out: str, model: str | 
 
     run = load_run(run_uri, model=model, device="cpu")
     modality = run.check_modality(modality, "--modality")
-    if run.kind != "sdml" and run.engine.mode != "embedding":
-        raise InputError(f"--run: {run.model} scores pairs (no per-item embedding to index); search it "
-                         "with the Python API (TrainedRun.search with gallery_from_features)")
     check_source(run, modality, table)
-    if Path(out).exists() and any(Path(out).iterdir()):
-        raise InputError(f"--out {out}: exists and is not empty; choose another path")
+    check_out_dir(out)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = show_progress  # bars on a terminal
     # Ray Data logs its plan and, off a terminal, a progress table every few seconds at INFO: a wall
@@ -146,7 +180,8 @@ def build_index(run_uri: str, modality: str, table: str, out: str, model: str | 
     sidecar = {"format": FORMAT, "run": run.location, "kind": run.kind, "model": run.model,
                "modality": modality, "fingerprint": run.fingerprint,
                "projection_sha256": run.fingerprint if run.kind == "sdml" else None,
-               "dim": int(run.embedding_dim or 0), "rows": int(rows), "source": os.path.abspath(table),
+               "dim": int(run.embedding_dim or 0), "rows": int(rows),
+               "search": "sdml" if run.kind == "sdml" else run.engine.mode, "source": os.path.abspath(table),
                "replicas": replicas, "seconds": round(time.perf_counter() - start, 3), "created": now_iso()}
     atomic_write_json(Path(out) / SIDECAR, sidecar)
     return sidecar
@@ -173,41 +208,20 @@ def check_source(run: TrainedRun, modality: str, table: str) -> None:
 
 
 # ---- reading indexes ---------------------------------------------------------------------------------
-def check_index(path: str, run: TrainedRun, target_modality: str | None = None,
-                field: str = "--index") -> tuple[dict[str, Any], list[str]]:
-    """(sidecar, Parquet files) of an index directory, after checking it was built by ``run`` --
-    without reading its rows (``xmr serve`` checks indexes in the driver; the search replica
-    reads them).
-
-    Refused with one line naming ``field`` and the path: no sidecar, another run's fingerprint
-    (P sha256), or another modality than ``target_modality``.
-    """
-    root = Path(path)
-    side = root / SIDECAR
-    if not side.is_file():
-        raise MissingError(f"{field} {path}: not an index (no {SIDECAR}; build one with `xmr index`)")
-    meta = read_json(side)
-    if meta.get("format") != FORMAT:
-        raise InputError(f"{field} {path}: unknown index format {meta.get('format')!r}")
-    if meta.get("fingerprint") != run.fingerprint:
-        what = "P sha256" if run.kind == "sdml" else "model sha256"
-        raise InputError(f"{field} {path}: built by another run ({what} {str(meta.get('fingerprint'))[:12]}, "
-                         f"run {meta.get('run')}); this run's is {run.fingerprint[:12]}")
-    if target_modality is not None and meta.get("modality") != target_modality:
-        raise InputError(f"{field} {path}: holds {meta.get('modality')!r} items, the target is "
-                         f"{target_modality!r}")
-    files = sorted(str(p) for p in root.glob("*.parquet"))
-    if not files:
-        raise InputError(f"{field} {path}: no Parquet files")
-    return meta, files
-
-
 def read_index(path: str, run: TrainedRun, target_modality: str | None = None,
                field: str = "--index") -> Gallery:
-    """An index directory as a :class:`Gallery`, after :func:`check_index`."""
+    """An index directory as a :class:`Gallery`, after :func:`check_index` (branch runs: with the
+    representation the model scores: MTFN's ṽ / t̃, MMCA's i0 / c0 and cross-attention input)."""
     meta, files = check_index(path, run, target_modality, field)
     table = pads.dataset(files, format="parquet").to_table()
     col = table.column("embedding").combine_chunks()
     emb = col.values.to_numpy().reshape(len(col), col.type.list_size)
     ids = np.asarray(table.column("id").to_pylist(), dtype=object)
-    return Gallery(meta["modality"], ids, emb, labels_matrix(table, run.n_classes))
+    reprs = None
+    if run.kind != "sdml" and run.engine.mode == "pairwise":
+        import torch
+
+        reprs = torch.from_numpy(np.array(emb, dtype=np.float32))  # a copy: Arrow's buffers are read-only
+    elif run.kind != "sdml" and run.engine.mode == "rerank":
+        reprs = mmca_reprs(meta["modality"], table, emb, emb.shape[1])
+    return Gallery(meta["modality"], ids, emb, labels_matrix(table, run.n_classes), reprs)

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.retrieval import mean_average_precision, precision_scope_curve
 from scalable_xmr.io import atomic_path
-from scalable_xmr.serving.ann import KINDS, AnnIndex
+from scalable_xmr.serving.ann import KINDS, AnnIndex, ann_mode
 from scalable_xmr.serving.index import feature_column, features_of, labels_matrix, read_index, read_table
 from scalable_xmr.serving.run import Gallery, load_run
 from scalable_xmr.serving.search import SearchResult, check_k, exact_topk, result_from
@@ -37,6 +37,7 @@ class SearchRequest:
     model: str | None = None  # a pairs run's member
     device: str = "auto"
     depth: int | None = None  # MMCA: two-stage search with this first-stage depth (None: exact)
+    split: str = "test"  # the stored split searched when there is no index
 
 
 @dataclass
@@ -53,11 +54,21 @@ def search_table(req: SearchRequest) -> SearchOutcome:
     run = load_run(req.run, model=req.model, device=req.device)
     q_mod = run.check_modality(req.query_modality, "--query-modality")
     target = run.check_modality(req.target, "--target")
+    by_embedding = run.kind == "sdml" or run.engine.mode == "embedding"
+    if req.ann != "exact" and not by_embedding:
+        raise InputError(f"--ann {req.ann}: a {run.model} run scores pairs (no per-item embedding for "
+                         "faiss); use --ann exact")
+    if req.depth is not None and (run.kind == "sdml" or run.engine.mode != "rerank"):
+        what = "an SDML" if run.kind == "sdml" else f"a {run.model}"
+        raise InputError(f"--depth: only MMCA runs have a two-stage search; {what} search is exact "
+                         f"(got --depth {req.depth})")
     if req.index:
         gallery, where = read_index(req.index, run, target), f"index {req.index}"
     else:
-        gallery, where = run.gallery(target, "test"), f"{target} test split of the run"
+        gallery, where = run.gallery(target, req.split), f"{target} {req.split} split of the run"
     check_k(req.k, len(gallery), "--k")
+    if not by_embedding:
+        run.engine.check_depth(req.depth, req.k, len(gallery), "--depth")
     table = read_table(req.query_table, "--query-table")
     if "id" not in table.column_names:
         raise InputError(f"--query-table {req.query_table}: no column 'id' "
@@ -67,21 +78,15 @@ def search_table(req: SearchRequest) -> SearchOutcome:
     ids = [str(i) for i in table.column("id").to_pylist()]
     start = time.perf_counter()
     query_emb = None
-    if run.kind == "sdml":
+    if by_embedding:  # SDML, VSE, VSA: one embedding per item, cosine ranking
         query_emb = run.encode(q_mod, features)
-        if req.depth is not None:
-            raise InputError(f"--depth: only MMCA runs have a two-stage search; an SDML search is exact "
-                             f"(got --depth {req.depth})")
         if req.ann == "exact":
             idx, scores = exact_topk(query_emb, gallery.embeddings, req.k, device=run.device)
             mode = "exact (cosine of stored embeddings)"
         else:
             idx, scores = AnnIndex.build(gallery.embeddings, req.ann).search(query_emb, req.k)
-            mode = f"faiss {req.ann}" + (" (exact inner product)" if req.ann == "flat" else " (approximate)")
+            mode = ann_mode(req.ann)
     else:
-        if req.ann != "exact":
-            raise InputError(f"--ann {req.ann}: faiss indexes serve SDML runs; use --ann exact")
-        run.engine.check_depth(req.depth, req.k, len(gallery), "--depth")
         found = run.search(q_mod, features, target, req.k, gallery=gallery, depth=req.depth)
         idx, scores, mode = found.indices, found.scores, found.mode
     result = result_from(ids, gallery.ids, idx, scores, mode)

@@ -14,11 +14,9 @@ the bucket (``store.remote``); ``file://`` URIs are local paths.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,8 +27,8 @@ from scalable_xmr.data.paired import open_paired_dataset
 from scalable_xmr.errors import InputError, MissingError
 from scalable_xmr.models.runtime import resolve_device
 from scalable_xmr.models.sdml import SDMLAutoencoder
-from scalable_xmr.serving.branch import MODALITIES as PAIR_MODALITIES
 from scalable_xmr.serving.branch import BranchEngine, take_rows
+from scalable_xmr.serving.preflight import PAIR_MODALITIES, choose_member
 from scalable_xmr.serving.search import (
     DEFAULT_CHUNK,
     SearchResult,
@@ -77,7 +75,7 @@ class TrainedRun:
             self.n_classes = int(meta.dataset["n_classes"])
         else:
             members = [m for m, v in (meta.members or {}).items() if v.get("status") == "finished"]
-            self.model = _choose_member(members, model, store.root)
+            self.model = choose_member(members, model, store.root)
             path = store.member_dir(self.model) / "model.pt"
             branch, _ = load_branch_model(path, self.device)
             # The input sizes it was built for: load_branch_model returns the network, not the
@@ -85,7 +83,7 @@ class TrainedRun:
             dims = torchfile.load(path)
             self.engine = BranchEngine(branch, dims["model"], dims, self.device)
             self.modalities = list(PAIR_MODALITIES)
-            self.fingerprint = _payload_sha256(path)  # the member's model.pt content
+            self.fingerprint = torchfile.payload_sha256(path)  # the member's model.pt content
             self.embedding_dim = None
             self.n_classes = 0
 
@@ -259,31 +257,6 @@ def _is_ids(x: Any) -> bool:
     if isinstance(x, str):
         return True
     return isinstance(x, list | tuple | np.ndarray) and len(x) > 0 and all(isinstance(i, str) for i in x)
-
-
-def _choose_member(members: list[str], model: str | None, root: Path) -> str:
-    if not members:
-        raise InputError(f"{root}: the run has no finished model")
-    if model is None:
-        if len(members) > 1:
-            raise InputError(f"model: the run {root} has {len(members)} models ({', '.join(members)}); "
-                             "choose one")
-        return members[0]
-    if model not in members:
-        raise InputError(f"model: unknown model {model!r} (run {root} has: {', '.join(members)})")
-    return model
-
-
-def _payload_sha256(path: Path) -> str:
-    """SHA-256 of a model file's payload (the checksum its header carries; computed if absent)."""
-    with open(path, "rb") as f:
-        # The header is MAGIC + the payload's 32-byte SHA-256 (torchfile): the digest is read
-        # from it, not from the whole file (torchfile.load has already checked it matches).
-        head = f.read(len(torchfile.MAGIC) + 32)
-        if head.startswith(torchfile.MAGIC):
-            return head[len(torchfile.MAGIC):].hex()
-        f.seek(0)  # written before checksums: no header, hash the file
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_run(uri: str | os.PathLike, model: str | None = None, device: str = "auto") -> TrainedRun:

@@ -19,8 +19,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from scalable_xmr.errors import CorruptFileError
 from scalable_xmr.io import atomic_path
 from scalable_xmr.store import remote
@@ -31,6 +29,7 @@ _DIGEST = 32
 
 def save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save(obj)`` to ``path`` with a checksum header, atomically."""
+    import torch  # here, not at import: reading run.json (RunStore) must not load torch
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     payload = buffer.getvalue()
@@ -54,6 +53,8 @@ def load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     else:
         source = io.BytesIO(raw)  # written before checksums: loaded unverified
     try:
+        import torch
+
         return torch.load(source, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable payload is one named, corrupt file
         raise CorruptFileError(f"{path}: cannot be read ({type(e).__name__}): corrupt or not a "
@@ -89,3 +90,14 @@ def load_newest_good(path: str | os.PathLike, map_location: Any = "cpu") -> tupl
             return load(older, map_location), older, str(newest)
         except CorruptFileError:
             raise newest from None
+
+
+def payload_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a model file's payload: the checksum its header carries (a file written before
+    checksums: the whole file hashed). Reads 41 bytes, not the payload."""
+    with open(path, "rb") as f:
+        head = f.read(len(MAGIC) + 32)
+        if head.startswith(MAGIC):
+            return head[len(MAGIC):].hex()
+        f.seek(0)
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -152,10 +152,10 @@ def test_serve_answers_concurrent_http_and_bad_requests_then_stops(indexed):
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
     try:
         wait_healthy(url, proc)
-        deadline = time.monotonic() + 120  # the CLI says it serves once every deployment is up
-        while not any(line.startswith("serving") for line in lines) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 120  # the CLI says it is ready once every deployment answers
+        while not any(line.startswith("ready") for line in lines) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert any(line.startswith(f"serving       : {url}") for line in lines), lines
+        assert any(line.startswith(f"ready: {url} ") for line in lines), lines
         assert http(f"{url}/modalities")[1]["image"]["gallery_size"] == N_ITEMS
         text_ids, _, _ = load_run(run).embeddings("text")
         rng = np.random.default_rng(3)
@@ -166,12 +166,15 @@ def test_serve_answers_concurrent_http_and_bad_requests_then_stops(indexed):
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda b: http(f"{url}/search", b), bodies))
         assert all(status == 200 for status, _ in answers), answers
-        assert [len(a) for _, a in answers] == [5] * 8 + [3] * 8
-        assert all(a[0]["score"] >= a[-1]["score"] for _, a in answers)
+        assert [len(a["hits"]) for _, a in answers] == [5] * 8 + [3] * 8
+        assert all(a["hits"][0]["score"] >= a["hits"][-1]["score"] for _, a in answers)
+        assert answers[0][1]["mode"] == "exact (cosine of stored embeddings)"
+        assert answers[0][1]["gallery"] == f"image index {root / 'index'}"
         by_id = http(f"{url}/search", bodies[0])[1]
         assert by_id == answers[0][1]  # the same query twice: the same answer
         bad = [({**bodies[8], "features": [0.0] * 79}, "features (text): expected shape (n, 80)"),
-               ({**bodies[8], "features": [float("nan")] * 80}, None),
+               ({**bodies[8], "features": [float("nan")] * 80},
+                "features.0: Input should be a finite number"),
                ({**bodies[8], "query_modality": "smell"}, "query_modality: unknown modality 'smell'"),
                ({**bodies[8], "k": N_ITEMS + 1},
                 f"k: must be an integer from 1 to the gallery size {N_ITEMS}"),
@@ -193,9 +196,7 @@ def test_serve_answers_concurrent_http_and_bad_requests_then_stops(indexed):
         http(f"{url}/healthz", timeout=5)
 
 
-def test_a_modality_added_later_is_deployed_alone(indexed, ray_local):
-    from ray import serve
-
+def test_a_modality_added_later_is_served_without_stopping_the_service(indexed, ray_local):
     from scalable_xmr.serving import app
 
     root, run, _ = indexed
@@ -203,17 +204,27 @@ def test_a_modality_added_later_is_deployed_alone(indexed, ray_local):
     url = app.deploy(run, port=port)
     try:
         wait_healthy(url)
-        before = {name: s.last_deployed_time_s for name, s in serve.status().applications.items()}
         assert main(["add-modality", "--run", run, "--modality", "audio", "--data", dataset_of(run),
                      "--epochs", "1", "--cpus-per-modality", "1", "--no-tracking", "--no-progress"]) == 0
-        assert app.deploy_modality(run, "audio") == 20  # the audio test split is its gallery
-        after = serve.status().applications
-        for m in ("image", "text"):  # the running encoders were not redeployed
-            name = app.encoder_app_name(m)
-            assert after[name].last_deployed_time_s == before[name]
+        text_query = {"query_modality": "text", "features": [0.5] * 80, "target_modality": "image", "k": 2}
+        answered: list[int] = []
+        stop = threading.Event()
+
+        def keep_asking() -> None:  # the old modalities are answered while the app is re-deployed
+            while not stop.is_set():
+                answered.append(http(f"{url}/search", text_query)[0])
+
+        asker = threading.Thread(target=keep_asking)
+        asker.start()
+        try:
+            assert app.deploy_modality(run, "audio") == 20  # the audio test split is its gallery
+        finally:
+            stop.set()
+            asker.join()
+        assert answered and set(answered) == {200}, answered
         status, answer = http(f"{url}/search", {"query_modality": "audio", "features": [0.5] * 16,
                                                 "target_modality": "image", "k": 2})
-        assert status == 200 and len(answer) == 2
+        assert status == 200 and len(answer["hits"]) == 2
         assert "audio" in http(f"{url}/modalities")[1]
     finally:
         app.shutdown()

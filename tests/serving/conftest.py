@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fake_runs import train_pairs_run
 
 from scalable_xmr.config import SDMLConfig
 from scalable_xmr.data.modality.dataset import open_dataset
@@ -58,35 +59,6 @@ def sdml_run(small_xmedia, tmp_path_factory) -> str:
     return train_sdml_run(tmp_path_factory.mktemp("serving") / "run", small_xmedia)
 
 
-TINY_BRANCH = {  # tiny networks: these tests check search mechanics, not retrieval quality
-    "vse": {"embed_dim": 16, "word_dim": 8},
-    "mmca": {"embed_dim": 16, "n_heads": 2, "n_filters": 8, "text_layers": 1, "max_len": 16},
-    "mtfn": {"rank": 2, "dim": 8, "word_dim": 8, "text_hidden": 8},
-}
-
-
-def train_pairs_run(run_dir: Path, data: str, models=("vse", "mmca", "mtfn")) -> str:
-    """A finished ``pairs`` run (run.json + models/<member>/model.pt), members trained one epoch
-    each by ``branch.member.train_branch`` (the function the train-pairs actors run)."""
-    from scalable_xmr.branch.config import PairTrainerConfig
-    from scalable_xmr.branch.member import BranchJob, train_branch
-
-    store = RunStore(run_dir)
-    store.root.mkdir(parents=True)
-    members = {}
-    for name in models:
-        job = BranchJob(out_dir=str(store.member_dir(name)), dataset_uri=data,
-                        trainer=PairTrainerConfig(model=name, epochs=1, batch_size=10, lr=1e-3),
-                        model_config=TINY_BRANCH[name], device="cpu", save_sims=False, ks=(1,), k_texts=(1,))
-        train_branch(job)
-        members[name] = {"status": "finished", "model": name}
-    meta = RunMeta(kind="pairs", dataset={"uri": data, "name": "synthetic-pairs"}, models=list(models),
-                   members=members)
-    meta.finish()
-    store.write(meta)
-    return str(store.root)
-
-
 @pytest.fixture(scope="session")
 def pairs_run(tmp_path_factory) -> tuple[str, str]:
     """(run directory, dataset) of a tiny pairs run with a VSE, an MMCA and an MTFN member."""
@@ -99,3 +71,9 @@ def pairs_run(tmp_path_factory) -> tuple[str, str]:
     data = str(make_synthetic_pairs(root / "data", seed=3, n_train=30, n_val=10, n_test=12, n_regions=3,
                                     dim=8, vocab_size=40, n_concepts=6))
     return train_pairs_run(root / "run", data), data
+
+
+@pytest.fixture(scope="session")
+def vsa_run(pairs_run, tmp_path_factory) -> str:
+    """A tiny pairs run with one VSA member, on the pairs run's dataset."""
+    return train_pairs_run(tmp_path_factory.mktemp("serving-vsa") / "run", pairs_run[1], models=("vsa",))

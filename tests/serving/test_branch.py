@@ -6,6 +6,8 @@ training and R@K use: a search must return the top of its rows (image query) or 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -83,16 +85,39 @@ def test_branch_bad_input(pairs_run, kwargs, call, match):
         call(run)
 
 
-def test_index_and_serve_refuse_models_without_an_embedding(pairs_run, tmp_path):
-    """Checked before Ray is used: MTFN/MMCA have no per-item embedding an index could hold, and
-    `xmr serve` serves SDML runs."""
-    from scalable_xmr.serving import app
-    from scalable_xmr.serving.index import build_index
+@pytest.mark.parametrize("model", ["mmca", "mtfn"])
+def test_an_index_of_a_pairwise_model_searches_as_its_stored_split(pairs_run, tmp_path, model):
+    """MMCA and MTFN score pairs, so their index keeps what the score needs (MTFN's ṽ / t̃; MMCA's
+    i0 / c0 and regions / words): the encoder's batches, read back as a gallery, rank as the stored
+    split does. The Ray Data callable is called directly (no Ray here)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    with pytest.raises(InputError, match=r"--run: mtfn scores pairs \(no per-item embedding to index\)"):
-        build_index(pairs_run[0], "image", str(tmp_path / "t.parquet"), str(tmp_path / "i"), model="mtfn")
-    with pytest.raises(InputError, match=r"`xmr serve` serves SDML runs \(one common space\); a 'pairs' run"):
-        app.deploy(pairs_run[0], model="vse")
+    from scalable_xmr.serving.index import BatchEncoder, read_index
+    from scalable_xmr.serving.preflight import FORMAT, SIDECAR
+
+    run_dir, data = pairs_run
+    run = load_run(run_dir, model=model, device="cpu")
+    split = open_paired_dataset(data).read_split("test")
+    tokens = [t[:n].tolist() for t, n in zip(split.tokens, split.lengths, strict=True)]
+    sources = {  # images as region lists (n, 3, dim), captions as token lists
+        "image": pa.table({"id": list(split.image_ids), "features": pa.array(
+            [r.tolist() for r in split.images], pa.list_(pa.list_(pa.float32())))}),
+        "text": pa.table({"id": list(split.caption_ids), "tokens": pa.array(tokens, pa.list_(pa.int32()))})}
+    for modality, source in sources.items():
+        out = BatchEncoder(run_dir, modality, model, "cpu", "t")(source)
+        index = tmp_path / f"{model}-{modality}"
+        index.mkdir()
+        pq.write_table(out, index / "part-0.parquet")
+        (index / SIDECAR).write_text(json.dumps({"format": FORMAT, "modality": modality,
+                                                 "fingerprint": run.fingerprint}))
+        gallery = read_index(str(index), run, modality)
+        query = "text" if modality == "image" else "image"
+        qids = list((split.caption_ids if query == "text" else split.image_ids)[:3])
+        from_index = run.search(query, qids, modality, k=4, gallery=gallery)
+        stored = run.search(query, qids, modality, k=4)
+        np.testing.assert_array_equal(from_index.ids, stored.ids)
+        np.testing.assert_allclose(from_index.scores, stored.scores, atol=1e-5)
 
 
 def test_the_index_encoder_reads_token_captions(pairs_run):
