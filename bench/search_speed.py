@@ -9,23 +9,18 @@
 2. faiss (``serving.ann``): flat, IVF and HNSW over a clustered gallery (1,000 centres + noise, the
    shape trained embeddings have), recall@10 against exact search and the latency of a 100-query
    batch and of one query; build seconds.
-3. Serve (``serving.app``): a small run trained here (synthetic data, 2 modalities, d 512), an index
-   of 20,000 items from ``xmr index``'s Ray Data path, ``xmr serve``'s application on 127.0.0.1,
-   and 8 client threads sending POST /search (text features -> image index, k 10) for a fixed time:
-   requests/s, p50 and p99 latency.
+3. Serve (``_serve_load.py``): ``xmr serve``'s application on 127.0.0.1 beside a bare Ray Serve echo
+   deployment behind the same proxy (the floor), for an SDML run and a VSE run, each with a
+   25,000-item gallery from ``xmr index``; POST /search by stored id and by input (features /
+   caption words); one client (p50, p99), 8 and 16 clients (requests/s, p99); every row measured
+   right after its own echo row, and its ratios to it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import socket
-import statistics
 import sys
-import tempfile
 import time
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -97,76 +92,13 @@ def ann_table(n: int, d: int, q: int) -> list[dict]:
     return rows
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve_load(items: int, seconds: float, clients: int) -> dict:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import ray
-
-    from scalable_xmr.config import ResourceConfig, SDMLConfig, TrackingConfig
-    from scalable_xmr.data.modality.synthetic import make_synthetic_xmedia
-    from scalable_xmr.sdml.job import TrainRequest, train_sdml
-    from scalable_xmr.serving import app
-    from scalable_xmr.serving.index import build_index
-
-    root = Path(tempfile.mkdtemp(prefix="xmr-bench-serve-"))
-    make_synthetic_xmedia(str(root / "data"), scale="small", seed=0)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    run = str(root / "run")
-    train_sdml(TrainRequest(run_dir=run, dataset_uri=str(root / "data"), modalities=("image", "text"),
-                            sdml=SDMLConfig(epochs=2, batch_size=20),
-                            resources=ResourceConfig(strategy="serial"),
-                            tracking=TrackingConfig(enabled=False), show_progress=False))
-    x = np.random.default_rng(2).standard_normal((items, 64)).astype(np.float32)
-    pq.write_table(pa.table({"id": [f"item{i}" for i in range(items)],
-                             "features": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 64)}),
-                   root / "items.parquet")
-    t0 = time.perf_counter()
-    build_index(run, "image", str(root / "items.parquet"), str(root / "index"), show_progress=False)
-    index_s = time.perf_counter() - t0
-    port = free_port()
-    url = app.deploy(run, {"image": str(root / "index")}, port=port)
-    body = json.dumps({"query_modality": "text", "features": [0.1] * 80, "target_modality": "image",
-                       "k": 10}).encode()
-
-    def one() -> float:
-        req = urllib.request.Request(f"{url}/search", data=body, method="POST")
-        t = time.perf_counter()
-        with urllib.request.urlopen(req, timeout=60) as r:
-            assert r.status == 200 and len(json.loads(r.read())) == 10
-        return time.perf_counter() - t
-
-    for _ in range(20):
-        one()  # warm up
-
-    def client(_: int) -> list[float]:
-        lat, end = [], time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            lat.append(one())
-        return lat
-
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        latencies = sorted(v for lat in pool.map(client, range(clients)) for v in lat)
-    wall = time.perf_counter() - t0
-    app.shutdown()
-    ray.shutdown()
-    return {"items": items, "index_s": index_s, "clients": clients, "requests": len(latencies),
-            "rps": len(latencies) / wall, "p50_ms": 1e3 * statistics.median(latencies),
-            "p99_ms": 1e3 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
     p.add_argument("--skip", action="append", default=[], choices=("exact", "ann", "serve"))
     args = p.parse_args()
-    n, ann_n, items, secs = (20_000, 5_000, 2_000, 3.0) if args.quick else (1_000_000, 200_000, 20_000, 20.0)
+    n, ann_n = (20_000, 5_000) if args.quick else (1_000_000, 200_000)
+    items, requests, secs = (2_000, 50, 2.0) if args.quick else (25_000, 300, 10.0)
     for key, value in machine_info(torch.get_num_threads()):
         print(f"{key:<14}: {value}")
     if "exact" not in args.skip:
@@ -182,10 +114,19 @@ def main() -> None:
             print(f"  {r['index']:<24}{r['build_s']:>9.1f}{r['recall@10']:>11.3f}{r['batch_s']:>10.3f}"
                   f"{r['one_ms']:>9.2f}")
     if "serve" not in args.skip:
-        s = serve_load(items, secs, 8)
-        print(f"\nServe: {s['clients']} clients, POST /search over a {s['items']:,}-item index "
-              f"(built in {s['index_s']:.1f} s): {s['requests']} requests, {s['rps']:.1f} req/s, "
-              f"p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms")
+        from _serve_load import serve_table
+
+        rows, setup = serve_table(items, requests, secs)
+        print(f"\nServe, {items:,}-item galleries (indexes built in {setup['sdml_index_s']:.1f} s SDML, "
+              f"{setup['vse_index_s']:.1f} s VSE); 1 client: {requests} requests; 8 / 16 clients: "
+              f"{secs:g} s each")
+        print(f"  {'target':<38}{'p50 ms':>8}{'p99 ms':>8}{'8c req/s':>10}{'8c p99':>8}{'16c req/s':>10}"
+              f"{'16c p99':>9}{'p50/echo':>10}{'8c/echo':>9}{'16c/echo':>10}")
+        for r in rows:
+            ratios = (f"{r['p50_x_echo']:>9.2f}x{r['rps8_of_echo']:>8.0%}{r['rps16_of_echo']:>10.0%}"
+                      if "p50_x_echo" in r else "")
+            print(f"  {r['target']:<38}{r['p50_ms']:>8.1f}{r['p99_ms']:>8.1f}{r['rps_8']:>10.1f}"
+                  f"{r['p99_8_ms']:>8.1f}{r['rps_16']:>10.1f}{r['p99_16_ms']:>9.1f}{ratios}")
 
 
 if __name__ == "__main__":

@@ -44,8 +44,12 @@ def modules() -> dict[str, ast.Module]:
 
 
 def imports(tree: ast.Module, name: str, top_level_only: bool = False):
-    """(imported module, names, line, at top level) of every import in ``tree``."""
+    """(imported module, names, line, at top level) of every import in ``tree``. Imports in a
+    top-level ``if TYPE_CHECKING:`` block count as top level (what a lazy package exports)."""
     top = {id(n) for n in tree.body}
+    for node in tree.body:
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            top.update(id(n) for n in node.body)
     for node in ast.walk(tree):
         if top_level_only and id(node) not in top:
             continue

@@ -49,32 +49,18 @@ class SearchService:
         return len(self.searcher.galleries[modality])
 
     async def search(self, req: SearchRequest) -> SearchAnswer:
-        query = self.searcher.prepare(req)
-        if query.encoded is None:
-            query.encoded = await self._encode(query)
-            if isinstance(query.encoded, Exception):
-                raise query.encoded
-        return await asyncio.to_thread(self.searcher.rank, req, query)
+        query = self.searcher.prepare(req)  # checks only: cheap, on the event loop
+        answer = await self._answer((req, query))
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.0)
-    async def _encode(self, queries: list[Query]) -> list[Any]:
-        """Encode the queries that arrived together, one model call per modality."""
-        out: list[Any] = [None] * len(queries)
-        for modality in {q.modality for q in queries}:
-            rows = [i for i, q in enumerate(queries) if q.modality == modality]
-            try:
-                inputs = [queries[i].inputs for i in rows]
-                encoded = await asyncio.to_thread(self.searcher.encode, modality, inputs)
-            except InputError:  # one bad query must not fail the others: encode them one at a time
-                encoded = []
-                for i in rows:
-                    try:
-                        encoded += self.searcher.encode(modality, [queries[i].inputs])
-                    except InputError as e:
-                        encoded.append(e)
-            for i, e in zip(rows, encoded, strict=True):
-                out[i] = e
-        return out
+    async def _answer(self, items: list[tuple[SearchRequest, Query]]) -> list[SearchAnswer | InputError]:
+        """The requests that arrived together: encoded per modality in one model call and ranked,
+        in one worker thread (torch, matmul and faiss release the GIL; the event loop keeps taking
+        requests). No wait for a batch to fill: one request alone goes at once."""
+        return await asyncio.to_thread(self.searcher.answer_many, items)
 
 
 @serve.deployment
@@ -88,8 +74,9 @@ class Deploying:
 
 def _options(replicas: int, gpus_per_replica: float) -> dict[str, Any]:
     # A small CPU share: the replica waits on requests most of the time; a GPU replica asks for one.
+    # Up to MAX_BATCH requests in flight per replica, so concurrent queries can be encoded together.
     return {"num_replicas": replicas, "ray_actor_options": {"num_cpus": 0.25, "num_gpus": gpus_per_replica},
-            "logging_config": _LOGGING}
+            "max_ongoing_requests": MAX_BATCH, "logging_config": _LOGGING}
 
 
 # Serve's own INFO lines (deploys, replicas, one access line per request: ~45 lines a session) are

@@ -225,6 +225,31 @@ class Searcher:
         """All three steps for one request (in-process use and tests)."""
         return self.rank(req, self.encoded(self.prepare(req)))
 
+    def answer_many(self, items: list[tuple[SearchRequest, Query]]) -> list[SearchAnswer | InputError]:
+        """Prepared queries answered together: those still to encode, one model call per modality
+        (one at a time when a batch fails, so one bad query fails alone); each result an answer or
+        the InputError of its own request."""
+        out: list[SearchAnswer | InputError | None] = [None] * len(items)
+        for modality in {q.modality for _, q in items if q.encoded is None}:
+            rows = [i for i, (_, q) in enumerate(items) if q.encoded is None and q.modality == modality]
+            try:
+                for i, encoded in zip(rows, self.encode(modality, [items[i][1].inputs for i in rows]),
+                                      strict=True):
+                    items[i][1].encoded = encoded
+            except InputError:
+                for i in rows:
+                    try:
+                        items[i][1].encoded = self.encode(modality, [items[i][1].inputs])[0]
+                    except InputError as e:
+                        out[i] = e
+        for i, (req, query) in enumerate(items):
+            if out[i] is None:
+                try:
+                    out[i] = self.rank(req, query)
+                except InputError as e:
+                    out[i] = e
+        return out  # type: ignore[return-value]
+
 
 def _finite(x: Any) -> bool:
     if isinstance(x, torch.Tensor):
