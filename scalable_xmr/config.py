@@ -61,6 +61,9 @@ class SDMLConfig:
     normalize: bool = True  # per-feature standardisation fitted on train (deviation, docs/models.md)
     checkpoint_every: int = 5
     seed: int = 0
+    # Early stopping (off by default: the paper trains every epoch): stop once the validation label
+    # loss, the selection criterion, has not improved for this many epochs (patience_exhausted).
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
@@ -71,6 +74,7 @@ class SDMLConfig:
                 raise InputError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if self.lr is not None and not self.lr > 0:
             raise InputError(f"lr must be positive, got {self.lr}")
+        check_patience(self.patience)
 
     def lr_for(self, modality: str) -> float:
         """The Adam rate of ``modality``: ``lr`` when set, else the reference code's rule."""
@@ -121,6 +125,80 @@ class TrainSchedule:
         note = f"; {self.note}" if self.note else ""
         return (f"{self.epochs} epochs, batch {self.batch_size}, lr {short_number(self.lr)}{decay} "
                 f"({self.source}{note})")
+
+
+def check_patience(value: Any, where: str = "patience") -> int | None:
+    """``value`` as an early-stopping patience: None (off) or a whole number of epochs >= 1."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InputError(f"{where} must be a whole number of epochs >= 1 (epochs without a better "
+                         f"validation score before training stops), got {value!r}")
+    return value
+
+
+def patience_exhausted(epoch: int, best_epoch: int, patience: int | None) -> bool:
+    """The early-stopping rule of every trainer (SDML modalities, branch members and stages,
+    population members): after ``epoch`` (1-based), stop when the selected epoch ``best_epoch``
+    lies ``patience`` or more epochs back, i.e. ``patience`` epochs in a row brought no better
+    validation score. Both numbers are in every checkpoint's history, so the count survives a
+    resume. ``patience`` None: never.
+
+    Example:
+        >>> [patience_exhausted(e, 1, 2) for e in (1, 2, 3)]  # best at 1; 2, 3 no better
+        [False, False, True]
+    """
+    return patience is not None and epoch - best_epoch >= patience
+
+
+def patience_stop(scores: Sequence[float], patience: int, higher_is_better: bool) -> int | None:
+    """The epoch (1-based) at which :func:`patience_exhausted` stops a training whose validation
+    scores per epoch were ``scores`` (a strictly better score is an improvement, a tie keeps the
+    earlier epoch, as the trainers select); None when it would run to the end.
+
+    Example:
+        >>> patience_stop([3.0, 2.0, 2.5, 2.0, 1.9, 2.2, 2.3], 2, higher_is_better=False)
+        4
+        >>> print(patience_stop([3.0, 2.0, 2.5, 2.0, 1.9, 2.2, 2.3], 3, higher_is_better=False))
+        None
+    """
+    best, best_epoch = None, 0
+    for epoch, score in enumerate(scores, 1):
+        if best is None or (score > best if higher_is_better else score < best):
+            best, best_epoch = score, epoch
+        if epoch < len(scores) and patience_exhausted(epoch, best_epoch, patience):
+            return epoch
+    return None
+
+
+def early_stop_note(name: str, epochs: int, best_epoch: int, scores: Sequence[float],
+                    higher_is_better: bool, patience: int | None = None,
+                    stopped_at: int | None = None) -> str | None:
+    """The line a job's footer prints about one modality or member's epochs, or None.
+
+    With ``patience``: where it stopped, or that it ran every epoch. Without: a hint when the
+    selected epoch lies in the first tenth of ``epochs`` -- patience of a tenth of the epochs
+    (at least 1) would have stopped it early (``scores``: the validation score of each epoch).
+
+    Example:
+        >>> early_stop_note("image", 200, 1, [1.0] * 200, higher_is_better=False)
+        'image: best epoch 1 of 200; --patience 20 would have stopped at epoch 21'
+        >>> early_stop_note("image", 200, 11, [], False, patience=20, stopped_at=31)
+        'image: stopped early at epoch 31 of 200 (best epoch 11, --patience 20)'
+    """
+    if patience is not None:
+        if stopped_at is None:
+            return f"{name}: ran all {epochs} epochs (best epoch {best_epoch}, --patience {patience})"
+        return f"{name}: stopped early at epoch {stopped_at} of {epochs} (best epoch {best_epoch}, " \
+               f"--patience {patience})"
+    if best_epoch < 1 or best_epoch * 10 > epochs or len(scores) < epochs:
+        return None
+    suggested = max(1, epochs // 10)
+    stop = patience_stop(scores, suggested, higher_is_better)
+    if stop is None:
+        return None
+    return (f"{name}: best epoch {best_epoch} of {epochs}; --patience {suggested} would have stopped at "
+            f"epoch {stop}")
 
 
 def short_number(value: Any) -> str:

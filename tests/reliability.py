@@ -296,6 +296,17 @@ CASES: list[Case] = [
     Case("train", "another job holds the run", lambda c: hold_lock(c, ["train", "--data", c.xmedia, "--run",
                                                                        c.run, "--resume", *T]),
          "run: in use by pid", RUN_KEPT),
+    Case("train", "--patience 0", lambda c: _train(c, "--patience", "0"),
+         "argument --patience: must be a whole number of epochs >= 1, got '0'"),
+    Case("train", "a negative --patience", lambda c: _train(c, "--patience", "-5"),
+         "argument --patience: must be a whole number of epochs >= 1, got '-5'"),
+    Case("train", "--patience that is not a whole number", lambda c: _train(c, "--patience", "2.5"),
+         "argument --patience: must be a whole number of epochs >= 1, got '2.5'"),
+    Case("train", "--keep-checkpoints with --resume of a finished run that kept none",
+         lambda c: ["train", "--data", c.xmedia, "--run", c.run, "--resume", "--keep-checkpoints", "--modality",
+                    "image", "--modality", "text", "--dim", "32", "--batch-size", "20", *T],
+         "is finished and its training state was removed when it finished; --resume of a finished run only "
+         "reads it, so there is nothing to keep", RUN_KEPT),
     # xmr add-modality
     Case("add-modality", "a run that is not finished", lambda c: _add(c, "--modality", "audio", "--data",
                                                                       c.xmedia, run=_unfinished(c.run)),
@@ -325,6 +336,9 @@ CASES: list[Case] = [
     Case("add-modality", "a run directory that does not exist",
          lambda c: _add(c, "--modality", "audio", "--data", c.xmedia, run=str(c.root / "nope")),
          "run directory not found"),
+    Case("add-modality", "--patience 0", lambda c: _add(c, "--modality", "audio", "--data", c.xmedia,
+                                                        "--patience", "0"),
+         "argument --patience: must be a whole number of epochs >= 1, got '0'", RUN_KEPT),
     Case("add-modality", "an image-text run", lambda c: _add(c, "--modality", "audio", "--data", c.xmedia,
                                                              run=make_pairs_run(c)), "run.json: not an SDML run (kind 'pairs')", RUN_KEPT),
     # xmr train-pairs
@@ -341,6 +355,8 @@ CASES: list[Case] = [
     Case("train-pairs", "--data that is a modality dataset",
          lambda c: ["train-pairs", "--model", "vse", "--data", c.xmedia, "--run", c.new, *T], "images.parquet not found (not a paired dataset?)"),
     Case("train-pairs", "--epochs 0", lambda c: _pairs(c, "--epochs", "0"), "--epochs must be >= 1, got 0"),
+    Case("train-pairs", "a negative --patience", lambda c: _pairs(c, "--patience", "-1"),
+         "argument --patience: must be a whole number of epochs >= 1, got '-1'"),
     Case("train-pairs", "a VSA --target without a test split", lambda c: _pairs(c, "--target", _train_only_target(c), model="vsa"),
          "no 'test' split (it has ['train']); target-domain R@K (VSA-AE-MMD Table 1) is scored on its pairs"),
     # xmr sweep

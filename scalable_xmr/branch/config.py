@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any
 
-from scalable_xmr.config import TrainSchedule, from_dict, short_number
+from scalable_xmr.config import TrainSchedule, check_patience, from_dict, short_number
 from scalable_xmr.errors import InputError
 from scalable_xmr.models.registry import BRANCH_MODELS, branch_model_classes
 
@@ -108,6 +108,10 @@ class PairTrainerConfig:
     # Sweep trials (compressed()): the image-text epochs of the full schedule whose lr steps this
     # shorter training keeps at the same fractions; 0 = not compressed (a step every lr_decay_epochs).
     lr_schedule_epochs: int = 0
+    # Early stopping, per stage (off by default: the papers train every epoch): a stage ends once its
+    # selection score (val rsum; MTFN's text-text stage: val tt_r1) has not improved for this many
+    # epochs (config.patience_exhausted); an image-text stage that stops hands over to the text-text one.
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         if self.model not in BRANCH_MODELS:
@@ -142,6 +146,7 @@ class PairTrainerConfig:
                     f"{name}: must be a finite number "
                     f"{'> 0' if name in ('lr', 'lr_decay') else '>= 0'}, got {v!r}"
                 )
+        check_patience(self.patience)
         if self.text_epochs and TEXT_STAGE_KEY not in schedule_keys(self.model):
             raise InputError(f"text_epochs={self.text_epochs}: model {self.model!r} has no text-text "
                              "branch (only mtfn)")

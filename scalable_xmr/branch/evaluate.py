@@ -254,7 +254,9 @@ def mean_sigmoid_log_odds(
     return out
 
 
-ROW_KEYS = ("i2t@1", "i2t@5", "i2t@10", "t2i@1", "t2i@5", "t2i@10", "rsum")
+# The printed columns: R@1/5/10, median and mean rank per direction (VSE++ evaluation.py), rsum.
+ROW_KEYS = ("i2t@1", "i2t@5", "i2t@10", "i2t_medr", "i2t_meanr",
+            "t2i@1", "t2i@5", "t2i@10", "t2i_medr", "t2i_meanr", "rsum")
 
 
 def recall_table(

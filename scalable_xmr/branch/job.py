@@ -17,6 +17,10 @@ Run store (docs/run-store.md, kind "pairs")::
     <run>/models/<model>/sims/, ensemble.json   the mean of a model's M members (M > 1)
     <run>/metrics.json                      plain and re-ranked R@K per member and ensemble
     <run>/plots/rerank_k.png                R@1 against the re-ranking K on val (MTFN-RR Fig. 7a)
+
+Once the run is finished (run.json written with status finished) every member's ``checkpoints/``
+is removed unless ``keep_checkpoints`` -- the SDML job's rule and order (sdml/job.py): a failed run
+keeps all of it, finished members' included (``--resume`` skips them and reads their result.json).
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from scalable_xmr.branch.config import PairTrainerConfig, stored_trainer
 from scalable_xmr.branch.evaluate import COCO_5K, COCO_FOLDS, check_t2i_groups, rerank_grid_for
-from scalable_xmr.branch.member import BranchJob, BranchResult, jsonable, run_member
+from scalable_xmr.branch.member import BranchJob, BranchResult, checkpoint_dir, jsonable, run_member
 from scalable_xmr.branch.report import (
     build_metrics,
     ensembles,
@@ -43,13 +48,20 @@ from scalable_xmr.distributed.cluster import check_gpus, connect, has_gpus
 from scalable_xmr.errors import InputError
 from scalable_xmr.io import absolute_uri, check_writable, read_json
 from scalable_xmr.models.registry import BRANCH_MODELS
+from scalable_xmr.store import training_state
 from scalable_xmr.store.lock import run_lock
 from scalable_xmr.store.meta import RunMeta, now_iso
 from scalable_xmr.store.remote import uri_of
 from scalable_xmr.store.run_store import RunStore
 from scalable_xmr.tracking import plots
-from scalable_xmr.tracking.runs import RunSummary, parent_run, stored_run_url, tracking_footer
-from scalable_xmr.tracking.tracker import Tracker, default_tracking_uri
+from scalable_xmr.tracking.runs import (
+    RunSummary,
+    job_tracking_uri,
+    parent_run,
+    stored_run_url,
+    tracking_footer,
+)
+from scalable_xmr.tracking.tracker import Tracker
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,7 @@ class PairsRequest:
     resume: bool = False
     overwrite: bool = False
     show_progress: bool = True
+    keep_checkpoints: bool = False  # keep every member's checkpoints/ once the run is finished
 
     def __post_init__(self) -> None:
         if not self.trainers:
@@ -104,6 +117,7 @@ class PairsRequest:
 @dataclass
 class PairsSummary(RunSummary):
     table: str = ""  # the R@K table printed at the end
+    training_state: str = ""  # what became of the members' checkpoints/ (a footer line)
 
 
 # ------------------------------------------------------------------------------ validation
@@ -180,7 +194,10 @@ def train_pairs(req: PairsRequest, address: str | None = None) -> PairsSummary:
         store.refresh()  # an object-storage run: its local mirror as the bucket holds it
         mode = store.plan(overwrite=req.overwrite, resume=req.resume)
         if mode == "resume":
-            _check_resume(store, req, dataset)  # nothing written
+            stored = _check_resume(store, req, dataset)  # nothing written
+            done = all(m.get("status") == "finished" for m in stored.members.values())
+            if done and stored.status == "finished" and req.keep_checkpoints:
+                training_state.refuse_keep_on_finished(store.uri, _state_dirs(store, stored))
         connect(address)
         check_gpus(req.gpus_per_model or 0.0, "--gpus-per-model")
         return _train(req, store, dataset, store.prepare(mode), start)
@@ -198,7 +215,7 @@ def _train(req: PairsRequest, store: RunStore, dataset: dict[str, Any], mode: st
                                 stored_run_url(stored, store.uri), time.perf_counter() - start,
                                 table=pairs_table(metrics))
     meta = _open_run(store, mode, req, dataset)
-    tracker = Tracker(req.tracking.tracking_uri or default_tracking_uri(store.root),
+    tracker = Tracker(job_tracking_uri(req.tracking.tracking_uri, meta, store.root),
                       req.tracking.experiment, req.tracking.enabled)
     run_name = f"pairs:{store.root.name}"
     with parent_run(store, meta, tracker, mode, run_name, "train_pairs", run_params(meta)) as parent:
@@ -217,8 +234,15 @@ def _train(req: PairsRequest, store: RunStore, dataset: dict[str, Any], mode: st
             store.write(meta)  # each finished member is recorded as soon as it is known
             results[name] = result
         metrics = _finish(store, meta, results, tracker, parent)
+    state = training_state.after_finish(store.uri, _state_dirs(store, meta), req.keep_checkpoints,
+                                        where="models/*/checkpoints/")
     return PairsSummary(store.uri, metrics, results, tracking_footer(tracker, parent, store.uri),
-                        time.perf_counter() - start, table=pairs_table(metrics))
+                        time.perf_counter() - start, table=pairs_table(metrics), training_state=state)
+
+
+def _state_dirs(store: RunStore, meta: RunMeta) -> list[Path]:
+    """The checkpoints/ folders of the run's members."""
+    return [checkpoint_dir(store.member_dir(name)) for name in meta.members or {}]
 
 
 def _log_results(tracker: Tracker, parent: str | None, store: RunStore, meta: RunMeta,
@@ -228,10 +252,11 @@ def _log_results(tracker: Tracker, parent: str | None, store: RunStore, meta: Ru
         tracker.log_artifact(parent, path)
 
 
-def log_stored_run(store: RunStore, meta: RunMeta, tracker: Tracker) -> str | None:
-    """Log a finished run to MLflow from its run store alone (``xmr track``): a new parent run
-    with the job's params, one child per member and ensemble, the same metrics and artifacts."""
-    parent = tracker.start_run(f"pairs:{store.root.name}", tags={
+def log_stored_run(store: RunStore, meta: RunMeta, tracker: Tracker, parent: str | None = None) -> str | None:
+    """Log a finished run to MLflow from its run store alone (``xmr track``): into ``parent``, else
+    a new parent run with the job's params; one child per member and ensemble, the same metrics
+    and artifacts."""
+    parent = parent or tracker.start_run(f"pairs:{store.root.name}", tags={
         "job": "train_pairs", "xmr.run_dir": store.uri, "xmr.logged_from_store": "true"})
     tracker.log_params(parent, run_params(meta))
     _log_results(tracker, parent, store, meta, store.read_metrics(), _finished_results(store, meta))
@@ -360,7 +385,9 @@ def _job(store: RunStore, req: PairsRequest, name: str, model: str, seed: int) -
 
 
 def _member_entry(result: BranchResult) -> dict[str, Any]:
-    return {"status": "finished", "best_epoch": result.best_epoch, "choice": result.choice,
+    patience = result.trainer_config.get("patience")  # with it: the epoch each stage stopped at, or null
+    early = {} if patience is None else {"patience": patience, "stopped_early": result.stopped_early}
+    return {"status": "finished", "best_epoch": result.best_epoch, **early, "choice": result.choice,
             "t2i_groups": result.t2i_groups,
             "resumed_at_epoch": result.resumed_at_epoch, "train_seconds": result.train_seconds,
             "device": result.device, "finished": now_iso()}

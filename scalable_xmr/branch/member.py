@@ -47,6 +47,7 @@ from scalable_xmr.branch.evaluate import (
 )
 from scalable_xmr.branch.scoring import similarity_matrix, text_cosine_matrix, text_similarity_matrix
 from scalable_xmr.branch.trainer import PairTrainer
+from scalable_xmr.config import early_stop_note
 from scalable_xmr.data.paired import UNK, PairedSplit, open_paired_dataset
 from scalable_xmr.distributed.progress import Reporter
 from scalable_xmr.errors import InputError
@@ -117,9 +118,24 @@ class BranchResult:
     pid: int = 0
     t2i_groups: str = "candidate"  # T2I re-ranking's neighbour groups (grid and test alike)
     target: dict[str, Any] | None = None  # VSA with a target: evaluate_target's R@K on its splits
+    # per stage: the (1-based) epoch its patience stopped it at; None: it ran every epoch
+    stopped_early: dict[str, int | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def footer_note(self) -> str | None:
+        """The job footer's line on this member's image-text epochs (``config.early_stop_note``,
+        on val rsum), with MTFN's text-text stage when patience stopped it."""
+        scores = [float(h["val_score"]) for h in self.history if h["stage"] == "image_text"]
+        epochs, best = int(self.trainer_config["epochs"]), self.best_epoch.get("image_text") or 0
+        note = early_stop_note(self.name, epochs, best, scores, higher_is_better=True,
+                               patience=self.trainer_config.get("patience"),
+                               stopped_at=self.stopped_early.get("image_text"))
+        text_stop = self.stopped_early.get("text_text")
+        if note and text_stop is not None:
+            note += f"; its text-text stage stopped early at epoch {text_stop}"
+        return note
 
 
 def checkpoint_dir(out_dir: str | os.PathLike) -> Path:
@@ -331,7 +347,7 @@ def train_branch(
         best_epoch={s: (None if b is None else b["epoch"] + 1) for s, b in trainer.best.items()},
         trainer_config=asdict(job.trainer), model_config=model_config,
         resumed_at_epoch=list(ckpt.resumed_at), train_seconds=train_seconds, device=str(device),
-        pid=os.getpid(), **evaluation,
+        pid=os.getpid(), stopped_early=dict(trainer.stopped_early), **evaluation,
     )
     atomic_write_json(Path(job.out_dir) / "result.json", result.to_dict())
     return result

@@ -204,8 +204,9 @@ def _rows(metrics: dict[str, Any], suffix: str) -> list[tuple[str, dict[str, flo
 
 
 def pairs_table(metrics: dict[str, Any]) -> str:
-    """The printed R@K table: per member (and ensemble) a plain row and a re-ranked row; then,
-    with a VSA target domain, the plain target-domain R@K (:func:`target_tables`)."""
+    """The printed R@K table: per member (and ensemble) a plain row and a re-ranked row of R@1/5/10,
+    medr, meanr and rsum; then, with a VSA target domain, the plain target-domain R@K
+    (:func:`target_tables`)."""
     test = metrics["test"]
     what = f"{test['images']} images x {test['captions_per_image']} captions"
     first = next(iter(metrics["models"].values()))

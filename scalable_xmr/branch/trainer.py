@@ -1,10 +1,10 @@
 """Training of one image-text branch model (no Ray, no MLflow inside).
 
 - :class:`PairTrainerConfig`: the typed training options (``branch/config.py``).
-- :class:`PairTrainer`: the epoch loop with validation R@K, best-rsum model selection, a
-  callback per epoch and resumable checkpoints. MTFN's text-text branch trains after the
-  image-text branch (``text_epochs``), initialised from its best state (MTFN-RR §4.1). An
-  optional unpaired *target* split (VSA-AE-MMD §3.4) feeds the model's
+- :class:`PairTrainer`: the epoch loop with validation R@K, best-rsum model selection, early
+  stopping per stage (``patience``), a callback per epoch and resumable checkpoints. MTFN's
+  text-text branch trains after the image-text branch (``text_epochs``), initialised from its best
+  state (MTFN-RR §4.1). An optional unpaired *target* split (VSA-AE-MMD §3.4) feeds the model's
   ``extra_loss`` with a random target batch beside every source batch.
 
 The model registry is ``models/registry.py``; the chunked scoring ``branch/scoring.py``.
@@ -29,6 +29,7 @@ from scalable_xmr.branch.scoring import (
     similarity_matrix,
     text_kind,
 )
+from scalable_xmr.config import patience_exhausted
 from scalable_xmr.data.paired import PairedSplit
 from scalable_xmr.errors import InputError, MissingError
 from scalable_xmr.functional.contrastive import hinge_max_violation, hinge_sum
@@ -64,6 +65,12 @@ class PairTrainer:
 
     ``fit(on_epoch)`` calls ``on_epoch(record)`` after each epoch with ``self.epoch`` already
     advanced, so a checkpoint saved from the callback resumes at the next epoch.
+
+    ``patience`` (config): a stage whose selection score has not improved for that many epochs
+    ends there (``stopped_early[stage]`` = its last epoch, 1-based): ``self.epoch`` jumps to the
+    stage's end, so an image-text stage that stops hands over to MTFN's text-text stage, whose own
+    epochs and lr schedule are unchanged, and a member's last stage that stops ends its training.
+    The record of that epoch says ``stopped_early`` and, when training ends with it, ``last``.
     """
 
     def __init__(
@@ -112,6 +119,7 @@ class PairTrainer:
         self.epoch, self.stage = 0, "image_text"
         self.optimizer = self._make_optimizer(self.stage)
         self.best: dict[str, dict[str, Any] | None] = {"image_text": None, "text_text": None}
+        self.stopped_early: dict[str, int | None] = {"image_text": None, "text_text": None}
         self.history: list[dict[str, Any]] = []
         self._shuffle = torch.Generator().manual_seed(config.seed)
 
@@ -144,10 +152,22 @@ class PairTrainer:
                 record["val_rsum"] = metrics["rsum"]
             self.epoch += 1
             self.history.append(record)
+            if self._patience_exhausted(stage):
+                self.stopped_early[stage] = self.epoch
+                record["stopped_early"] = True
+                self.epoch = self.config.epochs if stage == "image_text" else self.total_epochs
+            record["last"] = self.epoch >= self.total_epochs
             if on_epoch is not None:
                 on_epoch(record)
         self.restore_best()
         return self.history
+
+    def _patience_exhausted(self, stage: str) -> bool:
+        """config.patience_exhausted within ``stage``, before its last epoch (epochs 1-based)."""
+        end = self.config.epochs if stage == "image_text" else self.total_epochs
+        best = self.best[stage]
+        return (self.epoch < end and best is not None
+                and patience_exhausted(self.epoch, best["epoch"] + 1, self.config.patience))
 
     def restore_best(self) -> None:
         """Load the selected state: the best image-text parameters, then (when trained) the best
@@ -372,6 +392,7 @@ class PairTrainer:
             "model": {k: v for k, v in self.model.state_dict().items() if k in keys},
             "optimizer": self.optimizer.state_dict(),
             "best": best,
+            "stopped_early": self.stopped_early,
             "history": self.history,
             "rng": rng,
         }
@@ -395,6 +416,7 @@ class PairTrainer:
         self.optimizer = self._make_optimizer(self.stage)
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.best = int(state["epoch"]), best
+        self.stopped_early = {**self.stopped_early, **state.get("stopped_early", {})}
         self.history = list(state["history"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
         self._shuffle.set_state(state["rng"]["shuffle"].cpu())

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from scalable_xmr import __version__
 from scalable_xmr.distributed.submission import check_submission_paths
 from scalable_xmr.errors import XMRError
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="scalable_xmr: distributed cross-modal retrieval training (SDML, branch models, "
         "re-ranking, sweeps).",
     )
+    parser.add_argument("--version", action=_Version, help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for area in _AREAS:
         try:
@@ -37,6 +39,27 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.register(sub)
     return parser
+
+
+class _Version(argparse.Action):
+    """``xmr --version``: the installed distribution's version, read only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"xmr {installed_version()}")
+        parser.exit()
+
+
+def installed_version() -> str:
+    """The version pip installed (its metadata), or the source tree's when run uninstalled."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("scalable_xmr")
+    except metadata.PackageNotFoundError:
+        return __version__
 
 
 def run_cli(fn: Callable[[], int | None]) -> int:

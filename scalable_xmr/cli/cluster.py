@@ -1,6 +1,6 @@
-"""``python -m scalable_xmr.cli.cluster``: a local-provider twin of cluster.yaml, for one machine.
+"""``xmr local-cluster``: a local-provider twin of cluster.yaml, for one machine.
 
-    python -m scalable_xmr.cli.cluster --ssh-user me --ssh-key ~/.ssh/id_ed25519 --out cluster-local.yaml
+    xmr local-cluster --ssh-user me --ssh-key ~/.ssh/id_ed25519 --out cluster-local.yaml
     ray up -y cluster-local.yaml
     ray submit cluster-local.yaml jobs/train_xmedia.py -- --epochs 3 --run $PWD/runs/local
     ray down -y cluster-local.yaml
@@ -8,6 +8,7 @@
 The same file mounts, setup and start commands as cluster.yaml (so trying it here tries them);
 the provider is Ray's ``local`` one with a single head at --head-ip, reached over SSH as --ssh-user,
 and every Ray port is set (defaults: Ray's own) so it can live beside another Ray on the machine.
+``python -m scalable_xmr.cli.cluster`` takes the same arguments.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def write_local_config(args: argparse.Namespace) -> int:
     src = Path(args.config)
     if not src.is_file():
         raise MissingError(f"--config {args.config}: no such file")
+    if not args.ssh_user.strip():  # `--ssh-user "$USER"` where USER is unset
+        raise InputError("--ssh-user is empty: pass the login name (is $USER set?)")
     key = Path(args.ssh_key).expanduser()
     if not key.is_file():
         raise MissingError(f"--ssh-key {args.ssh_key}: no such file")
@@ -68,8 +71,8 @@ def write_local_config(args: argparse.Namespace) -> int:
         cfg = local_config(cloud, node, str(src.resolve().parent), args.cluster_name)
     except InputError as e:
         raise InputError(f"--config {args.config}: {e}") from None
-    header = (f"# Generated from {src.resolve()} by `python -m scalable_xmr.cli.cluster`: Ray's local\n"
-              "# provider, one head node; the file mounts, setup and start commands are cluster.yaml's.\n")
+    header = (f"# Generated from {src.resolve()} by `xmr local-cluster`: Ray's local provider,\n"
+              "# one head node; the file mounts, setup and start commands are cluster.yaml's.\n")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(header + yaml.safe_dump(cfg, sort_keys=False, width=1000))

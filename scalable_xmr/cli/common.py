@@ -44,7 +44,8 @@ def add_address_argument(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--address", default=None, help=ADDRESS_HELP)
 
 
-RUN_URI_HELP = "MLflow URI (default: sqlite:///<abs parent of --run>/mlflow.db; http://... on a cluster)"
+RUN_URI_HELP = ("MLflow URI (default: sqlite:///<abs working dir>/mlflow.db, one store for runs and sweeps; "
+                "--resume: the run's own; http://... on a cluster)")
 
 
 def add_tracking_arguments(

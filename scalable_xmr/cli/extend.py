@@ -21,11 +21,12 @@ from scalable_xmr.cli.common import (
     print_run_footer,
     run_job,
 )
+from scalable_xmr.cli.train import add_patience_argument, add_run_state_arguments, print_training_notes
 from scalable_xmr.config import ModalityOverrides, ResourceConfig, TrackingConfig
 from scalable_xmr.errors import InputError
 
 # Flags that change the run's SDML settings for the new modality; None = keep the run's value.
-_SDML_FLAGS = ("epochs", "lam", "batch_size", "seed", "normalize", "checkpoint_every")  # and --lr
+_SDML_FLAGS = ("epochs", "lam", "batch_size", "seed", "normalize", "checkpoint_every", "patience")  # and --lr
 
 
 def add_extend_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,6 +56,9 @@ def add_extend_arguments(p: argparse.ArgumentParser) -> None:
     h.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="per-feature standardisation of the inputs (--no-normalize: the paper's raw setting)")
     h.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint every N epochs")
+    add_patience_argument(h, "new modality", "the validation label loss, lower is better",
+                          default="Default: the run's own (off unless it was trained with --patience)")
+    add_run_state_arguments(r, "new modality", "modalities/<new>/checkpoints/")
     h.add_argument("--config", metavar="JSON",
                    help="best.json from `xmr sweep --model sdml`: per-modality λ / lr (flags above win)")
     c = p.add_argument_group("cluster")
@@ -103,6 +107,7 @@ def request_from_args(args: argparse.Namespace):
         resources=ResourceConfig(gpus_per_modality=args.gpus_per_modality,
                                  cpus_per_modality=args.cpus_per_modality),
         tracking=tracking, replace=args.replace, show_progress=not args.no_progress,
+        keep_checkpoints=args.keep_checkpoints,
     )
 
 
@@ -122,6 +127,7 @@ def run_add(args: argparse.Namespace) -> int:
         print(f"  {m:<12}best epoch {r.best_epoch}/{r.epochs}, "
               f"trained in {r.train_seconds:.1f} s on {r.device}")
     print_run_footer(summary.run_dir, summary.tracking, summary.seconds)
+    print_training_notes(summary.results, summary.training_state)
     return 0
 
 

@@ -22,6 +22,12 @@ from scalable_xmr.cli.common import (
     print_run_footer,
     run_job,
 )
+from scalable_xmr.cli.train import (
+    PATIENCE_OFF,
+    add_patience_argument,
+    add_run_state_arguments,
+    print_training_notes,
+)
 from scalable_xmr.errors import InputError
 
 MODELS = ("vse", "mtfn", "mmca", "vsa")
@@ -73,6 +79,7 @@ def add_pairs_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue the run in --run (finished members are kept, the others resume "
                    "from their checkpoints)")
     r.add_argument("--overwrite", action="store_true", help="delete whatever is at --run first")
+    add_run_state_arguments(r, "member", "models/<member>/checkpoints/")
     h = p.add_argument_group("training (defaults: each model's own paper; these flags override them)")
     h.add_argument("--epochs", type=int, default=None, action=_PerModelDefault, key="epochs",
                    help="image-text training epochs of every model")
@@ -102,6 +109,9 @@ def add_pairs_arguments(p: argparse.ArgumentParser) -> None:
                    help="best.json of `xmr sweep --model <name>`: its configuration for that model "
                    "(flags given here win)")
     h.add_argument("--checkpoint-every", type=int, default=1, help="checkpoint every N epochs (1)")
+    add_patience_argument(h, "member's training stage", "val rsum; MTFN's text-text stage: val tt_r1. An "
+                          "image-text stage that stops hands over to MTFN's text-text stage",
+                          default=PATIENCE_OFF.format(s="s"))
     k = p.add_argument_group("re-ranking (MTFN-RR §3.2)")
     k.add_argument("--k", type=int, default=None,
                    help="re-ranked list length K >= 1 (<= the gallery). Default: the best of 1, 2, 5, "
@@ -248,7 +258,8 @@ def build_configs(args: argparse.Namespace, one_caption: bool = False):
                 rerank[key] = config[key]
         trainer_values[model], model_values[model] = split_values(
             model, {k: v for k, v in config.items() if k not in RERANK_KEYS}, f"--config {args.config}:")
-    flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+             "patience": args.patience}
     # The margin is each model's own (its config); the flag sets it for every selected model.
     model_flags = {m: {"margin": args.margin} for m in models}
     model_flags["mtfn"] = {**model_flags.get("mtfn", {}), "rank": args.rank}
@@ -315,6 +326,7 @@ def request_from_args(args: argparse.Namespace):
         gpus_per_model=args.gpus_per_model, cpus_per_model=args.cpus_per_model,
         tracking=TrackingConfig(args.tracking_uri, args.experiment, not args.no_tracking),
         resume=args.resume, overwrite=args.overwrite, show_progress=not args.no_progress,
+        keep_checkpoints=args.keep_checkpoints,
     )
 
 
@@ -326,6 +338,7 @@ def run_pairs(args: argparse.Namespace) -> int:
     print(summary.table)
     print()
     print_run_footer(summary.run_dir, summary.tracking, summary.seconds, metrics_file=True)
+    print_training_notes(summary.results, summary.training_state)
     return 0
 
 

@@ -94,7 +94,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                    "space flags are taken from the original run")
     o.add_argument("--quiet", action="store_true", help="no Tune status table while it runs")
     add_tracking_arguments(
-        p, uri_help="MLflow URI (default sqlite:///<abs storage>/mlflow.db; http://... on a cluster)",
+        p, uri_help="MLflow URI (default: sqlite:///<abs working dir>/mlflow.db, the training jobs' "
+        "store too; --resume: the sweep's own; http://... on a cluster)",
         progress=False,
     )
 

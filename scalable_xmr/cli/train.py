@@ -38,6 +38,54 @@ LR_HELP = (
 )
 
 
+KEEP_CHECKPOINTS_HELP = (
+    "keep every {unit}'s training state ({where}: the last checkpoints, with Adam's state) once the "
+    "run has finished. Default: removed then; a finished run keeps its models, embeddings, metrics "
+    "and plots, which is all that search, `xmr add-modality` and `xmr track` read. A failed or "
+    "interrupted run always keeps what --resume needs"
+)
+PATIENCE_HELP = (
+    "stop a {unit} once its selection score ({score}) has not improved for N epochs; the selected "
+    "epoch's model is kept, run.json records where it stopped. {default}; without it the footer "
+    "says when the selected epoch came in the first tenth of the epochs"
+)
+PATIENCE_OFF = "Default: off (every epoch trains, as in the paper{s})"
+
+
+def patience_arg(text: str) -> int:
+    """argparse type of ``--patience``: a whole number of epochs >= 1 (``config.check_patience``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of epochs >= 1, got {text!r}")
+    return value
+
+
+def add_run_state_arguments(group: argparse._ArgumentGroup, unit: str, where: str) -> None:
+    """``--keep-checkpoints``, worded for ``unit`` (modality / member) and its folders ``where``."""
+    group.add_argument("--keep-checkpoints", action="store_true",
+                       help=KEEP_CHECKPOINTS_HELP.format(unit=unit, where=where))
+
+
+def add_patience_argument(group: argparse._ArgumentGroup, unit: str, score: str,
+                          default: str = PATIENCE_OFF.format(s="")) -> None:
+    group.add_argument("--patience", type=patience_arg, default=None, metavar="N",
+                       help=PATIENCE_HELP.format(unit=unit, score=score, default=default))
+
+
+def print_training_notes(results: dict, training_state: str) -> None:
+    """Footer lines after the run's: each trained unit's epochs when worth a line (early stop, or
+    the hint that --patience would have saved epochs) and what became of the training state."""
+    for result in results.values():
+        note = result.footer_note()
+        if note:
+            print(f"epochs        : {note}")
+    if training_state:
+        print(f"training state: {training_state}")
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("data")
     d.add_argument("--data", metavar="DIR",
@@ -55,6 +103,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--overwrite", action="store_true", help="delete whatever is at --run first")
     r.add_argument("--projection", metavar="FILE",
                    help="use this existing P (Arrow file) instead of creating one from --seed")
+    add_run_state_arguments(r, "modality", "modalities/<m>/checkpoints/")
     h = p.add_argument_group("SDML hyperparameters (paper defaults)")
     h.add_argument("--epochs", type=int, default=200, help="training epochs per modality (default 200)")
     h.add_argument("--lam", type=float, default=0.5,
@@ -66,6 +115,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     h.add_argument("--no-normalize", action="store_true",
                    help="feed raw features (paper setting) instead of per-feature standardisation")
     h.add_argument("--checkpoint-every", type=int, default=5, help="checkpoint every N epochs (5)")
+    add_patience_argument(h, "modality", "the validation label loss, lower is better")
     h.add_argument("--config", metavar="JSON",
                    help="best.json from `xmr sweep --model sdml`: per-modality overrides (its λ beats "
                    "--lam, its lr loses to --lr)")
@@ -168,7 +218,7 @@ def request_from_args(args: argparse.Namespace):
     # run.json's own lr is --lr RATE: what `xmr add-modality` gives a new modality by default.
     sdml = SDMLConfig(dim=args.dim, lam=args.lam, lr=overrides.lr.every, batch_size=args.batch_size,
                       epochs=args.epochs, normalize=not args.no_normalize,
-                      checkpoint_every=args.checkpoint_every, seed=args.seed)
+                      checkpoint_every=args.checkpoint_every, seed=args.seed, patience=args.patience)
     resources = ResourceConfig(strategy=args.strategy, gpus_per_modality=args.gpus_per_modality,
                                cpus_per_modality=args.cpus_per_modality)
     tracking = TrackingConfig(args.tracking_uri, args.experiment, not args.no_tracking)
@@ -182,7 +232,7 @@ def request_from_args(args: argparse.Namespace):
         overrides=overrides, resources=resources, tracking=tracking,
         projection_file=args.projection, projection_seed=args.seed, resume=args.resume,
         overwrite=args.overwrite, top_k=args.top_k, top_k_no_relevant=args.top_k_no_relevant,
-        show_progress=not args.no_progress,
+        show_progress=not args.no_progress, keep_checkpoints=args.keep_checkpoints,
     )
 
 
@@ -196,6 +246,7 @@ def run_train(args: argparse.Namespace) -> int:
     print(map_table(summary.metrics))
     print()
     print_run_footer(summary.run_dir, summary.tracking, summary.seconds)
+    print_training_notes(summary.results, summary.training_state)
     if args.demo:
         print(f"\nThis was the {args.epochs}-epoch demo. The paper's full setting is 200 epochs:\n"
               "  python jobs/train_xmedia.py --epochs 200            (synthetic XMedia-shaped data)\n"

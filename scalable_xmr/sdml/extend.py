@@ -11,6 +11,12 @@ What the job changes in the run directory, and nothing else:
 - it rewrites ``metrics.json`` (old pair values copied as they were, new pairs added, new mean),
   ``plots/`` (regenerated) and, last, ``run.json`` (the commit point).
 
+The new modality's training state (``checkpoints/``) is dropped in the staging folder once its
+training has ended, before the commit, unless ``keep_checkpoints``: nothing resumes an add job (a
+killed one starts again), so the run never holds it, not even for a moment (and a run on object
+storage never uploads it). The run's existing modalities -- their checkpoints too, if the run
+kept them -- are never touched; nor are their models needed: the run's checkpoints may be gone.
+
 Every other pre-existing file stays byte-identical (``projection.arrow``, every existing
 ``modalities/<m>/`` file). ``--replace`` additionally swaps out the replaced modality's folder.
 
@@ -49,15 +55,16 @@ from scalable_xmr.distributed.cluster import connect
 from scalable_xmr.errors import ActorDiedError, InputError, MissingError, RunStateError
 from scalable_xmr.io import absolute_uri, atomic_write_bytes, check_writable, written
 from scalable_xmr.sdml import evaluate
-from scalable_xmr.sdml.job import finish_run, modality_entry
+from scalable_xmr.sdml.job import TrainSummary, finish_run, modality_entry
 from scalable_xmr.sdml.launch import check_resources, train_modalities
 from scalable_xmr.sdml.modality_job import ModalityJob, check_split_sizes
 from scalable_xmr.sdml.trainer import TrainResult
+from scalable_xmr.store import training_state
 from scalable_xmr.store.lock import run_lock
 from scalable_xmr.store.meta import RunMeta, now_iso, versions
 from scalable_xmr.store.projection import load_projection
 from scalable_xmr.store.run_store import RunStore
-from scalable_xmr.tracking.runs import RunSummary, recorded_elsewhere, tracking_footer
+from scalable_xmr.tracking.runs import recorded_elsewhere, tracking_footer
 from scalable_xmr.tracking.tracker import (
     Tracker,
     absolute_tracking_uri,
@@ -83,6 +90,7 @@ class AddRequest:
     tracking: TrackingConfig | None = None  # None: the run's own tracking URI, experiment and parent
     replace: bool = False  # allow retraining a modality the run already has
     show_progress: bool = True
+    keep_checkpoints: bool = False  # move the new modalities' checkpoints/ into the run too
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,7 @@ class _Source:
         return {"dataset": self.dataset_uri} if self.dataset_uri else {"table": str(self.table_path)}
 
 
-def add_modalities(req: AddRequest, address: str | None = None) -> RunSummary:
+def add_modalities(req: AddRequest, address: str | None = None) -> TrainSummary:
     """Train ``req.modalities`` against the run's P on one Ray actor each and add them to the run.
 
     Checks everything it can before writing anything (run state, P's checksum, classes, labels,
@@ -129,6 +137,9 @@ def add_modalities(req: AddRequest, address: str | None = None) -> RunSummary:
                     for m in req.modalities]
             results = _train(jobs, req, store)
             store.refresh()  # an object-storage run: what the actors uploaded, from any node
+            state = training_state.after_finish(
+                staging.store.uri, [staging.store.checkpoint_path(m).parent for m in results],
+                req.keep_checkpoints, where="modalities/<new>/checkpoints/")
             metrics = _commit(store, meta, staging, results, configs, sources, tracker, parent)
         except BaseException as e:
             if own_parent:
@@ -141,8 +152,8 @@ def add_modalities(req: AddRequest, address: str | None = None) -> RunSummary:
         _log_new_pairs(tracker, meta, metrics, list(req.modalities))
         if own_parent:
             tracker.end_run(parent)
-    return RunSummary(store.uri, metrics, results, tracking_footer(tracker, parent, store.uri),
-                      time.perf_counter() - start)
+    return TrainSummary(store.uri, metrics, results, tracking_footer(tracker, parent, store.uri),
+                        time.perf_counter() - start, training_state=state)
 
 
 # ---- validation (nothing is written before all of it passed) ------------------------------------

@@ -2,6 +2,13 @@
 
 ``train_sdml`` is what ``jobs/train_xmedia.py`` and ``xmr train`` call. The same finishing steps
 (evaluate from stored embeddings, plots, metrics.json, MLflow) serve the add-a-modality job.
+
+Training state: once the run is finished (``run.json`` written with status finished), the job
+removes every modality's ``checkpoints/`` (and the joint strategy's optimizer state) unless
+``keep_checkpoints`` (``store.training_state.after_finish``). Finished first, then removed: a job killed in
+between leaves a finished run that still holds some state, which nothing reads (a finished run is
+never resumed). A failed or interrupted run keeps all of it -- also that of its finished
+modalities, which ``--resume`` skips: it goes with the rest when the run finishes.
 """
 
 from __future__ import annotations
@@ -16,18 +23,31 @@ from scalable_xmr.config import ModalityOverrides, ResourceConfig, SDMLConfig, T
 from scalable_xmr.data.modality.dataset import open_dataset
 from scalable_xmr.distributed.cluster import connect
 from scalable_xmr.errors import InputError
-from scalable_xmr.functional.retrieval import check_no_relevant, precision_recall_curve, precision_scope_curve
+from scalable_xmr.functional.retrieval import (
+    PAPER_SCOPES,
+    check_no_relevant,
+    precision_recall_curve,
+    precision_scope_curve,
+)
 from scalable_xmr.io import absolute_uri, check_writable, read_json
 from scalable_xmr.sdml import evaluate
+from scalable_xmr.sdml.joint import JOINT_CHECKPOINT
 from scalable_xmr.sdml.launch import check_resources, train_modalities
 from scalable_xmr.sdml.modality_job import ModalityJob, check_split_sizes
 from scalable_xmr.sdml.trainer import TrainResult
+from scalable_xmr.store import training_state
 from scalable_xmr.store.lock import run_lock
 from scalable_xmr.store.meta import RunMeta, now_iso
 from scalable_xmr.store.projection import create_projection, load_projection, save_projection
 from scalable_xmr.store.run_store import RunStore
-from scalable_xmr.tracking.runs import RunSummary, parent_run, stored_run_url, tracking_footer
-from scalable_xmr.tracking.tracker import Tracker, default_tracking_uri
+from scalable_xmr.tracking.runs import (
+    RunSummary,
+    job_tracking_uri,
+    parent_run,
+    stored_run_url,
+    tracking_footer,
+)
+from scalable_xmr.tracking.tracker import Tracker
 
 
 @dataclass(frozen=True)
@@ -46,9 +66,17 @@ class TrainRequest:
     top_k: int | None = None  # also report mAP@k
     top_k_no_relevant: str = "zero"  # mAP@k, a query with no relevant item in its top k: "zero" | "skip"
     show_progress: bool = True
+    keep_checkpoints: bool = False  # keep every modality's checkpoints/ once the run is finished
 
 
-def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
+@dataclass
+class TrainSummary(RunSummary):
+    """A training job's summary and what became of the run's training state (a footer line)."""
+
+    training_state: str = ""
+
+
+def train_sdml(req: TrainRequest, address: str | None = None) -> TrainSummary:
     start = time.perf_counter()
     check_no_relevant(req.top_k_no_relevant, "top_k_no_relevant")
     ds = open_dataset(req.dataset_uri)
@@ -74,6 +102,8 @@ def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
             stored = _check_resume(store, ds)
             _check_resume_configs(store, stored, req, modalities)
             todo = [m for m in modalities if stored.modalities.get(m, {}).get("status") != "finished"]
+            if not todo and stored.status == "finished" and req.keep_checkpoints:
+                training_state.refuse_keep_on_finished(store.uri, state_dirs(store, stored))
         if todo:  # each rate and where it came from, before anything trains (docs/models.md)
             print(req.overrides.lr_line(req.sdml, todo), file=sys.stderr, flush=True)
         connect(address)
@@ -82,15 +112,15 @@ def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
 
 
 def _train(req: TrainRequest, store: RunStore, ds, modalities: list[str], mode: str,
-           start: float) -> RunSummary:
+           start: float) -> TrainSummary:
     if mode == "resume":
         stored = store.read()
         if stored.status == "finished" and set(modalities) <= set(stored.finished_modalities()):
             # Nothing to train: a finished run is read, never rewritten (tracking flags or not).
-            return RunSummary(store.uri, store.read_metrics(), {}, stored_run_url(stored, store.uri),
-                              time.perf_counter() - start)
+            return TrainSummary(store.uri, store.read_metrics(), {}, stored_run_url(stored, store.uri),
+                                time.perf_counter() - start)
     meta = _open_run(store, mode, req, ds, modalities)
-    tracker = _tracker(req.tracking, store)
+    tracker = _tracker(req.tracking, store, meta)
     todo = [m for m in modalities if meta.modalities[m].get("status") != "finished"]
     jobs = [_job(store, meta, req, m, ds.info.n_classes) for m in todo]  # records each config in meta
     name = f"sdml:{store.root.name}"
@@ -109,8 +139,16 @@ def _train(req: TrainRequest, store: RunStore, ds, modalities: list[str], mode: 
             store.write(meta)  # each finished modality is recorded as soon as it is known
         metrics = finish_run(store, meta, new_modalities=todo, tracker=tracker, parent_run=parent,
                              results=results, top_k=req.top_k, no_relevant=req.top_k_no_relevant)
-    return RunSummary(store.uri, metrics, results, tracking_footer(tracker, parent, store.uri),
-                      time.perf_counter() - start)
+    state = training_state.after_finish(store.uri, state_dirs(store, meta), req.keep_checkpoints,
+                                        files=[store.root / JOINT_CHECKPOINT],
+                                        where="modalities/*/checkpoints/")
+    return TrainSummary(store.uri, metrics, results, tracking_footer(tracker, parent, store.uri),
+                        time.perf_counter() - start, training_state=state)
+
+
+def state_dirs(store: RunStore, meta: RunMeta) -> list[Path]:
+    """The checkpoints/ folders of the run's modalities."""
+    return [store.checkpoint_path(m).parent for m in meta.modalities or {}]
 
 
 def _check_resume(store: RunStore, ds) -> RunMeta:
@@ -205,15 +243,18 @@ def record_failure(meta: RunMeta, error: BaseException) -> None:
 
 
 def modality_entry(result: TrainResult) -> dict[str, Any]:
-    """run.json's record of a finished modality (shared with the add-modality job)."""
+    """run.json's record of a finished modality (shared with the add-modality job); with
+    patience, also ``patience`` and ``stopped_early`` (the epoch it stopped at, or null)."""
+    early = {} if result.patience is None else {"patience": result.patience,
+                                                 "stopped_early": result.stopped_early}
     return {"status": "finished", "best_epoch": result.best_epoch,
-            "best_val_label": result.best_val_label, "epochs": result.epochs,
+            "best_val_label": result.best_val_label, "epochs": result.epochs, **early,
             "resumed_at_epoch": result.resumed_at_epoch, "train_seconds": result.train_seconds,
             "device": result.device, "finished": now_iso()}
 
 
-def _tracker(cfg: TrackingConfig, store: RunStore) -> Tracker:
-    return Tracker(cfg.tracking_uri or default_tracking_uri(store.root), cfg.experiment, cfg.enabled)
+def _tracker(cfg: TrackingConfig, store: RunStore, meta: RunMeta) -> Tracker:
+    return Tracker(job_tracking_uri(cfg.tracking_uri, meta, store.root), cfg.experiment, cfg.enabled)
 
 
 def _run_params(meta: RunMeta, extra: dict[str, Any]) -> dict[str, Any]:
@@ -234,15 +275,17 @@ def stored_results(store: RunStore, meta: RunMeta) -> dict[str, TrainResult]:
         log, entry = read_json(store.train_log_path(m)), meta.modalities[m]
         out[m] = TrainResult(m, log["best_epoch"], log["best_val_label"], log["epochs"],
                              log.get("resumed_at_epoch") or [], log.get("history") or [],
-                             entry.get("train_seconds", 0.0), entry.get("device", "cpu"))
+                             entry.get("train_seconds", 0.0), entry.get("device", "cpu"),
+                             planned_epochs=(entry.get("config") or meta.sdml).get("epochs", 0),
+                             patience=log.get("patience"), stopped_early=log.get("stopped_early"))
     return out
 
 
-def log_stored_run(store: RunStore, meta: RunMeta, tracker: Tracker) -> str | None:
+def log_stored_run(store: RunStore, meta: RunMeta, tracker: Tracker, parent: str | None = None) -> str | None:
     """Log a finished run to MLflow from its run store alone (``xmr track``: e.g. after the
-    tracking server was down during the job): a new parent run, one child per modality, the same
-    params, metrics and artifacts the job logs. run.json then points at the new parent."""
-    parent = tracker.start_run(f"sdml:{store.root.name}", tags={
+    tracking server was down during the job): into ``parent``, else a new parent run; one child
+    per modality, the same params, metrics and artifacts the job logs. run.json then points at it."""
+    parent = parent or tracker.start_run(f"sdml:{store.root.name}", tags={
         "job": "train_xmedia", "xmr.run_dir": store.uri, "xmr.logged_from_store": "true"})
     tracker.log_params(parent, _run_params(meta, {}))
     plots = sorted(p for p in store.plots_dir.glob("*.png")) if store.plots_dir.is_dir() else []
@@ -304,6 +347,8 @@ def _log_modalities(tracker: Tracker, parent: str | None, meta: RunMeta,
                      ("loss/label", h["loss_label"], step), ("loss/val_label", h["loss_val_label"], step)]
         rows += [("best_epoch", result.best_epoch, 0), ("best_val_label", result.best_val_label, 0),
                  ("train_seconds", result.train_seconds, 0)]
+        if result.stopped_early is not None:
+            rows.append(("stopped_early_epoch", result.stopped_early, 0))
         tracker.log_metric_rows(child, rows)
         meta.modalities[m]["mlflow_run_id"] = child
         tracker.end_run(child)
@@ -315,15 +360,18 @@ def make_plots(store: RunStore, metrics: dict, emb: evaluate.Embeddings) -> list
     out = [plots.map_heatmap(metrics, store.plots_dir / "map_heatmap.png")]
     if len(emb) < 2:  # one modality so far (more can be added later): no pair to draw curves of
         return out
+    modalities = list(emb)  # the run's order: each modality's colour in every panel and plot
     pr, scope = {}, {}
-    for q, t in evaluate.all_pairs(list(emb)):
+    for q, t in evaluate.all_pairs(modalities):
         args = (emb[q][2], emb[t][2], emb[q][1], emb[t][1])
         pr[(q, t)] = precision_recall_curve(*args)
-        # SDML Fig. 2-4 scopes K = 100, 200, ..., 1000 within the target's gallery (a gallery
-        # under 100 items: 10 spread K; functional.retrieval.scope_levels).
+        # K from 1 to the target's gallery size, with SDML Fig. 2-4's K = 100, ..., 1000 that fit
+        # (functional.retrieval.scope_levels); the paper's range is shaded.
         scope[(q, t)] = precision_scope_curve(*args)
     out.append(plots.curves(pr, store.plots_dir / "precision_recall.png", "recall", "precision",
-                            "Precision-recall (SDML Fig. 2-3)"))
+                            "Precision-recall (SDML Fig. 2-3)", modalities))
+    paper = (PAPER_SCOPES[0], PAPER_SCOPES[-1], f"SDML Fig. 4: K = {PAPER_SCOPES[0]}..{PAPER_SCOPES[-1]}")
     out.append(plots.curves(scope, store.plots_dir / "precision_scope.png", "scope K (items returned)",
-                            "precision@K", "Precision-scope (SDML Fig. 4)"))
+                            "precision@K", "Precision-scope (SDML Fig. 4)", modalities, log_x=True,
+                            span=paper))
     return out

@@ -5,7 +5,9 @@ Each modality still sees each of its batches once per epoch, exactly as in the p
 step s sums the losses of the modalities that still have an s-th batch, so the comparison with
 SDML-2/3 differs only in how the work is scheduled, not in how many updates each network gets.
 Adam is per-parameter, so one Adam over all networks equals one Adam per network; the parameter
-groups keep each modality's own learning rate.
+groups keep each modality's own learning rate. With ``patience`` a modality stops on its own rule,
+as in the parallel strategy: from its stop on it adds no loss (its network is left alone, it writes
+its checkpoint of that epoch), and the loop ends when every modality is done.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from scalable_xmr.sdml.modality_job import ModalityJob
 from scalable_xmr.sdml.trainer import SDML_BETAS, EpochStats, ModalityTrainer, ProgressFn, TrainResult
 from scalable_xmr.store import torchfile
 
+JOINT_CHECKPOINT = "joint_checkpoint.pt"  # the shared optimizer's state, beside modalities/
+
 
 class JointTrainer:
     def __init__(self, jobs: list[ModalityJob], progress: ProgressFn | None = None):
@@ -27,19 +31,20 @@ class JointTrainer:
         groups = [{"params": list(t.model.parameters()), "lr": t.optimizer.param_groups[0]["lr"]}
                   for t in self.trainers]
         self.optimizer = make_adam(groups, groups[0]["lr"], SDML_BETAS)
-        self.path = self.trainers[0].store.root / "joint_checkpoint.pt"
+        self.path = self.trainers[0].store.root / JOINT_CHECKPOINT
         if self.path.is_file():
             state = torchfile.load(self.path, self.trainers[0].device)
-            if all(t.epoch == state["epoch"] for t in self.trainers):
+            if all(t.epoch == state["epoch"] for t in self.trainers if not t.done):
                 self.optimizer.load_state_dict(state["optimizer"])
 
-    def train_epoch(self) -> list[EpochStats]:
+    def train_epoch(self, trainers: list[ModalityTrainer]) -> list[EpochStats]:
+        """One epoch of ``trainers`` (those not done) in one loop."""
         start = time.perf_counter()
-        batches = [t.batches() for t in self.trainers]
-        sums = [torch.zeros(3, device=t.device) for t in self.trainers]
+        batches = [t.batches() for t in trainers]
+        sums = [torch.zeros(3, device=t.device) for t in trainers]
         for step in range(max(len(b) for b in batches)):
             total = 0.0
-            for i, trainer in enumerate(self.trainers):
+            for i, trainer in enumerate(trainers):
                 if step < len(batches[i]):
                     loss, recon, label = trainer.loss(*batches[i][step])
                     total = total + loss
@@ -49,7 +54,7 @@ class JointTrainer:
             self.optimizer.step()
         seconds = time.perf_counter() - start
         stats = []
-        for i, trainer in enumerate(self.trainers):
+        for i, trainer in enumerate(trainers):
             trainer.epoch += 1
             means = (sums[i] / max(len(batches[i]), 1)).tolist()
             stats.append(EpochStats(trainer.epoch, *means, trainer.val_label_loss(), seconds))
@@ -58,14 +63,18 @@ class JointTrainer:
     def fit(self) -> dict[str, TrainResult]:
         start = time.perf_counter()
         cfg = self.trainers[0].cfg
-        while self.trainers[0].epoch < cfg.epochs:
-            for trainer, stats in zip(self.trainers, self.train_epoch(), strict=True):
+        while active := [t for t in self.trainers if not t.done]:
+            for trainer, stats in zip(active, self.train_epoch(active), strict=True):
                 trainer.record(stats)
-            epoch = self.trainers[0].epoch
+            epoch = active[0].epoch
+            stopped = [t for t in active if t.done and t.epoch < cfg.epochs]  # patience ran out now
             if epoch == cfg.epochs or epoch % cfg.checkpoint_every == 0:
-                for trainer in self.trainers:
+                for trainer in active:
                     trainer.save_checkpoint()
                 torchfile.save({"epoch": epoch, "optimizer": self.optimizer.state_dict()}, self.path)
+            else:
+                for trainer in stopped:  # its last state, so a resume knows it is done
+                    trainer.save_checkpoint()
         seconds = time.perf_counter() - start
         for trainer in self.trainers:
             trainer.write_outputs()

@@ -13,7 +13,12 @@ own λ. Each member is, in semantics, one :class:`~scalable_xmr.sdml.trainer.Mod
 - its own Adam (betas 0.5, 0.999) with its own learning rate and state: the optimizer holds every
   member's slice of the stacked tensors as a parameter group of its own (views, no copies),
 - its own history and model selection (the epoch with the lowest validation label loss,
-  :func:`~scalable_xmr.sdml.trainer.improves`).
+  :func:`~scalable_xmr.sdml.trainer.improves`),
+- its own early stop (``patience``, shared by the members like every non-population key): a
+  member whose patience runs out is masked -- its history and selection end at that epoch, as
+  its ModalityTrainer's would, while its slot keeps computing (nobody reads it) until every
+  member has stopped or the epochs are done. Masking, not refusing, so a sweep's population
+  trial honours ``--set patience=N`` as its single trials do.
 
 tests/sdml/test_population.py checks that against N separate ModalityTrainer runs. Results match
 within float tolerance, not bit for bit: a batched GEMM sums in another order than N single ones.
@@ -38,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scalable_xmr.config import SDMLConfig
+from scalable_xmr.config import SDMLConfig, patience_exhausted
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.losses import label_loss_per_sample, sdml_loss
 from scalable_xmr.models.runtime import make_adam
@@ -51,6 +56,7 @@ from scalable_xmr.sdml.trainer import (
     mean_label_loss,
     member_seed,
     retain_freed_memory,
+    stored_config,
     train_epochs,
     write_run_outputs,
 )
@@ -166,6 +172,11 @@ class Member:
     best_epoch: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     failed: str | None = None  # why it stopped counting (a non-finite loss)
+    stopped_early: int | None = None  # the epoch its patience ran out at (masked from then on)
+
+    @property
+    def active(self) -> bool:
+        return self.failed is None and self.stopped_early is None
 
 
 class PopulationTrainer:
@@ -213,6 +224,11 @@ class PopulationTrainer:
     @property
     def size(self) -> int:
         return len(self.members)
+
+    @property
+    def done(self) -> bool:
+        """Every epoch trained, or no member left that still trains (patience ran out or failed)."""
+        return self.epoch >= self.cfg.epochs or not any(m.active for m in self.members)
 
     # ---- one epoch -----------------------------------------------------------------------------
     def batch_indices(self) -> torch.Tensor:
@@ -284,14 +300,23 @@ class PopulationTrainer:
         """Each member's history and model selection (ModalityTrainer.record's rule)."""
         improved = []
         for i, (member, st) in enumerate(zip(self.members, stats, strict=True)):
+            if member.stopped_early is not None:
+                continue  # masked: its record ends where its patience ran out
             member.history.append({k: float(v) for k, v in vars(st).items()})
             if member.failed is None and improves(st.loss_val_label, member.best_val):
                 member.best_val, member.best_epoch = st.loss_val_label, st.epoch
                 improved.append(i)
+            self._check_patience(member)
         if improved:
             rows = torch.tensor(improved, device=self.device)
             for k, v in self.net.params.items():
                 self.best_params[k].index_copy_(0, rows, v.detach().index_select(0, rows))
+
+    def _check_patience(self, member: Member) -> None:
+        """ModalityTrainer's rule, per member (config.patience_exhausted)."""
+        if (member.failed is None and self.epoch < self.cfg.epochs
+                and patience_exhausted(self.epoch, member.best_epoch, member.config.patience)):
+            member.stopped_early = self.epoch
 
     def fit(self, on_epoch: PopulationHook | None = None,
             out_dirs: Sequence[str | Path] | None = None, checkpoint_at_end: bool = True) -> None:
@@ -319,8 +344,10 @@ class PopulationTrainer:
         write_run_outputs(RunStore(run_dir), self.job, self.member_model(i, best=True), member.config,
                           member.best_epoch, self.data, {
             "modality": m, "best_epoch": member.best_epoch, "best_val_label": member.best_val,
-            "epochs": self.epoch, "resumed_at_epoch": self.resumed_at, "history": member.history,
-            "input_dim": self.data.input_dim, "n_train": len(self.x["train"]), "failed": member.failed,
+            "epochs": member.stopped_early or self.epoch, "resumed_at_epoch": self.resumed_at,
+            "history": member.history, "input_dim": self.data.input_dim, "n_train": len(self.x["train"]),
+            "failed": member.failed, "patience": member.config.patience,
+            "stopped_early": member.stopped_early,
             "population": {"size": self.size, "member": i}, "finished": now_iso(),
         })
 
@@ -343,7 +370,7 @@ class PopulationTrainer:
         if not path.is_file() and not torchfile.previous(path).is_file():
             return
         state, _, _ = torchfile.load_newest_good(path, self.device)
-        configs = [m.get("config") for m in state.get("members", [])]
+        configs = [stored_config(m.get("config")) for m in state.get("members", [])]
         if configs != [m.config.to_dict() for m in self.members]:
             raise InputError(f"{path}: checkpoint was written by another population; delete it or use "
                              "the same configurations")
@@ -360,5 +387,6 @@ class PopulationTrainer:
         for member, saved in zip(self.members, state["members"], strict=True):
             member.best_val, member.best_epoch = float(saved["best_val"]), int(saved["best_epoch"])
             member.history, member.failed = list(saved["history"]), saved["failed"]
+            member.stopped_early = saved.get("stopped_early")
         self.epoch = int(state["epoch"])
         self.resumed_at = [*state.get("resumed_at", []), self.epoch]

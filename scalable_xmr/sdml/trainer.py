@@ -4,7 +4,8 @@
 through a driver), keeps the data as tensors on its device, trains with SDML Algorithm 1, writes an
 atomic checkpoint every few epochs, resumes from the last one when it exists (this is how a Ray
 actor restarted after a fault continues), selects the epoch with the lowest validation label loss,
-and writes its best model, its val/test embeddings and a training log to the run store.
+stops early when ``patience`` epochs in a row bring no lower one (``config.patience_exhausted``; off
+by default), and writes its best model, its val/test embeddings and a training log to the run store.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import sys
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 
 from scalable_xmr import faults
-from scalable_xmr.config import SDMLConfig
+from scalable_xmr.config import SDMLConfig, early_stop_note, patience_exhausted
 from scalable_xmr.distributed.progress import Reporter
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.losses import label_loss_per_sample, sdml_loss
@@ -62,6 +63,15 @@ class TrainResult:
     train_seconds: float = 0.0
     device: str = "cpu"
     pid: int = 0
+    planned_epochs: int = 0  # the config's epochs (``epochs`` is fewer when patience stopped it)
+    patience: int | None = None
+    stopped_early: int | None = None  # the epoch patience stopped training at (None: ran them all)
+
+    def footer_note(self) -> str | None:
+        """The job footer's line on this modality's epochs (``config.early_stop_note``)."""
+        scores = [h["loss_val_label"] for h in self.history]
+        return early_stop_note(self.modality, self.planned_epochs or self.epochs, self.best_epoch, scores,
+                               higher_is_better=False, patience=self.patience, stopped_at=self.stopped_early)
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
@@ -121,15 +131,16 @@ def write_run_outputs(store: RunStore, job: ModalityJob, model: SDMLAutoencoder,
 def train_epochs(trainer: Any, on_epoch: Callable[[Any, bool], None] | None, checkpoint_at_end: bool,
                  after_checkpoint: Callable[[], None] | None = None) -> None:
     """The epoch loop of :class:`ModalityTrainer` and of a population (sdml/population.py):
-    train to ``cfg.epochs`` (a resumed trainer continues), record each epoch, checkpoint every
-    ``checkpoint_every`` epochs and, unless ``checkpoint_at_end`` is False (a sweep trial, which
-    nothing resumes once it has ended), at the last; then ``on_epoch(stats, checkpointed)``."""
+    train until ``trainer.done`` (``cfg.epochs``, or patience ran out; a resumed trainer
+    continues), record each epoch, checkpoint every ``checkpoint_every`` epochs and, unless
+    ``checkpoint_at_end`` is False (a sweep trial, which nothing resumes once it has ended), at
+    the last; then ``on_epoch(stats, checkpointed)``."""
     cfg = trainer.cfg
-    while trainer.epoch < cfg.epochs:
+    while not trainer.done:
         stats = trainer.train_epoch()
         trainer.record(stats)
         epoch = trainer.epoch
-        checkpointed = (checkpoint_at_end and epoch == cfg.epochs) or epoch % cfg.checkpoint_every == 0
+        checkpointed = (checkpoint_at_end and trainer.done) or epoch % cfg.checkpoint_every == 0
         if checkpointed:
             trainer.save_checkpoint()
             if after_checkpoint is not None:
@@ -163,6 +174,14 @@ def mean_label_loss(encode: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
     return total / labeled.sum().clamp_min(1)
 
 
+def stored_config(values: Any) -> Any:
+    """A config dict as a checkpoint stored it, with the defaults of SDMLConfig fields added
+    since (``patience``) filled in, so a training started before them resumes."""
+    if not isinstance(values, dict):
+        return values
+    return {**{f.name: f.default for f in fields(SDMLConfig)}, **values}
+
+
 def model_payload(model: SDMLAutoencoder, cfg: SDMLConfig, modality: str, best_epoch: int,
                   projection_sha256: str | None) -> dict[str, Any]:
     """What ``model.pt`` holds: the network, its configs and the selected epoch."""
@@ -191,9 +210,15 @@ class ModalityTrainer:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, float]] = []
         self.resumed_at: list[int] = []
+        self.stopped_early: int | None = None  # the epoch patience ran out at (config.patience_exhausted)
         self.outputs_written = False
         self.recovered_from: str | None = None  # why the newest checkpoint was skipped on resume
         self._resume()
+
+    @property
+    def done(self) -> bool:
+        """Trained every epoch of the config, or stopped early by its patience."""
+        return self.epoch >= self.cfg.epochs or self.stopped_early is not None
 
     # ---- one epoch -----------------------------------------------------------------------------
     def batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -269,7 +294,8 @@ class ModalityTrainer:
 
     # ---- the loop ------------------------------------------------------------------------------
     def fit(self, on_epoch: EpochHook | None = None, checkpoint_at_end: bool = True) -> TrainResult:
-        """Train to ``cfg.epochs`` (resumed runs continue), then write the selected model and outputs.
+        """Train to ``cfg.epochs`` or until ``cfg.patience`` runs out (resumed runs continue), then
+        write the selected model and outputs.
 
         The loop is :func:`train_epochs` (``on_epoch(stats, checkpointed)`` after each epoch: a
         sweep trial scores and reports there); the job and the sweep trial run it alike. Outputs
@@ -293,17 +319,26 @@ class ModalityTrainer:
         if improves(stats.loss_val_label, self.best_val):
             self.best_val, self.best_epoch = stats.loss_val_label, stats.epoch
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self._check_patience()
         if self.progress is not None:
             status = (f"loss {stats.loss_train:.4f} | val label {stats.loss_val_label:.4f} "
-                      f"(best ep {self.best_epoch})")
+                      f"(best ep {self.best_epoch}{', stopped early' if self.stopped_early else ''})")
             self.progress({"name": self.job.modality, "modality": self.job.modality,
                            "epochs": self.cfg.epochs, "best_epoch": self.best_epoch, **row, "status": status})
+
+    def _check_patience(self) -> None:
+        """Stop early once patience runs out before the last epoch (after a resume too: the
+        epochs since the selected one come back with the checkpoint's epoch and best epoch)."""
+        cfg = self.cfg
+        if self.epoch < cfg.epochs and patience_exhausted(self.epoch, self.best_epoch, cfg.patience):
+            self.stopped_early = self.epoch
 
     def result(self, seconds: float) -> TrainResult:
         return TrainResult(
             modality=self.job.modality, best_epoch=self.best_epoch, best_val_label=self.best_val,
             epochs=self.epoch, resumed_at_epoch=list(self.resumed_at), history=list(self.history),
             train_seconds=seconds, device=str(self.device), pid=os.getpid(),
+            planned_epochs=self.cfg.epochs, patience=self.cfg.patience, stopped_early=self.stopped_early,
         )
 
     # ---- checkpoints ---------------------------------------------------------------------------
@@ -328,7 +363,7 @@ class ModalityTrainer:
             return
         # A corrupt newest checkpoint falls back to the one before it (said in recovered_from).
         state, _, self.recovered_from = torchfile.load_newest_good(path, self.device)
-        if state.get("config") != self.cfg.to_dict():
+        if stored_config(state.get("config")) != self.cfg.to_dict():
             # A checkpoint from other hyperparameters must not be continued silently.
             raise InputError(
                 f"{path}: checkpoint was written with another config {state.get('config')}; "
@@ -342,6 +377,7 @@ class ModalityTrainer:
         self.best_state = state["best_state"]
         self.history = list(state["history"])
         self.resumed_at = [*state.get("resumed_at", []), self.epoch]
+        self._check_patience()  # a checkpoint of the epoch that ran out of patience: nothing to train
 
     # ---- outputs -------------------------------------------------------------------------------
     def write_outputs(self) -> None:
@@ -354,6 +390,7 @@ class ModalityTrainer:
             "modality": self.job.modality, "best_epoch": self.best_epoch, "best_val_label": self.best_val,
             "epochs": self.epoch, "resumed_at_epoch": self.resumed_at, "history": self.history,
             "input_dim": self.data.input_dim, "n_train": len(self.x["train"]),
+            "patience": self.cfg.patience, "stopped_early": self.stopped_early,
             "finished": now_iso(),
         })
 

@@ -7,17 +7,68 @@ warning saying so.
 
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from scalable_xmr import __version__
 
-def default_tracking_uri(run_dir: str | os.PathLike) -> str:
-    """``sqlite:///<absolute parent of the run>/mlflow.db`` (mlflow 3 refuses ./mlruns)."""
-    return f"sqlite:///{Path(run_dir).expanduser().resolve().parent / 'mlflow.db'}"
+DEFAULT_STORE = "mlflow.db"
+# Ray's Jobs API sets this for a `ray job submit` entrypoint (distributed.submission reads it too;
+# tracking may not import distributed, docs/architecture.md).
+JOB_SUBMISSION_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # scalable_xmr/: where its git commit is read
+# MLflow's own tag for the code's commit (its UI shows it); ours for the version and a dirty tree.
+GIT_COMMIT_TAG, GIT_DIRTY_TAG, VERSION_TAG = "mlflow.source.git.commit", "xmr.git_dirty", "xmr.version"
+
+
+def default_tracking_uri(output_dir: str | os.PathLike, env: Mapping[str, str] = os.environ) -> str:
+    """The MLflow store of a job given no ``--tracking-uri``: ``sqlite:///<abs cwd>/mlflow.db``.
+
+    One store per working directory for every job started there (train, train-pairs, sweep,
+    track), and the file MLflow 3 itself defaults to: ``mlflow ui`` run in that directory shows
+    runs and sweeps alike. A job records the URI it used (run.json, sweep.json) and keeps to it
+    on resume, wherever it is started from. Under ``ray job submit`` the working directory is a
+    temporary copy deleted with the job, so there the store goes beside ``output_dir`` (a run or
+    sweep directory, which must be absolute there): ``<its parent>/mlflow.db``.
+    """
+    if env.get(JOB_SUBMISSION_ENV):
+        return f"sqlite:///{Path(output_dir).expanduser().resolve().parent / DEFAULT_STORE}"
+    return f"sqlite:///{Path.cwd() / DEFAULT_STORE}"
+
+
+@functools.lru_cache(maxsize=4)
+def source_tags(package_dir: Path = PACKAGE_DIR) -> dict[str, str]:
+    """Tags naming the code a parent run was made with: the package version, and in a git
+    checkout of the package, its commit and whether the work tree had changes (``git status
+    --porcelain`` not empty). Git is asked about the package's own directory only, never a user's
+    data; no git, or a package that is not a tracked file of a checkout (an installed wheel, a
+    venv inside someone's repository): no commit tag, and no error."""
+    tags = {VERSION_TAG: __version__}
+    if _git(package_dir, "ls-files", "--error-unmatch", "__init__.py") is None:
+        return tags
+    commit, status = _git(package_dir, "rev-parse", "HEAD"), _git(package_dir, "status", "--porcelain")
+    if commit:
+        tags[GIT_COMMIT_TAG] = commit
+        if status is not None:
+            tags[GIT_DIRTY_TAG] = "true" if status else "false"
+    return tags
+
+
+def _git(directory: Path, *args: str) -> str | None:
+    """``git -C directory args`` stdout (stripped), or None when git is missing or fails."""
+    try:
+        done = subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True,
+                              timeout=10, check=False, stdin=subprocess.DEVNULL,
+                              env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})  # status: no index write
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def absolute_tracking_uri(uri: str) -> str:
@@ -50,6 +101,7 @@ class Tracker:
         self.client = None
         self.experiment_id: str | None = None
         self.failure: str | None = None  # why tracking stopped mid-job, if it did
+        self._kept_params: dict[str, set[str]] = {}  # adopted run -> params it had already
         # A tracking server that went away must not hold a finished job for minutes: MLflow's own
         # defaults retry an HTTP call 7 times with backoff (about 4 min). Ours: 3 tries, ~7 s.
         # Users who set these variables keep their values.
@@ -74,12 +126,37 @@ class Tracker:
 
     def run_is_active(self, run_id: str) -> bool:
         """Whether ``run_id`` exists here and is not deleted (False when tracking is off)."""
-        if not self.enabled or self.client is None:
-            return False
+        return self.active_run(run_id) is not None
+
+    def active_run(self, run_id: str | None):
+        """The MLflow ``Run`` ``run_id`` when it exists here and is not deleted, else None (also
+        when tracking is off or MLflow does not answer)."""
+        if not run_id or not self.enabled or self.client is None:
+            return None
         try:
-            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+            run = self.client.get_run(run_id)
         except Exception:  # noqa: BLE001 - a missing or unreachable run
+            return None
+        return run if run.info.lifecycle_stage == "active" else None
+
+    def adopt(self, run_id: str) -> bool:
+        """Log into existing run ``run_id`` (``xmr track`` completing a parent whose job stopped
+        tracking part-way): new child runs go to its experiment, params it already has are kept
+        (MLflow refuses to change one), and the children it has are deleted (MLflow keeps deleted
+        runs restorable) so the ones logged now are not duplicates. False when it is not here."""
+        run = self.active_run(run_id)
+        if run is None:
             return False
+        self.experiment_id = run.info.experiment_id
+        self._kept_params[run_id] = set(run.data.params)
+
+        def delete_children():
+            for child in self.client.search_runs([run.info.experiment_id],
+                                                 f"tags.mlflow.parentRunId = '{run_id}'"):
+                self.client.delete_run(child.info.run_id)
+
+        self._safe(delete_children)
+        return self.failure is None
 
     def _safe(self, fn, *args, **kwargs):
         if not self.enabled:
@@ -98,10 +175,13 @@ class Tracker:
 
     # ---- runs ----------------------------------------------------------------------------------
     def start_run(self, name: str, parent_id: str | None = None, tags: dict | None = None) -> str | None:
+        """A new run; a parent run (no ``parent_id``) also gets :func:`source_tags`."""
         def go():
             all_tags = dict(tags or {})
             if parent_id:
                 all_tags["mlflow.parentRunId"] = parent_id
+            else:
+                all_tags = {**source_tags(), **all_tags}
             return self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id
 
         return self._safe(go)
@@ -118,7 +198,8 @@ class Tracker:
         if self.live(run_id):
             from mlflow.entities import Param
 
-            items = [Param(k, str(v)[:6000]) for k, v in _flatten(params).items()]
+            kept = self._kept_params.get(run_id, set())
+            items = [Param(k, str(v)[:6000]) for k, v in _flatten(params).items() if k not in kept]
             self._safe(self._batched, run_id, params=items)
 
     def log_metrics(self, run_id: str | None, metrics: dict[str, float], step: int = 0) -> None:
@@ -143,6 +224,10 @@ class Tracker:
         if self.live(run_id) and Path(path).exists():
             fn = self.client.log_artifacts if Path(path).is_dir() else self.client.log_artifact
             self._safe(fn, run_id, str(path), subdir)
+
+    def set_tags(self, run_id: str | None, tags: dict[str, str]) -> None:
+        if self.live(run_id):
+            self._safe(lambda: [self.client.set_tag(run_id, k, v) for k, v in tags.items()])
 
     def run_url(self, run_id: str | None) -> str:
         return f"{self.uri} (experiment {self.experiment_id}, run {run_id})" if run_id else "(tracking off)"

@@ -81,7 +81,7 @@ class _Reporter:
             metrics["tt_r1"] = float(record["val"]["tt_r1"])
         metrics["best_rsum"] = self.best_rsum
         self.last = metrics
-        if epoch >= self.total:
+        if record.get("last") or epoch >= self.total:  # the end (also when patience stopped it)
             return  # reported after the K evaluation
         if record.get("checkpointed"):
             trial_io.report(metrics, self.ckpt_dir, self.state(epoch))

@@ -63,7 +63,7 @@ def sdml_population_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None
             val_map = anchor_map(val_emb[i], labels, P) if member.failed is None else float("nan")
             if member.best_epoch == pop.epoch:  # this member's selected model changed
                 best_map[i] = val_map
-                if setup.save_each_selected and pop.epoch < pop.cfg.epochs:  # the last: below
+                if setup.save_each_selected and not pop.done:  # the last: below
                     _save_member(pop, i, member_dirs[i], val_emb[i])
             rows.append({
                 "epoch": pop.epoch, "loss_train": st.loss_train, "loss_recon": st.loss_recon,
@@ -72,12 +72,13 @@ def sdml_population_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None
                 "best_val_label_loss": member.best_val, "best_anchor_map": best_map[i],
                 "train_seconds": train_seconds / pop.size, "n_train": len(pop.x["train"]),
                 **({"error": member.failed} if member.failed else {}),
+                **({"stopped_early": member.stopped_early} if member.stopped_early else {}),
             })
         metrics = {MEMBERS_KEY: rows, "epoch": pop.epoch, "population_size": pop.size,
                    "best_anchor_map": _best(rows, "best_anchor_map", max),
                    "best_val_label_loss": _best(rows, "best_val_label_loss", min),
                    "train_seconds": train_seconds}
-        if pop.epoch == pop.cfg.epochs:  # before the last report: Tune may end the trial on it
+        if pop.done:  # before the last report: Tune may end the trial on it
             for i, d in enumerate(member_dirs):
                 pop.write_outputs(i, d)
             metrics["trial_seconds"] = time.perf_counter() - start

@@ -131,17 +131,27 @@ def top_table(rows: list[TrialRow], metric: str, mode: str, params: list[str],
     return "\n".join(lines)
 
 
+def epochs_trained(row: TrialRow) -> int | None:
+    """The epochs a trial ran (Tune's ``training_iteration``: fewer than the sweep's when ASHA
+    stopped it), or None when its result does not say."""
+    value = row.metrics.get("training_iteration")
+    return int(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
 def plot_metric_vs_params(rows: list[TrialRow], params: list[str], metric: str, mode: str, path: Path,
-                          log_params: set[str], title: str) -> Path | None:
+                          log_params: set[str], title: str, full_epochs: int | None = None) -> Path | None:
     """One panel per swept hyperparameter: the metric of every trial against its value, one
-    series per group, each group's best marked (like SDML Fig. 5 / MTFN-RR Fig. 7b)."""
+    series per group, each group's best marked (like SDML Fig. 5 / MTFN-RR Fig. 7b). Trials that
+    ran fewer than ``full_epochs`` (default: the most any trial ran) are drawn as stopped early."""
     from scalable_xmr.tracking import plots  # matplotlib loads only when a sweep is plotted
 
     if not params:
         return None
+    if full_epochs is None:
+        full_epochs = max((e for e in map(epochs_trained, rows) if e is not None), default=None)
     groups = list(dict.fromkeys(r.group for r in rows))
-    points = {param: {group: [(float(r.config[param]), r.score(metric)) for r in rows
+    points = {param: {group: [(float(r.config[param]), r.score(metric), epochs_trained(r)) for r in rows
                               if r.group == group and param in r.config and not math.isnan(r.score(metric))]
                       for group in groups}
               for param in params}
-    return plots.sweep_scatter(points, metric, mode, path, log_params, title)
+    return plots.sweep_scatter(points, metric, mode, path, log_params, title, full_epochs)

@@ -111,7 +111,7 @@ def sdml_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None:
         train_seconds += stats.seconds
         val_emb = trainer.val_embeddings.cpu()  # this epoch's, from its validation pass
         val_map = anchor_map(val_emb, trainer.data.labels["val"].cpu(), trainer.P.cpu())
-        last = trainer.epoch == cfg.epochs
+        last = trainer.done  # its epochs, or patience (a sweep's --set patience=N) ran out
         if trainer.best_epoch == trainer.epoch:  # the selected model changed
             best_map = val_map
             if setup.save_each_selected and not last:  # the last epoch writes it below

@@ -5,7 +5,7 @@ The sweep directory ``<storage>/<name>/`` is Tune's experiment directory and our
 ```
 sweep.json          request, search space, dataset, P, MLflow ids, status (running/interrupted/finished)
 projection.arrow    SDML: the one P every trial reads (written once)
-trials/<trial_id>/  each trial's own run directory: checkpoints, embeddings, starts.jsonl
+trials/<trial_id>/  each trial's own run directory: model.pt, embeddings, starts.jsonl
 trials/<trial_id>-m<i>/  with --population: member i's model, embeddings and log (the population's
                     checkpoints stay in trials/<trial_id>/); every member is a row and an MLflow run
 best.json           the best configuration (per modality for SDML), for `--config best.json`, and
@@ -17,6 +17,10 @@ summary.md          the table of the top trials and those lines; plots/ the metr
 mlflow_runs.json    trial id -> MLflow child run id
 tuner.pkl, experiment_state-*.json, <trainable>_<id>...   Tune's own (resume, results, checkpoints)
 ```
+
+A trial's training state lives once, in Tune's checkpoint folders (trial_io.report), until the sweep
+finishes: then it goes (trial_io.drop_sweep_state), after sweep.json says finished; the selected
+models stay. An interrupted sweep keeps it all, for --resume.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +51,7 @@ from scalable_xmr.tuning.scheduler import SCHEDULERS, make_scheduler
 from scalable_xmr.tuning.sdml_backend import SDMLBackend
 from scalable_xmr.tuning.space import MODELS, build_space
 from scalable_xmr.tuning.tracking import SweepTracking
+from scalable_xmr.tuning.trial_io import drop_sweep_state
 
 SWEEP_FILE = "sweep.json"
 BEST_FILE = "best.json"
@@ -354,6 +360,11 @@ def run_sweep(req: SweepRequest, address: str | None = None, callbacks: tuple = 
         atomic_write_json(sweep_dir / SWEEP_FILE, meta)
         tracker.end_run(parent, "FAILED")
         raise
+    try:  # finished: the trials' training state goes (a failure leaves the sweep finished)
+        drop_sweep_state(sweep_dir)
+    except OSError as e:
+        warnings.warn(f"{sweep_dir}: the sweep is finished but its trials' checkpoints could not all be "
+                      f"removed ({e}); what is left can be deleted by hand", stacklevel=2)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -385,7 +396,8 @@ def _finish(meta: dict[str, Any], sweep_dir: Path, backend, rows: list[res.Trial
                       f"{schedule_line(best_json)}\n\n{test_line}\n")
     plot = res.plot_metric_vs_params(
         rows, meta["swept"], metric, mode, sweep_dir / "plots" / f"{metric}_vs_hyperparameters.png",
-        set(meta["log_params"]), f"{meta['model']} sweep {meta['name']}: {metric} per trial")
+        set(meta["log_params"]), f"{meta['model']} sweep {meta['name']}: {metric} per trial",
+        full_epochs=meta.get("max_iterations"))
     plots = [str(plot)] if plot else []
     tracker.log_metrics(parent, backend.parent_metrics(best_json))
     tracker.log_params(parent, {"test_figures": TEST_LABEL})

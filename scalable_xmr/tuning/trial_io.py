@@ -5,6 +5,13 @@ trial id survives ``Tuner.restore``, so a restored trial finds its directory aga
 directory sits beside ``best.json`` where a user looks for it (Tune's own per-trial directory is a
 staging path under /tmp/ray on the node). ``starts.jsonl`` gets one line per start of the trial
 function: a trial that finished before an interrupted sweep was resumed has exactly one.
+
+A trial's training state is stored once: Tune's copy (``<sweep>/<Tune trial>/checkpoint_*/``, what
+a restarted or restored trial resumes from). The trial writes its checkpoint into its own
+``checkpoints/`` only to hand it to ``tune.report``, which copies it into Tune's storage before it
+returns; :func:`report` then removes the trial's files. When the sweep has finished,
+:func:`drop_sweep_state` removes Tune's copies too (and what a trial stopped in mid-report left):
+a finished sweep keeps each trial's selected ``model.pt``, embeddings, logs and results.
 """
 
 from __future__ import annotations
@@ -16,7 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+
 from scalable_xmr.io import written
+from scalable_xmr.store import training_state
 
 TRIALS_DIR = "trials"
 STARTS_FILE = "starts.jsonl"
@@ -71,6 +81,9 @@ def install_tune_checkpoint(checkpoint_dir: Path) -> dict[str, Any] | None:
     from ray import tune
 
     checkpoint = tune.get_checkpoint()
+    if checkpoint is not None and checkpoint.filesystem.get_file_info(checkpoint.path).type == \
+            pafs.FileType.NotFound:
+        checkpoint = None  # dropped when its sweep finished (drop_sweep_state): a re-run starts afresh
     if checkpoint is None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         return None
@@ -93,3 +106,26 @@ def report(metrics: dict[str, Any], checkpoint_dir: Path | None = None,
         return
     (checkpoint_dir / STATE_FILE).write_text(json.dumps(state or {}), encoding="utf-8")
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+    # Tune copied the directory into its storage before report returned (Ray 2.60,
+    # StorageContext.persist_current_checkpoint): that copy is the one a resume reads. Ours goes, so
+    # the state is stored once (and a rotated last.pt.prev never forms beside it).
+    training_state.drop([checkpoint_dir])
+
+
+def drop_sweep_state(sweep_dir: Path) -> training_state.Dropped:
+    """A finished sweep's training state: Tune's checkpoint folders (``<sweep>/<Tune trial>/
+    checkpoint_NNNNNN/``) and whatever a trial left in its own ``checkpoints/`` (one stopped by
+    the scheduler inside its last report). Each trial's model.pt, embeddings, logs and Tune's
+    results stay. Under an object-storage mirror the bucket's copies go too."""
+    tune_dirs = sorted(p for p in sweep_dir.glob("*/checkpoint_[0-9]*")
+                       if p.is_dir() and p.parent.name != TRIALS_DIR)
+    n, total = 0, 0
+    for d in tune_dirs:
+        files = [f for f in d.rglob("*") if f.is_file()]
+        n, total = n + len(files), total + sum(f.stat().st_size for f in files)
+        shutil.rmtree(d)
+        written(d)  # gone here: deleted in the bucket too
+    ours = sorted({*sweep_dir.glob(f"{TRIALS_DIR}/*/{training_state.CHECKPOINT_DIR}"),
+                   *sweep_dir.glob(f"{TRIALS_DIR}/*/modalities/*/{training_state.CHECKPOINT_DIR}")})
+    left = training_state.drop(ours)
+    return training_state.Dropped(n + left.files, total + left.bytes)

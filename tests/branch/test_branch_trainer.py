@@ -287,3 +287,68 @@ def test_warmup_uses_the_sum_over_negatives_first(splits):
 
     # same data and start; 15 negatives summed per query instead of the hardest one
     assert first_loss(1) > 5 * first_loss(0)
+
+
+# ---- early stopping (patience) -------------------------------------------------------------------
+def _scripted(trainer: PairTrainer, scores: dict[str, list[float]]) -> None:
+    """Each stage's validation score follows ``scores[stage]`` (indexed by the stage's epoch)."""
+    cfg = trainer.config
+
+    def validate(stage):
+        at = trainer.epoch if stage == "image_text" else trainer.epoch - cfg.epochs
+        score = scores[stage][at]
+        return ({"rsum": score} if stage == "image_text" else {"tt_r1": score}), score
+
+    trainer._validate = validate
+
+
+def test_patience_stops_the_image_text_stage_at_the_rule_s_epoch(splits):
+    rsums = [1.0, 2.0, 1.5, 2.0, 2.5, 2.4, 2.3, 2.2, 2.1, 2.0]  # best 2, tie at 4: stops at 4
+    trainer = _trainer(splits, epochs=10, patience=2)
+    _scripted(trainer, {"image_text": rsums})
+    seen = []
+    history = trainer.fit(on_epoch=lambda r: seen.append((r["epoch"], r.get("stopped_early"), r["last"])))
+    assert len(history) == 4 and trainer.stopped_early == {"image_text": 4, "text_text": None}
+    assert seen[-1] == (3, True, True) and [s[2] for s in seen] == [False, False, False, True]
+    assert trainer.best["image_text"]["epoch"] == 1  # 0-based: epoch 2
+
+
+def test_patience_hands_a_stopped_image_text_stage_to_mtfn_s_text_stage(splits, tmp_path):
+    cfg = PairTrainerConfig(model="mtfn", epochs=6, text_epochs=3, batch_size=8, lr=1e-3, seed=0,
+                            lr_decay_epochs=1, lr_decay=0.5, patience=2)
+    scores = {"image_text": [1.0, 2.0, 1.5, 1.9, 3.0, 3.0], "text_text": [1.0, 0.5, 0.4]}
+    trainer = PairTrainer(cfg, SMALL_MTFN, *splits)
+    _scripted(trainer, scores)
+    ckpt = tmp_path / "at_stop.pt"
+    history = trainer.fit(on_epoch=lambda r: trainer.save_checkpoint(ckpt) if r["epoch"] == 3 else None)
+    assert [(r["epoch"], r["stage"]) for r in history] == [
+        (0, "image_text"), (1, "image_text"), (2, "image_text"), (3, "image_text"),
+        (6, "text_text"), (7, "text_text"), (8, "text_text")]
+    # the text stage keeps its own epochs and lr steps; its patience runs out only at its end
+    assert [r["lr"] for r in history[4:]] == pytest.approx([1e-3, 5e-4, 2.5e-4])
+    assert trainer.stopped_early == {"image_text": 4, "text_text": None}
+    # The checkpoint of the stop epoch resumes in the text stage, the stop remembered.
+    resumed = PairTrainer(cfg, SMALL_MTFN, *splits)
+    resumed.load_checkpoint(ckpt)
+    assert resumed.epoch == 6 and resumed.stopped_early["image_text"] == 4
+    _scripted(resumed, scores)
+    assert [r["stage"] for r in resumed.fit()] == ["image_text"] * 4 + ["text_text"] * 3
+
+
+def test_patience_count_survives_a_resume(splits, tmp_path):
+    rsums = [1.0, 2.0, 1.5, 2.0, 2.5, 2.4]
+    first = _trainer(splits, epochs=6, patience=2)
+    _scripted(first, {"image_text": rsums})
+    ckpt = tmp_path / "ep3.pt"  # the checkpoint of epoch 3 (best 2, one epoch without improvement)
+    first.fit(on_epoch=lambda r: first.save_checkpoint(ckpt) if r["epoch"] == 2 else None)
+    resumed = _trainer(splits, epochs=6, patience=2)
+    resumed.load_checkpoint(ckpt)
+    assert resumed.epoch == 3
+    _scripted(resumed, {"image_text": rsums})
+    assert len(resumed.fit()) == 4 and resumed.stopped_early["image_text"] == 4
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5])
+def test_patience_must_be_a_positive_whole_number(bad):
+    with pytest.raises(InputError, match="patience must be a whole number of epochs >= 1"):
+        PairTrainerConfig(model="vse", patience=bad)

@@ -137,12 +137,16 @@ def test_average_similarities():
 
 
 def test_recall_table_layout():
-    row = {"i2t@1": 1.0, "i2t@5": 5.0, "i2t@10": 10.0, "t2i@1": 2.0, "t2i@5": 6.0, "t2i@10": 12.5,
-           "rsum": 36.5}
+    row = {"i2t@1": 1.0, "i2t@5": 5.0, "i2t@10": 10.0, "i2t_medr": 3.0, "i2t_meanr": 7.4,
+           "t2i@1": 2.0, "t2i@5": 6.0, "t2i@10": 12.5, "t2i_medr": 4.0, "t2i_meanr": 9.5, "rsum": 36.5}
     lines = recall_table([("vse", row), ("  + re-rank", row)], "title").splitlines()
-    assert lines[0] == "title" and lines[1].split() == ["model", "i2t@1", "i2t@5", "i2t@10", "t2i@1",
-                                                         "t2i@5", "t2i@10", "rsum"]
-    assert lines[3].split() == ["vse", "1.0", "5.0", "10.0", "2.0", "6.0", "12.5", "36.5"]
+    assert lines[0] == "title" and lines[1].split() == [
+        "model", "i2t@1", "i2t@5", "i2t@10", "i2t_medr", "i2t_meanr", "t2i@1", "t2i@5", "t2i@10",
+        "t2i_medr", "t2i_meanr", "rsum"]
+    assert lines[3].split() == ["vse", "1.0", "5.0", "10.0", "3.0", "7.4", "2.0", "6.0", "12.5", "4.0",
+                                "9.5", "36.5"]
+    assert len({len(line) for line in lines[1:]}) == 1  # every column lines up under its header
+    assert recall_table([("vse", row)], keys=("rsum",)).splitlines()[2].split() == ["vse", "36.5"]
 
 
 # ------------------------------------------------------------------------------ MTFN-RR Fig. 7a

@@ -214,8 +214,8 @@ def test_inconsistent_region_arrays_are_refused(tmp_path, capsys):
 
 
 def test_data_subcommands_for_paired_datasets(tmp_path, capsys):
-    assert xmr_main(["data", "synthetic-pairs", str(tmp_path / "syn"), "--n-train", "6", "--n-val", "2",
-                     "--n-test", "2", "--n-regions", "3", "--dim", "4", "--seed", "1"]) == 0
+    assert xmr_main(["data", "synthetic-pairs", "--out", str(tmp_path / "syn"), "--n-train", "6",
+                     "--n-val", "2", "--n-test", "2", "--n-regions", "3", "--dim", "4", "--seed", "1"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "synthetic paired data" in out and "train 6 images 30 captions (5 per image)" in out
     assert open_paired_dataset(tmp_path / "syn").image_shape == (3, 4)
@@ -224,8 +224,8 @@ def test_data_subcommands_for_paired_datasets(tmp_path, capsys):
     for name, n in (("train", 2), ("dev", 1), ("testall", 1)):
         np.save(src / f"{name}_ims.npy", np.ones((n, 5), np.float32))
         (src / f"{name}_caps.txt").write_text("a dog\na cat\n" * n)
-    argv = ["data", "precomp", str(src), str(tmp_path / "pc"), "--min-count", "1", "--captions-per-image",
-            "2", "--test-split", "testall"]
+    argv = ["data", "precomp", str(src), "--out", str(tmp_path / "pc"), "--min-count", "1",
+            "--captions-per-image", "2", "--test-split", "testall"]
     assert xmr_main(argv) == 0
     assert "test 1 images 2 captions (2 per image)" in " ".join(capsys.readouterr().out.split())
     assert xmr_main(argv) == 2 and "already exists" in capsys.readouterr().err

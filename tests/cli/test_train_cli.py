@@ -1,6 +1,7 @@
 """Bad input to the SDML job: one readable line, non-zero exit, nothing left behind as if complete."""
 
 
+import pytest
 from one_line import fails_one_line
 
 from scalable_xmr.cli.train import job_parser
@@ -81,3 +82,59 @@ def test_os_errors_are_one_line_naming_the_path(capsys):
 
     assert run_cli(write_under_a_file) == 2
     assert capsys.readouterr().err == "xmr: error: /data/out: Is a directory\n"
+
+
+def test_patience_and_keep_checkpoints_reach_every_training_request(tmp_path, small_xmedia, small_pairs):
+    from scalable_xmr.cli import extend, pairs, train
+
+    run = str(tmp_path / "run")
+    req = train.request_from_args(job_parser().parse_args(
+        ["--data", small_xmedia, "--run", run, "--patience", "20", "--keep-checkpoints"]))
+    assert req.sdml.patience == 20 and req.keep_checkpoints
+    plain = train.request_from_args(job_parser().parse_args(["--data", small_xmedia, "--run", run]))
+    assert plain.sdml.patience is None and not plain.keep_checkpoints  # off by default
+    req = pairs.request_from_args(pairs.job_parser().parse_args(
+        ["--data", small_pairs, "--run", run, "--model", "vse", "--model", "mtfn", "--patience", "3",
+         "--keep-checkpoints"]))
+    assert [t.patience for t in req.trainers.values()] == [3, 3] and req.keep_checkpoints
+    req = extend.request_from_args(extend.job_parser().parse_args(
+        ["--run", run, "--modality", "video", "--data", small_xmedia, "--patience", "4",
+         "--keep-checkpoints"]))
+    assert req.overrides.per_modality["video"]["patience"] == 4 and req.keep_checkpoints
+    req = extend.request_from_args(extend.job_parser().parse_args(
+        ["--run", run, "--modality", "video", "--data", small_xmedia]))
+    assert "patience" not in req.overrides.per_modality["video"]  # the run's own
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "1.5", "ten"])
+@pytest.mark.parametrize("command", ["train", "train-pairs", "add-modality"])
+def test_bad_patience_is_one_line_before_anything_is_written(tmp_path, capsys, command, value):
+    from scalable_xmr.cli import main as xmr
+
+    argv = [command, "--run", str(tmp_path / "run"), "--patience", value]
+    if command == "add-modality":
+        argv += ["--modality", "video", "--data", str(tmp_path)]
+    with pytest.raises(SystemExit) as e:
+        xmr(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert f"argument --patience: must be a whole number of epochs >= 1, got '{value}'" in err
+    assert len([line for line in err.splitlines() if ": error: " in line]) == 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_footer_lines_for_epochs_and_training_state(capsys):
+    from scalable_xmr.cli.train import print_training_notes
+    from scalable_xmr.sdml.trainer import TrainResult
+
+    early = [{"epoch": e, "loss_val_label": 1.0 if e == 2 else 2.0} for e in range(1, 31)]
+    results = {"image": TrainResult("image", 2, 1.0, 30, history=early, planned_epochs=30),
+               "text": TrainResult("text", 9, 1.0, 12, planned_epochs=30, patience=3, stopped_early=12),
+               "audio": TrainResult("audio", 30, 1.0, 30, planned_epochs=30,
+                                    history=[{"loss_val_label": 30.0 - e} for e in range(30)])}
+    print_training_notes(results, "removed 6 files, 1.55 GB (modalities/*/checkpoints/; --keep-checkpoints "
+                                  "keeps them)")
+    assert capsys.readouterr().out.splitlines() == [
+        "epochs        : image: best epoch 2 of 30; --patience 3 would have stopped at epoch 5",
+        "epochs        : text: stopped early at epoch 12 of 30 (best epoch 9, --patience 3)",
+        "training state: removed 6 files, 1.55 GB (modalities/*/checkpoints/; --keep-checkpoints keeps them)"]

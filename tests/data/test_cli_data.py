@@ -136,10 +136,64 @@ def test_inspect_validate_runs_the_jobs_checks(tmp_path, capsys, small_xmedia, n
 
 def test_inspect_paired_dataset(tmp_path, capsys):
     out = tmp_path / "pairs"
-    assert main(["data", "synthetic-pairs", str(out), "--n-train", "6", "--n-val", "2", "--n-test", "2"]) == 0
+    assert main(["data", "synthetic-pairs", "--out", str(out), "--n-train", "6", "--n-val", "2",
+                 "--n-test", "2"]) == 0
     capsys.readouterr()
     assert main(["data", "inspect", str(out), "--validate"]) == 0
     printed = capsys.readouterr().out
     assert "paired dataset" in printed and "valid: every row passed" in printed
     assert [line.split() for line in printed.splitlines() if line.startswith("train")] == [
         ["train", "6", "30", "5"]]
+
+
+TINY_PAIRS = ["--n-train", "6", "--n-val", "2", "--n-test", "2", "--n-regions", "2", "--dim", "4"]
+
+
+def _precomp_src(root: Path) -> Path:
+    root.mkdir()
+    for name, n in (("train", 2), ("dev", 1), ("test", 1)):
+        np.save(root / f"{name}_ims.npy", np.ones((n, 5), np.float32))
+        (root / f"{name}_caps.txt").write_text("a dog\na cat\n" * n)
+    return root
+
+
+def _paired_converters(tmp_path: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """Each paired converter's (positional arguments before OUT, options)."""
+    return {"synthetic-pairs": ([], TINY_PAIRS), "mfeat-pairs": ([], []),
+            "precomp": ([str(_precomp_src(tmp_path / "src"))],
+                        ["--min-count", "1", "--captions-per-image", "2"])}
+
+
+def test_every_converter_takes_out(tmp_path, capsys):
+    """`--out` everywhere; the paired converters' positional OUT still works, with a note on stderr."""
+    from scalable_xmr.cli import build_parser
+    from scalable_xmr.cli.reference import _commands
+    from scalable_xmr.data.paired import open_paired_dataset
+
+    converters = [w[-1] for w, p in _commands(build_parser(), ("xmr",))
+                  if w[:2] == ("xmr", "data") and len(w) == 3 and w[-1] != "inspect"]
+    assert len(converters) == 7
+    for words, parser in _commands(build_parser(), ("xmr",)):
+        if words[-1] in converters:
+            assert "--out" in parser._option_string_actions, words
+    for command, (src, opts) in _paired_converters(tmp_path).items():
+        assert main(["data", command, *src, "--out", str(tmp_path / f"{command}-new"), *opts]) == 0
+        assert "deprecated" not in capsys.readouterr().err
+        assert main(["data", command, *src, str(tmp_path / f"{command}-old"), *opts]) == 0
+        err = capsys.readouterr().err
+        assert err == (f"xmr: note: the positional OUT of `xmr data {command}` is deprecated; pass --out "
+                       f"{tmp_path / f'{command}-old'}\n")
+        new, old = (open_paired_dataset(tmp_path / f"{command}-{form}") for form in ("new", "old"))
+        assert new.splits() == old.splits() and new.image_shape == old.image_shape
+
+
+def test_paired_converters_want_the_output_once(tmp_path, capsys):
+    """Both forms, or neither: one line, exit 2, nothing written."""
+    for command, (src, opts) in _paired_converters(tmp_path).items():
+        before = sorted(os.listdir(tmp_path))
+        both = ["data", command, *src, str(tmp_path / "a"), *opts, "--out", str(tmp_path / "b")]
+        assert main(both) == 2
+        _one_line_error(capsys, f"xmr data {command}: the output directory is given twice", "only --out")
+        assert main(["data", command, *src, *opts]) == 2
+        _one_line_error(capsys, f"xmr data {command}: no output directory: pass --out DIR")
+        assert sorted(os.listdir(tmp_path)) == before

@@ -62,7 +62,7 @@ def test_corrupt_checkpoints_found_on_resume_are_one_line_naming_the_file(tmp_pa
                                                                            ray_local):
     run = tmp_path / "run"
     argv = ["--data", small_xmedia, "--run", str(run), "--modality", "image", "--checkpoint-every", "1",
-            *TINY]
+            "--keep-checkpoints", *TINY]  # the finished run keeps the checkpoints damaged below
     assert train_main(argv) == 0
     store = RunStore(run)
     meta = store.read()  # pretend image never finished, then damage both of its checkpoints
@@ -81,7 +81,7 @@ def test_corrupt_checkpoints_found_on_resume_are_one_line_naming_the_file(tmp_pa
 def test_a_branch_member_error_in_an_actor_is_one_line(tmp_path, capsys, small_pairs, ray_local):
     run = tmp_path / "run"
     argv = ["--model", "vse", "--data", small_pairs, "--run", str(run), "--epochs", "2",
-            "--checkpoint-every", "1", "--no-tracking", "--no-progress"]
+            "--checkpoint-every", "1", "--keep-checkpoints", "--no-tracking", "--no-progress"]
     assert pairs_main(argv) == 0
     store = RunStore(run)
     meta = store.read()

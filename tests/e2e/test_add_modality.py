@@ -92,6 +92,9 @@ def test_added_modality_keeps_old_files_and_scores_new_pairs(added_run, capsys):
     assert_untouched_except_commit(before, after)
     new_files = sorted(set(after) - set(before))
     assert all(p.startswith("modalities/video/") for p in new_files), new_files
+    # The base run was finished without --keep-checkpoints, so it holds no training state (an add
+    # never needs it); the new modality's was dropped before its folder moved in.
+    assert not any("/checkpoints/" in p for p in after), sorted(after)
     assert {"modalities/video/model.pt", "modalities/video/embeddings/test.parquet"} <= set(new_files)
     assert not (run / ".staging").exists()
 
@@ -200,9 +203,12 @@ def test_kill_before_run_json_then_add_again_from_tables_with_replace(run_copy, 
     old_3d_model = (run_copy / "modalities" / "3d" / "model.pt").read_bytes()
     req = AddRequest(str(run_copy), ("video", "3d"), table_paths=tuple(tables), replace=True,
                      overrides=ModalityOverrides({"3d": {"seed": 7}}), show_progress=False,
-                     tracking=TrackingConfig(f"sqlite:///{tmp_path}/other.db", "elsewhere"))
+                     tracking=TrackingConfig(f"sqlite:///{tmp_path}/other.db", "elsewhere"),
+                     keep_checkpoints=True)
     summary = add_modalities(req)
     assert sorted(summary.results) == ["3d", "video"]
+    assert summary.training_state.startswith("kept (--keep-checkpoints): ")
+    assert all(store.checkpoint_path(m).is_file() for m in ("video", "3d"))  # moved in with the models
     assert not (run_copy / ".staging").exists()
     after = tree_hashes(run_copy)
     for path, digest in before.items():
@@ -237,8 +243,10 @@ def test_kill_before_run_json_then_add_again_from_tables_with_replace(run_copy, 
     assert sorted(r.info.run_name for r in runs if r is not parent) == ["3d", "video"]
 
 
-def test_real_mfeat_five_views_then_the_sixth(tmp_path, ray_local):
+def test_real_mfeat_five_views_then_the_sixth(tmp_path, ray_local, monkeypatch):
     from scalable_xmr.data.modality.mfeat import convert_mfeat
+
+    monkeypatch.chdir(tmp_path)  # the default MLflow store would be ./mlflow.db
 
     data = str(tmp_path / "mfeat")
     convert_mfeat(data, seed=0)
@@ -260,4 +268,4 @@ def test_real_mfeat_five_views_then_the_sixth(tmp_path, ray_local):
         assert new[key] == pytest.approx(from_scratch_map(run, q, t, 10), abs=1e-6)
     # 10 balanced digits: retrieval at chance scores about 0.1; the added view must do better.
     assert np.mean(list(new.values())) > 0.15
-    assert not (run.parent / "mlflow.db").exists()  # an untracked run stays untracked
+    assert not (tmp_path / "mlflow.db").exists()  # an untracked run stays untracked (no default store)

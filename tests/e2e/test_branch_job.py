@@ -57,11 +57,12 @@ def test_cli_job_trains_every_model_and_tracks_it(tmp_path, small_pairs, small_c
         assert _far_above_chance(entry["plain"], chance), (m, entry["plain"], chance)
         # the printed table holds the same numbers as metrics.json, plain and re-ranked
         row = next(line for line in out.splitlines() if line.split()[:1] == [m]).split()
-        assert row[1:] == [f"{entry['plain'][k]:.1f}" for k in ("i2t@1", "i2t@5", "i2t@10", "t2i@1", "t2i@5",
-                                                                  "t2i@10", "rsum")]
-        for f in ("model.pt", "checkpoints/last.pt", "sims/test.npy", "sims/test_text.npy", "sims/val.npy",
-                  "result.json"):
+        assert row[1:] == [f"{entry['plain'][k]:.1f}" for k in (
+            "i2t@1", "i2t@5", "i2t@10", "i2t_medr", "i2t_meanr", "t2i@1", "t2i@5", "t2i@10", "t2i_medr",
+            "t2i_meanr", "rsum")]
+        for f in ("model.pt", "sims/test.npy", "sims/test_text.npy", "sims/val.npy", "result.json"):
             assert (store.root / "models" / m / f).is_file(), (m, f)
+        assert not (store.root / "models" / m / "checkpoints").exists()  # finished: training state gone
     assert out.count("+ re-rank (i2t K=") == 4 and f"run directory : {store.root}" in out
     assert (store.plots_dir / "rerank_k.png").stat().st_size > 1000
     assert metrics["models"]["mtfn"]["text_sim"] == "S_TT"
@@ -129,6 +130,9 @@ def test_restart_ensemble_and_resume(tmp_path, small_pairs, small_configs, ray_l
     def request(epochs=3, **kw):
         trainers = {"vse": PairTrainerConfig(model="vse", epochs=epochs, batch_size=16, lr=5e-3, seed=3)}
         kw.setdefault("tracking", TrackingConfig(f"sqlite:///{tmp_path}/mlflow.db", "ens"))
+        # The resume below pretends a finished member never finished and continues it from its
+        # checkpoint of the last epoch: the finished run must keep its checkpoints for that.
+        kw.setdefault("keep_checkpoints", True)
         return PairsRequest(run_dir=str(tmp_path / "run"), dataset_uri=small_pairs, trainers=trainers,
                             model_configs={"vse": small_configs["vse"]}, ensemble=2, show_progress=False,
                             **kw)
@@ -179,3 +183,26 @@ def test_gpus_asked_of_a_cpu_cluster_fail_fast(tmp_path, small_pairs, ray_local)
     with pytest.raises(XMRError, match="--gpus-per-model 1 but this Ray cluster has no GPUs"):
         train_pairs(req)
     assert not (tmp_path / "run").exists()
+
+
+def test_patience_stops_a_member_and_run_json_and_the_footer_say_where(tmp_path, small_pairs, small_configs,
+                                                                       ray_local, capsys):
+    """A learning rate of 1e-9 leaves the rankings as they are: val rsum never beats epoch 1, so
+    --patience 1 stops VSE at epoch 2; run.json's member entry and the footer record it."""
+    from scalable_xmr.config import patience_stop
+
+    sets = [f"--set=vse.{k}={json.dumps(v)}" for k, v in small_configs["vse"].items()]
+    argv = ["--data", small_pairs, "--run", str(tmp_path / "run"), "--model", "vse", "--epochs", "6",
+            "--batch-size", "16", "--lr", "1e-9", "--patience", "1", *sets, "--no-tracking", "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    store = RunStore(tmp_path / "run")
+    entry = store.read_finished().members["vse"]
+    result = json.loads((store.member_dir("vse") / "result.json").read_text())
+    rsums = [h["val_score"] for h in result["history"]]
+    stop = patience_stop(rsums + [-1.0] * (6 - len(rsums)), 1, higher_is_better=True)
+    assert entry["patience"] == 1 and entry["settings"]["trainer"]["patience"] == 1
+    assert entry["stopped_early"] == {"image_text": stop, "text_text": None} and stop == len(rsums) < 6
+    assert (f"epochs        : vse: stopped early at epoch {stop} of 6 (best epoch "
+            f"{entry['best_epoch']['image_text']}, --patience 1)") in out
+    assert "training state: removed " in out and not (store.member_dir("vse") / "checkpoints").exists()

@@ -24,7 +24,8 @@ PLOTS = ("map_heatmap.png", "precision_recall.png", "precision_scope.png")
 
 
 def test_sdml_job_logs_parent_children_metrics_and_plots_to_a_server(tmp_path, small_xmedia, ray_local,
-                                                                     capsys):
+                                                                     capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the default store ./mlflow.db would go
     run = tmp_path / "runs" / "served"
     with MlflowServer(tmp_path / "mlflow") as server:
         argv = ["--data", small_xmedia, "--run", str(run), *sum((["--modality", m] for m in MODALITIES), []),
@@ -78,3 +79,4 @@ def test_sdml_job_logs_parent_children_metrics_and_plots_to_a_server(tmp_path, s
         served = list((tmp_path / "mlflow" / "artifacts").rglob("map_heatmap.png"))
         assert len(served) == 1  # stored by the server, in its artifact root
     assert not (run.parent / "mlflow.db").exists()  # no local sqlite fallback beside the run
+    assert not (tmp_path / "mlflow.db").exists()  # nor the default store in the working directory

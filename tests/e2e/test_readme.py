@@ -4,7 +4,9 @@ Each command is run as a user would type it from the repository root (here: a sc
 whose `.venv` and `jobs` point into this checkout, so nothing is written into the repo), with one
 change: training commands get `--epochs 1` so the whole README runs in a few minutes. `make run` is
 run as its Makefile recipe (also with 1 epoch); `make test` is this suite itself. A block the test
-cannot run must say why, in an HTML comment right above it (`<!-- not run ...: reason -->`).
+cannot run must say why, in an HTML comment right above it (`<!-- not run ...: reason -->`). A block
+marked `<!-- one shell script: ... -->` (a server started in the background, waited for, queried and
+stopped) runs as one bash script, with `PORT=8000` set to a free port instead.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 TRAINING = ("jobs/train_xmedia.py", "jobs/add_modality.py", "jobs/train_pairs.py", "jobs/sweep.py")
 NOT_RUN = re.compile(r"<!--\s*not run[^:]*:\s*(.+?)\s*-->")
+SCRIPT = re.compile(r"<!--\s*one shell script[^:]*:\s*(.+?)\s*-->")
 
 
-def readme_blocks(text: str) -> list[tuple[str | None, list[str]]]:
-    """(reason it is not run or None, commands) of every ```bash block, in order."""
+def readme_blocks(text: str, scripts: list[str] | None = None) -> list[tuple[str | None, list[str]]]:
+    """(reason it is not run or None, commands) of every ```bash block, in order. A block marked as
+    one shell script is returned as one command, its whole text (and appended to ``scripts``)."""
     blocks, lines = [], text.splitlines()
     i = 0
     while i < len(lines):
@@ -36,9 +40,23 @@ def readme_blocks(text: str) -> list[tuple[str | None, list[str]]]:
             while lines[i].strip() != "```":
                 body.append(lines[i])
                 i += 1
-            blocks.append((reason, join_continuations(body)))
+            if SCRIPT.search(before):
+                script = "\n".join(body)
+                blocks.append((None, [script]))
+                if scripts is not None:
+                    scripts.append(script)
+            else:
+                blocks.append((reason, join_continuations(body)))
         i += 1
     return blocks
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def join_continuations(body: list[str]) -> list[str]:
@@ -98,11 +116,20 @@ def test_readme_runs_top_to_bottom(tmp_path):
     (work / "jobs").symlink_to(ROOT / "jobs")
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
-    ran = []
-    for reason, commands in readme_blocks((ROOT / "README.md").read_text()):
+    ran, scripts = [], []
+    for reason, commands in readme_blocks((ROOT / "README.md").read_text(), scripts):
         if reason is not None:
             continue
         for command in commands:
+            if command in scripts:  # a server: started, waited for, queried, stopped by the block itself
+                script = command.replace("PORT=8000", f"PORT={free_port()}")
+                done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=work, env=env,
+                                      capture_output=True, text=True, timeout=600)
+                tail = (done.stdout + done.stderr)[-3000:]
+                assert done.returncode == 0, f"README script failed:\n{script}\n{tail}"
+                assert '"hits"' in done.stdout, done.stdout[-3000:]
+                ran.append(command)
+                continue
             argv = as_argv(command)
             if argv is None:
                 continue

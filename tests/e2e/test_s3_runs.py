@@ -77,10 +77,12 @@ def test_train_crash_resume_and_add_modality_on_s3(s3, small_xmedia, crash_after
     server, root = s3
     uri = f"s3://{BUCKET}/runs/sdml"
     tracking = ["--tracking-uri", f"sqlite:///{root}/mlflow.db"]
-    # 1. Train; the image actor dies after its epoch-2 checkpoint and resumes from it.
+    # 1. Train; the image actor dies after its epoch-2 checkpoint and resumes from it. The finished
+    # run keeps its checkpoints (step 2 resumes from one).
     crash_after({"image": 2})
     assert train_main(["--run", uri, "--data", small_xmedia, "--modality", "image", "--modality", "audio",
-                       *TINY, *tracking]) == 0
+                       "--keep-checkpoints", *TINY, *tracking]) == 0
+    assert "modalities/audio/checkpoints/last.pt" in bucket_objects(server, "runs/sdml")
     assert f"run directory : {uri}\n" in capsys.readouterr().out  # the footer names the URI
     store = RunStore(uri)
     meta = store.read_finished()
@@ -106,7 +108,8 @@ def test_train_crash_resume_and_add_modality_on_s3(s3, small_xmedia, crash_after
     for m in ("image", "audio", "video"):
         for f in ("model.pt", "train_log.json", "embeddings/val.parquet", "embeddings/test.parquet"):
             assert f"modalities/{m}/{f}" in objects, f"{m}/{f} not in the bucket"
-    assert "modalities/image/checkpoints/last.pt" in objects
+    # Step 2 finished the run without --keep-checkpoints: its training state left the bucket too.
+    assert not any("/checkpoints/" in k for k in objects), sorted(objects)
     assert {"run.json", "projection.arrow", "metrics.json", "plots/map_heatmap.png"} <= set(objects)
     assert not any(k.startswith(".staging") or k.endswith(".lock") for k in objects)
     assert json.loads(objects["run.json"])["status"] == "finished"
@@ -133,7 +136,8 @@ def test_train_pairs_on_s3(s3, small_pairs, small_configs):
                        "--no-progress"]) == 0
     objects = bucket_objects(server, "runs/pairs")
     assert {"run.json", "metrics.json", "models/vse/model.pt", "models/vse/result.json",
-            "models/vse/checkpoints/last.pt", "models/vse/sims/test.npy"} <= set(objects)
+            "models/vse/sims/test.npy"} <= set(objects)
+    assert not any("/checkpoints/" in k for k in objects)  # finished: training state removed, bucket too
     assert json.loads(objects["run.json"])["status"] == "finished"
 
 

@@ -10,6 +10,7 @@ import pytest
 from scalable_xmr.config import ResourceConfig, SDMLConfig, TrackingConfig
 from scalable_xmr.errors import XMRError
 from scalable_xmr.sdml.job import TrainRequest, train_sdml
+from scalable_xmr.store import torchfile, training_state
 from scalable_xmr.store.run_store import RunStore
 
 pytestmark = pytest.mark.slow
@@ -34,6 +35,8 @@ def _assert_complete(run_dir, modalities):
         assert store.model_path(m).is_file()
         for split in ("val", "test"):
             assert store.embeddings_path(m, split).is_file()
+        assert not training_state.state_files([store.checkpoint_path(m).parent])  # removed once finished
+    assert not (store.root / "joint_checkpoint.pt").exists()
     for plot in ("map_heatmap.png", "precision_recall.png", "precision_scope.png"):
         assert (store.plots_dir / plot).stat().st_size > 1000
     return meta.to_json(), metrics  # run.json as written
@@ -128,3 +131,69 @@ def test_resume_a_failed_run_trains_only_what_is_missing(tmp_path, small_xmedia,
                                 tracking=TrackingConfig(enabled=False)))
     assert again.results == {} and again.metrics == summary.metrics
     assert {p: p.read_bytes() for p in Path(req.run_dir).rglob("*") if p.is_file()} == before
+
+
+def test_a_failed_run_keeps_its_training_state_resumes_and_then_drops_it(tmp_path, small_xmedia, ray_local,
+                                                                        crash_after):
+    """Image's actor dies after its epoch-2 checkpoint and may not restart: the run fails and keeps
+    every checkpoint; --resume continues image from it; once finished, no training state is left."""
+    crash_after({"image": 2})
+    req = _request(tmp_path, small_xmedia, modalities=("image", "audio"),
+                   resources=ResourceConfig(max_restarts=0))
+    with pytest.raises(XMRError):
+        train_sdml(req)
+    store = RunStore(req.run_dir)
+    meta = store.read()
+    assert meta.status == "failed" and meta.modalities["image"]["status"] == "failed"
+    assert store.checkpoint_path("image").is_file()  # what --resume needs
+    if meta.modalities["audio"]["status"] == "finished":  # a finished part of a failed run keeps it too
+        assert store.checkpoint_path("audio").is_file()
+    summary = train_sdml(replace(req, resume=True))
+    assert summary.results["image"].resumed_at_epoch == [2]
+    _assert_complete(summary.run_dir, ["image", "audio"])
+    assert summary.training_state.startswith("removed ")
+
+
+def test_keep_checkpoints_patience_and_the_footer(tmp_path, small_xmedia, ray_local, capsys):
+    """--keep-checkpoints keeps a finished run's training state; --patience stops a modality (lr 1e-2
+    overfits this tiny data: image's best validation label loss comes within a few epochs) and
+    run.json and the footer say where; without it the footer names the flag."""
+    from scalable_xmr.cli.train import main as train_main
+    from scalable_xmr.config import patience_stop
+
+    def argv(run, *modalities):
+        return ["--data", small_xmedia, "--run", str(run), *sum((["--modality", m] for m in modalities), []),
+                "--dim", "32", "--batch-size", "20", "--lr", "1e-2", "--no-tracking", "--no-progress"]
+
+    run = tmp_path / "run"
+    kept = [*argv(run, "image", "3d"), "--epochs", "12", "--patience", "2", "--keep-checkpoints"]
+    assert train_main(kept) == 0
+    out = capsys.readouterr().out
+    store = RunStore(run)
+    meta = store.read_finished()
+    for m in ("image", "3d"):
+        entry, log = meta.modalities[m], json.loads(store.train_log_path(m).read_text())
+        vals = [h["loss_val_label"] for h in log["history"]]
+        stop = patience_stop(vals + [float("inf")] * (12 - len(vals)), 2, higher_is_better=False)
+        assert entry["patience"] == entry["config"]["patience"] == 2
+        assert entry["stopped_early"] == stop and entry["epochs"] == len(vals) == (stop or 12)
+        line = (f"stopped early at epoch {stop} of 12 (best epoch {entry['best_epoch']}, --patience 2)"
+                if stop else f"ran all 12 epochs (best epoch {entry['best_epoch']}, --patience 2)")
+        assert f"epochs        : {m}: {line}" in out
+        assert store.checkpoint_path(m).is_file() and torchfile.previous(store.checkpoint_path(m)).is_file()
+    assert meta.modalities["image"]["stopped_early"] < 12
+    assert "training state: kept (--keep-checkpoints): " in out
+    # --resume --keep-checkpoints of that finished run: it is only read, and its state is there
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert train_main([*kept, "--resume"]) == 0
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    # Without --patience, a best epoch in the first tenth: the footer names the flag.
+    assert train_main([*argv(tmp_path / "hint", "image"), "--epochs", "60"]) == 0
+    out = capsys.readouterr().out
+    log = json.loads(RunStore(tmp_path / "hint").train_log_path("image").read_text())
+    assert log["best_epoch"] <= 6 and log["patience"] is None  # in the first tenth
+    stop = patience_stop([h["loss_val_label"] for h in log["history"]], 6, higher_is_better=False)
+    hint = (f"epochs        : image: best epoch {log['best_epoch']} of 60; --patience 6 would have stopped "
+            f"at epoch {stop}")
+    assert stop and hint in out
+    assert "training state: removed " in out

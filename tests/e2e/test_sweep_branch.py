@@ -62,6 +62,8 @@ def test_mtfn_sweep_k_in_trial_mlflow_and_best_json(ray_local, pairs, tmp_path):
     summary = run_sweep(req)
     # 2 values of R x 1 sample; the 3 x 2 K grid is evaluated inside each trial, not as trials.
     assert summary.finished and summary.n_trials == 2
+    sweep = Path(summary.sweep_dir)  # finished: the trials' training state is gone, their models not
+    assert not list(sweep.glob("*/checkpoint_*")) and not list(sweep.rglob("last.pt*"))
     assert sorted(t.config["rank"] for t in summary.trials) == [1, 2]
     for trial in summary.trials:
         assert set(trial.config) == {"rank", "margin", "lr"}

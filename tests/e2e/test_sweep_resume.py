@@ -64,12 +64,17 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, 
     state = json.loads(log.read_text())
     finished_before, interrupted = state["completed"], state["interrupted"]
     assert len(finished_before) == 1 and interrupted not in finished_before
+    # Interrupted: the trials' state is kept, once -- in Tune's checkpoint folders; a trial that
+    # reported its checkpoint holds no copy of its own.
+    assert list(sweep.glob("*/checkpoint_*"))
+    assert not list((sweep / "trials" / finished_before[0]).rglob("last.pt*"))
 
     second = run_sweep(SweepRequest("sdml", "", storage=str(tmp_path / "sweeps"), name="r", resume=True,
                                     tracking=tracking, verbose=0))
     assert second.finished and second.n_trials == 3
     assert read_json(sweep / "sweep.json")["status"] == "finished"
     assert (sweep / "best.json").is_file()
+    assert not list(sweep.glob("*/checkpoint_*")) and not list(sweep.rglob("last.pt*"))  # finished: gone
     assert sorted(r.trial_id for r in second.trials) == sorted(p.name for p in (sweep / "trials").iterdir())
     for trial in second.trials:
         assert trial.metrics["training_iteration"] == 3 and trial.error is None

@@ -48,6 +48,11 @@ def test_sdml_sweep_mlflow_best_json_and_training_job(ray_local, small_xmedia, t
     summary = run_sweep(_request(small_xmedia, tmp_path, modalities=("audio", "text")))
     assert summary.finished and summary.n_trials == 4  # 2 modalities x 2 samples
     sweep = Path(summary.sweep_dir)
+    # Finished: no trial's training state is left (Tune's checkpoint folders, the trials' own); every
+    # trial keeps its selected model.
+    assert not list(sweep.glob("*/checkpoint_*")) and not list(sweep.rglob("last.pt*"))
+    assert all((sweep / "trials" / t.trial_id / "modalities" / t.config["modality"] / "model.pt").is_file()
+               for t in summary.trials)
 
     # MLflow: one parent, one child per trial under it, with the trial's config and per-epoch metrics.
     client, parents, children = _mlflow_runs(tmp_path)

@@ -267,21 +267,35 @@ def test_precision_scope_curve_matches_reference():
     q, g, ql, gl = _data(seed=6, n_g=25, multi=True)
     scopes, prec = precision_scope_curve(q, g, ql, gl, scopes=[1, 5, 10, 25], chunk_size=4)
     np.testing.assert_allclose(prec, scope_reference(q, g, ql, gl, [1, 5, 10, 25]), atol=1e-12)
-    default_scopes, _ = precision_scope_curve(q, g, ql, gl)  # gallery < 100: 10 spread K
-    assert default_scopes[0] == 1 and default_scopes[-1] == 25
+    default_scopes, _ = precision_scope_curve(q, g, ql, gl)  # scope_levels(25): from 1 to 25
+    assert default_scopes.tolist() == list(scope_levels(25))
 
 
-def test_scope_levels_are_the_papers_capped_by_the_gallery():
-    # SDML Fig. 2-4: K = 100, 200, ..., 1000, only those a gallery of that size can return
-    assert scope_levels(250) == (100, 200)
-    assert scope_levels(1500) == (100, 200, 300, 400, 500, 600, 700, 800, 900, 1000)
-    assert scope_levels(1000)[-1] == 1000 and scope_levels(100) == (100,)
-    assert scope_levels(25) == (1, 4, 6, 9, 12, 14, 17, 20, 22, 25)  # fallback: 10 spread K
-    assert scope_levels(3) == (1, 2, 3)
+@pytest.mark.parametrize("n", [1, 3, 25, 100, 250, 400, 999, 1000, 1500, 10_000])
+def test_scope_levels_span_the_gallery_with_the_papers_k_that_fit(n):
+    ks = scope_levels(n)
+    assert ks[0] == 1 and ks[-1] == n and list(ks) == sorted(set(ks))  # 1 .. N, increasing
+    assert len(ks) <= 30  # about 20 log-spaced points plus the paper's ten at most
+    paper = [k for k in range(100, 1001, 100) if k <= n]
+    assert set(paper) <= set(ks)  # SDML Fig. 4's K = 100..1000, those that fit
+    others = [k for k in ks if k not in paper and k != n]
+    assert all(abs(k - p) >= 0.1 * p for k in others for p in paper)  # no near-duplicate of them
+
+
+def test_scope_levels_adapt_to_small_galleries():
+    # a 100-item demo gallery: a whole curve from 1 to 100 (the paper's grid gave one point)
+    assert scope_levels(100) == (1, 2, 3, 4, 5, 7, 9, 11, 14, 18, 23, 30, 38, 48, 62, 78, 100)
+    # mfeat's 400-item test split: 1 .. 400, with the paper's 100, 200, 300 (it gave those 4 only)
+    assert scope_levels(400) == (1, 2, 3, 4, 5, 7, 9, 12, 17, 23, 32, 44, 60, 83, 100, 113, 155, 200,
+                                 300, 400)
+    big = scope_levels(1500)  # >= 1000 items: the paper's ten K, and the curve goes on to N
+    assert set(range(100, 1001, 100)) <= set(big) and big[-3:] == (900, 1000, 1500)
+    assert scope_levels(3) == (1, 2, 3) and scope_levels(1) == (1,)
+    assert scope_levels(10, n_points=4) == (1, 2, 5, 10)
     q, g, ql, gl = _data(seed=8, n_q=4, n_g=250, dim=3)
     scopes, prec = precision_scope_curve(q, g, ql, gl)
-    assert scopes.tolist() == [100, 200]
-    np.testing.assert_allclose(prec, scope_reference(q, g, ql, gl, [100, 200]), atol=1e-12)
+    assert scopes.tolist() == list(scope_levels(250)) and {100, 200} <= set(scopes.tolist())
+    np.testing.assert_allclose(prec, scope_reference(q, g, ql, gl, scopes.tolist()), atol=1e-12)
 
 
 # ------------------------------------------------------------------ R@K

@@ -40,3 +40,25 @@ def test_joint_equals_separate_trainings(tmp_path, small_xmedia, one_torch_threa
         b = RunStore(tmp_path / "alone").load_model(job.modality)["state_dict"]
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_joint_patience_stops_each_modality_on_its_own(tmp_path, small_xmedia, one_torch_thread):
+    """A modality whose patience runs out adds no more loss (its network takes no more Adam steps)
+    while the others train on: the joint loop stops each one where the parallel strategy would."""
+    cfg = SDMLConfig(**{**CFG.to_dict(), "epochs": 6, "patience": 2, "checkpoint_every": 100})
+    js = [ModalityJob(**{**vars(j), "config": cfg})
+          for j in jobs(tmp_path / "j", small_xmedia, ("image", "audio"))]
+    joint = JointTrainer(js)
+    losses = {"image": [3.0, 2.0, 2.5, 2.4, 1.0, 1.0], "audio": [3.0, 2.9, 2.8, 2.7, 2.6, 2.5]}
+    for t in joint.trainers:
+        real = t.val_label_loss
+        t.val_label_loss = (lambda t=t, real=real: (real(), losses[t.job.modality][t.epoch - 1])[1])
+    results = joint.fit()
+    assert (results["image"].epochs, results["image"].stopped_early) == (4, 4)
+    assert (results["audio"].epochs, results["audio"].stopped_early) == (6, None)
+    assert len(results["image"].history) == 4 and len(results["audio"].history) == 6
+    for t, epochs in zip(joint.trainers, (4, 6), strict=True):  # Adam steps: its epochs' batches only
+        steps = epochs * (len(t.x["train"]) // cfg.batch_size)
+        assert all(int(joint.optimizer.state[p]["step"]) == steps for p in t.model.parameters())
+    again = ModalityTrainer(js[0])  # its stop epoch was checkpointed: a restart trains nothing more
+    assert again.done and again.stopped_early == 4

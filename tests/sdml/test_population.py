@@ -139,3 +139,43 @@ def test_a_checkpoint_of_the_old_weight_layout_is_refused_in_one_line(tmp_path, 
     torchfile.save(state, path)
     with pytest.raises(InputError, match=r"written by an older version \(weights stored \(N, out, in\)"):
         PopulationTrainer(_job(tmp_path, small_xmedia, BASE), CONFIGS[:2])
+
+
+def test_patience_masks_each_member_on_its_own(tmp_path, small_xmedia, one_torch_thread):
+    """Per-member early stopping: a member whose patience runs out keeps its record from then on
+    (history, selection, epochs), the others train on; the population ends when all are done."""
+    losses = [[3.0, 2.0, 2.5, 2.0, 2.1, 2.2, 2.3, 2.4],   # best 2: stops at 4 (patience 2)
+              [3.0, 2.0, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5],   # improves every epoch: runs all 8
+              [3.0, 2.0, 1.0, 1.5, 1.6, 0.2, 0.3, 0.4]]   # best 3: stops at 5
+    configs = [dataclasses.replace(c, epochs=8, patience=2, checkpoint_every=100) for c in CONFIGS]
+    pop = PopulationTrainer(_job(tmp_path / "pop", small_xmedia, configs[0]), configs)
+    real = pop.val_label_loss
+
+    def crafted():
+        real()
+        return torch.tensor([row[pop.epoch - 1] for row in losses])
+
+    pop.val_label_loss = crafted
+    out_dirs = [tmp_path / f"out{i}" for i in range(3)]
+    pop.fit(out_dirs=out_dirs)
+    assert pop.epoch == 8 and pop.done
+    assert [m.stopped_early for m in pop.members] == [4, None, 5]
+    assert [len(m.history) for m in pop.members] == [4, 8, 5]
+    assert [m.best_epoch for m in pop.members] == [2, 8, 3]  # member 2's 0.2 at epoch 6 came too late
+    import json
+
+    logs = [json.loads(RunStore(d).train_log_path("image").read_text()) for d in out_dirs]
+    assert [(log["epochs"], log["stopped_early"], log["patience"]) for log in logs] == [
+        (4, 4, 2), (8, None, 2), (5, 5, 2)]
+    # A resumed population (checkpoint of its last epoch) restores each member's stop.
+    again = PopulationTrainer(_job(tmp_path / "pop", small_xmedia, configs[0]), configs)
+    assert [m.stopped_early for m in again.members] == [4, None, 5] and again.done
+
+
+def test_a_population_whose_members_all_stop_ends_early(tmp_path, small_xmedia, one_torch_thread):
+    configs = [dataclasses.replace(c, epochs=8, patience=1, checkpoint_every=100) for c in CONFIGS[:2]]
+    pop = PopulationTrainer(_job(tmp_path / "pop", small_xmedia, configs[0]), configs)
+    real = pop.val_label_loss
+    pop.val_label_loss = lambda: (real(), torch.tensor([1.0, 1.0]))[1]  # never better than epoch 1
+    pop.fit()
+    assert pop.epoch == 2 and [m.stopped_early for m in pop.members] == [2, 2]

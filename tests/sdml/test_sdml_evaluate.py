@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from scalable_xmr.errors import InputError
+from scalable_xmr.functional.retrieval import scope_levels
 from scalable_xmr.sdml import evaluate
 from scalable_xmr.sdml.job import make_plots
 from scalable_xmr.tracking import plots
@@ -46,9 +47,9 @@ def test_precision_scope_plot_uses_the_papers_scopes(tmp_path, monkeypatch):
     seen = {}
     real_curves = plots.curves
 
-    def spy(data, path, *args):
+    def spy(data, path, *args, **kwargs):
         seen[path.name] = {pair: x.tolist() for pair, (x, _) in data.items()}
-        return real_curves(data, path, *args)
+        return real_curves(data, path, *args, **kwargs)
 
     monkeypatch.setattr(plots, "curves", spy)
     maps = {evaluate.pair_key(q, t): 0.5 for q, t in evaluate.all_pairs(list(emb))}
@@ -56,8 +57,10 @@ def test_precision_scope_plot_uses_the_papers_scopes(tmp_path, monkeypatch):
     paths = make_plots(SimpleNamespace(plots_dir=tmp_path), metrics, emb)
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
     scopes = seen["precision_scope.png"]
-    # SDML Fig. 2-4: K = 100, ..., 1000 within the target gallery (250 -> 100, 200; 1500 -> all ten)
-    assert scopes[("text", "image")] == list(range(100, 1001, 100))
-    assert scopes[("image", "text")] == [100, 200] == scopes[("3d", "text")]
-    # a gallery under 100 items: the documented fallback, 10 K spread over [1, 40]
-    assert scopes[("image", "3d")] == [1, 5, 10, 14, 18, 23, 27, 31, 36, 40]
+    # K from 1 to each target gallery's size, with SDML Fig. 2-4's K = 100..1000 that fit it
+    # (functional.retrieval.scope_levels: 1500 -> all ten; 250 -> 100, 200; 40 -> none)
+    assert scopes[("text", "image")] == list(scope_levels(1500))
+    assert set(range(100, 1001, 100)) <= set(scopes[("text", "image")])
+    assert scopes[("image", "text")] == list(scope_levels(250)) == scopes[("3d", "text")]
+    assert {100, 200} <= set(scopes[("image", "text")]) and scopes[("image", "text")][-1] == 250
+    assert scopes[("image", "3d")] == list(scope_levels(40)) and scopes[("image", "3d")][0] == 1

@@ -191,3 +191,89 @@ def test_no_checkpoint_at_end_when_asked(tmp_path, small_xmedia):
     assert seen == [(1, False), (2, True), (3, False)]
     state = torchfile.load(RunStore(tmp_path / "run").checkpoint_path("image"))
     assert state["epoch"] == 2
+
+
+# ---- early stopping (--patience) ------------------------------------------------------------------
+# Validation label losses per epoch: best at 2, 4 ties it (no improvement), 5 improves.
+VAL_LOSSES = [3.0, 2.0, 2.5, 2.0, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0]
+
+
+@pytest.mark.parametrize(("patience", "stop"), [(1, 3), (2, 4), (3, 8), (4, 9), (5, None), (9, None)])
+def test_patience_rule_on_a_crafted_sequence(patience, stop):
+    from scalable_xmr.config import patience_exhausted, patience_stop
+
+    assert patience_stop(VAL_LOSSES, patience, higher_is_better=False) == stop
+    # the same sequence as rsum (higher is better): negate it
+    assert patience_stop([-v for v in VAL_LOSSES], patience, higher_is_better=True) == stop
+    assert not patience_exhausted(10, 1, None)  # off
+    assert patience_exhausted(21, 1, 20) and not patience_exhausted(20, 1, 20)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 1.5, True, "2"])
+def test_patience_must_be_a_positive_whole_number(bad):
+    with pytest.raises(InputError, match="patience must be a whole number of epochs >= 1"):
+        SDMLConfig(patience=bad)
+
+
+def _crafted(trainer: ModalityTrainer, losses: list[float]) -> None:
+    """Make ``trainer``'s validation losses follow ``losses`` (training itself runs as usual)."""
+    real = trainer.val_label_loss
+    trainer.val_label_loss = lambda: (real(), losses[trainer.epoch - 1])[1]
+
+
+@pytest.mark.parametrize(("patience", "stop"), [(2, 4), (3, 8)])
+def test_patience_stops_the_trainer_at_the_rule_s_epoch_and_resume_keeps_the_count(
+        tmp_path, small_xmedia, patience, stop):
+    cfg = SDMLConfig(**{**CFG.to_dict(), "epochs": len(VAL_LOSSES), "patience": patience,
+                        "checkpoint_every": 100})
+    trainer = ModalityTrainer(_job(tmp_path, small_xmedia, cfg=cfg))
+    _crafted(trainer, VAL_LOSSES)
+    result = trainer.fit()
+    assert (result.epochs, result.stopped_early, result.planned_epochs) == (stop, stop, len(VAL_LOSSES))
+    assert result.best_epoch == (2 if stop == 4 else 5)
+    assert [h["epoch"] for h in result.history] == list(range(1, stop + 1))
+    log = RunStore(tmp_path / "run").train_log_path("image").read_text()
+    assert f'"stopped_early": {stop}' in log and f'"patience": {patience}' in log
+    assert result.footer_note() == (f"image: stopped early at epoch {stop} of 10 (best epoch "
+                                    f"{result.best_epoch}, --patience {patience})")
+    # The stop epoch was checkpointed (the end of training): a restarted actor trains nothing more.
+    again = ModalityTrainer(_job(tmp_path, small_xmedia, cfg=cfg))
+    assert again.epoch == stop and again.done and again.stopped_early == stop
+
+
+def test_patience_survives_a_resume_from_an_earlier_checkpoint(tmp_path, small_xmedia):
+    """Checkpointed at epoch 3 (best 2): the counter is epoch - best epoch, both in the checkpoint,
+    so the resumed trainer stops at epoch 4 as an uninterrupted one does."""
+    cfg = SDMLConfig(**{**CFG.to_dict(), "epochs": len(VAL_LOSSES), "patience": 2, "checkpoint_every": 100})
+    first = ModalityTrainer(_job(tmp_path, small_xmedia, cfg=cfg))
+    _crafted(first, VAL_LOSSES)
+    for _ in range(3):
+        first.record(first.train_epoch())
+    first.save_checkpoint()
+    resumed = ModalityTrainer(_job(tmp_path, small_xmedia, cfg=cfg))
+    assert (resumed.epoch, resumed.best_epoch, resumed.done) == (3, 2, False)
+    _crafted(resumed, VAL_LOSSES)
+    result = resumed.fit()
+    assert (result.epochs, result.stopped_early, result.resumed_at_epoch) == (4, 4, [3])
+
+
+def test_a_checkpoint_from_before_patience_existed_resumes(tmp_path, small_xmedia):
+    """A checkpoint whose config has no ``patience`` key (written before the field) is continued."""
+    t = ModalityTrainer(_job(tmp_path, small_xmedia))
+    t.record(t.train_epoch())
+    t.save_checkpoint()
+    path = RunStore(tmp_path / "run").checkpoint_path("image")
+    state = torchfile.load(path)
+    del state["config"]["patience"]
+    torchfile.save(state, path)
+    assert ModalityTrainer(_job(tmp_path, small_xmedia)).resumed_at == [1]
+
+
+def test_footer_hints_at_patience_when_the_best_epoch_came_early():
+    from scalable_xmr.sdml.trainer import TrainResult
+
+    history = [{"epoch": e, "loss_val_label": 1.0 if e == 1 else 2.0} for e in range(1, 201)]
+    late = [{"epoch": e, "loss_val_label": 100.0 - e} for e in range(1, 201)]
+    hint = TrainResult("image", 1, 1.0, 200, history=history, planned_epochs=200).footer_note()
+    assert hint == "image: best epoch 1 of 200; --patience 20 would have stopped at epoch 21"
+    assert TrainResult("image", 200, 1.0, 200, history=late, planned_epochs=200).footer_note() is None

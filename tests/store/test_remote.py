@@ -180,3 +180,26 @@ def test_a_modality_actor_pulls_the_run_top_and_its_own_modality_only(env, tmp_p
     assert (whole.modality_dir("b") / "embeddings" / "val.parquet").read_text() == "b"
     with pytest.raises(ValueError, match="prune needs the whole run"):
         remote.pull(remote.mirror(uri), prune=True, subdirs=("modalities/a",))
+
+
+def test_dropping_training_state_deletes_it_in_the_bucket_too(env, tmp_path, monkeypatch):
+    """A finished run's checkpoints go from the bucket as well -- also one the mirror lacks (an
+    actor on another node uploaded it) -- and nothing else does."""
+    from scalable_xmr.store import training_state
+
+    uri = f"s3://{BUCKET}/runs/slim"
+    store = RunStore(uri)
+    store.root.mkdir(parents=True)
+    store.write(sdml_meta())
+    for m in ("a", "b"):
+        torchfile.save_rotating({"epoch": 1}, store.checkpoint_path(m))
+        torchfile.save_rotating({"epoch": 2}, store.checkpoint_path(m))
+        torchfile.save({"w": m}, store.model_path(m))
+    store.checkpoint_path("b").unlink()  # in the bucket, not in this mirror
+    assert {f"modalities/{m}/checkpoints/last.pt" for m in "ab"} <= set(objects(env, "runs/slim"))
+    dropped = training_state.drop([store.checkpoint_path(m).parent for m in "ab"])
+    assert dropped.files == 3  # what this mirror held: a's two, b's .prev
+    assert set(objects(env, "runs/slim")) == {"run.json", "modalities/a/model.pt", "modalities/b/model.pt"}
+    monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "cache-b"))  # another machine reads it back
+    fresh = RunStore(uri)
+    assert not any(p.name.startswith("last.pt") for p in fresh.root.rglob("*"))

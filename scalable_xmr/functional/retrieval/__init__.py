@@ -19,6 +19,7 @@ from scalable_xmr.functional.retrieval.average_precision import (
 from scalable_xmr.functional.retrieval.checks import ArrayLike as ArrayLike  # type alias, not in __all__
 from scalable_xmr.functional.retrieval.checks import as_float_matrix
 from scalable_xmr.functional.retrieval.curves import (
+    PAPER_SCOPES,
     precision_recall_curve,
     precision_scope_curve,
     scope_levels,
@@ -36,6 +37,7 @@ __test__ = {"mean_average_precision": mean_average_precision, "recall_at_k": rec
 
 __all__ = [
     "NO_RELEVANT_MODES",
+    "PAPER_SCOPES",
     "as_float_matrix",
     "average_precision_per_query",
     "check_no_relevant",

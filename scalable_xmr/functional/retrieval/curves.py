@@ -62,20 +62,30 @@ def precision_recall_curve(
 # SDML Fig. 2-4 (after its ref. [43]): precision at the top K = 100, 200, ..., 1000 items returned
 # (Wikipedia's curves stop at 800, the others at 1000).
 PAPER_SCOPES = tuple(range(100, 1001, 100))
-_FALLBACK_POINTS = 10
+SCOPE_POINTS = 20  # log-spaced K over [1, n_gallery], before rounding drops duplicates
 
 
-def scope_levels(n_gallery: int) -> tuple[int, ...]:
+def scope_levels(n_gallery: int, n_points: int = SCOPE_POINTS) -> tuple[int, ...]:
     """The scopes K of a precision-scope curve over a gallery of ``n_gallery`` items.
 
-    SDML's K = 100, 200, ..., 1000, those that fit the gallery (K <= n_gallery): a gallery of 250
-    gives (100, 200), one of 1500 all ten. Fallback (not in the paper, whose galleries hold
-    hundreds of items or more): a gallery smaller than 100 gets 10 evenly spaced K from 1 to
-    n_gallery (rounded, duplicates dropped), so a small test split still draws a curve.
+    ``n_points`` log-spaced K from 1 to ``n_gallery`` (rounded, duplicates dropped) together with
+    SDML's K = 100, 200, ..., 1000 that fit the gallery (K <= n_gallery); a spread K within 10% of
+    one of the paper's gives way to it. So every gallery draws a whole curve, and one of 1000 items
+    or more has the paper's ten points. Deviation from SDML Fig. 4, which plots only K = 100..1000:
+    its galleries hold thousands of items, ours often fewer (a 400-item mfeat test split, a
+    100-item demo), where K >= 100 shows little more than the ceiling (relevant items) / K.
+
+    Example:
+        >>> scope_levels(10)
+        (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+        >>> scope_levels(400)
+        (1, 2, 3, 4, 5, 7, 9, 12, 17, 23, 32, 44, 60, 83, 100, 113, 155, 200, 300, 400)
     """
     n = check_positive_int(n_gallery, "n_gallery")
-    ks = tuple(k for k in PAPER_SCOPES if k <= n)
-    return ks or tuple(sorted(set(np.linspace(1, n, _FALLBACK_POINTS).round().astype(int).tolist())))
+    paper = [k for k in PAPER_SCOPES if k <= n]
+    spread = np.geomspace(1, n, check_positive_int(n_points, "n_points")).round().astype(int).tolist()
+    spread = [k for k in spread if k == n or all(abs(k - p) >= 0.1 * p for p in paper)]
+    return tuple(sorted({*spread, *paper}))
 
 
 def precision_scope_curve(
@@ -88,9 +98,9 @@ def precision_scope_curve(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean precision@K over all queries for each scope K (SDML Fig. 2-4, right panels).
 
-    ``scopes`` defaults to :func:`scope_levels` of the gallery: K = 100, 200, ..., 1000 (SDML,
-    after its ref. [43]) up to the gallery size, or 10 evenly spaced K in [1, n_gallery] when the
-    gallery has fewer than 100 items. Returns (scopes, precision).
+    ``scopes`` defaults to :func:`scope_levels` of the gallery: 20 log-spaced K in [1, n_gallery]
+    and SDML's K = 100, 200, ..., 1000 (after its ref. [43]) up to the gallery size. Returns
+    (scopes, precision).
     """
     q, g, ql, gl = check_retrieval_inputs(
         query_emb, gallery_emb, query_labels, gallery_labels, chunk_size
