@@ -412,7 +412,50 @@ CASES: list[Case] = [
     Case("track", "a run that is not finished", lambda c: ["track", "--run", _unfinished(c.run)],
          "not a finished run (status 'running')", RUN_KEPT),
     Case("track", "a directory that is not a run", lambda c: ["track", "--run", str(c.root)], "not a run directory (no run.json)"),
+    # xmr serve / index / search: refused before torch or Ray loads (tests/serving/test_preflight.py)
+    Case("serve", "a run that is not finished", lambda c: ["serve", "--run", _unfinished(c.run)],
+         "not a finished run (status 'running')", RUN_KEPT),
+    Case("serve", "a --modality the run lacks", lambda c: ["serve", "--run", c.run, "--modality", "smell"],
+         "--modality: unknown modality 'smell'", RUN_KEPT),
+    Case("serve", "a --port already in use", lambda c: ["serve", "--run", c.run, "--port", str(_busy_port(c))],
+         "cannot listen on 127.0.0.1:", RUN_KEPT),
+    Case("serve", "an --index built by another run", lambda c: ["serve", "--run", c.run, "--index", f"image={_foreign_index(c)}"],
+         "built by another run (P sha256 ffffffffffff", RUN_KEPT),
+    Case("serve", "an --index of a modality not served", lambda c: ["serve", "--run", c.run, "--modality", "text", "--index", f"image={_foreign_index(c)}"],
+         "modality 'image' is not served (serving: text)", RUN_KEPT),
+    Case("index", "a --table that does not exist", lambda c: ["index", "--run", c.run, "--modality", "image", "--table", str(c.root / "nope.parquet")],
+         "nope.parquet: not found", RUN_KEPT),
+    Case("index", "an --out that is not empty", lambda c: ["index", "--run", c.run, "--modality", "image", "--table", c.file("t.parquet", b""), "--out", str(Path(c.file("full/x", "x")).parent)],
+         "exists and is not empty; choose another path", RUN_KEPT),
+    Case("index", "an --out inside a file", lambda c: ["index", "--run", c.run, "--modality", "image", "--table", c.file("t.parquet", b""), "--out", c.afile + "/index"],
+         "cannot be written", RUN_KEPT),
+    Case("search", "an --out that is a directory", lambda c: ["search", "--run", c.run, "--query-modality", "text", "--query-table", c.file("q.parquet", b""), "--target", "image", "--out", str(c.root)],
+         "is a directory; give a file path", RUN_KEPT),
+    Case("search", "a run that is not finished", lambda c: ["search", "--run", _unfinished(c.run), "--query-modality", "text", "--query-table", c.file("q.parquet", b""), "--target", "image"],
+         "not a finished run (status 'running')", RUN_KEPT),
 ]
+
+
+def _busy_port(ctx: Ctx) -> int:
+    """A port with a listening socket on 127.0.0.1, held until the case ends."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    ctx.made["socket"] = sock
+    return sock.getsockname()[1]
+
+
+def _foreign_index(ctx: Ctx) -> str:
+    """An index directory whose sidecar names another run's P."""
+    path = ctx.root / "foreign-index"
+    if not path.exists():
+        path.mkdir()
+        (path / "_xmr_index.json").write_text(json.dumps({"format": "scalable_xmr.index/1", "modality": "image",
+                                                          "fingerprint": "f" * 64, "run": "/elsewhere"}))
+        (path / "part-0.parquet").write_bytes(b"")
+    return str(path)
 
 
 def make_pairs_run(ctx: Ctx) -> str:

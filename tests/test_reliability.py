@@ -48,6 +48,8 @@ def test_bad_input_is_one_line_exit_2_and_loses_nothing(case, tmp_path, capsys, 
         if holder is not None:
             holder.kill()
             holder.wait()
+        if ctx.made.get("socket") is not None:  # a port held busy by the case
+            ctx.made["socket"].close()
 
 
 def test_reliability_md_is_the_catalogue():

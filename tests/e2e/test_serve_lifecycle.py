@@ -191,3 +191,18 @@ def test_sigkill_of_index_leaves_no_process(vse_run, tmp_path):
     while alive(procs) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not alive(procs), alive(procs)
+
+
+def test_the_docs_http_example_runs(vse_run, tmp_path):
+    """docs/search.md's text -> image block, as written, against a trained VSE run on a free port."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "search.md").read_text()
+    block = text.split("<!-- one shell script")[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    assert "RUN=runs/pairs PORT=8000" in block
+    script = block.replace("RUN=runs/pairs PORT=8000", f"RUN={vse_run[0]} PORT={free_port()}")
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parents[1])
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    answers = [json.loads(line) for line in done.stdout.replace("}{", "}\n{").splitlines() if line.strip()]
+    assert [len(a["hits"]) for a in answers] == [3, 2], answers
+    assert [a["gallery"] for a in answers] == ["image stored test split", "text stored test split"]
