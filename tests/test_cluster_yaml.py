@@ -1,11 +1,30 @@
 """cluster.yaml must pass Ray's own cluster-config validator and install this package."""
 
+import json
+import socket
 from pathlib import Path
 
+import jsonschema
+import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from scalable_xmr.distributed.launcher_config import cloud_config_problem
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    """Nothing here may reach a cloud API: any connection but to 127.0.0.1 fails the test."""
+    real = socket.socket.connect
+
+    def connect(self, address):
+        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "localhost", "::1"):
+            raise AssertionError(f"a test tried to connect to {address}")
+        return real(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
 
 
 def load():
@@ -74,3 +93,65 @@ def test_torch_is_pinned_and_installed_before_the_package():
     package = [i for i, c in enumerate(setup) if "-e ~/scalable-xmr-src" in c]
     assert len(torch) == 1 and setup[torch[0]].split()[-1] == "torch==2.13.0"
     assert package and torch[0] < package[0]
+
+
+def test_nodes_run_rays_image_for_the_pinned_ray_on_python_311():
+    """Ray's default AMI has an older python3: every node runs in rayproject/ray for Ray 2.60 on
+    Python 3.11, the GPU workers in its CUDA variant."""
+    docker = load()["docker"]
+    assert docker["head_image"].startswith("rayproject/ray:2.60.0-py311-")
+    assert docker["worker_image"] == "rayproject/ray:2.60.0-py311-gpu"
+    pins = (ROOT / "pyproject.toml").read_text()
+    assert "ray[default,train,tune,serve]==2.60.*" in pins  # the image's Ray is the package's pin
+
+
+def test_head_and_workers_get_an_instance_profile_whose_policy_ships_here():
+    cfg = load()
+    types = cfg["available_node_types"]
+    profiles = {t: v["node_config"]["IamInstanceProfile"]["Name"] for t, v in types.items()}
+    assert set(profiles) == set(cfg["available_node_types"])  # every node type, the head included
+    policy = json.loads((ROOT / "cluster" / "iam-policy.json").read_text())
+    grants = {a: s["Resource"] for s in policy["Statement"] for a in s["Action"]}
+    bucket = grants["s3:ListBucket"]
+    assert bucket.startswith("arn:aws:s3:::") and "*" not in bucket  # one bucket, not all of S3
+    for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"):
+        assert grants[action] == bucket + "/*"
+    assert all(a.startswith("s3:") for a in grants)
+    autoscaler = json.loads((ROOT / "cluster" / "autoscaler-policy.json").read_text())
+    passes = [s for s in autoscaler["Statement"] if s["Action"] == "iam:PassRole"]
+    worker_profile = profiles[next(t for t in profiles if t != cfg["head_node_type"])]
+    assert passes and passes[0]["Resource"].endswith(f":role/{worker_profile}")
+
+
+def test_the_head_starts_mlflow_and_advertises_it_to_jobs():
+    from scalable_xmr.tracking.runs import CLUSTER_TRACKING_FILE
+
+    head = load()["head_start_ray_commands"]
+    server = [c for c in head if "mlflow server" in c]
+    assert len(server) == 1 and "--port 5000" in server[0] and "--host 127.0.0.1" in server[0]
+    assert "--backend-store-uri sqlite:///$HOME/" in server[0]  # absolute: $HOME is /home/...
+    assert any(c.endswith(f"> ~/{CLUSTER_TRACKING_FILE}") and "http://127.0.0.1:5000" in c for c in head)
+    ray_start = next(i for i, c in enumerate(head) if c.startswith("ray start"))
+    assert ray_start < head.index(server[0])  # `ray stop` first would not end MLflow; the pid file does
+
+
+def test_cluster_yaml_validates_with_rays_schema_directly():
+    """The same check as validate_config, spelled out: ray-schema.json through jsonschema."""
+    import ray.autoscaler
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(prepare_config(load()), schema)
+
+
+def test_a_broken_cluster_yaml_is_named_in_one_line():
+    assert cloud_config_problem(load()) is None
+    cfg = load()
+    cfg["available_node_types"]["worker_gpu"]["resources"]["GPU"] = 0.5
+    assert cloud_config_problem(cfg).startswith("available_node_types.worker_gpu.resources.GPU: 0.5 is not")
+    cfg = load()
+    cfg["docker"]["imag"] = "x"
+    assert "docker: Additional properties are not allowed ('imag'" in cloud_config_problem(cfg)
+    cfg = load()
+    cfg["head_node_type"] = "head_gpu"
+    assert "head_node_type" in cloud_config_problem(cfg)
+    assert cloud_config_problem(["not", "a", "mapping"]) == "not a cluster config (a YAML mapping)"

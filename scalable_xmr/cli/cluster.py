@@ -5,9 +5,12 @@
     ray submit cluster-local.yaml jobs/train_xmedia.py -- --epochs 3 --run $PWD/runs/local
     ray down -y cluster-local.yaml
 
-The same file mounts, setup and start commands as cluster.yaml (so trying it here tries them);
+The same file mounts, setup and Ray start commands as cluster.yaml (so trying it here tries them);
 the provider is Ray's ``local`` one with a single head at --head-ip, reached over SSH as --ssh-user,
 and every Ray port is set (defaults: Ray's own) so it can live beside another Ray on the machine.
+cluster.yaml's ``docker:`` image, node types (instance types, IAM profiles) and the head's MLflow
+server are left out; the command prints what it changed. A --config that Ray's own validation
+refuses (what ``ray up`` would) is refused first, in one line.
 ``python -m scalable_xmr.cli.cluster`` takes the same arguments.
 """
 
@@ -19,7 +22,13 @@ import sys
 from pathlib import Path
 
 from scalable_xmr.cli.common import run_job
-from scalable_xmr.distributed.launcher_config import LocalNode, LocalPorts, local_config
+from scalable_xmr.distributed.launcher_config import (
+    LocalNode,
+    LocalPorts,
+    cloud_config_problem,
+    local_changes,
+    local_config,
+)
 from scalable_xmr.errors import InputError, MissingError
 
 PORTS = {  # flag -> LocalPorts field
@@ -58,9 +67,13 @@ def write_local_config(args: argparse.Namespace) -> int:
     key = Path(args.ssh_key).expanduser()
     if not key.is_file():
         raise MissingError(f"--ssh-key {args.ssh_key}: no such file")
-    cloud = yaml.safe_load(src.read_text())
-    if not isinstance(cloud, dict):
-        raise InputError(f"--config {args.config}: not a cluster config (a YAML mapping)")
+    try:
+        cloud = yaml.safe_load(src.read_text())
+    except yaml.YAMLError as e:
+        raise InputError(f"--config {args.config}: not YAML ({str(e).splitlines()[0]})") from None
+    problem = cloud_config_problem(cloud)
+    if problem:  # what `ray up cluster.yaml` would refuse, said before deriving anything from it
+        raise InputError(f"--config {args.config}: {problem}")
     values = {flag: getattr(args, flag.lstrip("-").replace("-", "_")) for flag in PORTS}
     for flag, value in values.items():
         if not 1 <= value <= 65535:
@@ -78,6 +91,9 @@ def write_local_config(args: argparse.Namespace) -> int:
     out.write_text(header + yaml.safe_dump(cfg, sort_keys=False, width=1000))
     print(f"wrote {out} (head {args.head_ip}, user {args.ssh_user}, "
           f"dashboard http://{args.head_ip}:{ports.dashboard})")
+    print(f"changed from {args.config}:")
+    for change in local_changes(cloud, cfg):
+        print(f"  {change}")
     return 0
 
 

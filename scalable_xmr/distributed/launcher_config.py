@@ -2,7 +2,11 @@
 
 ``local_config`` derives it from the cloud config, so the two cannot drift: the same file mounts,
 rsync rules, setup commands and Ray start commands; only the provider (``local``, one head at
-``head_ip``, no workers), the SSH login and the ports differ. The local provider rejects
+``head_ip``, no workers: the node types with their instance types and IAM instance profiles go), the
+SSH login and the ports differ, the ``docker:`` section goes (commands run in the login user's shell),
+and of the head's start commands only the ``ray`` ones stay (the cloud head's MLflow server would
+outlive ``ray down`` here and take port 5000). ``local_changes`` lists exactly that, for
+``xmr local-cluster`` to print. The local provider rejects
 ``available_node_types``, so the result is a separate file (``python -m scalable_xmr.cli.cluster
 local-config``); tests/e2e/test_cluster_launcher.py runs ``ray up`` / ``submit`` / ``job submit`` /
 ``down`` with it.
@@ -87,6 +91,58 @@ def _start_commands(commands: list[str], flags: dict[str, str]) -> list[str]:
     return [with_flags(c, flags) if c.split()[:2] == ["ray", "start"] else c for c in commands]
 
 
+def _is_ray_command(command: str) -> bool:
+    return command.split()[:1] == ["ray"]
+
+
+def cloud_config_problem(cloud: Any) -> str | None:
+    """Why Ray's own cluster-config validation (``ray up`` runs the same) refuses ``cloud``, in one
+    line naming the key, or None. Offline: the provider's defaults are a file in the Ray wheel; no
+    cloud API is called."""
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    if not isinstance(cloud, dict):
+        return "not a cluster config (a YAML mapping)"
+    try:
+        validate_config(prepare_config(cloud))
+    except jsonschema.ValidationError as e:
+        where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+        return f"{where}: {e.message.splitlines()[0]} (Ray's cluster-config schema)"
+    except (ValueError, KeyError, TypeError, NotImplementedError, RuntimeError) as e:
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}"
+    return None
+
+
+def local_changes(cloud: dict[str, Any], local: dict[str, Any]) -> list[str]:
+    """What the local twin ``local`` changes from ``cloud``, one line each (``xmr local-cluster``
+    prints them)."""
+    changes = [f"provider: {cloud.get('provider', {}).get('type')} -> local "
+               f"(head {local['provider']['head_ip']}, no workers)"]
+    if "docker" in cloud:
+        d = cloud["docker"]
+        images = sorted({d[k] for k in ("image", "head_image", "worker_image") if k in d})
+        changes.append(f"docker: dropped ({', '.join(images) or 'no image'}): commands run in the "
+                       "login user's shell")
+    types = cloud.get("available_node_types", {})
+    if types:
+        iam = sorted({str(t.get("node_config", {}).get("IamInstanceProfile")) for t in types.values()
+                      if "IamInstanceProfile" in t.get("node_config", {})})
+        changes.append(f"node types: dropped ({', '.join(types)}), with their instance types"
+                       + (f" and IAM instance profiles ({'; '.join(iam)})" if iam else ""))
+    changes.append(f"auth: ssh_user {cloud.get('auth', {}).get('ssh_user')} -> {local['auth']['ssh_user']}")
+    dropped = [c for c in cloud.get("head_start_ray_commands", []) if not _is_ray_command(c)]
+    if dropped:
+        changes.append(f"head start: {len(dropped)} non-ray command(s) dropped (the MLflow server): "
+                       "pass --tracking-uri to jobs")
+    start = next((c for c in local["head_start_ray_commands"] if c.split()[:2] == ["ray", "start"]), "")
+    ports = [w for w in start.split() if w.split("=")[0] in (
+        "--port", "--object-manager-port", "--dashboard-port", "--dashboard-agent-listen-port",
+        "--ray-client-server-port", "--node-ip-address", "--dashboard-host")]
+    changes.append(f"ports and addresses: {' '.join(ports)}")
+    return changes
+
+
 def local_config(cloud: dict[str, Any], node: LocalNode, source_dir: str,
                  cluster_name: str | None = None) -> dict[str, Any]:
     """The local-provider twin of ``cloud`` (a parsed cluster.yaml); ``source_dir`` is the directory
@@ -108,7 +164,8 @@ def local_config(cloud: dict[str, Any], node: LocalNode, source_dir: str,
         "file_mounts": mounts,
     }
     cfg.update({k: cloud[k] for k in COPIED_KEYS if k in cloud})
-    cfg["head_start_ray_commands"] = _start_commands(cloud["head_start_ray_commands"], head_flags(node))
+    ray_only = [c for c in cloud["head_start_ray_commands"] if _is_ray_command(c)]
+    cfg["head_start_ray_commands"] = _start_commands(ray_only, head_flags(node))
     cfg["worker_start_ray_commands"] = _start_commands(cloud.get("worker_start_ray_commands", []),
                                                        worker_flags(node))
     return cfg

@@ -35,10 +35,13 @@ class RunSummary:
     seconds: float
 
 
+# A cluster head advertises its MLflow server to jobs started on it (cluster.yaml's head start
+# commands write the file): the env variable wins over the file.
 def job_tracking_uri(given: str | None, meta: RunMeta, root: str | Path) -> str:
     """Where a job on run ``root`` logs: ``--tracking-uri`` when given; else the store run.json
     recorded (a resumed or re-logged run stays in the store it started in, whatever the default
-    is now: older runs recorded ``<parent of the run>/mlflow.db``); else :func:`default_tracking_uri`."""
+    is now: older runs recorded ``<parent of the run>/mlflow.db``); else :func:`default_tracking_uri`
+    (on a cluster head, its MLflow server)."""
     return given or (meta.mlflow or {}).get("tracking_uri") or default_tracking_uri(root)
 
 

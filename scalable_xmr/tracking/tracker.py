@@ -27,8 +27,31 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # scalable_xmr/: where its gi
 GIT_COMMIT_TAG, GIT_DIRTY_TAG, VERSION_TAG = "mlflow.source.git.commit", "xmr.git_dirty", "xmr.version"
 
 
+CLUSTER_TRACKING_ENV = "XMR_TRACKING_URI"
+CLUSTER_TRACKING_FILE = ".xmr/tracking_uri"
+LAUNCHER_HEAD_FILE = "ray_bootstrap_config.yaml"  # what the cluster launcher leaves in a head's ~
+
+
+def cluster_tracking_uri(home: str | Path | None = None, env: Mapping[str, str] = os.environ) -> str | None:
+    """The MLflow server of the cluster head this job runs on, or None.
+
+    Only on a head made by the cluster launcher (``~/ray_bootstrap_config.yaml``, as
+    distributed/cluster.py detects it): there ``$XMR_TRACKING_URI``, else the first line of
+    ``~/.xmr/tracking_uri``. Anywhere else None, so a laptop keeps the local sqlite default."""
+    home = Path(home) if home is not None else Path(os.path.expanduser("~"))
+    if not (home / LAUNCHER_HEAD_FILE).is_file():
+        return None
+    uri = env.get(CLUSTER_TRACKING_ENV, "").strip()
+    marker = home / CLUSTER_TRACKING_FILE
+    if not uri and marker.is_file():
+        lines = marker.read_text().split()
+        uri = lines[0] if lines else ""
+    return uri or None
+
+
 def default_tracking_uri(output_dir: str | os.PathLike, env: Mapping[str, str] = os.environ) -> str:
-    """The MLflow store of a job given no ``--tracking-uri``: ``sqlite:///<abs cwd>/mlflow.db``.
+    """The MLflow store of a job given no ``--tracking-uri``: on a cluster head made by the
+    launcher, its MLflow server (:func:`cluster_tracking_uri`); else ``sqlite:///<abs cwd>/mlflow.db``.
 
     One store per working directory for every job started there (train, train-pairs, sweep,
     track), and the file MLflow 3 itself defaults to: ``mlflow ui`` run in that directory shows
@@ -37,6 +60,9 @@ def default_tracking_uri(output_dir: str | os.PathLike, env: Mapping[str, str] =
     temporary copy deleted with the job, so there the store goes beside ``output_dir`` (a run or
     sweep directory, which must be absolute there): ``<its parent>/mlflow.db``.
     """
+    on_cluster = cluster_tracking_uri(env=env)
+    if on_cluster:
+        return on_cluster
     if env.get(JOB_SUBMISSION_ENV):
         return f"sqlite:///{Path(output_dir).expanduser().resolve().parent / DEFAULT_STORE}"
     return f"sqlite:///{Path.cwd() / DEFAULT_STORE}"
