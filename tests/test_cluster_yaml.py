@@ -124,7 +124,7 @@ def test_head_and_workers_get_an_instance_profile_whose_policy_ships_here():
 
 
 def test_the_head_starts_mlflow_and_advertises_it_to_jobs():
-    from scalable_xmr.tracking.runs import CLUSTER_TRACKING_FILE
+    from scalable_xmr.tracking.tracker import CLUSTER_TRACKING_FILE
 
     head = load()["head_start_ray_commands"]
     server = [c for c in head if "mlflow server" in c]
