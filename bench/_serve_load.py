@@ -111,6 +111,28 @@ def measure(url: str, body: bytes, requests: int, seconds: float) -> dict:
     return out
 
 
+def in_process(run: str, model: str | None, indexes: dict[str, str], body: dict, repeats: int) -> dict:
+    """Where a request's time goes inside the replica: the same Searcher, called in this process
+    (no HTTP, no Serve): median ms of checking (prepare), encoding and ranking one query."""
+    from scalable_xmr.serving.schema import SearchRequest
+    from scalable_xmr.serving.service import Searcher
+
+    searcher = Searcher(run, indexes, model=model)
+    req = SearchRequest.model_validate(body)
+    times: dict[str, list[float]] = {"prepare": [], "encode": [], "rank": []}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        query = searcher.prepare(req)
+        t1 = time.perf_counter()
+        searcher.encoded(query)
+        t2 = time.perf_counter()
+        searcher.rank(req, query)
+        t3 = time.perf_counter()
+        for key, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            times[key].append(dt)
+    return {f"{k}_ms": 1e3 * statistics.median(v) for k, v in times.items()}
+
+
 def serve_table(items: int, requests: int, seconds: float) -> tuple[list[dict], dict]:
     """Rows (target, query, figures, ratios to the echo row measured just before) and setup facts."""
     import ray
@@ -165,7 +187,8 @@ def serve_table(items: int, requests: int, seconds: float) -> tuple[list[dict], 
             floor = measure(f"{url}/echo", raw, requests, seconds)
             ours = measure(f"{url}/search", raw, requests, seconds)
             rows.append({"target": f"echo (before {name} by {query})", **floor})
-            rows.append({"target": f"{name} by {query} ({items:,} items)", **ours,
+            inside = in_process(run, model, indexes, body, requests)
+            rows.append({"target": f"{name} by {query} ({items:,} items)", **ours, **inside,
                          "p50_x_echo": ours["p50_ms"] / floor["p50_ms"],
                          "rps8_of_echo": ours["rps_8"] / floor["rps_8"],
                          "rps16_of_echo": ours["rps_16"] / floor["rps_16"]})

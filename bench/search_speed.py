@@ -121,9 +121,11 @@ def main() -> None:
               f"{setup['vse_index_s']:.1f} s VSE); 1 client: {requests} requests; 8 / 16 clients: "
               f"{secs:g} s each")
         print(f"  {'target':<38}{'p50 ms':>8}{'p99 ms':>8}{'8c req/s':>10}{'8c p99':>8}{'16c req/s':>10}"
-              f"{'16c p99':>9}{'p50/echo':>10}{'8c/echo':>9}{'16c/echo':>10}")
+              f"{'16c p99':>9}{'p50/echo':>10}{'8c/echo':>9}{'16c/echo':>10}  in-process ms: "
+              "check/encode/rank")
         for r in rows:
             ratios = (f"{r['p50_x_echo']:>9.2f}x{r['rps8_of_echo']:>8.0%}{r['rps16_of_echo']:>10.0%}"
+                      f"  {r['prepare_ms']:.2f} / {r['encode_ms']:.2f} / {r['rank_ms']:.2f}"
                       if "p50_x_echo" in r else "")
             print(f"  {r['target']:<38}{r['p50_ms']:>8.1f}{r['p99_ms']:>8.1f}{r['rps_8']:>10.1f}"
                   f"{r['p99_8_ms']:>8.1f}{r['rps_16']:>10.1f}{r['p99_16_ms']:>9.1f}{ratios}")
