@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 
 from scalable_xmr.cli import run_cli
+from scalable_xmr.distributed.logs import VERBOSE_HELP
 from scalable_xmr.distributed.submission import check_submission_paths
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
@@ -42,6 +43,11 @@ def job_script_parser(
 
 def add_address_argument(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--address", default=None, help=ADDRESS_HELP)
+
+
+def add_verbose_argument(p: argparse.ArgumentParser) -> None:
+    """``--verbose``: the libraries' own logs too (the command calls ``distributed.logs.set_verbose``)."""
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
 
 
 RUN_URI_HELP = ("MLflow URI (default: sqlite:///<abs working dir>/mlflow.db, one store for runs and sweeps; "

@@ -17,6 +17,7 @@ from scalable_xmr.cli.common import (
     add_address_argument,
     add_job_subcommand,
     add_tracking_arguments,
+    add_verbose_argument,
     job_script_parser,
     print_run_footer,
     run_job,
@@ -74,6 +75,7 @@ def add_extend_arguments(p: argparse.ArgumentParser) -> None:
         "parent run linking to the old one)",
         experiment_default=None, experiment_help="MLflow experiment name (default: the run's)",
     )
+    add_verbose_argument(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -112,9 +114,11 @@ def request_from_args(args: argparse.Namespace):
 
 
 def run_add(args: argparse.Namespace) -> int:
+    from scalable_xmr.distributed.logs import set_verbose
     from scalable_xmr.sdml.evaluate import map_table, pairs_involving
     from scalable_xmr.sdml.extend import add_modalities
 
+    set_verbose(args.verbose)
     summary = add_modalities(request_from_args(args), address=args.address)
     metrics = summary.metrics
     new = pairs_involving(list(summary.results), metrics["modalities"])

@@ -18,6 +18,7 @@ from scalable_xmr.cli.common import (
     add_address_argument,
     add_job_subcommand,
     add_tracking_arguments,
+    add_verbose_argument,
     job_script_parser,
     print_run_footer,
     run_job,
@@ -131,6 +132,7 @@ def add_pairs_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPUs per model actor (default: the cluster's CPUs shared out evenly)")
     add_address_argument(c)
     add_tracking_arguments(p)
+    add_verbose_argument(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -332,7 +334,9 @@ def request_from_args(args: argparse.Namespace):
 
 def run_pairs(args: argparse.Namespace) -> int:
     from scalable_xmr.branch.job import train_pairs
+    from scalable_xmr.distributed.logs import set_verbose
 
+    set_verbose(args.verbose)
     summary = train_pairs(request_from_args(args), address=args.address)
     print()
     print(summary.table)

@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 
-from scalable_xmr.cli.common import add_address_argument
+from scalable_xmr.cli.common import add_address_argument, add_verbose_argument
 from scalable_xmr.errors import InputError
 
 INDEX_HELP = """Encode a Parquet table (id, features[, labels]) with a run's network into an index
@@ -62,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus-per-replica", type=float, default=0.0,
                    help="GPUs per encoder replica (default 0: one replica per CPU slot but one)")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
+    add_verbose_argument(p)
     add_address_argument(p.add_argument_group("cluster"))
     p.set_defaults(func=run_index)
 
@@ -120,9 +121,12 @@ def run_index(args: argparse.Namespace) -> int:
         raise InputError(f"--table {args.table}: not found")
     check_out_dir(out)
     from scalable_xmr.distributed.cluster import connect
+    from scalable_xmr.distributed.logs import quiet_ray_data, set_verbose
     from scalable_xmr.serving.index import build_index
 
+    set_verbose(args.verbose)
     connect(args.address)
+    quiet_ray_data()
     side = build_index(args.run, args.modality, args.table, out, model=args.model, batch_size=args.batch_size,
                        gpus_per_replica=args.gpus_per_replica, show_progress=not args.no_progress)
     print(f"index         : {os.path.abspath(out)}")
@@ -202,10 +206,11 @@ def run_serve(args: argparse.Namespace) -> int:
     indexes = parse_indexes(args.index)
     # Everything that can be checked without torch or Ray, first: one line, exit 2, in a second.
     check_serve(args.run, indexes, args.modality, args.ann, args.model, args.host, args.port)
+    from scalable_xmr.distributed.cluster import connect, started_local
+    from scalable_xmr.distributed.logs import set_verbose
     from scalable_xmr.serving import app
 
-    app.set_verbose(args.verbose or os.environ.get("XMR_DEBUG") == "1")
-    from scalable_xmr.distributed.cluster import connect, started_local
+    app.set_verbose(set_verbose(args.verbose))
 
     connect(args.address)
     stop: list[bool] = []

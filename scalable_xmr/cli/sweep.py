@@ -26,6 +26,7 @@ from scalable_xmr.cli.common import (
     add_address_argument,
     add_job_subcommand,
     add_tracking_arguments,
+    add_verbose_argument,
     job_script_parser,
     run_job,
 )
@@ -92,12 +93,15 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--resume", action="store_true",
                    help="continue an interrupted sweep (--storage/--name); finished trials are kept, "
                    "space flags are taken from the original run")
-    o.add_argument("--quiet", action="store_true", help="no Tune status table while it runs")
+    o.add_argument("--quiet", action="store_true",
+                   help="no line per finished trial while it runs (Tune's own status table shows only "
+                   "with --verbose)")
     add_tracking_arguments(
         p, uri_help="MLflow URI (default: sqlite:///<abs working dir>/mlflow.db, the training jobs' "
         "store too; --resume: the sweep's own; http://... on a cluster)",
         progress=False,
     )
+    add_verbose_argument(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -152,6 +156,7 @@ def resolve_sweep_data(args: argparse.Namespace) -> str:
 
 
 def request_from_args(args: argparse.Namespace):
+    from scalable_xmr.distributed.logs import verbose
     from scalable_xmr.tuning.sweep import SweepRequest
 
     data = "" if args.resume else resolve_sweep_data(args)
@@ -163,14 +168,16 @@ def request_from_args(args: argparse.Namespace):
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
         base=parse_set(args.set), seed=args.seed, resume=args.resume,
         tracking=TrackingConfig(args.tracking_uri, args.experiment, not args.no_tracking),
-        verbose=0 if args.quiet else 1, population=args.population,
+        verbose=1 if verbose() else 0, trial_lines=not args.quiet, population=args.population,
     )
 
 
 def run_sweep_cli(args: argparse.Namespace) -> int:
+    from scalable_xmr.distributed.logs import set_verbose
     from scalable_xmr.tuning.branch_backend import rerank_line
     from scalable_xmr.tuning.sweep import run_sweep, schedule_line
 
+    set_verbose(args.verbose)
     summary = run_sweep(request_from_args(args), address=args.address)
     print()
     if not summary.finished:

@@ -14,6 +14,7 @@ from pathlib import Path
 from scalable_xmr.cli.common import (
     add_address_argument,
     add_tracking_arguments,
+    add_verbose_argument,
     print_run_footer,
     run_job,
 )
@@ -134,6 +135,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPUs per modality actor (default: the cluster's CPUs shared out evenly)")
     add_address_argument(c)
     add_tracking_arguments(p)
+    add_verbose_argument(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -237,9 +239,11 @@ def request_from_args(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from scalable_xmr.distributed.logs import set_verbose
     from scalable_xmr.sdml.evaluate import map_table
     from scalable_xmr.sdml.job import train_sdml
 
+    set_verbose(args.verbose)
     req = request_from_args(args)
     summary = train_sdml(req, address=args.address)
     print()

@@ -247,7 +247,7 @@ def run_actors(tasks: Sequence[ActorTask], resources: ActorResources, show_progr
     own_bars = bars is None
     bars = bars or ProgressBars([t.name for t in tasks], enabled=show_progress, stream=sys.stderr)
     pg = placement_group([dict(bundle) for _ in tasks], strategy="PACK")
-    actors = []
+    actors, calls = [], []
     try:
         _wait_for_placement(pg, resources)
         where = describe_placement(pg, [t.name for t in tasks])
@@ -264,8 +264,14 @@ def run_actors(tasks: Sequence[ActorTask], resources: ActorResources, show_progr
                        "max_task_retries": -1, "scheduling_strategy": strategy}
             task = dataclasses.replace(task, payload=with_threads(task.payload, cpus))
             actors.append(worker.options(**options).remote(task, hub_name))
-        return _collect([t.name for t in tasks], [a.run.remote() for a in actors], hub, bars)
+        calls = [a.run.remote() for a in actors]
+        return _collect([t.name for t in tasks], calls, hub, bars)
     finally:
+        # Cancelled first: a call still running when its actor is killed (Ctrl-C, another task's
+        # error) would otherwise be "retried" (max_task_retries -1), and Ray would say so on the
+        # terminal ("Task _Worker.run failed ... so the task will be retried").
+        for call in calls:
+            ray.cancel(call)
         for a in actors:
             ray.kill(a)
         ray.kill(hub)

@@ -20,7 +20,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
 from scalable_xmr.distributed import reaper
-from scalable_xmr.distributed.signals import SETUP_HOOK
+from scalable_xmr.distributed.logs import ray_init_options
 from scalable_xmr.errors import InputError
 
 _STARTED_LOCAL = False
@@ -46,14 +46,14 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     global _STARTED_LOCAL
     if ray.is_initialized():
         return _say(f"using the Ray already running in this process: {_resources()}")
-    # Workers ignore Ctrl-C: the driver alone handles it (distributed/signals.py).
-    quiet = {"log_to_driver": True, "logging_level": "WARNING",
-             "runtime_env": {"worker_process_setup_hook": SETUP_HOOK}}
+    # Workers ignore Ctrl-C: the driver alone handles it (distributed/signals.py); the libraries'
+    # logs stay warnings and errors unless --verbose / XMR_DEBUG=1 (distributed/logs.py).
+    options = ray_init_options()
     if address is None and _on_cluster_head():
         address = "auto"
     if address not in (None, "local"):
         try:
-            ray.init(address=address, **quiet)
+            ray.init(address=address, **options)
         except RuntimeError as e:  # ray.init refuses a cluster of another Ray/Python version
             versions = versions_in_mismatch(str(e))
             if versions is None:
@@ -68,7 +68,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     # Ray 2.60 announces on every local start that token authentication is on (its secure
     # default, which we keep): one library line before every job's own. Only that notice is muted.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **options)
     _STARTED_LOCAL = True
     reaper.watch()  # this private Ray dies with this process, even on SIGKILL (distributed/reaper.py)
     res = ray.cluster_resources()

@@ -18,7 +18,6 @@ writer need a slot); a million-row table never has to fit in memory.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from pathlib import Path
@@ -164,9 +163,6 @@ def build_index(run_uri: str, modality: str, table: str, out: str, model: str | 
     check_out_dir(out)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = show_progress  # bars on a terminal
-    # Ray Data logs its plan and, off a terminal, a progress table every few seconds at INFO: a wall
-    # of lines around our one summary. Its warnings and errors still show.
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
     replicas, resources = encoder_slots(gpus_per_replica)
     start = time.perf_counter()
     ds = ray.data.read_parquet(os.path.abspath(table))

@@ -46,6 +46,7 @@ from scalable_xmr.tracking.tracker import Tracker, default_tracking_uri
 from scalable_xmr.tuning import results as res
 from scalable_xmr.tuning.backend import Backend
 from scalable_xmr.tuning.branch_backend import BranchBackend
+from scalable_xmr.tuning.console import TrialLines, set_console, tune_callbacks, tune_console
 from scalable_xmr.tuning.final_test import TEST_LABEL
 from scalable_xmr.tuning.scheduler import SCHEDULERS, make_scheduler
 from scalable_xmr.tuning.sdml_backend import SDMLBackend
@@ -80,7 +81,8 @@ class SweepRequest:
     resume: bool = False
     seed: int = 0
     max_failures: int = 2  # restarts of a failed trial (from its last checkpoint)
-    verbose: int = 1  # Tune's console output: 0 silent, 1 status, 2 every result
+    verbose: int = 0  # Tune's console output: 0 silent, 1 status table, 2 every result (console.py)
+    trial_lines: bool = True  # our line per finished trial on stderr (console.TrialLines)
     population: int = 1  # SDML: train up to this many configurations of a modality in one trial
 
 
@@ -262,13 +264,16 @@ def _tracker(req: SweepRequest, meta: dict[str, Any], sweep_dir: Path) -> tuple[
     return tracker, parent
 
 
-def _tuner(req: SweepRequest, meta: dict[str, Any], sweep_dir: Path, backend, callbacks: list):
+def _tuner(req: SweepRequest, meta: dict[str, Any], sweep_dir: Path, backend, callbacks: list,
+           lines: TrialLines | None):
+    """The sweep's Tuner, and whether its callbacks are :func:`console.tune_callbacks`'."""
     from ray import tune
 
     trainable = backend.trainable(meta, sweep_dir)
-    if req.resume:  # param space, scheduler, callbacks come back from tuner.pkl
-        return tune.Tuner.restore(uri_of(sweep_dir), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=True)
+    if req.resume:  # param space, scheduler, callbacks come back from tuner.pkl; the console is ours
+        tuner = tune.Tuner.restore(uri_of(sweep_dir), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+        return tuner, set_console(tuner, req.verbose, lines)
     space = build_space(meta["model"], req.grids, req.ranges)
     scheduler = make_scheduler(meta["scheduler"], meta["max_iterations"], backend.group_key)
     return tune.Tuner(
@@ -279,10 +284,11 @@ def _tuner(req: SweepRequest, meta: dict[str, Any], sweep_dir: Path, backend, ca
                                     num_samples=1 if meta.get("populations") else meta["num_samples"],
                                     max_concurrent_trials=meta["max_concurrent"], reuse_actors=True),
         run_config=tune.RunConfig(
-            name=sweep_dir.name, storage_path=uri_of(sweep_dir.parent), callbacks=callbacks,
+            name=sweep_dir.name, storage_path=uri_of(sweep_dir.parent),
+            callbacks=tune_callbacks(callbacks, lines),
             failure_config=tune.FailureConfig(max_failures=req.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=req.verbose),
-    )
+    ), True
 
 
 def fit_noting_ctrl_c(tuner) -> tuple[Any, bool]:
@@ -341,8 +347,12 @@ def run_sweep(req: SweepRequest, address: str | None = None, callbacks: tuple = 
     mlflow_cb = SweepTracking(tracker.uri, experiment, parent, str(sweep_dir), fixed, tracker.enabled)
     meta["status"] = "running"
     atomic_write_json(sweep_dir / SWEEP_FILE, meta)
+    lines = TrialLines(meta["n_trials"], meta["tuned"], meta["metric"], meta.get("max_iterations"),
+                       backend.group_key) if req.trial_lines else None
     try:
-        grid, interrupted = fit_noting_ctrl_c(_tuner(req, meta, sweep_dir, backend, [mlflow_cb, *callbacks]))
+        tuner, own_loggers = _tuner(req, meta, sweep_dir, backend, [mlflow_cb, *callbacks], lines)
+        with tune_console(req.verbose, own_loggers):
+            grid, interrupted = fit_noting_ctrl_c(tuner)
         rows = res.rows_from_results(grid, backend.group_key)
         pull_path(sweep_dir)  # --storage on object storage: what trials on other nodes uploaded
         # Interrupted: Ctrl-C (Tune then reports the trials it stopped as terminated), a trial
