@@ -30,3 +30,11 @@ class ActorDiedError(RunStateError):
 
 class CorruptFileError(InputError):
     """A model or checkpoint file failed its checksum or cannot be unpickled."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a job, with what the job kept and how to go on (``hint``, one line)."""
+
+    def __init__(self, hint: str):
+        super().__init__(hint)
+        self.hint = hint

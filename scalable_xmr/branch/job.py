@@ -19,14 +19,14 @@ Run store (docs/run-store.md, kind "pairs")::
     <run>/plots/rerank_k.png                R@1 against the re-ranking K on val (MTFN-RR Fig. 7a)
 
 Once the run is finished (run.json written with status finished) every member's ``checkpoints/``
-is removed unless ``keep_checkpoints`` -- the SDML job's rule and order (sdml/job.py): a failed run
+is removed unless ``keep_checkpoints`` -- every job's rule and order (runs/session.py): a failed run
 keeps all of it, finished members' included (``--resume`` skips them and reads their result.json).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,24 +43,16 @@ from scalable_xmr.branch.report import (
 )
 from scalable_xmr.config import TrackingConfig
 from scalable_xmr.data.paired import open_paired_dataset
-from scalable_xmr.distributed.actors import ActorResources, ActorTask, run_actors
-from scalable_xmr.distributed.cluster import check_gpus, connect, has_gpus
+from scalable_xmr.distributed.actors import ActorResources, ActorTask, Outcome, run_tasks
+from scalable_xmr.distributed.cluster import check_gpus, has_gpus
 from scalable_xmr.errors import InputError
-from scalable_xmr.io import absolute_uri, check_writable, read_json
+from scalable_xmr.io import absolute_uri, read_json
 from scalable_xmr.models.registry import BRANCH_MODELS
-from scalable_xmr.store import training_state
-from scalable_xmr.store.lock import run_lock
+from scalable_xmr.runs.session import RunRecords, RunSummary, SessionOptions, run_session
 from scalable_xmr.store.meta import RunMeta, now_iso
 from scalable_xmr.store.remote import uri_of
 from scalable_xmr.store.run_store import RunStore
 from scalable_xmr.tracking import plots
-from scalable_xmr.tracking.runs import (
-    RunSummary,
-    job_tracking_uri,
-    parent_run,
-    stored_run_url,
-    tracking_footer,
-)
 from scalable_xmr.tracking.tracker import Tracker
 
 
@@ -117,7 +109,6 @@ class PairsRequest:
 @dataclass
 class PairsSummary(RunSummary):
     table: str = ""  # the R@K table printed at the end
-    training_state: str = ""  # what became of the members' checkpoints/ (a footer line)
 
 
 # ------------------------------------------------------------------------------ validation
@@ -186,63 +177,9 @@ def _check_target(uri: str) -> None:
 # ------------------------------------------------------------------------------ the job
 def train_pairs(req: PairsRequest, address: str | None = None) -> PairsSummary:
     """Train every member in parallel Ray actors, evaluate, ensemble, write the run, track."""
-    start = time.perf_counter()
-    dataset = check_dataset(req)
-    check_writable(req.run_dir, "--run")
-    store = RunStore(req.run_dir, pull=False)  # refresh() below, under the lock, pulls it
-    with run_lock(store.root):  # one job at a time on a run directory, taken before Ray starts
-        store.refresh()  # an object-storage run: its local mirror as the bucket holds it
-        mode = store.plan(overwrite=req.overwrite, resume=req.resume)
-        if mode == "resume":
-            stored = _check_resume(store, req, dataset)  # nothing written
-            done = all(m.get("status") == "finished" for m in stored.members.values())
-            if done and stored.status == "finished" and req.keep_checkpoints:
-                training_state.refuse_keep_on_finished(store.uri, _state_dirs(store, stored))
-        connect(address)
-        check_gpus(req.gpus_per_model or 0.0, "--gpus-per-model")
-        return _train(req, store, dataset, store.prepare(mode), start)
-
-
-def _train(req: PairsRequest, store: RunStore, dataset: dict[str, Any], mode: str,
-           start: float) -> PairsSummary:
-    if mode == "resume":
-        stored = _check_resume(store, req, dataset)
-        done = all(m.get("status") == "finished" for m in stored.members.values())
-        if stored.status == "finished" and done:
-            # Nothing to train: a finished run is read, never rewritten (tracking flags or not).
-            metrics = store.read_metrics()
-            return PairsSummary(store.uri, metrics, _finished_results(store, stored),
-                                stored_run_url(stored, store.uri), time.perf_counter() - start,
-                                table=pairs_table(metrics))
-    meta = _open_run(store, mode, req, dataset)
-    tracker = Tracker(job_tracking_uri(req.tracking.tracking_uri, meta, store.root),
-                      req.tracking.experiment, req.tracking.enabled)
-    run_name = f"pairs:{store.root.name}"
-    with parent_run(store, meta, tracker, mode, run_name, "train_pairs", run_params(meta)) as parent:
-        results = _finished_results(store, meta)
-        jobs = [_job(store, req, name, model, seed) for name, model, seed in req.members()
-                if name not in results]
-        try:
-            trained = _train_members(jobs, req)
-        except BaseException as e:  # finished members stay finished; the one that failed says why
-            _record_failure(meta, e)
-            raise  # parent_run writes run.json, status failed
-        store.refresh()  # an object-storage run: what the actors uploaded, from any node
-        for name, result in trained.items():
-            meta.members[name].pop("error", None)  # failed before, finished now
-            meta.members[name].update(_member_entry(result))
-            store.write(meta)  # each finished member is recorded as soon as it is known
-            results[name] = result
-        metrics = _finish(store, meta, results, tracker, parent)
-    state = training_state.after_finish(store.uri, _state_dirs(store, meta), req.keep_checkpoints,
-                                        where="models/*/checkpoints/")
-    return PairsSummary(store.uri, metrics, results, tracking_footer(tracker, parent, store.uri),
-                        time.perf_counter() - start, table=pairs_table(metrics), training_state=state)
-
-
-def _state_dirs(store: RunStore, meta: RunMeta) -> list[Path]:
-    """The checkpoints/ folders of the run's members."""
-    return [checkpoint_dir(store.member_dir(name)) for name in meta.members or {}]
+    kind = PairsRun(req, check_dataset(req))
+    summary = run_session(kind, [name for name, _, _ in req.members()], SessionOptions.of(req), address)
+    return PairsSummary(**vars(summary), table=pairs_table(summary.metrics))
 
 
 def _log_results(tracker: Tracker, parent: str | None, store: RunStore, meta: RunMeta,
@@ -252,27 +189,95 @@ def _log_results(tracker: Tracker, parent: str | None, store: RunStore, meta: Ru
         tracker.log_artifact(parent, path)
 
 
-def log_stored_run(store: RunStore, meta: RunMeta, tracker: Tracker, parent: str | None = None) -> str | None:
-    """Log a finished run to MLflow from its run store alone (``xmr track``): into ``parent``, else
-    a new parent run with the job's params; one child per member and ensemble, the same metrics
-    and artifacts."""
-    parent = parent or tracker.start_run(f"pairs:{store.root.name}", tags={
-        "job": "train_pairs", "xmr.run_dir": store.uri, "xmr.logged_from_store": "true"})
-    tracker.log_params(parent, run_params(meta))
-    _log_results(tracker, parent, store, meta, store.read_metrics(), _finished_results(store, meta))
-    tracker.end_run(parent)
-    return parent
+def _state(store: RunStore, meta: RunMeta) -> tuple[list[Path], list[Path]]:
+    return [checkpoint_dir(store.member_dir(name)) for name in meta.members or {}], []
 
 
-def _record_failure(meta: RunMeta, error: BaseException) -> None:
-    """The members an actor error reports finished (distributed.actors.failed_task) and the one
-    that raised it, marked failed with its one line."""
-    for name, result in getattr(error, "xmr_done", {}).items():
-        if name in meta.members:
-            meta.members[name].update(_member_entry(result))
-    failed = getattr(error, "xmr_task", None)
-    if failed in meta.members:
-        meta.members[failed].update(status="failed", error=str(error))
+# The branch models' units are the run's members (run.json ``members``; docs/run-store.md).
+RECORDS = RunRecords(kind="pairs", job="train_pairs", where="models/*/checkpoints/",
+                     units=lambda meta: meta.members if meta.members is not None else {},
+                     entry=lambda result: _member_entry(result),
+                     stored_results=lambda store, meta: _finished_results(store, meta),
+                     params=run_params, log_results=_log_results, state=_state)
+
+
+class PairsRun:
+    """One ``xmr train-pairs`` job's members; ``dataset``: :func:`check_dataset`'s record."""
+
+    records = RECORDS
+
+    def __init__(self, req: PairsRequest, dataset: dict[str, Any]):
+        self.req, self.dataset = req, dataset
+        self.wanted, self.rerank = _wanted(req)
+
+    def check_resume(self, store: RunStore, stored: RunMeta) -> None:
+        """These flags continue the stored run exactly (nothing written)."""
+        wanted, rerank, dataset = self.wanted, self.rerank, self.dataset
+        if stored.kind != "pairs":
+            raise InputError(f"{store.root}: a {stored.kind!r} run, not a train-pairs run")
+        if stored.dataset["uri"] != dataset["uri"]:
+            raise InputError(f"{store.root}: run was trained on {stored.dataset['uri']}, "
+                             f"not {dataset['uri']}")
+        if stored.rerank is not None:  # runs from before t2i_groups re-ranked with the query's group
+            stored.rerank.setdefault("t2i_groups", "query")
+        if stored.rerank != rerank:
+            raise InputError(
+                f"{store.root}: run chose re-ranking K with {stored.rerank}, these flags ask for "
+                f"{rerank}; resume with the same --k / --k-text / --t2i-groups or pass --overwrite"
+            )
+        if sorted(stored.members) != sorted(wanted):
+            raise InputError(
+                f"{store.root}: run has members {sorted(stored.members)}, these flags ask for "
+                f"{sorted(wanted)}; resume with the same --model / --ensemble / --seed or pass --overwrite"
+            )
+        for name, settings in wanted.items():
+            old = stored.members[name]
+            saved = old.get("settings")
+            if isinstance(saved, dict) and "trainer" in saved:  # fields added since the run started
+                saved = {**saved, "trainer": stored_trainer(saved["trainer"])}
+            if saved != settings:
+                raise InputError(
+                    f"{store.root}: member {name!r} was started with other settings "
+                    f"({old.get('settings')}); resume with the same flags or pass --overwrite"
+                )
+
+    def params(self, meta: RunMeta) -> dict[str, Any]:
+        return run_params(meta)
+
+    def before_ray(self, todo: Sequence[str]) -> None:
+        pass
+
+    def check_cluster(self) -> None:
+        check_gpus(self.req.gpus_per_model or 0.0, "--gpus-per-model")
+
+    def new_meta(self, store: RunStore) -> RunMeta:
+        req = self.req
+        store.root.mkdir(parents=True, exist_ok=True)
+        target = absolute_uri(req.target_uri) if req.target_uri else None
+        return RunMeta(
+            kind="pairs", dataset=self.dataset, target=target,
+            models=list(req.trainers), ensemble=req.ensemble, rerank=self.rerank,
+            members={name: {"status": "pending", "settings": s} for name, s in self.wanted.items()},
+        )
+
+    def reopen(self, meta: RunMeta) -> None:
+        pass
+
+    def jobs(self, store: RunStore, meta: RunMeta, todo: Sequence[str]) -> list[BranchJob]:
+        members = {name: (model, seed) for name, model, seed in self.req.members()}
+        return [_job(store, self.req, name, *members[name]) for name in todo]
+
+    def train(self, jobs: list[BranchJob]) -> Outcome:
+        """All members at once, one actor each (the same run_tasks as the SDML job's modalities)."""
+        req = self.req
+        placement = ActorResources(gpus=_gpus(req), cpus=req.cpus_per_model, max_restarts=req.max_restarts,
+                                   flags=("--cpus-per-model", "--gpus-per-model"))
+        tasks = [ActorTask(job.label, run_member, job) for job in jobs]
+        return run_tasks(tasks, placement, show_progress=req.show_progress)
+
+    def finish(self, store: RunStore, meta: RunMeta, results: dict[str, BranchResult], new: Sequence[str],
+               tracker: Tracker, parent: str | None) -> dict[str, Any]:
+        return _finish(store, meta, results, tracker, parent)
 
 
 def _finish(store: RunStore, meta: RunMeta, results: dict[str, BranchResult], tracker: Tracker,
@@ -302,56 +307,6 @@ def _wanted(req: PairsRequest) -> tuple[dict[str, Any], dict[str, Any]]:
     rerank = {"ks": list(req.ks) if req.ks else None, "k_texts": list(req.k_texts) if req.k_texts else None,
               "t2i_groups": req.t2i_groups}
     return wanted, rerank
-
-
-def _check_resume(store: RunStore, req: PairsRequest, dataset: dict[str, Any]) -> RunMeta:
-    """The stored run, after checking these flags continue it exactly (nothing written)."""
-    wanted, rerank = _wanted(req)
-    meta = store.read()
-    if meta.kind != "pairs":
-        raise InputError(f"{store.root}: a {meta.kind!r} run, not a train-pairs run")
-    if meta.dataset["uri"] != dataset["uri"]:
-        raise InputError(f"{store.root}: run was trained on {meta.dataset['uri']}, not {dataset['uri']}")
-    if meta.rerank is not None:  # runs from before t2i_groups re-ranked with the query's group
-        meta.rerank.setdefault("t2i_groups", "query")
-    if meta.rerank != rerank:
-        raise InputError(
-            f"{store.root}: run chose re-ranking K with {meta.rerank}, these flags ask for "
-            f"{rerank}; resume with the same --k / --k-text / --t2i-groups or pass --overwrite"
-        )
-    if sorted(meta.members) != sorted(wanted):
-        raise InputError(
-            f"{store.root}: run has members {sorted(meta.members)}, these flags ask for "
-            f"{sorted(wanted)}; resume with the same --model / --ensemble / --seed or pass --overwrite"
-        )
-    for name, settings in wanted.items():
-        old = meta.members[name]
-        saved = old.get("settings")
-        if isinstance(saved, dict) and "trainer" in saved:  # fields added since the run started
-            saved = {**saved, "trainer": stored_trainer(saved["trainer"])}
-        if saved != settings:
-            raise InputError(
-                f"{store.root}: member {name!r} was started with other settings "
-                f"({old.get('settings')}); resume with the same flags or pass --overwrite"
-            )
-    return meta
-
-
-def _open_run(store: RunStore, mode: str, req: PairsRequest, dataset: dict[str, Any]) -> RunMeta:
-    if mode == "resume":
-        meta = _check_resume(store, req, dataset)
-        meta.status = "running"
-        store.write(meta)
-        return meta
-    wanted, rerank = _wanted(req)
-    store.root.mkdir(parents=True, exist_ok=True)
-    meta = RunMeta(
-        kind="pairs", dataset=dataset, target=absolute_uri(req.target_uri) if req.target_uri else None,
-        models=list(req.trainers), ensemble=req.ensemble, rerank=rerank,
-        members={name: {"status": "pending", "settings": s} for name, s in wanted.items()},
-    )
-    store.write(meta)
-    return meta
 
 
 def _finished_results(store: RunStore, meta: RunMeta) -> dict[str, BranchResult]:
@@ -391,12 +346,3 @@ def _member_entry(result: BranchResult) -> dict[str, Any]:
             "t2i_groups": result.t2i_groups,
             "resumed_at_epoch": result.resumed_at_epoch, "train_seconds": result.train_seconds,
             "device": result.device, "finished": now_iso()}
-
-
-# ------------------------------------------------------------------------------ Ray
-def _train_members(jobs: list[BranchJob], req: PairsRequest) -> dict[str, BranchResult]:
-    """All members at once, one actor each (the same run_actors as the SDML job's modalities)."""
-    placement = ActorResources(gpus=_gpus(req), cpus=req.cpus_per_model, max_restarts=req.max_restarts,
-                               flags=("--cpus-per-model", "--gpus-per-model"))
-    tasks = [ActorTask(job.label, run_member, job) for job in jobs]
-    return run_actors(tasks, placement, show_progress=req.show_progress)

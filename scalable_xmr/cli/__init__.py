@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from scalable_xmr import __version__
 from scalable_xmr.distributed.submission import check_submission_paths
-from scalable_xmr.errors import XMRError
+from scalable_xmr.errors import Interrupted, XMRError
 
 # Modules of this package that define `register(subparsers)`; imported lazily so `xmr --help` is fast
 # and a missing optional area never breaks the others.
@@ -66,8 +66,8 @@ def run_cli(fn: Callable[[], int | None]) -> int:
     """Run ``fn`` and turn user-facing errors into one line on stderr and exit code 2."""
     try:
         return int(fn() or 0)
-    except KeyboardInterrupt as e:  # Ctrl-C: the job says what it kept and how to go on (xmr_hint)
-        hint = getattr(e, "xmr_hint", None)
+    except KeyboardInterrupt as e:  # Ctrl-C: the job says what it kept and how to go on
+        hint = e.hint if isinstance(e, Interrupted) else None
         print(f"xmr: interrupted{f'; {hint}' if hint else ''}", file=sys.stderr)
         return 130
     except (XMRError, ValueError, OSError) as e:  # OSError: unwritable, full or read-only disks...

@@ -31,13 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_track(args: argparse.Namespace) -> int:
-    from scalable_xmr.branch.job import log_stored_run as log_pairs
-    from scalable_xmr.sdml.job import log_stored_run as log_sdml
+    from scalable_xmr.branch.job import RECORDS as PAIRS
+    from scalable_xmr.runs.track import log_finished_run
+    from scalable_xmr.sdml.job import RECORDS as SDML
     from scalable_xmr.store.run_store import RunStore
-    from scalable_xmr.tracking.runs import log_finished_run
 
     store = RunStore(args.run)
-    log = log_sdml if store.read().kind == "sdml" else log_pairs
-    outcome = log_finished_run(store, args.tracking_uri, args.experiment, log)
+    records = SDML if store.read().kind == "sdml" else PAIRS
+    outcome = log_finished_run(store, args.tracking_uri, args.experiment, records)
     print(outcome.line(store.uri))
     return 0

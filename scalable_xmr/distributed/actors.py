@@ -6,7 +6,9 @@ actor calls ``fn(payload, reporter)`` in its own process. Ray restarts a crashed
 checkpointed (the SDML and branch trainers do). ``reporter.progress(row)`` feeds the driver's
 progress bars (a row: ``name``, ``epoch``, ``epochs``, ``status``); ``reporter.event(text)`` prints
 one line there. Both the SDML job (one actor per modality) and the branch job (one per model or
-ensemble member) run through :func:`run_actors`.
+ensemble member) run through :func:`run_tasks`, which hands back a typed :class:`Outcome` (every
+finished task's result, and the task that failed with its error) for the run lifecycle to record
+(runs/session.py); :func:`run_actors` is the same, raising the error.
 
 Where: the actors' placement group puts each bundle where it fits (PACK: the fewest nodes; one GPU a
 node spreads GPU actors one per node). On a cluster of several nodes the driver prints which node
@@ -65,6 +67,26 @@ class ActorResources:
     max_restarts: int = 2  # Ray restarts a crashed actor this often (its call is retried meanwhile)
     placement_timeout_s: float = 600.0  # how long an autoscaling cluster may take to place them
     flags: tuple[str, str] = ("--cpus-per-modality", "--gpus-per-modality")  # named in errors
+
+
+@dataclass
+class Outcome:
+    """What a set of tasks came to: every finished task's result by name and, when one failed (or
+    the driver was interrupted), that task's name (None: no single task) and the error."""
+
+    results: dict[str, Any] = dataclasses.field(default_factory=dict)
+    failed: str | None = None
+    error: BaseException | None = None
+
+    def then(self, more: Outcome) -> Outcome:
+        """This outcome followed by ``more`` (the next group of tasks of the same job)."""
+        return Outcome({**self.results, **more.results}, more.failed, more.error)
+
+    def value(self) -> dict[str, Any]:
+        """The results, or the error raised."""
+        if self.error is not None:
+            raise self.error
+        return self.results
 
 
 class HubReporter(Reporter):
@@ -201,42 +223,43 @@ def unwrap_actor_error(error: Exception) -> Exception:
     return error
 
 
-def failed_task(error: BaseException, task: str | None, done: dict[str, Any]) -> BaseException:
-    """``error`` marked with the task that raised it (``xmr_task``) and the results of the tasks
-    that had finished (``xmr_done``), so a job records both before the error goes on up."""
-    error.xmr_task = getattr(error, "xmr_task", None) or task
-    error.xmr_done = {**getattr(error, "xmr_done", {}), **done}
-    return error
-
-
-def _collect(names: Sequence[str], refs: Sequence, hub, bars: ProgressBars,
-             poll_s: float = 0.5) -> dict[str, Any]:
-    """Every task's result by name, refreshing the progress bars while they run. The first actor
-    that fails raises here at once, as its user-facing error, so the caller stops the others
-    promptly instead of letting them train on."""
+def _collect(names: Sequence[str], refs: Sequence, hub, bars: ProgressBars, outcome: Outcome,
+             poll_s: float = 0.5) -> None:
+    """Every task's result by name into ``outcome``, refreshing the progress bars while they run.
+    The first actor that fails ends it at once, recorded as its user-facing error, so the caller
+    stops the others promptly instead of letting them train on."""
     index = {ref: name for name, ref in zip(names, refs, strict=True)}
-    results, pending = {}, list(refs)
+    pending = list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=len(pending), timeout=poll_s)
         for ref in done:
             try:
-                results[index[ref]] = ray.get(ref)
+                outcome.results[index[ref]] = ray.get(ref)
             except (RayTaskError, RayActorError) as e:
-                raise failed_task(unwrap_actor_error(e), index[ref], results) from None
+                outcome.failed, outcome.error = index[ref], unwrap_actor_error(e)
+                return
         bars.update(*ray.get(hub.snapshot.remote()))
     bars.update(*ray.get(hub.snapshot.remote()))  # everything reported before the last result
-    return {name: results[name] for name in names}
+    outcome.results = {name: outcome.results[name] for name in names}
 
 
 def run_actors(tasks: Sequence[ActorTask], resources: ActorResources, show_progress: bool = True,
                bars: ProgressBars | None = None) -> dict[str, Any]:
-    """Every task in its own actor, all at once in one placement group; results by task name.
+    """:func:`run_tasks`' results, or the error of the task that failed, raised."""
+    return run_tasks(tasks, resources, show_progress, bars).value()
 
-    ``bars``: progress bars to draw into (e.g. shared by several calls); by default one bar per
-    task, closed at the end.
+
+def run_tasks(tasks: Sequence[ActorTask], resources: ActorResources, show_progress: bool = True,
+              bars: ProgressBars | None = None) -> Outcome:
+    """Every task in its own actor, all at once in one placement group: the :class:`Outcome`.
+
+    An error before the tasks start (the resources do not fit) is raised; once they run, an error
+    of a task, or Ctrl-C, ends them all and is handed back with what had finished. ``bars``:
+    progress bars to draw into (e.g. shared by several calls); by default one bar per task, closed
+    at the end.
     """
     if not tasks:
-        return {}
+        return Outcome()
     cpus = cpu_share(resources, len(tasks))
     bundle = {"CPU": cpus, **({"GPU": resources.gpus} if resources.gpus > 0 else {})}
     _check_fits(bundle, resources)
@@ -265,7 +288,12 @@ def run_actors(tasks: Sequence[ActorTask], resources: ActorResources, show_progr
             task = dataclasses.replace(task, payload=with_threads(task.payload, cpus))
             actors.append(worker.options(**options).remote(task, hub_name))
         calls = [a.run.remote() for a in actors]
-        return _collect([t.name for t in tasks], calls, hub, bars)
+        outcome = Outcome()
+        try:
+            _collect([t.name for t in tasks], calls, hub, bars, outcome)
+        except BaseException as e:  # Ctrl-C (or Ray itself failing) while the tasks run
+            outcome.error = e
+        return outcome
     finally:
         # Cancelled first: a call still running when its actor is killed (Ctrl-C, another task's
         # error) would otherwise be "retried" (max_task_retries -1), and Ray would say so on the

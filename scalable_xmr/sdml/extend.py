@@ -52,7 +52,7 @@ from scalable_xmr.config import ModalityOverrides, ResourceConfig, SDMLConfig, T
 from scalable_xmr.data.modality.dataset import open_dataset, read_modality_table
 from scalable_xmr.data.modality.table import check_labelled_test
 from scalable_xmr.distributed.cluster import connect
-from scalable_xmr.errors import ActorDiedError, InputError, MissingError, RunStateError
+from scalable_xmr.errors import ActorDiedError, InputError, Interrupted, MissingError, RunStateError
 from scalable_xmr.io import absolute_uri, atomic_write_bytes, check_writable, written
 from scalable_xmr.sdml import evaluate
 from scalable_xmr.sdml.job import TrainSummary, finish_run, modality_entry
@@ -144,8 +144,8 @@ def add_modalities(req: AddRequest, address: str | None = None) -> TrainSummary:
         except BaseException as e:
             if own_parent:
                 tracker.end_run(parent, "FAILED")
-            if isinstance(e, KeyboardInterrupt):
-                e.xmr_hint = f"{store.uri} is unchanged; run the same add-modality command again"
+            if isinstance(e, KeyboardInterrupt) and not isinstance(e, Interrupted):
+                raise Interrupted(f"{store.uri} is unchanged; run the same add-modality command again") from e
             raise
         finally:
             staging.remove()
@@ -275,7 +275,7 @@ class _Staging:
 
 def _train(jobs: list[ModalityJob], req: AddRequest, store: RunStore) -> dict[str, TrainResult]:
     try:
-        return train_modalities(jobs, req.resources, show_progress=req.show_progress)
+        return train_modalities(jobs, req.resources, show_progress=req.show_progress).value()
     except ActorDiedError as e:
         raise RunStateError(f"training of {', '.join(req.modalities)} died ({e}); "
                             f"the run {store.root} is unchanged") from e

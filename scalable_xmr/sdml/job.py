@@ -14,14 +14,14 @@ modalities, which ``--resume`` skips: it goes with the rest when the run finishe
 from __future__ import annotations
 
 import sys
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from scalable_xmr.config import ModalityOverrides, ResourceConfig, SDMLConfig, TrackingConfig
 from scalable_xmr.data.modality.dataset import open_dataset
-from scalable_xmr.distributed.cluster import connect
+from scalable_xmr.distributed.actors import Outcome
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.retrieval import (
     PAPER_SCOPES,
@@ -29,24 +29,16 @@ from scalable_xmr.functional.retrieval import (
     precision_recall_curve,
     precision_scope_curve,
 )
-from scalable_xmr.io import absolute_uri, check_writable, read_json
+from scalable_xmr.io import absolute_uri, read_json
+from scalable_xmr.runs.session import RunRecords, RunSummary, SessionOptions, run_session
 from scalable_xmr.sdml import evaluate
 from scalable_xmr.sdml.joint import JOINT_CHECKPOINT
 from scalable_xmr.sdml.launch import check_resources, train_modalities
 from scalable_xmr.sdml.modality_job import ModalityJob, check_split_sizes
 from scalable_xmr.sdml.trainer import TrainResult
-from scalable_xmr.store import training_state
-from scalable_xmr.store.lock import run_lock
 from scalable_xmr.store.meta import RunMeta, now_iso
 from scalable_xmr.store.projection import create_projection, load_projection, save_projection
 from scalable_xmr.store.run_store import RunStore
-from scalable_xmr.tracking.runs import (
-    RunSummary,
-    job_tracking_uri,
-    parent_run,
-    stored_run_url,
-    tracking_footer,
-)
 from scalable_xmr.tracking.tracker import Tracker
 
 
@@ -69,81 +61,137 @@ class TrainRequest:
     keep_checkpoints: bool = False  # keep every modality's checkpoints/ once the run is finished
 
 
-@dataclass
-class TrainSummary(RunSummary):
-    """A training job's summary and what became of the run's training state (a footer line)."""
-
-    training_state: str = ""
+TrainSummary = RunSummary  # the name this job's callers know
 
 
-def train_sdml(req: TrainRequest, address: str | None = None) -> TrainSummary:
-    start = time.perf_counter()
+def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
+    """Train ``req``'s modalities (each in its own Ray actor) on the run ``req.run_dir``."""
     check_no_relevant(req.top_k_no_relevant, "top_k_no_relevant")
-    ds = open_dataset(req.dataset_uri)
-    modalities = list(req.modalities or ds.modalities)
-    missing = [m for m in modalities if m not in ds.modalities]
-    if missing:
-        raise InputError(
-            f"modality {missing[0]!r} not in dataset {req.dataset_uri} "
-            f"(it has: {', '.join(ds.modalities)})"
+    kind = SDMLRun(req)
+    return run_session(kind, kind.modalities, SessionOptions.of(req), address)
+
+
+def _log_stored(tracker: Tracker, parent: str | None, store: RunStore, meta: RunMeta,
+                metrics: dict[str, Any], results: dict[str, TrainResult]) -> None:
+    plots = sorted(p for p in store.plots_dir.glob("*.png")) if store.plots_dir.is_dir() else []
+    _log_results(tracker, parent, store, meta, metrics, results, plots)
+
+
+def _state(store: RunStore, meta: RunMeta) -> tuple[list[Path], list[Path]]:
+    return state_dirs(store, meta), [store.root / JOINT_CHECKPOINT]
+
+
+# SDML's units are the run's modalities (run.json ``modalities``; docs/run-store.md).
+RECORDS = RunRecords(kind="sdml", job="train_xmedia", where="modalities/*/checkpoints/",
+                     units=lambda meta: meta.modalities if meta.modalities is not None else {},
+                     entry=lambda result: modality_entry(result),
+                     stored_results=lambda store, meta: stored_results(store, meta),
+                     params=lambda meta: _run_params(meta), log_results=_log_stored, state=_state)
+
+
+class SDMLRun:
+    """One ``xmr train`` job's modalities, checked once at the door (the dataset opened once)."""
+
+    records = RECORDS
+
+    def __init__(self, req: TrainRequest):
+        self.req = req
+        self.ds = ds = open_dataset(req.dataset_uri)
+        self.modalities = list(req.modalities or ds.modalities)
+        missing = [m for m in self.modalities if m not in ds.modalities]
+        if missing:
+            raise InputError(
+                f"modality {missing[0]!r} not in dataset {req.dataset_uri} "
+                f"(it has: {', '.join(ds.modalities)})"
+            )
+        req.overrides.lr.check_modalities(self.modalities, req.dataset_uri, ds.modalities)
+        self.configs = {m: req.overrides.config_for(req.sdml, m) for m in self.modalities}  # resolved once
+        sizes = ds.split_sizes()  # every modality can train before any actor starts
+        for m in self.modalities:
+            check_split_sizes(m, sizes[m], self.configs[m].batch_size, ds.table_path(m))
+
+    def check_resume(self, store: RunStore, stored: RunMeta) -> None:
+        """The stored run continues with this dataset and each started modality's settings."""
+        ds = self.ds
+        if stored.kind != "sdml":
+            raise InputError(f"{store.root}: a {stored.kind!r} run, not an SDML run")
+        n_classes = ds.info.n_classes
+        if stored.dataset["n_classes"] != n_classes or stored.dataset["name"] != ds.info.name:
+            raise InputError(
+                f"{store.root}: run was trained on dataset {stored.dataset['name']!r} "
+                f"({stored.dataset['n_classes']} classes), not {ds.info.name!r} ({n_classes})"
+            )
+        load_projection(store.projection_path, expected_sha256=stored.projection["sha256"])
+        # A modality that started training continues only with the configuration it started with.
+        for m in self.modalities:
+            entry = stored.modalities.get(m, {})
+            if entry.get("status") == "finished" or "config" not in entry:
+                continue  # finished modalities are not retrained; unstarted ones take the new flags
+            old, new = entry["config"], self.configs[m].to_dict()
+            for key, value in new.items():
+                if old.get(key) != value:
+                    raise InputError(
+                        f"{store.run_json}: modality {m!r} started training with {key}={old.get(key)!r}, "
+                        f"--resume asks for {key}={value!r}; resume with the run's settings or pass "
+                        "--overwrite to train again"
+                    )
+
+    def params(self, meta: RunMeta) -> dict[str, Any]:
+        return {**_run_params(meta), "gpus_per_modality": self.req.resources.gpus_per_modality}
+
+    def before_ray(self, todo: Sequence[str]) -> None:
+        # each rate and where it came from, before anything trains (docs/models.md)
+        print(self.req.overrides.lr_line(self.req.sdml, todo), file=sys.stderr, flush=True)
+
+    def check_cluster(self) -> None:
+        check_resources(self.req.resources)
+
+    def new_meta(self, store: RunStore) -> RunMeta:
+        req, ds = self.req, self.ds
+        n_classes = ds.info.n_classes
+        if req.projection_file is not None:
+            P = load_projection(req.projection_file)
+            if P.shape[1] != n_classes:
+                raise InputError(
+                    f"{req.projection_file}: projection has n_classes {P.shape[1]}, the dataset "
+                    f"{ds.info.name!r} has {n_classes}"
+                )
+            seed = None
+        else:
+            P, seed = create_projection(req.sdml.dim, n_classes, req.projection_seed), req.projection_seed
+        if P.shape[0] != req.sdml.dim:
+            raise InputError(f"projection has dim {P.shape[0]} but --dim is {req.sdml.dim}")
+        store.root.mkdir(parents=True, exist_ok=True)
+        digest = save_projection(store.projection_path, P, seed=seed)
+        return RunMeta(
+            kind="sdml",
+            dataset={"uri": absolute_uri(req.dataset_uri), "name": ds.info.name, "n_classes": n_classes,
+                     "multi_label": ds.info.multi_label, "class_names": list(ds.info.class_names)},
+            projection={"file": "projection.arrow", "sha256": digest, "dim": int(P.shape[0]),
+                        "n_classes": int(P.shape[1]), "seed": seed},
+            sdml=req.sdml.to_dict(),
+            strategy=req.resources.strategy,
+            modalities={m: {"status": "pending"} for m in self.modalities},
         )
-    req.overrides.lr.check_modalities(modalities, req.dataset_uri, ds.modalities)
-    sizes = ds.split_sizes()  # every modality can train before any actor starts
-    for m in modalities:
-        batch = req.overrides.config_for(req.sdml, m).batch_size
-        check_split_sizes(m, sizes[m], batch, ds.table_path(m))
-    check_writable(req.run_dir, "--run")
-    store = RunStore(req.run_dir, pull=False)  # refresh() below, under the lock, pulls it
-    with run_lock(store.root):  # one job at a time on a run directory, taken before Ray starts
-        store.refresh()  # an object-storage run: its local mirror as the bucket holds it
-        mode = store.plan(overwrite=req.overwrite, resume=req.resume)
-        todo = modalities
-        if mode == "resume":
-            stored = _check_resume(store, ds)
-            _check_resume_configs(store, stored, req, modalities)
-            todo = [m for m in modalities if stored.modalities.get(m, {}).get("status") != "finished"]
-            if not todo and stored.status == "finished" and req.keep_checkpoints:
-                training_state.refuse_keep_on_finished(store.uri, state_dirs(store, stored))
-        if todo:  # each rate and where it came from, before anything trains (docs/models.md)
-            print(req.overrides.lr_line(req.sdml, todo), file=sys.stderr, flush=True)
-        connect(address)
-        check_resources(req.resources)  # before anything is written
-        return _train(req, store, ds, modalities, store.prepare(mode), start)
 
+    def reopen(self, meta: RunMeta) -> None:
+        for m in self.modalities:
+            meta.modalities.setdefault(m, {"status": "pending"})
 
-def _train(req: TrainRequest, store: RunStore, ds, modalities: list[str], mode: str,
-           start: float) -> TrainSummary:
-    if mode == "resume":
-        stored = store.read()
-        if stored.status == "finished" and set(modalities) <= set(stored.finished_modalities()):
-            # Nothing to train: a finished run is read, never rewritten (tracking flags or not).
-            return TrainSummary(store.uri, store.read_metrics(), {}, stored_run_url(stored, store.uri),
-                                time.perf_counter() - start)
-    meta = _open_run(store, mode, req, ds, modalities)
-    tracker = _tracker(req.tracking, store, meta)
-    todo = [m for m in modalities if meta.modalities[m].get("status") != "finished"]
-    jobs = [_job(store, meta, req, m, ds.info.n_classes) for m in todo]  # records each config in meta
-    name = f"sdml:{store.root.name}"
-    params = _run_params(meta, {"gpus_per_modality": req.resources.gpus_per_modality})
-    with parent_run(store, meta, tracker, mode, name, "train_xmedia", params) as parent:
-        store.write(meta)  # every modality's config is on record before it trains (resume checks it)
-        try:
-            results = train_modalities(jobs, req.resources, show_progress=req.show_progress)
-        except BaseException as e:  # the modalities that finished stay finished; the one that failed says why
-            record_failure(meta, e)
-            raise  # parent_run writes run.json, status failed
-        store.refresh()  # an object-storage run: what the actors uploaded, from any node
-        for m, result in results.items():
-            meta.modalities[m].pop("error", None)  # a modality that failed before and now finished
-            meta.modalities[m].update(modality_entry(result))
-            store.write(meta)  # each finished modality is recorded as soon as it is known
-        metrics = finish_run(store, meta, new_modalities=todo, tracker=tracker, parent_run=parent,
-                             results=results, top_k=req.top_k, no_relevant=req.top_k_no_relevant)
-    state = training_state.after_finish(store.uri, state_dirs(store, meta), req.keep_checkpoints,
-                                        files=[store.root / JOINT_CHECKPOINT],
-                                        where="modalities/*/checkpoints/")
-    return TrainSummary(store.uri, metrics, results, tracking_footer(tracker, parent, store.uri),
-                        time.perf_counter() - start, training_state=state)
+    def jobs(self, store: RunStore, meta: RunMeta, todo: Sequence[str]) -> list[ModalityJob]:
+        for m in todo:
+            meta.modalities[m]["config"] = self.configs[m].to_dict()
+        return [modality_job(store, meta, m, self.configs[m]) for m in todo]
+
+    def train(self, jobs: list[ModalityJob]) -> Outcome:
+        return train_modalities(jobs, self.req.resources, show_progress=self.req.show_progress)
+
+    def finish(self, store: RunStore, meta: RunMeta, results: dict[str, TrainResult], new: Sequence[str],
+               tracker: Tracker, parent: str | None) -> dict[str, Any]:
+        # The modalities this job trained get their MLflow child runs (earlier ones have theirs).
+        return finish_run(store, meta, new_modalities=list(new), tracker=tracker, parent_run=parent,
+                          results={m: results[m] for m in new}, top_k=self.req.top_k,
+                          no_relevant=self.req.top_k_no_relevant)
 
 
 def state_dirs(store: RunStore, meta: RunMeta) -> list[Path]:
@@ -151,95 +199,14 @@ def state_dirs(store: RunStore, meta: RunMeta) -> list[Path]:
     return [store.checkpoint_path(m).parent for m in meta.modalities or {}]
 
 
-def _check_resume(store: RunStore, ds) -> RunMeta:
-    """The stored run, after checking it can be continued with dataset ``ds`` (nothing written)."""
-    meta = store.read()
-    if meta.kind != "sdml":
-        raise InputError(f"{store.root}: a {meta.kind!r} run, not an SDML run")
-    n_classes = ds.info.n_classes
-    if meta.dataset["n_classes"] != n_classes or meta.dataset["name"] != ds.info.name:
-        raise InputError(
-            f"{store.root}: run was trained on dataset {meta.dataset['name']!r} "
-            f"({meta.dataset['n_classes']} classes), not {ds.info.name!r} ({n_classes})"
-        )
-    load_projection(store.projection_path, expected_sha256=meta.projection["sha256"])
-    return meta
-
-
-def _check_resume_configs(store: RunStore, stored: RunMeta, req: TrainRequest, modalities: list[str]) -> None:
-    """A modality that started training continues only with the configuration it started with:
-    a difference is one line naming the modality, the key and both values (nothing written)."""
-    for m in modalities:
-        entry = stored.modalities.get(m, {})
-        if entry.get("status") == "finished" or "config" not in entry:
-            continue  # finished modalities are not retrained; unstarted ones take the new flags
-        old, new = entry["config"], req.overrides.config_for(req.sdml, m).to_dict()
-        for key, value in new.items():
-            if old.get(key) != value:
-                raise InputError(
-                    f"{store.run_json}: modality {m!r} started training with {key}={old.get(key)!r}, "
-                    f"--resume asks for {key}={value!r}; resume with the run's settings or pass "
-                    "--overwrite to train again"
-                )
-
-
-def _open_run(store: RunStore, mode: str, req: TrainRequest, ds, modalities: list[str]) -> RunMeta:
-    n_classes = ds.info.n_classes
-    if mode == "resume":
-        meta = _check_resume(store, ds)
-        for m in modalities:
-            meta.modalities.setdefault(m, {"status": "pending"})
-        meta.status = "running"
-        store.write(meta)
-        return meta
-    if req.projection_file is not None:
-        P = load_projection(req.projection_file)
-        if P.shape[1] != n_classes:
-            raise InputError(
-                f"{req.projection_file}: projection has n_classes {P.shape[1]}, the dataset "
-                f"{ds.info.name!r} has {n_classes}"
-            )
-        seed = None
-    else:
-        P, seed = create_projection(req.sdml.dim, n_classes, req.projection_seed), req.projection_seed
-    if P.shape[0] != req.sdml.dim:
-        raise InputError(f"projection has dim {P.shape[0]} but --dim is {req.sdml.dim}")
-    store.root.mkdir(parents=True, exist_ok=True)
-    digest = save_projection(store.projection_path, P, seed=seed)
-    meta = RunMeta(
-        kind="sdml",
-        dataset={"uri": absolute_uri(req.dataset_uri), "name": ds.info.name, "n_classes": n_classes,
-                 "multi_label": ds.info.multi_label, "class_names": list(ds.info.class_names)},
-        projection={"file": "projection.arrow", "sha256": digest, "dim": int(P.shape[0]),
-                    "n_classes": int(P.shape[1]), "seed": seed},
-        sdml=req.sdml.to_dict(),
-        strategy=req.resources.strategy,
-        modalities={m: {"status": "pending"} for m in modalities},
-    )
-    store.write(meta)
-    return meta
-
-
-def _job(store: RunStore, meta: RunMeta, req: TrainRequest, modality: str, n_classes: int,
-         table_path: str | None = None) -> ModalityJob:
-    cfg = req.overrides.config_for(req.sdml, modality)
-    meta.modalities[modality]["config"] = cfg.to_dict()
+def modality_job(store: RunStore, meta: RunMeta, modality: str, cfg: SDMLConfig,
+                 table_path: str | None = None) -> ModalityJob:
+    """What the actor training ``modality`` of the run gets: paths and its config."""
     return ModalityJob(
         run_dir=store.uri, modality=modality, config=cfg,  # a URI: actors open their own mirror
         dataset_uri=None if table_path else meta.dataset["uri"], table_path=table_path,
-        n_classes=n_classes, projection_sha256=meta.projection["sha256"],
+        n_classes=int(meta.dataset["n_classes"]), projection_sha256=meta.projection["sha256"],
     )
-
-
-def record_failure(meta: RunMeta, error: BaseException) -> None:
-    """What an actor error says about each modality (distributed.actors.failed_task): finished
-    ones recorded as such, the one that raised marked failed with its one line."""
-    for m, result in getattr(error, "xmr_done", {}).items():
-        if m in meta.modalities:
-            meta.modalities[m].update(modality_entry(result))
-    failed = getattr(error, "xmr_task", None)
-    if failed in meta.modalities:
-        meta.modalities[failed].update(status="failed", error=str(error))
 
 
 def modality_entry(result: TrainResult) -> dict[str, Any]:
@@ -253,18 +220,14 @@ def modality_entry(result: TrainResult) -> dict[str, Any]:
             "device": result.device, "finished": now_iso()}
 
 
-def _tracker(cfg: TrackingConfig, store: RunStore, meta: RunMeta) -> Tracker:
-    return Tracker(job_tracking_uri(cfg.tracking_uri, meta, store.root), cfg.experiment, cfg.enabled)
-
-
-def _run_params(meta: RunMeta, extra: dict[str, Any]) -> dict[str, Any]:
+def _run_params(meta: RunMeta) -> dict[str, Any]:
     # The parent's `lr` lists the rate each modality actually trains with (one value when all
     # agree); each child run also records its own. Read from run.json, so a stored run logs alike.
     rates = {m: (meta.modalities[m].get("config") or meta.sdml).get("lr") for m in meta.modalities}
     lr = next(iter(rates.values())) if len(set(rates.values())) == 1 else ",".join(
         f"{m}={r:g}" for m, r in rates.items())
     return {"dataset": meta.dataset["name"], "projection_sha256": meta.projection["sha256"],
-            "strategy": meta.strategy, **extra, "modalities": ",".join(meta.modalities), **meta.sdml,
+            "strategy": meta.strategy, "modalities": ",".join(meta.modalities), **meta.sdml,
             "lr": lr}
 
 
@@ -279,19 +242,6 @@ def stored_results(store: RunStore, meta: RunMeta) -> dict[str, TrainResult]:
                              planned_epochs=(entry.get("config") or meta.sdml).get("epochs", 0),
                              patience=log.get("patience"), stopped_early=log.get("stopped_early"))
     return out
-
-
-def log_stored_run(store: RunStore, meta: RunMeta, tracker: Tracker, parent: str | None = None) -> str | None:
-    """Log a finished run to MLflow from its run store alone (``xmr track``: e.g. after the
-    tracking server was down during the job): into ``parent``, else a new parent run; one child
-    per modality, the same params, metrics and artifacts the job logs. run.json then points at it."""
-    parent = parent or tracker.start_run(f"sdml:{store.root.name}", tags={
-        "job": "train_xmedia", "xmr.run_dir": store.uri, "xmr.logged_from_store": "true"})
-    tracker.log_params(parent, _run_params(meta, {}))
-    plots = sorted(p for p in store.plots_dir.glob("*.png")) if store.plots_dir.is_dir() else []
-    _log_results(tracker, parent, store, meta, store.read_metrics(), stored_results(store, meta), plots)
-    tracker.end_run(parent)
-    return parent
 
 
 def _log_results(tracker: Tracker, parent: str | None, store: RunStore, meta: RunMeta, metrics: dict,

@@ -15,12 +15,12 @@ import sys
 from collections.abc import Sequence
 
 from scalable_xmr.config import ResourceConfig
-from scalable_xmr.distributed.actors import ActorResources, ActorTask, failed_task, run_actors
+from scalable_xmr.distributed.actors import ActorResources, ActorTask, Outcome, run_tasks
 from scalable_xmr.distributed.cluster import check_gpus
 from scalable_xmr.distributed.progress import ProgressBars
 from scalable_xmr.sdml.joint import train_joint
 from scalable_xmr.sdml.modality_job import ModalityJob
-from scalable_xmr.sdml.trainer import TrainResult, train_modality
+from scalable_xmr.sdml.trainer import train_modality
 
 
 def actor_resources(resources: ResourceConfig) -> ActorResources:
@@ -36,26 +36,25 @@ def check_resources(resources: ResourceConfig) -> None:
 
 def train_modalities(
     jobs: Sequence[ModalityJob], resources: ResourceConfig, show_progress: bool = True
-) -> dict[str, TrainResult]:
-    """Train every job on the cluster with the chosen strategy; returns results by modality."""
+) -> Outcome:
+    """Train every job on the cluster with the chosen strategy: results by modality, and the
+    modality that failed (serial: the groups before it stay finished; joint: none singled out)."""
     if not jobs:
-        return {}
+        return Outcome()
     check_resources(resources)
     placement = actor_resources(resources)
     bars = ProgressBars([j.modality for j in jobs], enabled=show_progress, stream=sys.stderr)
     try:
         if resources.strategy == "joint":
-            task = ActorTask("joint", train_joint, list(jobs))
-            return run_actors([task], placement, bars=bars)["joint"]
+            joint = run_tasks([ActorTask("joint", train_joint, list(jobs))], placement, bars=bars)
+            return Outcome(joint.results.get("joint", {}), None, joint.error)
         groups = [list(jobs)] if resources.strategy == "parallel" else [[j] for j in jobs]
-        results: dict[str, TrainResult] = {}
+        outcome = Outcome()
         for group in groups:  # serial: one at a time, each with the share all would have had
             tasks = [ActorTask(j.modality, train_modality, j) for j in group]
-            try:
-                results.update(run_actors(tasks, placement, bars=bars))
-            except BaseException as e:  # the modalities finished in earlier groups go with the error
-                failed_task(e, None, results)
-                raise
-        return results
+            outcome = outcome.then(run_tasks(tasks, placement, bars=bars))
+            if outcome.error is not None:
+                break
+        return outcome
     finally:
         bars.close()

@@ -143,24 +143,29 @@ class RunStore:
     def plan(self, overwrite: bool, resume: bool) -> str:
         """What a training job will do with ``root``, decided without changing anything (jobs call
         it before Ray starts): 'new', 'resume', or 'replace' (--overwrite of something there)."""
+        return self.survey(overwrite, resume)[0]
+
+    def survey(self, overwrite: bool, resume: bool) -> tuple[str, RunMeta | None]:
+        """:meth:`plan`'s decision and the run.json it read (None when there is none): a job reads
+        a stored run once."""
         if not self.root.exists() or (self.root.is_dir() and not self._entries()):
             if resume:
                 raise RunStateError(f"{self.uri}: --resume given but there is no run to resume")
-            return "new"
+            return "new", None
         if not self.root.is_dir():
             raise InputError(f"{self.uri}: exists and is not a directory")
         if not self.run_json.is_file():
             if overwrite:
-                return "replace"
+                return "replace", None
             raise RunStateError(
                 f"{self.uri}: exists, is not empty and holds no run.json; choose another --run "
                 "or pass --overwrite to delete it"
             )
         meta = self.read()
         if resume:
-            return "resume"
+            return "resume", meta
         if overwrite:
-            return "replace"
+            return "replace", meta
         raise RunStateError(
             f"{self.uri}: already holds a {meta.status} run; pass --resume to "
             "continue it or --overwrite to replace it"

@@ -125,7 +125,7 @@ def test_train_prints_each_rate_and_why_before_ray_starts(tmp_path, capsys, smal
     def stop(address=None):
         raise _Stop
 
-    monkeypatch.setattr("scalable_xmr.sdml.job.connect", stop)
+    monkeypatch.setattr("scalable_xmr.runs.session.connect", stop)
     argv = ["--data", small_xmedia, "--run", str(tmp_path / "run"), "--no-tracking", "--no-progress",
             "--config", _best_json(tmp_path), "--lr", "audio=5e-4", "--modality", "image",
             "--modality", "text", "--modality", "audio", "--modality", "video"]

@@ -13,10 +13,11 @@ from mlflow.tracking import MlflowClient
 
 from scalable_xmr.cli import main
 from scalable_xmr.config import SDMLConfig
+from scalable_xmr.runs.session import parent_run
 from scalable_xmr.store.meta import RunMeta
 from scalable_xmr.store.run_store import RunStore
 from scalable_xmr.tracking import tracker as tracker_module
-from scalable_xmr.tracking.runs import job_tracking_uri, parent_run
+from scalable_xmr.tracking.runs import job_tracking_uri
 from scalable_xmr.tracking.tracker import (
     GIT_COMMIT_TAG,
     GIT_DIRTY_TAG,
@@ -138,10 +139,10 @@ def test_resuming_into_another_store_starts_a_parent_there(tmp_path):
     store.root.mkdir()
     meta = RunMeta(kind="sdml", dataset={"uri": "/d", "name": "d"})
     first = Tracker(f"sqlite:///{tmp_path}/a.db", "exp")
-    with parent_run(store, meta, first, "new", "sdml:run", "train_xmedia", {}) as old:
+    with parent_run(store, meta, first, "new", "train_xmedia", {}) as old:
         pass
     second = Tracker(f"sqlite:///{tmp_path}/b.db", "exp")
-    with parent_run(store, store.read(), second, "resume", "sdml:run", "train_xmedia", {}) as new:
+    with parent_run(store, store.read(), second, "resume", "train_xmedia", {}) as new:
         assert new != old
     tags = second.client.get_run(new).data.tags
     assert tags["xmr.previous_parent_run_id"] == old and tags["xmr.previous_tracking_uri"] == first.uri

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from scalable_xmr.runs.session import parent_run
 from scalable_xmr.store.meta import RunMeta
 from scalable_xmr.store.run_store import RunStore
-from scalable_xmr.tracking.runs import parent_run
 from scalable_xmr.tracking.tracker import Tracker, absolute_tracking_uri, experiment_name
 
 
@@ -16,7 +16,7 @@ def test_parent_run_is_recorded_and_ends_failed_with_the_run(tmp_path):
     meta = RunMeta(kind="sdml", dataset={"uri": "/d", "name": "d"})
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "exp")
     with pytest.raises(ValueError, match="boom"):
-        with parent_run(store, meta, tracker, "new", "sdml:run", "train_xmedia", {"lam": 0.5}) as parent:
+        with parent_run(store, meta, tracker, "new", "train_xmedia", {"lam": 0.5}) as parent:
             assert store.read().mlflow["parent_run_id"] == parent  # recorded before any work
             raise ValueError("boom")
     assert store.read().status == "failed" and store.read().error == "ValueError: boom"
@@ -25,7 +25,7 @@ def test_parent_run_is_recorded_and_ends_failed_with_the_run(tmp_path):
     assert tracker.run_is_active(parent) and not tracker.run_is_active("no-such-run")
     assert experiment_name(tracker.uri, tracker.experiment_id) == "exp"
     # Resuming continues the recorded parent instead of starting another.
-    with parent_run(store, store.read(), tracker, "resume", "sdml:run", "train_xmedia", {}) as again:
+    with parent_run(store, store.read(), tracker, "resume", "train_xmedia", {}) as again:
         assert again == parent
     assert tracker.client.get_run(parent).info.status == "FINISHED"
 
