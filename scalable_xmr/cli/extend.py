@@ -21,7 +21,12 @@ from scalable_xmr.cli.common import (
     print_run_footer,
     run_job,
 )
-from scalable_xmr.cli.train import add_patience_argument, add_run_state_arguments, print_training_notes
+from scalable_xmr.cli.train import (
+    add_patience_argument,
+    add_run_state_arguments,
+    load_overrides,
+    print_training_notes,
+)
 from scalable_xmr.config import ModalityOverrides, ResourceConfig, TrackingConfig
 from scalable_xmr.errors import InputError
 
@@ -86,7 +91,6 @@ def job_parser() -> argparse.ArgumentParser:
 
 
 def request_from_args(args: argparse.Namespace):
-    from scalable_xmr.cli.train import load_overrides
     from scalable_xmr.sdml.extend import AddRequest
 
     if args.data and args.table:

@@ -16,6 +16,7 @@ import time
 
 from scalable_xmr.cli.common import add_address_argument
 from scalable_xmr.errors import InputError
+from scalable_xmr.serving.preflight import check_out_dir, check_out_file, check_serve, open_run
 
 INDEX_HELP = """Encode a Parquet table (id, features[, labels]) with a run's network into an index
 (a directory of Parquet files: id, embedding[, labels], and _xmr_index.json naming the run and
@@ -110,8 +111,6 @@ def _positive(value: int, flag: str) -> int:
 
 
 def run_index(args: argparse.Namespace) -> int:
-    from scalable_xmr.serving.preflight import check_out_dir, open_run
-
     _positive(args.batch_size, "--batch-size")
     out = args.out or f"{args.table.rstrip('/')}.index"
     # Checked before torch or Ray load: the run, its modality, the table's presence, --out.
@@ -133,8 +132,6 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from scalable_xmr.serving.preflight import check_out_file, open_run
-
     _positive(args.k, "--k")
     # Before torch loads: the run, its modalities, the query table's presence, --out.
     run = open_run(args.run, args.model)
@@ -196,8 +193,6 @@ def wait_ready(url: str, timeout: float = 120.0) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from scalable_xmr.serving.preflight import check_serve
-
     _positive(args.replicas, "--replicas")
     indexes = parse_indexes(args.index)
     # Everything that can be checked without torch or Ray, first: one line, exit 2, in a second.

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import argparse
 
+from scalable_xmr.store.run_store import RunStore
+from scalable_xmr.tracking.runs import log_finished_run
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("track", help="log a finished run to MLflow from its run store (e.g. after "
@@ -33,8 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_track(args: argparse.Namespace) -> int:
     from scalable_xmr.branch.job import log_stored_run as log_pairs
     from scalable_xmr.sdml.job import log_stored_run as log_sdml
-    from scalable_xmr.store.run_store import RunStore
-    from scalable_xmr.tracking.runs import log_finished_run
 
     store = RunStore(args.run)
     log = log_sdml if store.read().kind == "sdml" else log_pairs

@@ -25,6 +25,7 @@ from scalable_xmr.config import (
     TrackingConfig,
 )
 from scalable_xmr.errors import InputError
+from scalable_xmr.io import read_json
 
 DEMO_EPOCHS = 25  # `make run`: the full XMedia-shaped data, ~10 min on a 2-core CPU
 
@@ -195,8 +196,6 @@ def load_overrides(path: str | None, lr: list[str] | None = None) -> ModalityOve
     rates = LearningRates.parse(lr)
     if not path:
         return ModalityOverrides(lr=rates)
-    from scalable_xmr.io import read_json
-
     best = read_json(path)
     if not isinstance(best, dict) or best.get("model") != "sdml":
         raise InputError(f"--config {path}: not an SDML best.json (model {best.get('model')!r})")
