@@ -13,9 +13,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from scalable_xmr import __version__
 from scalable_xmr.distributed.submission import check_submission_paths
 from scalable_xmr.errors import Interrupted, XMRError
+from scalable_xmr.version import __version__
 
 # Modules of this package that define `register(subparsers)`; imported lazily so `xmr --help` is fast
 # and a missing optional area never breaks the others.

@@ -22,8 +22,14 @@ from scalable_xmr.cli.common import (
     print_run_footer,
     run_job,
 )
-from scalable_xmr.cli.train import add_patience_argument, add_run_state_arguments, print_training_notes
+from scalable_xmr.cli.train import (
+    add_patience_argument,
+    add_run_state_arguments,
+    load_overrides,
+    print_training_notes,
+)
 from scalable_xmr.config import ModalityOverrides, ResourceConfig, TrackingConfig
+from scalable_xmr.distributed.logs import set_verbose
 from scalable_xmr.errors import InputError
 
 # Flags that change the run's SDML settings for the new modality; None = keep the run's value.
@@ -88,7 +94,6 @@ def job_parser() -> argparse.ArgumentParser:
 
 
 def request_from_args(args: argparse.Namespace):
-    from scalable_xmr.cli.train import load_overrides
     from scalable_xmr.sdml.extend import AddRequest
 
     if args.data and args.table:
@@ -114,7 +119,6 @@ def request_from_args(args: argparse.Namespace):
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from scalable_xmr.distributed.logs import set_verbose
     from scalable_xmr.sdml.evaluate import map_table, pairs_involving
     from scalable_xmr.sdml.extend import add_modalities
 

@@ -29,7 +29,10 @@ from scalable_xmr.cli.train import (
     add_run_state_arguments,
     print_training_notes,
 )
+from scalable_xmr.config import TrackingConfig
+from scalable_xmr.distributed.logs import set_verbose
 from scalable_xmr.errors import InputError
+from scalable_xmr.io import read_json
 
 MODELS = ("vse", "mtfn", "mmca", "vsa")
 RERANK_KEYS = ("k", "k_text")
@@ -163,8 +166,6 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 def load_best(path: str) -> tuple[str, dict[str, Any]]:
     """(model, config) of a sweep's best.json: ``{"model": "<name>", "config": {...}}``."""
-    from scalable_xmr.io import read_json
-
     best = read_json(path)
     model = best.get("model") if isinstance(best, dict) else None
     if model not in MODELS:
@@ -310,7 +311,6 @@ def resolve_data(args: argparse.Namespace, run_dir: str) -> str:
 def request_from_args(args: argparse.Namespace):
     from scalable_xmr.branch.evaluate import check_t2i_groups
     from scalable_xmr.branch.job import PairsRequest
-    from scalable_xmr.config import TrackingConfig
     from scalable_xmr.data.paired import open_paired_dataset
 
     check_t2i_groups(args.t2i_groups, "--t2i-groups")
@@ -334,7 +334,6 @@ def request_from_args(args: argparse.Namespace):
 
 def run_pairs(args: argparse.Namespace) -> int:
     from scalable_xmr.branch.job import train_pairs
-    from scalable_xmr.distributed.logs import set_verbose
 
     set_verbose(args.verbose)
     summary = train_pairs(request_from_args(args), address=args.address)

@@ -15,7 +15,9 @@ import sys
 import time
 
 from scalable_xmr.cli.common import add_address_argument, add_verbose_argument
+from scalable_xmr.distributed.logs import quiet_ray_data, set_verbose
 from scalable_xmr.errors import InputError
+from scalable_xmr.serving.preflight import check_out_dir, check_out_file, check_serve, open_run
 
 INDEX_HELP = """Encode a Parquet table (id, features[, labels]) with a run's network into an index
 (a directory of Parquet files: id, embedding[, labels], and _xmr_index.json naming the run and
@@ -111,8 +113,6 @@ def _positive(value: int, flag: str) -> int:
 
 
 def run_index(args: argparse.Namespace) -> int:
-    from scalable_xmr.serving.preflight import check_out_dir, open_run
-
     _positive(args.batch_size, "--batch-size")
     out = args.out or f"{args.table.rstrip('/')}.index"
     # Checked before torch or Ray load: the run, its modality, the table's presence, --out.
@@ -121,7 +121,6 @@ def run_index(args: argparse.Namespace) -> int:
         raise InputError(f"--table {args.table}: not found")
     check_out_dir(out)
     from scalable_xmr.distributed.cluster import connect
-    from scalable_xmr.distributed.logs import quiet_ray_data, set_verbose
     from scalable_xmr.serving.index import build_index
 
     set_verbose(args.verbose)
@@ -137,8 +136,6 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from scalable_xmr.serving.preflight import check_out_file, open_run
-
     _positive(args.k, "--k")
     # Before torch loads: the run, its modalities, the query table's presence, --out.
     run = open_run(args.run, args.model)
@@ -200,14 +197,11 @@ def wait_ready(url: str, timeout: float = 120.0) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from scalable_xmr.serving.preflight import check_serve
-
     _positive(args.replicas, "--replicas")
     indexes = parse_indexes(args.index)
     # Everything that can be checked without torch or Ray, first: one line, exit 2, in a second.
     check_serve(args.run, indexes, args.modality, args.ann, args.model, args.host, args.port)
     from scalable_xmr.distributed.cluster import connect, started_local
-    from scalable_xmr.distributed.logs import set_verbose
     from scalable_xmr.serving import app
 
     app.set_verbose(set_verbose(args.verbose))

@@ -31,6 +31,7 @@ from scalable_xmr.cli.common import (
     run_job,
 )
 from scalable_xmr.config import TrackingConfig
+from scalable_xmr.distributed.logs import set_verbose, verbose
 from scalable_xmr.errors import InputError
 
 MODEL_CHOICES = ("sdml", "vse", "mtfn", "mmca", "vsa")
@@ -156,7 +157,6 @@ def resolve_sweep_data(args: argparse.Namespace) -> str:
 
 
 def request_from_args(args: argparse.Namespace):
-    from scalable_xmr.distributed.logs import verbose
     from scalable_xmr.tuning.sweep import SweepRequest
 
     data = "" if args.resume else resolve_sweep_data(args)
@@ -173,7 +173,6 @@ def request_from_args(args: argparse.Namespace):
 
 
 def run_sweep_cli(args: argparse.Namespace) -> int:
-    from scalable_xmr.distributed.logs import set_verbose
     from scalable_xmr.tuning.branch_backend import rerank_line
     from scalable_xmr.tuning.sweep import run_sweep, schedule_line
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 
+from scalable_xmr.store.run_store import RunStore
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("track", help="log a finished run to MLflow from its run store (e.g. after "
@@ -34,7 +36,6 @@ def run_track(args: argparse.Namespace) -> int:
     from scalable_xmr.branch.job import RECORDS as PAIRS
     from scalable_xmr.runs.track import log_finished_run
     from scalable_xmr.sdml.job import RECORDS as SDML
-    from scalable_xmr.store.run_store import RunStore
 
     store = RunStore(args.run)
     records = SDML if store.read().kind == "sdml" else PAIRS

@@ -25,7 +25,9 @@ from scalable_xmr.config import (
     SDMLConfig,
     TrackingConfig,
 )
+from scalable_xmr.distributed.logs import set_verbose
 from scalable_xmr.errors import InputError
+from scalable_xmr.io import read_json
 
 DEMO_EPOCHS = 25  # `make run`: the full XMedia-shaped data, ~10 min on a 2-core CPU
 
@@ -197,8 +199,6 @@ def load_overrides(path: str | None, lr: list[str] | None = None) -> ModalityOve
     rates = LearningRates.parse(lr)
     if not path:
         return ModalityOverrides(lr=rates)
-    from scalable_xmr.io import read_json
-
     best = read_json(path)
     if not isinstance(best, dict) or best.get("model") != "sdml":
         raise InputError(f"--config {path}: not an SDML best.json (model {best.get('model')!r})")
@@ -239,7 +239,6 @@ def request_from_args(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from scalable_xmr.distributed.logs import set_verbose
     from scalable_xmr.sdml.evaluate import map_table
     from scalable_xmr.sdml.job import train_sdml
 

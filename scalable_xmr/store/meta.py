@@ -14,8 +14,8 @@ import platform
 from dataclasses import dataclass, field
 from typing import Any
 
-from scalable_xmr import __version__
 from scalable_xmr.errors import InputError
+from scalable_xmr.version import __version__
 
 FORMAT_VERSION = 1
 KINDS = ("sdml", "pairs")

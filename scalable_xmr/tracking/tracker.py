@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from scalable_xmr import __version__
+from scalable_xmr.version import __version__
 
 DEFAULT_STORE = "mlflow.db"
 # Ray's Jobs API sets this for a `ray job submit` entrypoint (distributed.submission reads it too;

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import scalable_xmr.tuning.results as res
 from scalable_xmr.config import TrackingConfig
 from scalable_xmr.distributed.cluster import can_autoscale, connect, describe_cluster
 from scalable_xmr.errors import InputError, MissingError, RunStateError
@@ -43,7 +44,6 @@ from scalable_xmr.io import atomic_write_json, atomic_write_text, check_writable
 from scalable_xmr.store.meta import now_iso, versions
 from scalable_xmr.store.remote import open_dir, pull_path, uri_of
 from scalable_xmr.tracking.tracker import Tracker, default_tracking_uri
-from scalable_xmr.tuning import results as res
 from scalable_xmr.tuning.backend import Backend
 from scalable_xmr.tuning.branch_backend import BranchBackend
 from scalable_xmr.tuning.console import TrialLines, set_console, tune_callbacks, tune_console
