@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 ENV = "XMR_FAULTS"
 MARKER = ".fault_injected"
 
 
-def crash_after_checkpoint(name: str, epoch: int, total: int, checkpoint_dir: str | os.PathLike) -> None:
-    """Die here, once, if the fault plan names ``name`` at ``epoch`` or earlier (never at the end)."""
+def crash_after_checkpoint(name: str, epoch: int, total: int, checkpoint_dir: str | os.PathLike,
+                           grace_s: float = 0.0) -> None:
+    """Die here, once, if the fault plan names ``name`` at ``epoch`` or earlier (never at the end),
+    ``grace_s`` seconds after deciding to (a Ray Train worker: its controller takes the reported
+    checkpoint in on its next polls, and a worker lost before then loses that checkpoint)."""
     plan_path = os.environ.get(ENV)
     if not plan_path:
         return
@@ -32,4 +36,5 @@ def crash_after_checkpoint(name: str, epoch: int, total: int, checkpoint_dir: st
     marker = Path(checkpoint_dir) / MARKER
     if not marker.exists():
         marker.write_text(f"{os.getpid()} {epoch}\n")
+        time.sleep(grace_s)
         os._exit(1)

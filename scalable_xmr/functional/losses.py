@@ -27,10 +27,26 @@ def sdml_loss(
     Returns:
         (total, reconstruction term, label term), each a scalar tensor.
     """
-    recon = (x_hat - x).norm(dim=1).mean()  # J_r, averaged over the batch
+    n_labeled = (y.sum(dim=1) > 0).sum()
+    return sdml_loss_share(x_hat, x, h, P, y, lam, len(x), n_labeled)
+
+
+def sdml_loss_share(x_hat: torch.Tensor, x: torch.Tensor, h: torch.Tensor, P: torch.Tensor, y: torch.Tensor,
+                    lam: float, batch_size: int, n_labeled: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The share of :func:`sdml_loss` that rows ``x`` hold in a batch of ``batch_size`` rows of
+    which ``n_labeled`` (a count tensor) are labeled: the batch's sums over these rows divided by the
+    whole batch's counts. The shares of disjoint row sets covering the batch add up to
+    :func:`sdml_loss` of the batch (a data-parallel worker's part of a global batch; the whole
+    batch is its own share).
+
+    Returns:
+        (total, reconstruction term, label term) shares, each a scalar tensor.
+    """
+    recon = (x_hat - x).norm(dim=1).sum() / batch_size  # J_r: sum here / rows of the batch
     residual = (h @ P - y).norm(dim=1)  # ‖Pᵀh − y‖₂ per sample: (B,)
     labeled = (y.sum(dim=1) > 0).to(residual.dtype)  # (B,)
-    label = (residual * labeled).sum() / labeled.sum().clamp_min(1.0)  # J_s over labeled rows
+    label = (residual * labeled).sum() / n_labeled.to(residual.dtype).clamp_min(1.0)  # J_s: labeled rows
     return lam * recon + (1.0 - lam) * label, recon, label
 
 

@@ -155,13 +155,15 @@ def improves(val_label: float, best_val: float) -> bool:
     return val_label < best_val
 
 
-def mean_label_loss(encode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                    P: torch.Tensor, per_sample: Callable[..., torch.Tensor] = label_loss_per_sample,
-                    chunk: int = 4096, keep: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """Mean ‖Pᵀh − y‖₂ over the labeled rows of ``x`` (h = ``encode`` of a chunk of rows).
+def label_loss_sum(encode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                   P: torch.Tensor, per_sample: Callable[..., torch.Tensor] = label_loss_per_sample,
+                   chunk: int = 4096, keep: list[torch.Tensor] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of ‖Pᵀh − y‖₂ over the labeled rows of ``x``, how many rows are labeled), h =
+    ``encode`` of a chunk of rows. Sums, so that shards of a split (data-parallel workers) add up.
 
     ``per_sample(h, P, y)`` gives one value per row; a population passes a vmapped one, so that
-    ``encode`` may return (..., rows, d) and the result keeps the leading (member) dims. With
+    ``encode`` may return (..., rows, d) and the sum keeps the leading (member) dims. With
     ``keep``, each chunk's h is appended to it (the embeddings, for whoever scores them next).
     """
     labeled = y.sum(1) > 0
@@ -171,7 +173,15 @@ def mean_label_loss(encode: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
         if keep is not None:
             keep.append(h)
         total = total + (per_sample(h, P, y[i : i + chunk]) * labeled[i : i + chunk]).sum(-1)
-    return total / labeled.sum().clamp_min(1)
+    return total, labeled.sum()
+
+
+def mean_label_loss(encode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                    P: torch.Tensor, per_sample: Callable[..., torch.Tensor] = label_loss_per_sample,
+                    chunk: int = 4096, keep: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Mean ‖Pᵀh − y‖₂ over the labeled rows of ``x``: :func:`label_loss_sum` over its count."""
+    total, count = label_loss_sum(encode, x, y, P, per_sample, chunk, keep)
+    return total / count.clamp_min(1)
 
 
 def stored_config(values: Any) -> Any:
@@ -193,7 +203,9 @@ def model_payload(model: SDMLAutoencoder, cfg: SDMLConfig, modality: str, best_e
 class ModalityTrainer:
     """Trains one modality's supervised autoencoder against the fixed P (SDML Algorithm 1)."""
 
-    def __init__(self, job: ModalityJob, progress: ProgressFn | None = None):
+    def __init__(self, job: ModalityJob, progress: ProgressFn | None = None, *, resume: bool = True):
+        """``resume=False``: start fresh whatever the run store holds (a data-parallel rank,
+        whose checkpoints Ray Train keeps, restores with :meth:`restore` instead)."""
         self.job, self.cfg, self.progress = job, job.config, progress
         self.device, self.store, self.P, self.data = job_context(job)
         seed = member_seed(self.cfg, job.modality)
@@ -213,7 +225,8 @@ class ModalityTrainer:
         self.stopped_early: int | None = None  # the epoch patience ran out at (config.patience_exhausted)
         self.outputs_written = False
         self.recovered_from: str | None = None  # why the newest checkpoint was skipped on resume
-        self._resume()
+        if resume:
+            self._resume()
 
     @property
     def done(self) -> bool:
@@ -274,14 +287,14 @@ class ModalityTrainer:
                 f"modality {self.job.modality!r}: train split has {len(self.x['train'])} rows, "
                 f"fewer than one batch of {self.cfg.batch_size}"
             )
-        for x, y in batches:
+        for batch in batches:
             self.optimizer.zero_grad(set_to_none=True)
-            total, recon, label = self.loss(x, y)
-            total.backward()
+            total, recon, label = self.loss(*batch)
+            self.backward(total)
             self.optimizer.step()
             sums += torch.stack([total.detach(), recon.detach(), label.detach()])
         self.epoch += 1
-        means = (sums / len(batches)).tolist()  # one host sync per epoch
+        means = (self.epoch_sums(sums) / len(batches)).tolist()  # one host sync per epoch
         bad = [term for term, v in zip(("total", "reconstruction", "label"), means, strict=True)
                if not math.isfinite(v)]
         if bad:  # stop here: checkpointing NaN weights would only spread them
@@ -291,6 +304,15 @@ class ModalityTrainer:
                              f"{self.epoch} (lr {self.optimizer.param_groups[0]['lr']:g}); lower --lr, check "
                              "the inputs, or resume from the last checkpoint")
         return EpochStats(self.epoch, *means, self.val_label_loss(), time.perf_counter() - start)
+
+    def backward(self, total: torch.Tensor) -> None:
+        """Gradients of one batch's loss (a data-parallel rank scales its share first)."""
+        total.backward()
+
+    def epoch_sums(self, sums: torch.Tensor) -> torch.Tensor:
+        """The epoch's (total, recon, label) loss sums over its batches (a data-parallel rank adds
+        up every rank's share here)."""
+        return sums
 
     # ---- the loop ------------------------------------------------------------------------------
     def fit(self, on_epoch: EpochHook | None = None, checkpoint_at_end: bool = True) -> TrainResult:
@@ -343,7 +365,12 @@ class ModalityTrainer:
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        state = {
+        torchfile.save_rotating(self.checkpoint_state(), self.store.checkpoint_path(self.job.modality))
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything a resume continues from exactly: weights, Adam, epoch, the batch-order RNG,
+        the selection so far and the config it was trained with."""
+        return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
@@ -355,7 +382,6 @@ class ModalityTrainer:
             "resumed_at": self.resumed_at,
             "config": self.cfg.to_dict(),
         }
-        torchfile.save_rotating(state, self.store.checkpoint_path(self.job.modality))
 
     def _resume(self) -> None:
         path = self.store.checkpoint_path(self.job.modality)
@@ -363,10 +389,14 @@ class ModalityTrainer:
             return
         # A corrupt newest checkpoint falls back to the one before it (said in recovered_from).
         state, _, self.recovered_from = torchfile.load_newest_good(path, self.device)
+        self.restore(state, str(path))
+
+    def restore(self, state: dict[str, Any], source: str) -> None:
+        """Continue from ``state`` (:meth:`checkpoint_state`, read from ``source``)."""
         if stored_config(state.get("config")) != self.cfg.to_dict():
             # A checkpoint from other hyperparameters must not be continued silently.
             raise InputError(
-                f"{path}: checkpoint was written with another config {state.get('config')}; "
+                f"{source}: checkpoint was written with another config {state.get('config')}; "
                 "delete it or use the same settings"
             )
         self.model.load_state_dict(state["model"])

@@ -1,0 +1,134 @@
+"""What one modality pays to train through Ray Train (TorchTrainer, W workers) instead of one process.
+
+    .venv/bin/python bench/train_scale.py            # about 6 minutes on 2 quiet cores
+    .venv/bin/python bench/train_scale.py --quick    # tiny data, a smoke test (numbers meaningless)
+
+One modality of 4000 train / 500 val / 500 test rows of 256 random features, 20 classes (speed
+does not depend on content), the default network (256-1024-1024-512 and back), batch 100, one torch
+thread per process, on a local Ray with 2 CPUs. Each path trains the same job for 2 and for 6
+epochs; the wall times t(2), t(6) of the driver's call give
+
+    per epoch = (t(6) - t(2)) / 4          per job = t(2) - 2 x per epoch
+
+(per job: everything that does not grow with the epochs -- starting workers and process group,
+reading the data, writing model.pt and the embeddings, tearing down). The paths:
+
+- in process: ``ModalityTrainer.fit`` in this process (no Ray; after a 1-epoch warm-up);
+- Ray task: the same call in a Ray task of 1 CPU (what the SDML job's actor does, minus its hub);
+- Train W=1: ``train_modality_parallel`` with one worker of 1 CPU, Ray's default controller poll
+  (2 s) and ours (0.25 s): Train V2 takes one report per worker per poll, and this trainer reports
+  every epoch, so with epochs shorter than the poll the run waits for its reports at the end;
+- Train W=2: two workers of 1 CPU each (gloo over loopback), the same global batch of 100.
+
+rows/s = 4000 train rows x epochs / the trainer's own ``train_seconds`` (inside the worker, report
+waits included). Medians are not taken (one run each): the load average printed at the top says
+how quiet the machine was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import machine_info, print_info, print_table
+
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from scalable_xmr.config import SDMLConfig  # noqa: E402
+from scalable_xmr.data.modality.dataset import write_dataset  # noqa: E402
+from scalable_xmr.data.modality.info import DatasetInfo, ModalityInfo  # noqa: E402
+from scalable_xmr.sdml.data_parallel import train_modality_parallel  # noqa: E402
+from scalable_xmr.sdml.modality_job import ModalityJob  # noqa: E402
+from scalable_xmr.sdml.trainer import ModalityTrainer, TrainResult  # noqa: E402
+from scalable_xmr.store.projection import create_projection, save_projection  # noqa: E402
+
+MODALITY, CLASSES = "image", 20
+EPOCHS = (2, 6)
+
+
+def make_data(root: Path, n_train: int, dim: int) -> str:
+    rng = np.random.default_rng(0)
+    sizes = {"train": n_train, "val": n_train // 8, "test": n_train // 8}
+    splits = np.concatenate([[s] * n for s, n in sizes.items()])
+    n = len(splits)
+    info = DatasetInfo("scale", CLASSES, False, [f"c{i}" for i in range(CLASSES)],
+                       {MODALITY: ModalityInfo(MODALITY, dim)})
+    tables = {MODALITY: ([f"r{i}" for i in range(n)], splits, rng.integers(0, CLASSES, n),
+                         rng.standard_normal((n, dim), dtype=np.float32))}
+    write_dataset(str(root / "data"), info, tables)
+    return str(root / "data")
+
+
+def make_job(root: Path, data: str, cfg: SDMLConfig) -> ModalityJob:
+    run = root / "run"
+    run.mkdir(parents=True)
+    digest = save_projection(run / "projection.arrow", create_projection(cfg.dim, CLASSES, 0))
+    return ModalityJob(run_dir=str(run), modality=MODALITY, config=cfg, dataset_uri=data, n_classes=CLASSES,
+                       projection_sha256=digest, num_threads=1)
+
+
+def fit_in_process(job: ModalityJob) -> TrainResult:
+    torch.set_num_threads(1)
+    return ModalityTrainer(job).fit()
+
+
+def timed(tag: str, path, root: Path, data: str, cfg: SDMLConfig) -> dict[int, tuple[float, TrainResult]]:
+    out = {}
+    for epochs in EPOCHS:
+        job = make_job(root / f"{tag}-{epochs}", data, SDMLConfig(**{**cfg.to_dict(), "epochs": epochs}))
+        start = time.perf_counter()
+        result = path(job)
+        out[epochs] = (time.perf_counter() - start, result)
+        print(f"  {tag}: {epochs} epochs in {out[epochs][0]:.1f} s", flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny data and network (a smoke test)")
+    args = parser.parse_args()
+    import ray
+
+    n_train, dim = (400, 32) if args.quick else (4000, 256)
+    cfg = SDMLConfig(batch_size=100, checkpoint_every=5, lr=1e-4,
+                     **({"dim": 32, "hidden": 64} if args.quick else {}))
+    print_info("Machine", machine_info(threads=1))
+    root = Path(tempfile.mkdtemp(prefix="xmr-train-scale-"))
+    data = make_data(root, n_train, dim)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    task = ray.remote(num_cpus=1)(fit_in_process)
+
+    def train(workers: int, poll: float):
+        return lambda job: train_modality_parallel(job, workers, resources_per_worker={"CPU": 1},
+                                                   poll_interval_s=poll)
+
+    paths = {
+        "in process (ModalityTrainer.fit)": lambda job: fit_in_process(job),
+        "Ray task, 1 CPU": lambda job: ray.get(task.remote(job)),
+        "Train W=1, poll 2 s (Ray's default)": train(1, 2.0),
+        "Train W=1, poll 0.25 s": train(1, 0.25),
+        "Train W=2, poll 0.25 s": train(2, 0.25),
+    }
+    fit_in_process(make_job(root / "warm-up", data, SDMLConfig(**{**cfg.to_dict(), "epochs": 1})))
+    rows = []
+    for i, (tag, path) in enumerate(paths.items()):
+        times = timed(f"p{i}", path, root, data, cfg)
+        (t2, _), (t6, r6) = times[EPOCHS[0]], times[EPOCHS[1]]
+        per_epoch = (t6 - t2) / (EPOCHS[1] - EPOCHS[0])
+        per_job = t2 - EPOCHS[0] * per_epoch
+        rows.append((tag, f"{t2:.1f}", f"{t6:.1f}", f"{per_epoch:.2f}", f"{per_job:.1f}",
+                     f"{n_train * EPOCHS[1] / r6.train_seconds:,.0f}"))
+    ray.shutdown()
+    print_table(f"One modality ({n_train} x {dim}, batch 100): wall time of the driver's call, s",
+                ["path", f"t({EPOCHS[0]})", f"t({EPOCHS[1]})", "per epoch", "per job",
+                 "rows/s (train_seconds)"], rows)
+
+
+if __name__ == "__main__":
+    main()

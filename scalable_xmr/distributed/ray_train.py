@@ -1,0 +1,126 @@
+"""Run one function on W Ray Train workers (TorchTrainer, Train V2): a process group, checkpoints
+Ray keeps, restarts of the worker group from the latest one.
+
+``run_workers(fn, payload, group, name=..., storage_path=...)`` calls ``fn(payload, ctx)`` in each
+worker, ``ctx`` a :class:`RayRankContext` (rank, world size, device, the latest checkpoint,
+``report``), and returns the metrics rank 0 reported last. As with ``run_actors``, ``fn`` is a
+module-level function and its payload holds paths and configs, never arrays. Running again with the
+same ``name`` and ``storage_path`` resumes from the latest checkpoint (Train V2 has no restore call).
+
+Settings that keep a bad setup from hanging (RAY_NOTES.md, "Ray Train V2"): a worker group that
+cannot be placed within ``start_timeout_s`` fails the run after one retry (the controller retries
+forever by default), gloo talks over loopback on a one-node cluster (``GLOO_SOCKET_IFNAME=lo``),
+and each worker's OMP threads start at one (the payload sets torch's own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import ray
+import ray.train
+from ray.exceptions import RayTaskError
+from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
+from ray.train.torch import TorchTrainer, get_device
+
+T = TypeVar("T")
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # read by Train V2's controller
+POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # likewise
+
+
+@dataclass(frozen=True)
+class WorkerGroup:
+    """The workers of one data-parallel run."""
+
+    workers: int
+    use_gpu: bool = False  # one GPU per worker (nccl); gloo on CPUs otherwise
+    resources_per_worker: dict[str, float] | None = None  # e.g. {"CPU": 0.5}; Ray's default: 1 CPU
+    max_failures: int = 2  # worker-group restarts from the latest checkpoint
+    start_timeout_s: float = 60.0  # placing and starting the group; then one retry, then failure
+    # How often the controller polls each worker. It takes ONE report per worker per poll and keeps
+    # a checkpoint only once every worker's report of it arrived; reports wait in the workers'
+    # queues meanwhile (lost with a worker that dies) and the run ends only once they are drained.
+    # Ray's default, 2 s, adds ~2 s a report when epochs are shorter (bench/train_scale.py).
+    poll_interval_s: float = 0.25
+    loopback: bool | None = None  # GLOO_SOCKET_IFNAME=lo; None: when the cluster has one node
+
+
+class RayRankContext:
+    """A worker's view of its run (the ``ctx`` that ``fn`` receives)."""
+
+    def __init__(self) -> None:
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        self.device = str(get_device())  # cuda:<local rank> on a GPU worker, else cpu
+
+    def load_checkpoint(self, loader: Callable[[Path], T]) -> T | None:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            return loader(Path(directory))
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
+        checkpoint = None if checkpoint_dir is None else Checkpoint.from_directory(str(checkpoint_dir))
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """What TorchTrainer runs in each worker: ``config["fn"](config["payload"], ctx)``."""
+    config["fn"](config["payload"], RayRankContext())
+
+
+@contextlib.contextmanager
+def _driver_env(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in this process's environment while Train V2 starts its controller (which
+    copies the RAY_TRAIN_* settings it knows from here), restored after."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_workers(fn: Callable[[Any, RayRankContext], None], payload: Any, group: WorkerGroup, *,
+                name: str, storage_path: str,
+                user_errors: tuple[type[Exception], ...] = ()) -> dict[str, Any]:
+    """``fn(payload, ctx)`` on ``group.workers`` workers; the metrics rank 0 reported with the
+    latest checkpoint (Train V2 keeps no others: report the result with a checkpoint).
+
+    Raises Ray Train's error when the run fails past ``group.max_failures`` restarts; a worker's
+    exception of one of ``user_errors`` types is raised as itself (lowest rank first). Train V2
+    retries every worker error, a deterministic one too: it comes back after the restarts.
+    """
+    loopback = group.loopback if group.loopback is not None else len(
+        [n for n in ray.nodes() if n.get("Alive")]) <= 1
+    env = {"OMP_NUM_THREADS": "1"} | ({"GLOO_SOCKET_IFNAME": "lo"} if loopback else {})
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"fn": fn, "payload": payload},
+        scaling_config=ScalingConfig(num_workers=group.workers, use_gpu=group.use_gpu,
+                                     resources_per_worker=group.resources_per_worker),
+        run_config=RunConfig(
+            name=name, storage_path=storage_path, worker_runtime_env={"env_vars": env},
+            failure_config=FailureConfig(max_failures=group.max_failures, controller_failure_limit=1)),
+    )
+    try:
+        with _driver_env({START_TIMEOUT_ENV: str(group.start_timeout_s),
+                          POLL_INTERVAL_ENV: str(group.poll_interval_s)}):
+            result = trainer.fit()
+    except WorkerGroupError as e:
+        for _, failure in sorted(e.worker_failures.items()):
+            cause = failure.as_instanceof_cause() if isinstance(failure, RayTaskError) else failure
+            if isinstance(cause, user_errors):
+                raise cause from None
+        raise
+    return dict(result.metrics or {})
