@@ -34,14 +34,8 @@ One add job at a time per run: the job holds an exclusive ``flock`` on the run d
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import shutil
 import sys
-import time
-import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,28 +45,22 @@ import numpy as np
 from scalable_xmr.config import ModalityOverrides, ResourceConfig, SDMLConfig, TrackingConfig, from_dict
 from scalable_xmr.data.modality.dataset import open_dataset, read_modality_table
 from scalable_xmr.data.modality.table import check_labelled_test
-from scalable_xmr.distributed.cluster import connect
-from scalable_xmr.errors import ActorDiedError, InputError, Interrupted, MissingError, RunStateError
-from scalable_xmr.io import absolute_uri, atomic_write_bytes, check_writable, written
+from scalable_xmr.distributed.actors import Outcome
+from scalable_xmr.errors import ActorDiedError, InputError, MissingError, RunStateError
+from scalable_xmr.io import absolute_uri
+from scalable_xmr.runs.session import RunSummary
+from scalable_xmr.runs.staging import Commit, run_staged
 from scalable_xmr.sdml import evaluate
-from scalable_xmr.sdml.job import TrainSummary, finish_run, modality_entry
+from scalable_xmr.sdml.job import finish_run, modality_entry
 from scalable_xmr.sdml.launch import check_resources, train_modalities
 from scalable_xmr.sdml.modality_job import ModalityJob, check_split_sizes
 from scalable_xmr.sdml.trainer import TrainResult
-from scalable_xmr.store import training_state
-from scalable_xmr.store.lock import run_lock
 from scalable_xmr.store.meta import RunMeta, now_iso, versions
 from scalable_xmr.store.projection import load_projection
 from scalable_xmr.store.run_store import RunStore
-from scalable_xmr.tracking.runs import recorded_elsewhere, tracking_footer
-from scalable_xmr.tracking.tracker import (
-    Tracker,
-    absolute_tracking_uri,
-    default_tracking_uri,
-    experiment_name,
-)
+from scalable_xmr.tracking.runs import recorded_elsewhere
+from scalable_xmr.tracking.tracker import Tracker
 
-STAGING = ".staging"
 SPLITS = ("train", "val", "test")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # the dataset.json rule for modality names
 
@@ -104,56 +92,68 @@ class _Source:
         return {"dataset": self.dataset_uri} if self.dataset_uri else {"table": str(self.table_path)}
 
 
-def add_modalities(req: AddRequest, address: str | None = None) -> TrainSummary:
+def add_modalities(req: AddRequest, address: str | None = None) -> RunSummary:
     """Train ``req.modalities`` against the run's P on one Ray actor each and add them to the run.
 
     Checks everything it can before writing anything (run state, P's checksum, classes, labels,
     features, names); see the module docstring for exactly what changes in the run directory.
     """
-    start = time.perf_counter()
     _check_request(req)
-    store = RunStore(req.run_dir)
-    store.read_finished()  # a clear error before locking anything
-    with run_lock(store.root):  # one job at a time on a run directory
-        store.refresh()  # an object-storage run: its local mirror as the bucket holds it
-        meta = store.read_finished()
-        n_classes = _check_run(store, meta, req)
-        base = from_dict(SDMLConfig, meta.sdml, source=f"{store.run_json} 'sdml'")  # the run's settings
-        configs = _configs(base, meta, req)
-        sources = _sources(store, meta, req, configs)
-        check_writable(store.root, "--run")
+    return run_staged(AddModalities(req), req.run_dir, req.tracking, req.keep_checkpoints, address)
+
+
+class AddModalities:
+    """The add-modality job as :func:`~scalable_xmr.runs.staging.run_staged` runs it."""
+
+    job, command = "add_modality", "add-modality command"
+    staged_files = ("projection.arrow",)  # the trainers load P from their run folder
+    state_where = "modalities/<new>/checkpoints/"
+
+    def __init__(self, req: AddRequest):
+        self.req = req
+
+    def check(self, store: RunStore, meta: RunMeta) -> None:
+        req = self.req
+        self.n_classes = _check_run(store, meta, req)
+        self.base = from_dict(SDMLConfig, meta.sdml, source=f"{store.run_json} 'sdml'")  # the run's settings
+        self.configs = _configs(self.base, meta, req)  # resolved once
+        self.sources = _sources(store, meta, req, self.configs)
+        self.store = store
+
+    def before_ray(self) -> None:
         # each new modality's rate and where it came from, before anything trains (docs/models.md)
-        print(req.overrides.lr_line(base, req.modalities), file=sys.stderr, flush=True)
-        connect(address)
-        check_resources(req.resources)
-        tracker, parent, own_parent = _open_tracking(store, meta, req.tracking)
-        shutil.rmtree(store.root / STAGING, ignore_errors=True)  # left by a killed add job
-        written(store.root / STAGING)  # (written(): the same change in an object-storage run's bucket)
-        staging = _Staging(store)
-        try:
-            jobs = [ModalityJob(run_dir=staging.store.uri, modality=m, config=configs[m],
-                                dataset_uri=sources[m].dataset_uri, table_path=sources[m].table_path,
-                                n_classes=n_classes, projection_sha256=meta.projection["sha256"])
-                    for m in req.modalities]
-            results = _train(jobs, req, store)
-            store.refresh()  # an object-storage run: what the actors uploaded, from any node
-            state = training_state.after_finish(
-                staging.store.uri, [staging.store.checkpoint_path(m).parent for m in results],
-                req.keep_checkpoints, where="modalities/<new>/checkpoints/")
-            metrics = _commit(store, meta, staging, results, configs, sources, tracker, parent)
-        except BaseException as e:
-            if own_parent:
-                tracker.end_run(parent, "FAILED")
-            if isinstance(e, KeyboardInterrupt) and not isinstance(e, Interrupted):
-                raise Interrupted(f"{store.uri} is unchanged; run the same add-modality command again") from e
-            raise
-        finally:
-            staging.remove()
-        _log_new_pairs(tracker, meta, metrics, list(req.modalities))
-        if own_parent:
-            tracker.end_run(parent)
-    return TrainSummary(store.uri, metrics, results, tracking_footer(tracker, parent, store.uri),
-                        time.perf_counter() - start, training_state=state)
+        print(self.req.overrides.lr_line(self.base, self.req.modalities), file=sys.stderr, flush=True)
+
+    def check_cluster(self) -> None:
+        check_resources(self.req.resources)
+
+    def params(self, meta: RunMeta) -> dict[str, Any]:
+        return {"dataset": meta.dataset["name"], "projection_sha256": meta.projection["sha256"], **meta.sdml}
+
+    def jobs(self, staging: RunStore, meta: RunMeta) -> list[ModalityJob]:
+        return [ModalityJob(run_dir=staging.uri, modality=m, config=self.configs[m],
+                            dataset_uri=self.sources[m].dataset_uri, table_path=self.sources[m].table_path,
+                            n_classes=self.n_classes, projection_sha256=meta.projection["sha256"])
+                for m in self.req.modalities]
+
+    def train(self, jobs: list[ModalityJob]) -> Outcome:
+        outcome = train_modalities(jobs, self.req.resources, show_progress=self.req.show_progress)
+        if isinstance(outcome.error, ActorDiedError):
+            error = RunStateError(f"training of {', '.join(self.req.modalities)} died ({outcome.error}); "
+                                  f"the run {self.store.root} is unchanged")
+            error.__cause__ = outcome.error
+            outcome.error = error
+        return outcome
+
+    def state(self, staging: RunStore, units: list[str]) -> list[Path]:
+        return [staging.checkpoint_path(m).parent for m in units]
+
+    def commit(self, commit: Commit, meta: RunMeta, results: dict[str, TrainResult], tracker: Tracker,
+               parent: str | None) -> dict:
+        return _commit(commit, meta, results, self.configs, self.sources, tracker, parent)
+
+    def after_commit(self, tracker: Tracker, meta: RunMeta, metrics: dict[str, Any]) -> None:
+        _log_new_pairs(tracker, meta, metrics, list(self.req.modalities))
 
 
 # ---- validation (nothing is written before all of it passed) ------------------------------------
@@ -254,72 +254,31 @@ def _check_splits(modality: str, splits: dict, where: str, multi_label: bool, cf
     check_labelled_test(int((splits["test"].labels.sum(axis=1) > 0).sum()), where)
 
 
-# ---- training in a staging folder ---------------------------------------------------------------
-class _Staging:
-    """``<run>/.staging/add-<id>/``: a run-shaped folder (its own copy of P) the trainers write to."""
-
-    def __init__(self, store: RunStore):
-        self.root = store.root / STAGING / f"add-{uuid.uuid4().hex[:12]}"
-        self.root.mkdir(parents=True)
-        shutil.copyfile(store.projection_path, self.root / "projection.arrow")
-        written(self.root / "projection.arrow")
-        self.store = RunStore(self.root)
-        self.aside = self.root / "aside"  # folders moved out of modalities/ during the commit
-
-    def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
-        written(self.root)
-        with contextlib.suppress(OSError):
-            self.root.parent.rmdir()  # only if empty
-
-
-def _train(jobs: list[ModalityJob], req: AddRequest, store: RunStore) -> dict[str, TrainResult]:
-    try:
-        return train_modalities(jobs, req.resources, show_progress=req.show_progress).value()
-    except ActorDiedError as e:
-        raise RunStateError(f"training of {', '.join(req.modalities)} died ({e}); "
-                            f"the run {store.root} is unchanged") from e
-
-
 # ---- the commit ---------------------------------------------------------------------------------
-def _commit(store: RunStore, meta: RunMeta, staging: _Staging, results: dict[str, TrainResult],
+def _commit(commit: Commit, meta: RunMeta, results: dict[str, TrainResult],
             configs: dict[str, SDMLConfig], sources: dict[str, _Source], tracker: Tracker,
             parent: str | None) -> dict:
     """Move the trained folders in, then metrics.json and plots, then run.json (the commit point)."""
-    snapshot = _snapshot(store)
-    moved_in: list[Path] = []
-    moved_aside: list[tuple[Path, Path]] = []
+    store, staging = commit.store, commit.staging.store
     replaced = [m for m in results if m in meta.modalities]
-    try:
-        if replaced:
-            _commit_without(store, meta, replaced)
-        for m in results:
-            for f in ("model.pt", "train_log.json", "embeddings/val.parquet", "embeddings/test.parquet"):
-                assert (staging.store.modality_dir(m) / f).is_file(), f"trainer wrote no {f} for {m}"
-            dest = store.modality_dir(m)
-            if dest.exists():  # the replaced modality, or an unlisted leftover of a killed add job
-                staging.aside.mkdir(exist_ok=True)
-                os.replace(dest, staging.aside / m)
-                moved_aside.append((staging.aside / m, dest))
-            dest.parent.mkdir(exist_ok=True)
-            os.replace(staging.store.modality_dir(m), dest)  # atomic: the folder appears whole
-            written(dest)  # object storage: uploaded file by file (no rename there), before run.json
-            moved_in.append(dest)
-            meta.modalities[m] = {**modality_entry(results[m]), "config": configs[m].to_dict(),
-                                     "source": sources[m].to_json(), "added": now_iso()}
-        meta.additions = [*(meta.additions or []), {
-            "modalities": list(results), "replaced": replaced, "at": now_iso(),
-            "mlflow_parent_run_id": parent, "versions": versions()}]
-        if parent and recorded_elsewhere(meta, store.uri):  # a moved or copied run adopts its own parent
-            meta.mlflow = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
-                           "parent_run_id": parent, "run_dir": store.uri}
-        old_at_k = store.read_metrics().get("map_at_k", {})  # keep reporting the run's mAP@k
-        return finish_run(store, meta, new_modalities=list(results), tracker=tracker, parent_run=parent,
-                          results=results, top_k=old_at_k.get("k"),
-                          no_relevant=old_at_k.get("no_relevant", "zero"))
-    except BaseException:
-        _rollback(store, snapshot, moved_in, moved_aside)
-        raise
+    if replaced:
+        _commit_without(store, meta, replaced)
+    for m in results:
+        for f in ("model.pt", "train_log.json", "embeddings/val.parquet", "embeddings/test.parquet"):
+            assert (staging.modality_dir(m) / f).is_file(), f"trainer wrote no {f} for {m}"
+        commit.move_in(staging.modality_dir(m), store.modality_dir(m))
+        meta.modalities[m] = {**modality_entry(results[m]), "config": configs[m].to_dict(),
+                                 "source": sources[m].to_json(), "added": now_iso()}
+    meta.additions = [*(meta.additions or []), {
+        "modalities": list(results), "replaced": replaced, "at": now_iso(),
+        "mlflow_parent_run_id": parent, "versions": versions()}]
+    if parent and recorded_elsewhere(meta, store.uri):  # a moved or copied run adopts its own parent
+        meta.mlflow = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
+                       "parent_run_id": parent, "run_dir": store.uri}
+    old_at_k = store.read_metrics().get("map_at_k", {})  # keep reporting the run's mAP@k
+    return finish_run(store, meta, new_modalities=list(results), tracker=tracker, parent_run=parent,
+                      results=results, top_k=old_at_k.get("k"),
+                      no_relevant=old_at_k.get("no_relevant", "zero"))
 
 
 def _commit_without(store: RunStore, meta: RunMeta, dropped: list[str]) -> None:
@@ -339,72 +298,7 @@ def _commit_without(store: RunStore, meta: RunMeta, dropped: list[str]) -> None:
     store.write(meta)
 
 
-def _snapshot(store: RunStore) -> dict[Path, bytes | None]:
-    """The bytes of every file the commit may rewrite (run.json, metrics.json, plots/*)."""
-    paths = [store.run_json, store.metrics_path]
-    if store.plots_dir.is_dir():
-        paths += sorted(p for p in store.plots_dir.iterdir() if p.is_file())
-    return {p: p.read_bytes() if p.is_file() else None for p in paths}
-
-
-def _rollback(store: RunStore, snapshot: dict[Path, bytes | None], moved_in: list[Path],
-              moved_aside: list[tuple[Path, Path]]) -> None:
-    """Undo a failed commit: new folders out, old ones back, files restored, run.json last."""
-    try:
-        for dest in moved_in:
-            shutil.rmtree(dest)
-            written(dest)
-        for aside, dest in moved_aside:
-            os.replace(aside, dest)
-            written(dest)
-        if store.plots_dir.is_dir():
-            for p in store.plots_dir.iterdir():
-                if p.is_file() and p not in snapshot:
-                    p.unlink()
-                    written(p)
-        for path, data in sorted(snapshot.items(), key=lambda kv: kv[0] == store.run_json):
-            if data is None:
-                path.unlink(missing_ok=True)
-                written(path)
-            elif not path.is_file() or path.read_bytes() != data:
-                atomic_write_bytes(path, data)
-    except OSError as e:  # the run still loads: run.json is either the old one or the committed one
-        warnings.warn(f"{store.root}: could not fully undo the failed add ({e})", stacklevel=2)
-
-
 # ---- MLflow -------------------------------------------------------------------------------------
-def _open_tracking(store: RunStore, meta: RunMeta,
-                   cfg: TrackingConfig | None) -> tuple[Tracker, str | None, bool]:
-    """(tracker, parent run id, whether this job created that parent).
-
-    Default: the run's own tracking URI, experiment and parent run (the new modality becomes one more
-    child of it), or none if the run was not tracked. Another URI or experiment (or a parent run that
-    is gone) gets a new parent run tagged with a link to the old one.
-    """
-    ml = meta.mlflow or {}
-    run_uri, run_parent, run_exp = ml.get("tracking_uri"), ml.get("parent_run_id"), ml.get("experiment_id")
-    if (cfg is not None and not cfg.enabled) or (cfg is None and not run_parent):
-        # Off when asked, and by default for a run that was trained without tracking.
-        return Tracker(default_tracking_uri(store.root), "scalable_xmr", enabled=False), None, False
-    uri = (cfg.tracking_uri if cfg else None) or run_uri or default_tracking_uri(store.root)
-    uri = absolute_tracking_uri(uri)
-    experiment = cfg.experiment if cfg else experiment_name(uri, run_exp) or "scalable_xmr"
-    tracker = Tracker(uri, experiment)
-    # A moved or copied run never adds children under the parent its original recorded.
-    same_place = (uri == run_uri and tracker.experiment_id == run_exp
-                  and not recorded_elsewhere(meta, store.uri))
-    if run_parent and same_place and tracker.run_is_active(run_parent):
-        return tracker, run_parent, False
-    elsewhere = recorded_elsewhere(meta, store.uri)
-    parent = tracker.start_run(f"sdml-add:{store.root.name}", tags={
-        "job": "add_modality", "xmr.run_dir": store.uri,
-        **({"xmr.copied_from": elsewhere} if elsewhere else {}),
-        "xmr.extends_parent_run_id": str(run_parent), "xmr.extends_tracking_uri": str(run_uri)})
-    tracker.log_params(parent, {"dataset": meta.dataset["name"],
-                                "projection_sha256": meta.projection["sha256"], **meta.sdml})
-    return tracker, parent, parent is not None
-
-
 def _log_new_pairs(tracker: Tracker, meta: RunMeta, metrics: dict[str, Any], new: list[str]) -> None:
     """Each new modality's child run also gets the mAP of the pairs it is part of."""
     for m in new:

@@ -18,7 +18,7 @@ from scalable_xmr.config import ModalityOverrides, ResourceConfig, SDMLConfig, T
 from scalable_xmr.data.modality.dataset import open_dataset, write_modality_table
 from scalable_xmr.errors import RunStateError
 from scalable_xmr.functional.retrieval import mean_average_precision
-from scalable_xmr.sdml import extend
+from scalable_xmr.runs import staging
 from scalable_xmr.sdml.extend import AddRequest, add_modalities
 from scalable_xmr.sdml.job import TrainRequest, train_sdml
 from scalable_xmr.store.run_store import RunStore
@@ -176,8 +176,8 @@ def test_kill_before_run_json_then_add_again_from_tables_with_replace(run_copy, 
 
     with monkeypatch.context() as mp:
         mp.setattr(RunStore, "write", killed)
-        mp.setattr(extend, "_rollback", lambda *a: None)
-        mp.setattr(extend._Staging, "remove", lambda self: None)
+        mp.setattr(staging.Commit, "rollback", lambda self: None)
+        mp.setattr(staging.Staging, "remove", lambda self: None)
         with pytest.raises(KeyboardInterrupt):
             add_modalities(AddRequest(str(run_copy), ("video",), dataset_uri=small_xmedia,
                                       show_progress=False, tracking=TrackingConfig(enabled=False)))
