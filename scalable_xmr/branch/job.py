@@ -31,9 +31,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scalable_xmr.branch.checkpoints import checkpoint_dir, jsonable
 from scalable_xmr.branch.config import PairTrainerConfig, stored_trainer
 from scalable_xmr.branch.evaluate import COCO_5K, COCO_FOLDS, check_t2i_groups, rerank_grid_for
-from scalable_xmr.branch.member import BranchJob, BranchResult, checkpoint_dir, jsonable, run_member
+from scalable_xmr.branch.member import BranchJob, BranchResult, run_member
 from scalable_xmr.branch.report import (
     build_metrics,
     ensembles,

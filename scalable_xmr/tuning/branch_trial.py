@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import scalable_xmr.tuning.trial_io as trial_io
+from scalable_xmr.branch.checkpoints import checkpoint_dir
 from scalable_xmr.branch.config import PairTrainerConfig, split_values
-from scalable_xmr.branch.member import BranchJob, checkpoint_dir, train_branch
+from scalable_xmr.branch.member import BranchJob, train_branch
 
 KS = (1, 5, 10)
 

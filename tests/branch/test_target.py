@@ -15,7 +15,8 @@ from toy_pairs import without_captions
 
 from scalable_xmr.branch.config import PairTrainerConfig
 from scalable_xmr.branch.job import PairsRequest, check_dataset
-from scalable_xmr.branch.member import BranchJob, sims_path, train_branch
+from scalable_xmr.branch.member import BranchJob, train_branch
+from scalable_xmr.branch.member_scores import sims_path
 from scalable_xmr.branch.report import build_metrics, evaluate_ensemble, log_members, pairs_table
 from scalable_xmr.cli.pairs import main
 from scalable_xmr.data.paired import make_synthetic_pairs
