@@ -151,7 +151,9 @@ def evaluate_ensemble(
 
 
 # ------------------------------------------------------------------------------ metrics.json
-def build_metrics(meta: RunMeta, results: dict[str, BranchResult], ens: dict[str, dict]) -> dict:
+def rk_metrics(meta: RunMeta, results: dict[str, BranchResult], ens: dict[str, dict]) -> dict:
+    """metrics.json of a pairs run: each member's and each ensemble's test R@K (plain and
+    re-ranked), the val grid and choice, and the target-domain R@K when there is a target."""
     test = meta.dataset["splits"]["test"]
     models = {}
     for name in meta.members:
