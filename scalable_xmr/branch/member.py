@@ -77,7 +77,7 @@ class BranchJob:
     num_threads: int | None = None
     save_sims: bool = True
     # False: a sweep trial -- it selects on val only and never reads the test split; the sweep
-    # scores its chosen trial on test once, at its end (tuning/final_test.py).
+    # scores its chosen trial on test once, at its end (tuning/final_score.py).
     score_test: bool = True
 
     def __post_init__(self) -> None:

@@ -11,7 +11,7 @@ soon as it has its last result.
 
 A trial selects on validation only: it never reads the test split, so no test figure can reach
 Tune, MLflow or the choice of the best trial. The sweep scores the configuration it chose on test
-once, at its end (``tuning/final_test.py``).
+once, at its end (``tuning/final_score.py``).
 """
 
 from __future__ import annotations

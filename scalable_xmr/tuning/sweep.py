@@ -10,7 +10,7 @@ trials/<trial_id>-m<i>/  with --population: member i's model, embeddings and log
                     checkpoints stay in trials/<trial_id>/); every member is a row and an MLflow run
 best.json           the best configuration (per modality for SDML), for `--config best.json`, and
                     its test figures: trials select on val only; the chosen configuration is
-                    scored on test once, at the end (final_test.py); `schedule`: the trials' and
+                    scored on test once, at the end (final_score.py); `schedule`: the trials' and
                     the training job's (a branch trial runs its model's schedule compressed into
                     --epochs, branch.config.compressed; best.json trains the full one)
 summary.md          the table of the top trials and those lines; plots/ the metric per hyperparameter
@@ -44,7 +44,7 @@ from scalable_xmr.store.meta import now_iso, versions
 from scalable_xmr.store.remote import open_dir, pull_path, uri_of
 from scalable_xmr.tracking.tracker import Tracker, default_tracking_uri
 from scalable_xmr.tuning.console import TrialLines, set_console, tune_callbacks, tune_console
-from scalable_xmr.tuning.final_test import TEST_LABEL
+from scalable_xmr.tuning.final_score import TEST_LABEL
 from scalable_xmr.tuning.request import SweepRequest, backend_for, check_base, check_request
 from scalable_xmr.tuning.scheduler import make_scheduler
 from scalable_xmr.tuning.space import build_space
@@ -67,7 +67,7 @@ class SweepSummary:
     tracking: str
     seconds: float
     trials: list[res.TrialRow] = field(default_factory=list)  # every trial's config and last result
-    test_line: str = ""  # the chosen configuration's test figures, scored once (final_test.py)
+    test_line: str = ""  # the chosen configuration's test figures, scored once (final_score.py)
 
 
 def _latest_sweep(storage: Path, model: str) -> Path:
@@ -318,7 +318,7 @@ def _finish(meta: dict[str, Any], sweep_dir: Path, backend, rows: list[res.Trial
     """best.json, the summary table and plots, MLflow artifacts; marks the sweep finished.
 
     The best trials are chosen on the validation metric alone; ``backend.best_json`` then scores
-    that choice on test, once (final_test.py), and only the parent run gets those figures.
+    that choice on test, once (final_score.py), and only the parent run gets those figures.
     """
     metric, mode = meta["metric"], meta["mode"]
     best = res.best_per_group(rows, metric, mode, prefer=backend.complete_key)
