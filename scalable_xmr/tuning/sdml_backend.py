@@ -96,7 +96,7 @@ class SDMLBackend:
     def param_space(self, tuned: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
         from ray import tune
 
-        if info.get("populations"):  # the members' values are drawn already (prepare)
+        if info.get("populations"):  # the slots' values are drawn already (prepare)
             return {"modality": tune.grid_search(list(info["modalities"])),
                     MEMBERS_KEY: tune.grid_search(info["populations"])}
         return {"modality": tune.grid_search(list(info["modalities"])), **tuned}

@@ -6,8 +6,8 @@ The sweep directory ``<storage>/<name>/`` is Tune's experiment directory and our
 sweep.json          request, search space, dataset, P, MLflow ids, status (running/interrupted/finished)
 projection.arrow    SDML: the one P every trial reads (written once)
 trials/<trial_id>/  each trial's own run directory: model.pt, embeddings, starts.jsonl
-trials/<trial_id>-m<i>/  with --population: member i's model, embeddings and log (the population's
-                    checkpoints stay in trials/<trial_id>/); every member is a row and an MLflow run
+trials/<trial_id>-m<i>/  with --population: slot i's model, embeddings and log (the population's
+                    checkpoints stay in trials/<trial_id>/); every slot is a row and an MLflow run
 best.json           the best configuration (per modality for SDML), for `--config best.json`, and
                     its test figures: trials select on val only; the chosen configuration is
                     scored on test once, at the end (final_score.py); `schedule`: the trials' and
