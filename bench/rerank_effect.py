@@ -39,7 +39,8 @@ from scalable_xmr.branch.evaluate import (
     reranked_recall,
     select_rerank,
 )
-from scalable_xmr.branch.member import BranchJob, sims_path, train_branch
+from scalable_xmr.branch.member import BranchJob, train_branch
+from scalable_xmr.branch.member_scores import sims_path
 from scalable_xmr.data.paired import make_synthetic_pairs
 
 SETTINGS = {

@@ -31,14 +31,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scalable_xmr.branch.checkpoints import checkpoint_dir, jsonable
 from scalable_xmr.branch.config import PairTrainerConfig, stored_trainer
 from scalable_xmr.branch.evaluate import COCO_5K, COCO_FOLDS, check_t2i_groups, rerank_grid_for
-from scalable_xmr.branch.member import BranchJob, BranchResult, checkpoint_dir, jsonable, run_member
+from scalable_xmr.branch.member import BranchJob, BranchResult, run_member
 from scalable_xmr.branch.report import (
-    build_metrics,
     ensembles,
     log_members,
     pairs_table,
+    rk_metrics,
     run_params,
 )
 from scalable_xmr.config import TrackingConfig
@@ -283,7 +284,7 @@ class PairsRun:
 def _finish(store: RunStore, meta: RunMeta, results: dict[str, BranchResult], tracker: Tracker,
             parent: str | None) -> dict[str, Any]:
     """Ensembles, metrics.json, plots, MLflow children and artifacts; then status finished."""
-    metrics = build_metrics(meta, results, ensembles(store, meta, results))
+    metrics = rk_metrics(meta, results, ensembles(store, meta, results))
     store.write_metrics(metrics)
     plots.rerank_k(metrics, store.plots_dir / "rerank_k.png")
     _log_results(tracker, parent, store, meta, metrics, results)

@@ -1,4 +1,5 @@
-"""Train one branch model on a paired dataset and evaluate it, plain and re-ranked (no Ray inside).
+"""One branch member: its job (:class:`BranchJob`), its result (:class:`BranchResult`), and the
+function that trains and evaluates it, plain and re-ranked (no Ray inside).
 
 :func:`train_branch` is the one function both the ``train-pairs`` job's Ray actors and a Tune
 trial call. It reads its own splits from the dataset path (no arrays travel through a driver),
@@ -20,6 +21,10 @@ Everything lands in ``out_dir``::
 
 Selection -- the epoch, K and K' -- uses the source val split only, with or without a target.
 Ensembles of members are formed on the driver (``branch.report.evaluate_ensemble``).
+
+What this module calls, each in its own module: ``splits`` (the member's splits, a target's
+tokens remapped), ``checkpoints`` (``checkpoints/``: resume and save), ``member_scores`` (the
+matrices under ``sims/`` and the R@K) and ``model_file`` (the ``model.pt`` format).
 """
 
 from __future__ import annotations
@@ -32,31 +37,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from scalable_xmr import faults
-from scalable_xmr.branch.config import PairTrainerConfig, stored_trainer
-from scalable_xmr.branch.evaluate import (
-    KS,
-    check_t2i_groups,
-    recall_report,
-    rerank_grid,
-    rerank_grid_for,
-    select_rerank,
-)
-from scalable_xmr.branch.scoring import similarity_matrix, text_cosine_matrix, text_similarity_matrix
+from scalable_xmr.branch.checkpoints import MemberCheckpoints, checkpoint_dir, jsonable
+from scalable_xmr.branch.config import PairTrainerConfig
+from scalable_xmr.branch.evaluate import check_t2i_groups
+from scalable_xmr.branch.member_scores import evaluate_branch, evaluate_target
+from scalable_xmr.branch.model_file import write_model_file
+from scalable_xmr.branch.splits import read_splits
 from scalable_xmr.branch.trainer import PairTrainer
 from scalable_xmr.config import early_stop_note
-from scalable_xmr.data.paired import UNK, PairedSplit, open_paired_dataset
+from scalable_xmr.data.paired import PairedSplit
 from scalable_xmr.distributed.progress import Reporter
 from scalable_xmr.errors import InputError
-from scalable_xmr.functional.retrieval import recall_at_k
-from scalable_xmr.io import atomic_path, atomic_write_json, read_json
-from scalable_xmr.models.base import BranchModel
-from scalable_xmr.models.registry import branch_config, build_branch_model
+from scalable_xmr.io import atomic_write_json
+from scalable_xmr.models.registry import branch_config
 from scalable_xmr.models.runtime import resolve_device
-from scalable_xmr.store import torchfile
 from scalable_xmr.store.remote import open_dir
 
 EpochHook = Callable[[dict[str, Any]], None]
@@ -80,7 +77,7 @@ class BranchJob:
     num_threads: int | None = None
     save_sims: bool = True
     # False: a sweep trial -- it selects on val only and never reads the test split; the sweep
-    # scores its chosen trial on test once, at its end (tuning/final_test.py).
+    # scores its chosen trial on test once, at its end (tuning/final_score.py).
     score_test: bool = True
 
     def __post_init__(self) -> None:
@@ -138,100 +135,7 @@ class BranchResult:
         return note
 
 
-def checkpoint_dir(out_dir: str | os.PathLike) -> Path:
-    return Path(out_dir) / "checkpoints"
-
-
-def sims_path(out_dir: str | os.PathLike, split: str, text: bool = False) -> Path:
-    return Path(out_dir) / "sims" / f"{split}{'_text' if text else ''}.npy"
-
-
-def remap_tokens(split: PairedSplit, vocab: list[str], to_vocab: list[str]) -> PairedSplit:
-    """``split``'s tokens (indices into ``vocab``) as indices into ``to_vocab``; words missing
-    there become <unk>. Lets a target set with its own vocabulary feed the source model."""
-    if split.tokens is None:
-        return split
-    index = {w: i for i, w in enumerate(to_vocab)}
-    unk = index.get(UNK, 1)
-    mapping = np.array([0] + [index.get(w, unk) for w in vocab[1:]], np.int64)  # 0 stays padding
-    return dataclasses.replace(split, tokens=mapping[split.tokens], vocab_size=len(to_vocab))
-
-
-def _read_splits(job: BranchJob) -> tuple[dict[str, PairedSplit], dict[str, PairedSplit]]:
-    """(source splits, target splits) the job uses.
-
-    The target (VSA-AE-MMD, ``job.target_uri``) gives its "train" split, unpaired, to the MMD term
-    and -- when the job scores test -- its "test" split (and "val" if present) to the target-domain
-    R@K of :func:`evaluate_target`; their tokens are remapped to the source vocabulary.
-    """
-    ds = open_paired_dataset(job.dataset_uri)
-    present = ds.splits()
-    for split in ("train", "val"):
-        if split not in present:
-            raise InputError(f"{job.dataset_uri}: no {split!r} split (has {present})")
-    wanted = ("train", "val", "test") if job.score_test else ("train", "val")
-    splits = {s: ds.read_split(s) for s in wanted if s in present}
-    target: dict[str, PairedSplit] = {}
-    if job.target_uri is not None:
-        tds = open_paired_dataset(job.target_uri)
-        required = ("train", "test") if job.score_test else ("train",)
-        for split in required:
-            if split not in tds.splits():
-                raise InputError(f"--target {job.target_uri}: no {split!r} split (has {tds.splits()})")
-        scored = ("test", "val") if job.score_test else ()
-        for split in ("train", *(s for s in scored if s in tds.splits())):
-            target[split] = tds.read_split(split)
-            if ds.vocab is not None and tds.vocab is not None:
-                target[split] = remap_tokens(target[split], tds.vocab, ds.vocab)
-    return splits, target
-
-
-class _Checkpoints:
-    """``checkpoints/last.pt`` + ``job.json`` (the settings it belongs to and the restarts)."""
-
-    def __init__(self, job: BranchJob, model_config: dict[str, Any]) -> None:
-        self.dir = checkpoint_dir(job.out_dir)
-        self.state = self.dir / "last.pt"
-        self.meta_path = self.dir / "job.json"
-        self.settings = {"trainer": asdict(job.trainer), "model_config": model_config,
-                         "dataset_uri": job.dataset_uri, "target_uri": job.target_uri}
-        self.resumed_at: list[int] = []
-        self.recovered_from: str | None = None  # why the newest checkpoint was skipped on resume
-
-    def resume(self, trainer: PairTrainer) -> None:
-        if not self.state.is_file() and not torchfile.previous(self.state).is_file():
-            return
-        meta = read_json(self.meta_path) if self.meta_path.is_file() else {}
-        saved = {k: meta.get(k) for k in self.settings}
-        saved["trainer"] = stored_trainer(saved["trainer"])  # fields added since it was written
-        if saved != jsonable(self.settings):
-            raise InputError(
-                f"{self.state}: checkpoint was written with other settings {saved}; delete "
-                f"{self.dir} or train with the same settings"
-            )
-        self.recovered_from = trainer.load_checkpoint(self.state)
-        self.resumed_at = [*meta.get("resumed_at", []), trainer.epoch]
-        self._write_meta()
-
-    def save(self, trainer: PairTrainer) -> None:
-        if not self.meta_path.is_file():
-            self._write_meta()
-        trainer.save_checkpoint(self.state)
-
-    def _write_meta(self) -> None:
-        atomic_write_json(self.meta_path, {**jsonable(self.settings), "resumed_at": self.resumed_at})
-
-
-def jsonable(value: Any) -> Any:
-    """Tuples as lists, so settings compare equal after a JSON round trip."""
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
-
-
-def _epoch_hook(job: BranchJob, trainer: PairTrainer, ckpt: _Checkpoints, progress, on_epoch):
+def _epoch_hook(job: BranchJob, trainer: PairTrainer, ckpt: MemberCheckpoints, progress, on_epoch):
     def hook(record: dict[str, Any]) -> None:
         epoch, total = trainer.epoch, trainer.total_epochs
         saved = epoch % job.checkpoint_every == 0 or epoch == total
@@ -256,58 +160,10 @@ def _epoch_hook(job: BranchJob, trainer: PairTrainer, ckpt: _Checkpoints, progre
 
 def _save_model(job: BranchJob, trainer: PairTrainer, split: PairedSplit, model_config: dict) -> None:
     best = {s: (None if b is None else b["epoch"]) for s, b in trainer.best.items()}
-    payload = {
-        "format": "scalable_xmr.branch_model/1",
-        "model": job.trainer.model,
-        "state_dict": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
-        "model_config": model_config,
-        "trainer_config": asdict(job.trainer),
-        "vocab_size": int(split.vocab_size),
-        "image_shape": [int(d) for d in split.images.shape[1:]],
-        "text_dim": split.text_dim if trainer.train_data.texts.is_floating_point() else None,
-        "best_epoch": best,
-    }
-    torchfile.save(payload, Path(job.out_dir) / "model.pt")
-
-
-def save_array(path: Path, array: torch.Tensor) -> None:
-    """``array`` as ``path`` (.npy, its dtype kept), written atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array.numpy())
-
-
-def score_split(trainer: PairTrainer, split: PairedSplit) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(image x caption sim, caption x caption sim, "S_TT" | "cosine") of a split, on the CPU."""
-    return score_model(trainer.model, trainer.config, split, trainer.device)
-
-
-def score_model(
-    model: BranchModel, config: PairTrainerConfig, split: PairedSplit, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """:func:`score_split` of a model trained with ``config``.
-
-    T2I re-ranking's text neighbours come from MTFN's trained S_TT, else from the cosine of the
-    model's text embeddings (MTFN-RR §3.2; docs/metrics.md) -- never from the caption groups.
-    """
-    chunk = config.eval_chunk
-    sim = similarity_matrix(model, split, chunk, device=device)
-    if getattr(model, "has_text_branch", False) and config.text_epochs > 0:
-        return sim, text_similarity_matrix(model, split, chunk, device=device), "S_TT"
-    return sim, text_cosine_matrix(model, split, chunk, device=device), "cosine"
-
-
-def load_branch_model(path: str | os.PathLike, device: torch.device) -> tuple[BranchModel, PairTrainerConfig]:
-    """The selected model a training job or trial saved (``model.pt``) and its trainer config."""
-    payload = torchfile.load(path)
-    if not isinstance(payload, dict) or payload.get("format") != "scalable_xmr.branch_model/1":
-        raise InputError(f"{path}: not a branch-model file")
-    name = payload["model"]
-    model = build_branch_model(name, branch_config(name, payload["model_config"]),
-                               vocab_size=payload["vocab_size"], image_dim=payload["image_shape"][-1],
-                               text_dim=payload["text_dim"])
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device), PairTrainerConfig.from_dict(payload["trainer_config"])
+    text_dim = split.text_dim if trainer.train_data.texts.is_floating_point() else None
+    write_model_file(Path(job.out_dir) / "model.pt", job.trainer.model, trainer.model.state_dict(),
+                     model_config, asdict(job.trainer), split.vocab_size, list(split.images.shape[1:]),
+                     text_dim, best)
 
 
 def train_branch(
@@ -325,22 +181,24 @@ def train_branch(
     if job.num_threads:
         torch.set_num_threads(job.num_threads)
     device = resolve_device(job.device)
-    splits, target = _read_splits(job)
+    splits, target = read_splits(job.dataset_uri, job.target_uri, job.score_test)
     model_cfg = branch_config(job.trainer.model, job.model_config)
     # Epochs are selected on the SOURCE val split: in unsupervised domain adaptation the target's
     # pairing is "unknown at training time" (VSA-AE-MMD §3); the target only reports (Table 1).
     trainer = PairTrainer(job.trainer, model_cfg, splits["train"], splits["val"], device,
                           target_split=target.get("train"))
     model_config = jsonable(asdict(trainer.model.config)) if hasattr(trainer.model, "config") else {}
-    ckpt = _Checkpoints(job, model_config)
+    ckpt = MemberCheckpoints(job.out_dir, {"trainer": asdict(job.trainer), "model_config": model_config,
+                                           "dataset_uri": job.dataset_uri, "target_uri": job.target_uri})
     ckpt.resume(trainer)
     if ckpt.recovered_from and event is not None:
         event(f"{job.label}: {ckpt.recovered_from}; resumed from the checkpoint before it")
     trainer.fit(on_epoch=_epoch_hook(job, trainer, ckpt, progress, on_epoch))
     train_seconds = time.perf_counter() - start
     _save_model(job, trainer, splits["train"], model_config)
-    evaluation = evaluate_branch(trainer, splits, job)
-    evaluation["target"] = evaluate_target(trainer, target, job)
+    sims_dir = str(job.out_dir) if job.save_sims else None
+    evaluation = evaluate_branch(trainer, splits, job.ks, job.k_texts, job.t2i_groups, sims_dir)
+    evaluation["target"] = evaluate_target(trainer, target, job.target_uri, sims_dir)
     result = BranchResult(
         name=job.label, model=job.trainer.model, seed=job.trainer.seed, out_dir=str(job.out_dir),
         history=[_history_row(r) for r in trainer.history],
@@ -351,61 +209,6 @@ def train_branch(
     )
     atomic_write_json(Path(job.out_dir) / "result.json", result.to_dict())
     return result
-
-
-def evaluate_branch(trainer: PairTrainer, splits: dict[str, PairedSplit], job: BranchJob) -> dict[str, Any]:
-    """Val plain R@K, the re-ranking grid on val and its choice, test plain and re-ranked R@K.
-
-    K and K' are chosen on the SOURCE val split, also for a VSA model with a target domain: the
-    target's pairs are not available to an unsupervised domain adaptation method.
-    """
-    val = splits["val"]
-    n = val.require_captions_per_image()
-    val_sim, val_text, text_source = score_split(trainer, val)
-    grid_spec = rerank_grid_for(val.n_images, val.n_captions, job.ks, job.k_texts)
-    grid = rerank_grid(val_sim, val_text, n, grid_spec, job.t2i_groups)
-    choice = select_rerank(grid)
-    test, n_test = {}, n
-    if "test" in splits:
-        test_split = splits["test"]
-        n_test = test_split.require_captions_per_image()
-        test_sim, test_text, _ = score_split(trainer, test_split)
-        test = recall_report(test_sim, test_text, n_test, choice, job.t2i_groups)
-        if job.save_sims:
-            save_array(sims_path(job.out_dir, "test"), test_sim)
-            save_array(sims_path(job.out_dir, "test", text=True), test_text)
-    if job.save_sims:
-        save_array(sims_path(job.out_dir, "val"), val_sim)
-        save_array(sims_path(job.out_dir, "val", text=True), val_text)
-    val_plain = recall_report(val_sim, val_text, n, None)["plain"]
-    return {"val": val_plain, "test": test, "grid": grid, "choice": choice.to_dict(),
-            "t2i_groups": job.t2i_groups, "text_sim": text_source,
-            "captions_per_image": n_test if test else n}
-
-
-def evaluate_target(
-    trainer: PairTrainer, target: dict[str, PairedSplit], job: BranchJob
-) -> dict[str, Any] | None:
-    """R@K on the target domain (VSA-AE-MMD Table 1), or None without a scored target split.
-
-    Plain R@1/5/10, medr, meanr and rsum over all images of the target's "test" split, and of
-    its "val" split when it has one -- reported only: the epoch and K were selected on the
-    SOURCE val split (target pairs are not available in unsupervised domain adaptation), and
-    Table 1 does not re-rank. Writes ``sims/target_{test,val}.npy`` (image x caption scores).
-    """
-    scored = [s for s in ("test", "val") if s in target]
-    if not scored:
-        return None
-    out: dict[str, Any] = {"uri": job.target_uri, "splits": {}}
-    for name in scored:
-        split = target[name]
-        n = split.require_captions_per_image()
-        sim = similarity_matrix(trainer.model, split, trainer.config.eval_chunk, device=trainer.device)
-        if job.save_sims:
-            save_array(sims_path(job.out_dir, f"target_{name}"), sim)
-        out[name] = recall_at_k(sim, n, KS)
-        out["splits"][name] = {"images": split.n_images, "captions_per_image": n}
-    return out
 
 
 def _history_row(record: dict[str, Any]) -> dict[str, Any]:

@@ -23,11 +23,12 @@ from scalable_xmr.branch.evaluate import (
     rerank_grid_for,
     select_rerank,
 )
-from scalable_xmr.branch.member import BranchResult, save_array, sims_path
+from scalable_xmr.branch.member import BranchResult
+from scalable_xmr.branch.member_scores import save_array, sims_path
+from scalable_xmr.branch.model_file import read_model_file
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.retrieval import recall_at_k
 from scalable_xmr.io import atomic_write_json
-from scalable_xmr.store import torchfile
 from scalable_xmr.store.meta import RunMeta
 from scalable_xmr.store.run_store import RunStore
 from scalable_xmr.tracking.tracker import Tracker
@@ -76,7 +77,7 @@ def _sigmoid_bias(model: str, member_dir: str) -> float:
     path = Path(member_dir) / "model.pt"
     if not path.is_file():
         raise InputError(f"{path}: not found; an {model} ensemble needs each member's b_m from it")
-    payload = torchfile.load(path)
+    payload = read_model_file(path)
     if payload.get("model") != model:
         raise InputError(f"{path}: a {payload.get('model')!r} model, not a member of the {model} ensemble")
     return float(payload["state_dict"][SIGMOID_BIAS[model]])
@@ -115,8 +116,8 @@ def evaluate_ensemble(
 
     ``captions_per_image`` is (val, test); ``t2i_groups`` as in :class:`BranchJob`;
     ``target_splits`` (VSA with a target: split -> images, captions_per_image) adds the plain
-    R@K of the combined ``target_<split>`` scores, as :func:`member.evaluate_target` reports a
-    member's. Returns the keys of :func:`member.evaluate_branch` plus ``score`` and ``target``.
+    R@K of the combined ``target_<split>`` scores, as :func:`member_scores.evaluate_target` reports a
+    member's. Returns the keys of :func:`member_scores.evaluate_branch` plus ``score`` and ``target``.
     """
     check_t2i_groups(t2i_groups)
     offsets = [_sigmoid_bias(model, d) for d in member_dirs] if model in SIGMOID_BIAS else None
@@ -150,7 +151,9 @@ def evaluate_ensemble(
 
 
 # ------------------------------------------------------------------------------ metrics.json
-def build_metrics(meta: RunMeta, results: dict[str, BranchResult], ens: dict[str, dict]) -> dict:
+def rk_metrics(meta: RunMeta, results: dict[str, BranchResult], ens: dict[str, dict]) -> dict:
+    """metrics.json of a pairs run: each member's and each ensemble's test R@K (plain and
+    re-ranked), the val grid and choice, and the target-domain R@K when there is a target."""
     test = meta.dataset["splits"]["test"]
     models = {}
     for name in meta.members:

@@ -7,7 +7,8 @@
   state (MTFN-RR §4.1). An optional unpaired *target* split (VSA-AE-MMD §3.4) feeds the model's
   ``extra_loss`` with a random target batch beside every source batch.
 
-The model registry is ``models/registry.py``; the chunked scoring ``branch/scoring.py``.
+The model registry is ``models/registry.py``; the chunked scoring ``branch/scoring.py``; the
+text-text pairs and target batches a step draws ``branch/sampling.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from scalable_xmr.branch.config import PairTrainerConfig
+from scalable_xmr.branch.sampling import target_batch, target_tensors, text_pairs
 from scalable_xmr.branch.scoring import (
     PairTensors,
     as_pair_tensors,
@@ -114,7 +116,7 @@ class PairTrainer:
             )
         self.train_data = PairTensors.from_split(train_split, self.device, kind)
         self.val_data = None if val_split is None else PairTensors.from_split(val_split, self.device, kind)
-        self.target_data = self._target_tensors(target_split, train_split, kind)
+        self.target_data = target_tensors(target_split, train_split, kind, self.device)
         self.total_epochs = config.epochs + config.text_epochs
         self.epoch, self.stage = 0, "image_text"
         self.optimizer = self._make_optimizer(self.stage)
@@ -256,7 +258,9 @@ class PairTrainer:
         data = self.train_data
         img_idx = data.caption_image_index[idx]  # (B,)
         images, texts, lengths = data.images[img_idx], data.texts[idx], data.lengths[idx]
-        target = None if self.target_data is None else self._target_batch(len(idx))
+        target = None
+        if self.target_data is not None:  # VSA: B unpaired target images and captions
+            target = target_batch(self.target_data, len(idx), self._shuffle, self.device)
         loss = self.batch_loss(images, texts, lengths, img_idx, target)
         self._step(loss)
         return loss.detach()
@@ -282,57 +286,10 @@ class PairTrainer:
         extra = {} if target is None else {"target": target}
         return loss + model.extra_loss(images, texts, lengths, img_repr, txt_repr, **extra)
 
-    def _target_tensors(
-        self, target: PairedSplit | None, train: PairedSplit, kind: str
-    ) -> PairTensors | None:
-        """The unpaired target split on the device, checked against the training split."""
-        if target is None:
-            return None
-        text_kind(target, kind)
-        if target.images.shape[1:] != train.images.shape[1:]:
-            raise InputError(
-                f"target_split: image arrays {target.images.shape[1:]} differ from train "
-                f"{train.images.shape[1:]}"
-            )
-        if kind == "tokens" and target.vocab_size != train.vocab_size:
-            raise InputError(
-                f"target_split: vocabulary of {target.vocab_size} tokens differs from train's "
-                f"{train.vocab_size}; map its tokens to the training vocabulary first"
-            )
-        if kind == "features" and target.text_dim != train.text_dim:
-            raise InputError(
-                f"target_split: caption features of width {target.text_dim}, train has {train.text_dim}"
-            )
-        return PairTensors.from_split(target, self.device, kind)
-
-    def _target_batch(self, size: int) -> dict[str, torch.Tensor]:
-        """Random target images and (independently drawn) target captions: the pairing of the
-        target set is never used (VSA-AE-MMD §3.4, the target domain is unpaired)."""
-        data = self.target_data
-        img = torch.randint(data.n_images, (size,), generator=self._shuffle).to(self.device)  # (B,)
-        cap = torch.randint(data.n_captions, (size,), generator=self._shuffle).to(self.device)  # (B,)
-        return {"images": data.images[img], "tokens": data.texts[cap], "lengths": data.lengths[cap]}
-
-    def _text_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two different captions (a, b) of every image with >= 2 captions, images shuffled."""
-        index = self.train_data.caption_image_index
-        counts = torch.bincount(index, minlength=self.train_data.n_images)  # (N,)
-        starts = torch.cumsum(counts, 0) - counts
-        eligible = torch.nonzero(counts >= 2).squeeze(1)
-        if len(eligible) < 2:
-            raise InputError("text-text training needs >= 2 images with >= 2 captions each")
-        order = torch.randperm(len(eligible), generator=self._shuffle).to(self.device)
-        images = eligible[order]
-        u = torch.rand(len(images), 2, generator=self._shuffle).to(self.device)
-        c = counts[images]
-        first = (u[:, 0] * c).long().clamp(max=c - 1)
-        second = (first + 1 + (u[:, 1] * (c - 1)).long().clamp(max=c - 2)) % c
-        return starts[images] + first, starts[images] + second
-
     def _train_text_text(self) -> float:
         data, model, bs = self.train_data, self.model, self.config.batch_size
         model.train()
-        a_idx, b_idx = self._text_pairs()
+        a_idx, b_idx = text_pairs(self.train_data, self._shuffle, self.device)
         total, n_batches = torch.zeros((), device=self.device), 0
         for s in range(0, len(a_idx), bs):
             a, b = a_idx[s : s + bs], b_idx[s : s + bs]  # (B,) captions of B distinct images

@@ -285,6 +285,7 @@ def log_stored_run(records: RunRecords, store: RunStore, meta: RunMeta, tracker:
     parent = parent or tracker.start_run(f"{meta.kind}:{store.root.name}", tags={
         "job": records.job, "xmr.run_dir": store.uri, "xmr.logged_from_store": "true"})
     tracker.log_params(parent, records.params(meta))
-    records.log_results(tracker, parent, store, meta, store.read_metrics(), records.stored_results(store, meta))
+    results = records.stored_results(store, meta)
+    records.log_results(tracker, parent, store, meta, store.read_metrics(), results)
     tracker.end_run(parent)
     return parent

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scalable_xmr.branch.member import load_branch_model
+from scalable_xmr.branch.model_file import model_from_payload, read_model_file
 from scalable_xmr.data.paired import open_paired_dataset
 from scalable_xmr.errors import InputError, MissingError
 from scalable_xmr.models.runtime import resolve_device
@@ -77,11 +77,9 @@ class TrainedRun:
             members = [m for m, v in (meta.members or {}).items() if v.get("status") == "finished"]
             self.model = choose_member(members, model, store.root)
             path = store.member_dir(self.model) / "model.pt"
-            branch, _ = load_branch_model(path, self.device)
-            # The input sizes it was built for: load_branch_model returns the network, not the
-            # payload, so the file is read a second time (model files are small).
-            dims = torchfile.load(path)
-            self.engine = BranchEngine(branch, dims["model"], dims, self.device)
+            payload = read_model_file(path)  # the network and the input sizes it was built for
+            branch, _ = model_from_payload(payload, self.device)
+            self.engine = BranchEngine(branch, payload["model"], payload, self.device)
             self.modalities = list(PAIR_MODALITIES)
             self.fingerprint = torchfile.payload_sha256(path)  # the member's model.pt content
             self.embedding_dim = None

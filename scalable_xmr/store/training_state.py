@@ -27,7 +27,7 @@ from scalable_xmr.store.torchfile import previous
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 # What a checkpoints/ directory of ours holds: the newest state and the one before it
-# (torchfile.save_rotating), a branch member's settings (branch/member.py), a sweep trial's Tune
+# (torchfile.save_rotating), a branch member's settings (branch/checkpoints.py), a sweep trial's Tune
 # state (tuning/trial_io.py).
 STATE_FILES = (LAST, previous(LAST).name, "job.json", "trial_state.json")
 

@@ -22,7 +22,7 @@ from scalable_xmr.io import absolute_uri
 from scalable_xmr.models.registry import branch_config
 from scalable_xmr.tuning.backend import trial_resources
 from scalable_xmr.tuning.branch_trial import BranchTrialSetup, branch_trial
-from scalable_xmr.tuning.final_test import branch_summary, branch_test
+from scalable_xmr.tuning.final_score import branch_summary, branch_test
 from scalable_xmr.tuning.results import TrialRow
 from scalable_xmr.tuning.space import SearchSpace
 from scalable_xmr.tuning.trial_io import trial_dir
@@ -121,7 +121,7 @@ class BranchBackend:
         ``config`` holds the tuned values and the fixed ones the sweep trained with (not epochs:
         those are the training job's). K / K' are left out: the training job picks them on its
         own validation split after training (the trial's choice is under ``rerank``). ``test``:
-        the chosen trial scored on test once, now (labelled ``final_test.TEST_LABEL``).
+        the chosen trial scored on test once, now (labelled ``final_score.TEST_LABEL``).
         """
         row = best[None]
         trainer = {k: v for k, v in info["trainer_base"].items()

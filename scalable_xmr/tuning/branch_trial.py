@@ -11,7 +11,7 @@ soon as it has its last result.
 
 A trial selects on validation only: it never reads the test split, so no test figure can reach
 Tune, MLflow or the choice of the best trial. The sweep scores the configuration it chose on test
-once, at its end (``tuning/final_test.py``).
+once, at its end (``tuning/final_score.py``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import scalable_xmr.tuning.trial_io as trial_io
+from scalable_xmr.branch.checkpoints import checkpoint_dir
 from scalable_xmr.branch.config import PairTrainerConfig, split_values
-from scalable_xmr.branch.member import BranchJob, checkpoint_dir, train_branch
+from scalable_xmr.branch.member import BranchJob, train_branch
 
 KS = (1, 5, 10)
 

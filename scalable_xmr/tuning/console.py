@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from ray import tune
 
-from scalable_xmr.tuning.results import TrialRow, member_rows
+from scalable_xmr.tuning.results import TrialRow, slot_rows
 
 # Ray 2.60's Tune (ray/tune/experimental/output.py) prints its configuration box, "View detailed
 # results here" and the TensorBoard hint even at verbose=0; its older console, chosen by
@@ -33,7 +33,7 @@ SILENT_TUNE_ENV = {"RAY_AIR_NEW_OUTPUT": "0",
 # Tune adds a CSV, a JSON and a TensorBoard logger to every run unless this is set. We keep the CSV
 # and JSON files (each trial's result.json: tests/e2e/test_fault_suite.py reads it) by giving them
 # ourselves (tune_callbacks); the TensorBoard one wrote event files no one reads, and warned about
-# every --population result (a list of members it cannot log).
+# every --population result (a list of slots it cannot log).
 OWN_LOGGERS_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
 
 
@@ -71,7 +71,7 @@ def _value(value: Any) -> str:
 
 def trial_line(row: TrialRow, done: int, total: int, params: list[str], metric: str,
                epochs: int | None) -> str:
-    """One finished trial (or population member), as :class:`TrialLines` prints it.
+    """One finished trial (or population slot), as :class:`TrialLines` prints it.
 
     >>> row = TrialRow("c1_00002", {"lam": 0.38220, "lr": 1.65434e-05}, {"best_anchor_map": 0.19468,
     ...                "training_iteration": 3}, "audio")
@@ -108,8 +108,8 @@ class TrialLines(tune.Callback):
         config = dict(trial.config)
         row = TrialRow(trial.trial_id, config, dict(trial.last_result or {}),
                        config.get(self.group_key) if self.group_key else None, error)
-        for member in member_rows(row):
-            print(trial_line(member, done, self.total, self.params, self.metric, self.epochs),
+        for slot in slot_rows(row):
+            print(trial_line(slot, done, self.total, self.params, self.metric, self.epochs),
                   file=self.stream or sys.stderr, flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:

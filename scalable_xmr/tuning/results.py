@@ -28,32 +28,34 @@ class TrialRow:
         return float(value) if isinstance(value, int | float) and math.isfinite(value) else float("nan")
 
 
-MEMBERS_KEY = "members"  # a population trial's config (member values) and result (member metrics)
+# A population trial's config (each slot's values) and result (each slot's metrics) key. Its value
+# stays "members": Tune stores it in tuner.pkl and the trials' results, which a --resume reads.
+MEMBERS_KEY = "members"
 
 
-def member_id(trial_id: str, index: int) -> str:
-    """The row id, directory name and MLflow run name of member ``index`` of a population trial."""
+def slot_id(trial_id: str, index: int) -> str:
+    """The row id, directory name and MLflow run name of slot ``index`` of a population trial."""
     return f"{trial_id}-m{index}"
 
 
-def member_metrics(result: dict[str, Any], i: int) -> dict[str, Any]:
-    """Member ``i``'s metrics in a population trial's result (its own entry; {} when missing)."""
-    members = result.get(MEMBERS_KEY) or []
-    return dict(members[i]) if i < len(members) else {}
+def slot_metrics(result: dict[str, Any], i: int) -> dict[str, Any]:
+    """Slot ``i``'s metrics in a population trial's result (its own entry; {} when missing)."""
+    slots = result.get(MEMBERS_KEY) or []
+    return dict(slots[i]) if i < len(slots) else {}
 
 
-def member_rows(row: TrialRow) -> list[TrialRow]:
-    """One row per configuration: ``row`` itself, or each member of a population trial
+def slot_rows(row: TrialRow) -> list[TrialRow]:
+    """One row per configuration: ``row`` itself, or each slot of a population trial
     (tuning/population_trial.py) with its own config, metrics and error."""
-    members = row.config.get(MEMBERS_KEY)
-    if members is None:
+    slots = row.config.get(MEMBERS_KEY)
+    if slots is None:
         return [row]
     config = {k: v for k, v in row.config.items() if k != MEMBERS_KEY}
     shared = {k: v for k, v in row.metrics.items() if k != MEMBERS_KEY}
     out = []
-    for i, values in enumerate(members):
-        name = member_id(row.trial_id, i)
-        metrics = {**shared, **member_metrics(row.metrics, i), "trial_id": name}
+    for i, values in enumerate(slots):
+        name = slot_id(row.trial_id, i)
+        metrics = {**shared, **slot_metrics(row.metrics, i), "trial_id": name}
         error = row.error or metrics.pop("error", None)
         out.append(TrialRow(name, {**config, **values}, metrics, row.group, error))
     return out
@@ -61,13 +63,13 @@ def member_rows(row: TrialRow) -> list[TrialRow]:
 
 def rows_from_results(results, group_key: str | None) -> list[TrialRow]:
     """TrialRows of a Tune ``ResultGrid``: one per configuration (a population trial gives one
-    per member), errors kept as text."""
+    per slot), errors kept as text."""
     rows = []
     for r in results:
         config = dict(r.config or {})
         trial_id = str(r.metrics.get("trial_id") or Path(str(r.path)).name)
         error = None if r.error is None else f"{type(r.error).__name__}: {r.error}".splitlines()[0]
-        rows.extend(member_rows(TrialRow(trial_id, config, dict(r.metrics or {}),
+        rows.extend(slot_rows(TrialRow(trial_id, config, dict(r.metrics or {}),
                                          config.get(group_key) if group_key else None, error)))
     return sorted(rows, key=lambda row: row.trial_id)
 

@@ -14,7 +14,7 @@ from scalable_xmr.errors import InputError
 from scalable_xmr.io import absolute_uri
 from scalable_xmr.store.projection import create_projection, save_projection
 from scalable_xmr.tuning.backend import trial_resources
-from scalable_xmr.tuning.final_test import sdml_summary, sdml_test
+from scalable_xmr.tuning.final_score import sdml_summary, sdml_test
 from scalable_xmr.tuning.population_trial import populations, sdml_population_trial
 from scalable_xmr.tuning.results import MEMBERS_KEY, TrialRow
 from scalable_xmr.tuning.sdml_trial import SDMLTrialSetup, sdml_trial
@@ -96,7 +96,7 @@ class SDMLBackend:
     def param_space(self, tuned: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
         from ray import tune
 
-        if info.get("populations"):  # the members' values are drawn already (prepare)
+        if info.get("populations"):  # the slots' values are drawn already (prepare)
             return {"modality": tune.grid_search(list(info["modalities"])),
                     MEMBERS_KEY: tune.grid_search(info["populations"])}
         return {"modality": tune.grid_search(list(info["modalities"])), **tuned}
@@ -126,7 +126,7 @@ class SDMLBackend:
                   tuned: list[str]) -> dict[str, Any]:
         """``{"model": "sdml", "per_modality": {m: {"config": {...}, ...}}}`` (cli/train.py's
         load_overrides format) plus the chosen combination scored on test once
-        (``cross_modal``, labelled ``final_test.TEST_LABEL``)."""
+        (``cross_modal``, labelled ``final_score.TEST_LABEL``)."""
         base = info["base"]
         # Besides the tuned values, fix what the sweep trained with and `xmr train` has no flag for
         # (hidden), or that the optimum depends on (batch size, normalisation). Epochs and dim are

@@ -14,7 +14,7 @@ modality's train and val splits and P -- never its test split: selection is on v
 At its last epoch the trial writes the selected epoch's (lowest validation label loss, as in
 training) model (``model.pt``) and val embeddings: at its end the sweep encodes the chosen trials'
 test splits with those models and scores the chosen combination cross-modally, once
-(``tuning/final_test.py``), without retraining. When the scheduler may stop a trial before its
+(``tuning/final_score.py``), without retraining. When the scheduler may stop a trial before its
 last epoch (ASHA), the trial also writes them whenever the selected epoch changes, so a stopped
 trial has its model too: a write of its weights per improving epoch (46 MB for a 4096-d input,
 ~0.15 s with its checksum here). A FIFO sweep runs every trial to its end and skips those writes.

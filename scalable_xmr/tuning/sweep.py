@@ -6,11 +6,11 @@ The sweep directory ``<storage>/<name>/`` is Tune's experiment directory and our
 sweep.json          request, search space, dataset, P, MLflow ids, status (running/interrupted/finished)
 projection.arrow    SDML: the one P every trial reads (written once)
 trials/<trial_id>/  each trial's own run directory: model.pt, embeddings, starts.jsonl
-trials/<trial_id>-m<i>/  with --population: member i's model, embeddings and log (the population's
-                    checkpoints stay in trials/<trial_id>/); every member is a row and an MLflow run
+trials/<trial_id>-m<i>/  with --population: slot i's model, embeddings and log (the population's
+                    checkpoints stay in trials/<trial_id>/); every slot is a row and an MLflow run
 best.json           the best configuration (per modality for SDML), for `--config best.json`, and
                     its test figures: trials select on val only; the chosen configuration is
-                    scored on test once, at the end (final_test.py); `schedule`: the trials' and
+                    scored on test once, at the end (final_score.py); `schedule`: the trials' and
                     the training job's (a branch trial runs its model's schedule compressed into
                     --epochs, branch.config.compressed; best.json trains the full one)
 summary.md          the table of the top trials and those lines; plots/ the metric per hyperparameter
@@ -37,53 +37,22 @@ from pathlib import Path
 from typing import Any
 
 import scalable_xmr.tuning.results as res
-from scalable_xmr.config import TrackingConfig
 from scalable_xmr.distributed.cluster import can_autoscale, connect, describe_cluster
 from scalable_xmr.errors import InputError, MissingError, RunStateError
 from scalable_xmr.io import atomic_write_json, atomic_write_text, check_writable, read_json, written
 from scalable_xmr.store.meta import now_iso, versions
 from scalable_xmr.store.remote import open_dir, pull_path, uri_of
 from scalable_xmr.tracking.tracker import Tracker, default_tracking_uri
-from scalable_xmr.tuning.backend import Backend
-from scalable_xmr.tuning.branch_backend import BranchBackend
 from scalable_xmr.tuning.console import TrialLines, set_console, tune_callbacks, tune_console
-from scalable_xmr.tuning.final_test import TEST_LABEL
-from scalable_xmr.tuning.scheduler import SCHEDULERS, make_scheduler
-from scalable_xmr.tuning.sdml_backend import SDMLBackend
-from scalable_xmr.tuning.space import MODELS, build_space
+from scalable_xmr.tuning.final_score import TEST_LABEL
+from scalable_xmr.tuning.request import SweepRequest, backend_for, check_base, check_request
+from scalable_xmr.tuning.scheduler import make_scheduler
+from scalable_xmr.tuning.space import build_space
 from scalable_xmr.tuning.tracking import SweepTracking
 from scalable_xmr.tuning.trial_io import drop_sweep_state
 
 SWEEP_FILE = "sweep.json"
 BEST_FILE = "best.json"
-
-
-@dataclass(frozen=True)
-class SweepRequest:
-    """What to sweep, where, and how (the flags of ``jobs/sweep.py``)."""
-
-    model: str
-    dataset_uri: str
-    storage: str = "sweeps"
-    name: str | None = None  # None: <model>-<date>-<time> (or, with resume, the latest sweep)
-    num_samples: int = 4  # samples per grid point (and per modality for SDML)
-    max_concurrent: int | None = None  # None: as many as the cluster's resources allow
-    scheduler: str = "asha"
-    grids: tuple[str, ...] = ()  # "KEY=v1,v2"
-    ranges: tuple[str, ...] = ()  # "KEY=lo:hi[:log]"
-    epochs: int = 10
-    metric: str | None = None  # None: the model's default (anchor_map / rsum)
-    modalities: tuple[str, ...] | None = None  # SDML: a subset of the dataset's modalities
-    gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else 0
-    cpus_per_trial: float = 1.0
-    base: dict[str, Any] = field(default_factory=dict)  # fixed config values every trial shares
-    tracking: TrackingConfig = TrackingConfig()
-    resume: bool = False
-    seed: int = 0
-    max_failures: int = 2  # restarts of a failed trial (from its last checkpoint)
-    verbose: int = 0  # Tune's console output: 0 silent, 1 status table, 2 every result (console.py)
-    trial_lines: bool = True  # our line per finished trial on stderr (console.TrialLines)
-    population: int = 1  # SDML: train up to this many configurations of a modality in one trial
 
 
 @dataclass
@@ -98,48 +67,7 @@ class SweepSummary:
     tracking: str
     seconds: float
     trials: list[res.TrialRow] = field(default_factory=list)  # every trial's config and last result
-    test_line: str = ""  # the chosen configuration's test figures, scored once (final_test.py)
-
-
-def backend_for(model: str) -> Backend:
-    """The sweep backend of ``--model``: SDML (per modality) or one branch model."""
-    return SDMLBackend() if model == "sdml" else BranchBackend(model)
-
-
-def _check_request(req: SweepRequest) -> None:
-    if req.model not in MODELS:
-        raise InputError(f"--model must be one of {', '.join(MODELS)}, got {req.model!r}")
-    if req.scheduler not in SCHEDULERS:
-        raise InputError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {req.scheduler!r}")
-    if not isinstance(req.epochs, int) or req.epochs < 1:
-        raise InputError(f"--epochs must be an integer >= 1, got {req.epochs!r}")
-    if req.max_concurrent is not None and req.max_concurrent < 1:
-        raise InputError(f"--max-concurrent must be >= 1, got {req.max_concurrent}")
-    if req.gpus_per_trial is not None and req.gpus_per_trial < 0:
-        raise InputError(f"--gpus-per-trial must be >= 0, got {req.gpus_per_trial}")
-    if req.cpus_per_trial <= 0:
-        raise InputError(f"--cpus-per-trial must be > 0, got {req.cpus_per_trial}")
-    if not isinstance(req.population, int) or req.population < 1:
-        raise InputError(f"--population must be an integer >= 1, got {req.population!r}")
-    if req.population > 1 and req.model != "sdml":
-        raise InputError(f"--population applies to --model sdml only, not {req.model}")
-    if req.modalities is not None and req.model != "sdml":
-        raise InputError(f"--modality applies to --model sdml only, not {req.model}")
-    backend = backend_for(req.model)
-    if req.metric is not None and req.metric not in backend.metrics:
-        raise InputError(f"--metric for {req.model} must be one of {', '.join(backend.metrics)}, "
-                         f"got {req.metric!r}")
-
-
-def _check_base(req: SweepRequest, space) -> None:
-    """--set values must not collide with what the sweep itself decides."""
-    for key in ("epochs", "model"):
-        if key in req.base:
-            raise InputError(f"--set {key}: not settable here; use --{key}")
-    swept = sorted(set(req.base) & (set(space.tuned()) | set(space.in_trial())))
-    if swept:
-        raise InputError(f"--set {swept[0]}: {swept[0]} is swept; to fix it, give it one value with "
-                         f"--grid {swept[0]}=VALUE")
+    test_line: str = ""  # the chosen configuration's test figures, scored once (final_score.py)
 
 
 def _latest_sweep(storage: Path, model: str) -> Path:
@@ -324,14 +252,14 @@ def run_sweep(req: SweepRequest, address: str | None = None, callbacks: tuple = 
     back on resume).
     """
     start = time.perf_counter()
-    _check_request(req)
+    check_request(req)
     sweep_dir = sweep_dir_for(req)
     if req.resume:  # a missing sweep fails before Ray starts
         _resumable(req, sweep_dir)
     else:  # and so do a bad --grid / --range / --num-samples / --set, or a name already taken
         space = build_space(req.model, req.grids, req.ranges)
         space.check_nonempty(req.num_samples)
-        _check_base(req, space)
+        check_base(req, space)
         _check_new(sweep_dir)
     backend = backend_for(req.model)
     # the dataset and its modalities / splits, before Ray starts too; prepare() takes what it read
@@ -390,7 +318,7 @@ def _finish(meta: dict[str, Any], sweep_dir: Path, backend, rows: list[res.Trial
     """best.json, the summary table and plots, MLflow artifacts; marks the sweep finished.
 
     The best trials are chosen on the validation metric alone; ``backend.best_json`` then scores
-    that choice on test, once (final_test.py), and only the parent run gets those figures.
+    that choice on test, once (final_score.py), and only the parent run gets those figures.
     """
     metric, mode = meta["metric"], meta["mode"]
     best = res.best_per_group(rows, metric, mode, prefer=backend.complete_key)

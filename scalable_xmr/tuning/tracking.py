@@ -11,8 +11,8 @@ Per-epoch metrics are buffered and written every :data:`FLUSH_SECONDS` (one ``lo
 and at each trial's end: Tune holds a trial in ``tune.report`` until the driver has handled its
 result, so one sqlite transaction per epoch per trial was a per-epoch cost of every trial.
 
-A population trial (``--population N``, tuning/population_trial.py) gets one child run per member,
-named ``<trial_id>-m<i>``, with that member's configuration and metrics: MLflow shows every
+A population trial (``--population N``, tuning/population_trial.py) gets one child run per slot,
+named ``<trial_id>-m<i>``, with that slot's configuration and metrics: MLflow shows every
 configuration as it does for single trials.
 
 The trial -> MLflow run map is kept in ``<sweep>/mlflow_runs.json``: Tune pickles callbacks into
@@ -32,7 +32,7 @@ from ray import tune
 
 from scalable_xmr.io import atomic_write_json, read_json
 from scalable_xmr.tracking.tracker import Tracker
-from scalable_xmr.tuning.results import MEMBERS_KEY, member_id, member_metrics
+from scalable_xmr.tuning.results import MEMBERS_KEY, slot_id, slot_metrics
 
 RUNS_FILE = "mlflow_runs.json"
 FLUSH_SECONDS = 5.0  # per-epoch metrics wait at most this long on the driver before MLflow has them
@@ -112,7 +112,7 @@ class SweepTracking(tune.Callback):
         return self._runs
 
     def _start(self, key: str, group: Any, params: dict[str, Any], tags: dict[str, str]) -> str | None:
-        """A child run for ``key`` (a trial or population member id), created once."""
+        """A child run for ``key`` (a trial or population slot id), created once."""
         run = self.runs.get(key)
         if run is None and self.enabled:
             name = key + (f" {group}" if group else "")
@@ -125,19 +125,19 @@ class SweepTracking(tune.Callback):
         return run
 
     def _runs_for(self, trial) -> list[tuple[str | None, Any]]:
-        """(child run, result of it) pairs of ``trial``: itself, or each member of a population
-        (``pick(result)`` gives that member's part of a result)."""
+        """(child run, result of it) pairs of ``trial``: itself, or each slot of a population
+        (``pick(result)`` gives that slot's part of a result)."""
         config = dict(trial.config)
-        members = config.pop(MEMBERS_KEY, None)
+        slots = config.pop(MEMBERS_KEY, None)
         group = config.get("modality")
-        if members is None:
+        if slots is None:
             return [(self._start(trial.trial_id, group, config, {}), lambda result: result)]
         out = []
-        for i, values in enumerate(members):
-            run = self._start(member_id(trial.trial_id, i), group,
-                              {**config, **values, "population_size": len(members)},
+        for i, values in enumerate(slots):
+            run = self._start(slot_id(trial.trial_id, i), group,
+                              {**config, **values, "population_size": len(slots)},
                               {"population_trial": trial.trial_id})
-            out.append((run, lambda result, i=i: member_metrics(result, i)))
+            out.append((run, lambda result, i=i: slot_metrics(result, i)))
         return out
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:

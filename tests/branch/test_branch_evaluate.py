@@ -15,7 +15,8 @@ from scalable_xmr.branch.evaluate import (
     recall_report,
     rerank_grid,
 )
-from scalable_xmr.branch.member import BranchJob, sims_path
+from scalable_xmr.branch.member import BranchJob
+from scalable_xmr.branch.member_scores import sims_path
 from scalable_xmr.branch.report import evaluate_ensemble
 from scalable_xmr.errors import InputError
 

@@ -12,7 +12,8 @@ import torch
 from reference import recall_at_k_loop
 
 from scalable_xmr.branch.evaluate import mean_sigmoid_log_odds
-from scalable_xmr.branch.member import sims_path
+from scalable_xmr.branch.member_scores import sims_path
+from scalable_xmr.branch.model_file import MODEL_FORMAT
 from scalable_xmr.branch.report import MEAN_S_IT, MEAN_SCORES, evaluate_ensemble
 from scalable_xmr.errors import InputError
 from scalable_xmr.store import torchfile
@@ -33,7 +34,8 @@ def _member(root, name, logits, bias, model="mtfn", seed=0):
         sims_path(d, split).parent.mkdir(parents=True, exist_ok=True)
         np.save(sims_path(d, split), logits.astype(np.float32))
         np.save(sims_path(d, split, text=True), text)
-    torchfile.save({"model": model, "state_dict": {"score.bias": torch.tensor([bias])}}, d / "model.pt")
+    payload = {"format": MODEL_FORMAT, "model": model, "state_dict": {"score.bias": torch.tensor([bias])}}
+    torchfile.save(payload, d / "model.pt")
     return str(d)
 
 

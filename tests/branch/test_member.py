@@ -10,14 +10,11 @@ import pytest
 import torch
 
 from scalable_xmr.branch.config import PairTrainerConfig
-from scalable_xmr.branch.member import (
-    BranchJob,
-    remap_tokens,
-    sims_path,
-    train_branch,
-)
+from scalable_xmr.branch.member import BranchJob, train_branch
+from scalable_xmr.branch.member_scores import sims_path
 from scalable_xmr.branch.report import evaluate_ensemble
 from scalable_xmr.branch.scoring import PairTensors, text_cosine_matrix
+from scalable_xmr.branch.splits import remap_tokens
 from scalable_xmr.branch.trainer import PairTrainer
 from scalable_xmr.data.paired import make_synthetic_pairs, open_paired_dataset
 from scalable_xmr.errors import InputError

@@ -181,7 +181,8 @@ def test_rerank_choice_and_test_figures_follow_from_the_stored_matrices(
     from reference import rerank_i2t_loop, rerank_t2i_loop
 
     from scalable_xmr.branch.config import PairTrainerConfig
-    from scalable_xmr.branch.member import BranchJob, sims_path, train_branch
+    from scalable_xmr.branch.member import BranchJob, train_branch
+    from scalable_xmr.branch.member_scores import sims_path
 
     before = torch.get_num_threads()
     cfg = PairTrainerConfig(model=model, epochs=epochs, text_epochs=text_epochs, batch_size=32, lr=5e-3,

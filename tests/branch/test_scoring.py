@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from scalable_xmr.branch.config import PairTrainerConfig
-from scalable_xmr.branch.member import sims_path
+from scalable_xmr.branch.member_scores import sims_path
+from scalable_xmr.branch.model_file import MODEL_FORMAT
 from scalable_xmr.branch.report import evaluate_ensemble
 from scalable_xmr.branch.scoring import similarity_matrix
 from scalable_xmr.branch.trainer import PairTrainer
@@ -65,7 +66,7 @@ def _stored_ensemble(root, members: list[tuple[np.ndarray, dict]]) -> np.ndarray
             sims_path(d, split).parent.mkdir(parents=True, exist_ok=True)
             np.save(sims_path(d, split), logits)
             np.save(sims_path(d, split, text=True), np.eye(logits.shape[1], dtype=np.float32))
-        torchfile.save({"model": "mtfn", "state_dict": state}, d / "model.pt")
+        torchfile.save({"format": MODEL_FORMAT, "model": "mtfn", "state_dict": state}, d / "model.pt")
         dirs.append(str(d))
     evaluate_ensemble("mtfn", dirs, str(root / "mtfn"), (5, 5), ks=(1,), k_texts=(0,))
     return np.load(sims_path(root / "mtfn", "test"))

@@ -15,8 +15,9 @@ from toy_pairs import without_captions
 
 from scalable_xmr.branch.config import PairTrainerConfig
 from scalable_xmr.branch.job import PairsRequest, check_dataset
-from scalable_xmr.branch.member import BranchJob, sims_path, train_branch
-from scalable_xmr.branch.report import build_metrics, evaluate_ensemble, log_members, pairs_table
+from scalable_xmr.branch.member import BranchJob, train_branch
+from scalable_xmr.branch.member_scores import sims_path
+from scalable_xmr.branch.report import evaluate_ensemble, log_members, pairs_table, rk_metrics
 from scalable_xmr.cli.pairs import main
 from scalable_xmr.data.paired import make_synthetic_pairs
 from scalable_xmr.errors import InputError
@@ -105,7 +106,7 @@ def test_metrics_table_and_mlflow_carry_the_target_figures(data, members, tmp_pa
                             target_splits=members[0].target["splits"])
     ens["members"] = [r.name for r in members]
     results = {r.name: r for r in members}
-    metrics = build_metrics(_meta(*data, members), results, {"vsa": ens})
+    metrics = rk_metrics(_meta(*data, members), results, {"vsa": ens})
     assert metrics["target"]["dataset"] == str(data[1]) and "source val" in metrics["target"]["selected_on"]
     for r in members:
         assert metrics["models"][r.name]["target"] == {"test": r.target["test"], "val": r.target["val"]}
@@ -141,7 +142,7 @@ def test_without_a_target_nothing_target_is_reported(data, tmp_path):
                                     model_config=TINY_VSA, ks=(1,)))
     assert result.target is None and not sims_path(tmp_path / "m", "target_test").exists()
     meta = _meta(data[0], None, [result])
-    metrics = build_metrics(meta, {"vsa": result}, {})
+    metrics = rk_metrics(meta, {"vsa": result}, {})
     assert "target" not in metrics and "target" not in metrics["models"]["vsa"]
     assert "TARGET" not in pairs_table(metrics)
 

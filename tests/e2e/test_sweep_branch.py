@@ -19,7 +19,7 @@ SMALL = {"dim": 8, "word_dim": 8, "text_hidden": 8, "batch_size": 16, "text_epoc
 
 def _winner_test_sim(summary, winner):
     """(image x caption test scores of the chosen trial's saved model, caption -> image index)."""
-    from scalable_xmr.branch.member import load_branch_model
+    from scalable_xmr.branch.model_file import load_branch_model
     from scalable_xmr.branch.scoring import similarity_matrix
     from scalable_xmr.data.paired import open_paired_dataset
 

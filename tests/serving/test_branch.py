@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from scalable_xmr.branch.member import load_branch_model
+from scalable_xmr.branch.model_file import load_branch_model
 from scalable_xmr.branch.scoring import similarity_matrix
 from scalable_xmr.data.paired import open_paired_dataset
 from scalable_xmr.errors import InputError

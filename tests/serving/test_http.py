@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scalable_xmr.branch.member import load_branch_model
+from scalable_xmr.branch.model_file import load_branch_model
 from scalable_xmr.branch.scoring import similarity_matrix
 from scalable_xmr.data.paired import open_paired_dataset
 from scalable_xmr.serving import load_run

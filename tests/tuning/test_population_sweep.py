@@ -8,7 +8,7 @@ import pytest
 from one_line import fails_one_line
 
 from scalable_xmr.tuning.population_trial import populations
-from scalable_xmr.tuning.results import TrialRow, member_rows
+from scalable_xmr.tuning.results import TrialRow, slot_rows
 from scalable_xmr.tuning.space import build_space
 
 
@@ -39,13 +39,13 @@ def test_a_population_trial_gives_one_row_per_member():
                    {"training_iteration": 2, "best_anchor_map": 0.7,
                     "members": [{"best_anchor_map": 0.5}, {"best_anchor_map": math.nan, "error": "boom"}]},
                    "audio")
-    first, second = member_rows(row)
+    first, second = slot_rows(row)
     assert (first.trial_id, first.config, first.group) == ("abc_00001-m0", {"modality": "audio", "lam": 0.1,
                                                                             "lr": 1e-3}, "audio")
     assert first.metrics["best_anchor_map"] == 0.5 and first.metrics["training_iteration"] == 2
     assert first.error is None and second.error == "boom"
     plain = TrialRow("x", {"modality": "audio", "lam": 0.5}, {"best_anchor_map": 0.3}, "audio")
-    assert member_rows(plain) == [plain]
+    assert slot_rows(plain) == [plain]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -15,7 +15,7 @@ from scalable_xmr.store.projection import create_projection, save_projection
 from scalable_xmr.store.run_store import RunStore
 from scalable_xmr.tuning import trial_io
 from scalable_xmr.tuning.population_trial import sdml_population_trial
-from scalable_xmr.tuning.results import MEMBERS_KEY, member_id
+from scalable_xmr.tuning.results import MEMBERS_KEY, slot_id
 from scalable_xmr.tuning.sdml_trial import SDMLTrialSetup, sdml_trial
 
 BASE = {"dim": 32, "hidden": 64, "batch_size": 20, "epochs": 4, "checkpoint_every": 5}
@@ -105,7 +105,7 @@ def test_population_members_follow_the_same_rules(tmp_path, small_xmedia, tune_s
     last = tune_stub["reports"][-1][0]
     assert len(saves) == 2  # one model per member, at the end
     for i, row in enumerate(last[MEMBERS_KEY]):
-        directory = trial_io.trial_dir(setup.sweep_dir, member_id("t0", i))
+        directory = trial_io.trial_dir(setup.sweep_dir, slot_id("t0", i))
         assert _stored_best_epoch(directory, "audio") == row["best_epoch"]
 
     saves.clear()
@@ -115,7 +115,7 @@ def test_population_members_follow_the_same_rules(tmp_path, small_xmedia, tune_s
         sdml_population_trial(config, stopping)
     rows = tune_stub["reports"][-1][0][MEMBERS_KEY]
     for i, row in enumerate(rows):  # epoch 1 is every member's selected epoch so far
-        directory = trial_io.trial_dir(setup.sweep_dir, member_id("t1", i))
+        directory = trial_io.trial_dir(setup.sweep_dir, slot_id("t1", i))
         assert row["best_epoch"] == 1 and _stored_best_epoch(directory, "audio") == 1
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from scalable_xmr.branch.evaluate import RerankChoice, recall_report
-from scalable_xmr.branch.member import load_branch_model, score_model
+from scalable_xmr.branch.member_scores import score_model
+from scalable_xmr.branch.model_file import load_branch_model
 from scalable_xmr.data.modality.dataset import open_dataset
 from scalable_xmr.data.paired import open_paired_dataset
 from scalable_xmr.io import read_json
