@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from scalable_xmr.errors import InputError, MissingError
+from scalable_xmr.uris import absolute, is_remote, local_path, split_uri
 
 # Called with a path after it changed (written, renamed into place or removed). The run store
 # registers its object-storage mirror here (store/remote.py), so each write is uploaded.
@@ -90,20 +91,16 @@ def read_json(path: str | os.PathLike) -> Any:
         raise InputError(f"{p}: not valid JSON ({e})") from e
 
 
-def absolute_uri(uri: str | os.PathLike) -> str:
-    """A URI with a scheme (``s3://...``) as given; a local path made absolute (actors and Tune
-    trials run in other working directories)."""
-    uri = str(uri)
-    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
+absolute_uri = absolute  # the one local-path-or-URI rule lives in scalable_xmr.uris
 
 
 def check_writable(path: str | os.PathLike, flag: str) -> None:
     """One line unless ``path`` (a file or directory to create or update) can be written: its
     nearest existing ancestor must be a directory this process can create files in. Jobs call it
     before Ray starts, so an unwritable output costs nothing."""
-    if "://" in str(path):
+    if is_remote(path):
         return  # object storage: the filesystem layer reports its own errors
-    target = Path(path).expanduser().resolve()
+    target = local_path(path).resolve()
     ancestor = target if target.exists() else next(p for p in target.parents if p.exists())
     if not ancestor.is_dir():
         raise InputError(f"{flag} {path}: {ancestor} is a file, not a directory")
@@ -145,17 +142,17 @@ def open_uri(uri: str, what: str = "") -> tuple[Any, str]:
     import pyarrow.fs as pafs
 
     label = f"{what} {uri}".strip()
-    scheme = uri.split("://", 1)[0].lower()
+    scheme, rest = split_uri(uri)
     if scheme == "s3" and not _has_s3_credentials():
         raise InputError(f"{label}: no S3 credentials configured; set AWS_ACCESS_KEY_ID and "
                          "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and AWS_ENDPOINT_URL for an "
                          "S3-compatible server")
-    bucket = uri.split("://", 1)[1].split("/", 1)[0]
+    bucket = rest.split("/", 1)[0]
     key = (bucket, s3_endpoint(), os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_PROFILE"))
     cacheable = scheme == "s3" and "?" not in uri  # a URI with options builds its own
     try:
         if cacheable and key in _filesystems:  # checked once per process
-            return _filesystems[key], uri.split("://", 1)[1].rstrip("/")
+            return _filesystems[key], rest.rstrip("/")
         fs, path = pafs.FileSystem.from_uri(uri)
         if scheme == "s3" and fs.get_file_info(bucket).type == pafs.FileType.NotFound:
             raise InputError(f"{label}: bucket {bucket!r} does not exist (endpoint "

@@ -33,6 +33,7 @@ from scalable_xmr.config import TrackingConfig
 from scalable_xmr.distributed.logs import set_verbose
 from scalable_xmr.errors import InputError
 from scalable_xmr.io import read_json
+from scalable_xmr.uris import is_remote, local_path
 
 MODELS = ("vse", "mtfn", "mmca", "vsa")
 RERANK_KEYS = ("k", "k_text")
@@ -293,7 +294,7 @@ def resolve_data(args: argparse.Namespace, run_dir: str) -> str:
     from scalable_xmr.data.paired import make_synthetic_pairs, open_paired_dataset
 
     if args.data:
-        if "://" not in args.data and not Path(args.data).exists():
+        if not is_remote(args.data) and not local_path(args.data).exists():
             raise InputError(f"--data {args.data}: dataset path does not exist")
         open_paired_dataset(args.data)  # "not a paired dataset" fails here, before anything is written
         return args.data

@@ -33,6 +33,7 @@ from scalable_xmr.cli.common import (
 from scalable_xmr.config import TrackingConfig
 from scalable_xmr.distributed.logs import set_verbose, verbose
 from scalable_xmr.errors import InputError
+from scalable_xmr.uris import is_remote, local_path
 
 MODEL_CHOICES = ("sdml", "vse", "mtfn", "mmca", "vsa")
 
@@ -135,7 +136,7 @@ def parse_set(items: list[str]) -> dict:
 def resolve_sweep_data(args: argparse.Namespace) -> str:
     """--data, or synthetic data cached under <storage>/data (SDML: XMedia-shaped; branch: pairs)."""
     if args.data:
-        if "://" not in args.data and not Path(args.data).exists():
+        if not is_remote(args.data) and not local_path(args.data).exists():
             raise InputError(f"--data {args.data}: dataset path does not exist")
         return args.data
     root = Path(args.storage).expanduser().resolve() / "data"

@@ -28,6 +28,7 @@ from scalable_xmr.config import (
 from scalable_xmr.distributed.logs import set_verbose
 from scalable_xmr.errors import InputError
 from scalable_xmr.io import read_json
+from scalable_xmr.uris import is_remote, local_path
 
 DEMO_EPOCHS = 25  # `make run`: the full XMedia-shaped data, ~10 min on a 2-core CPU
 
@@ -178,7 +179,7 @@ def resolve_data(args: argparse.Namespace, run_dir: str) -> str:
         convert_xmedia(args.mat, str(out), overwrite=True)
         return str(out)
     if args.data:
-        if "://" not in args.data and not Path(args.data).exists():
+        if not is_remote(args.data) and not local_path(args.data).exists():
             raise InputError(f"--data {args.data}: dataset path does not exist")
         open_dataset(args.data)  # validates: "not a dataset" fails here, before anything is written
         return args.data
