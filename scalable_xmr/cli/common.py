@@ -5,12 +5,30 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 from scalable_xmr.cli import run_cli
 from scalable_xmr.distributed.logs import VERBOSE_HELP
 from scalable_xmr.distributed.submission import check_submission_paths
+from scalable_xmr.errors import InputError
+from scalable_xmr.uris import is_remote, local_path
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
+
+
+def check_data_path(data: str) -> None:
+    """One line when ``--data`` is a local path (a ``file:///`` URI is one) that does not exist; a
+    remote URI is checked when the dataset is opened."""
+    if not is_remote(data) and not local_path(data).exists():
+        raise InputError(f"--data {data}: dataset path does not exist")
+
+
+def local_dir(target: str) -> Path:
+    """A run or sweep directory as an absolute local directory, where synthetic data is cached
+    beside it: a path or ``file:///`` URI is that directory; an object-storage URI is read as a
+    relative path, as it always was (``./s3:/bucket/...``)."""
+    return (Path(target) if is_remote(target) else local_path(target)).expanduser().resolve()
+
 
 ADDRESS_HELP = (
     "Ray cluster address; default: attach to the cluster under `ray submit` (or when RAY_ADDRESS is "

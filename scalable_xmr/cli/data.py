@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from scalable_xmr.errors import InputError
 from scalable_xmr.io import check_writable
+from scalable_xmr.uris import is_remote, local_path
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -137,13 +138,11 @@ def _synthetic(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from scalable_xmr.data import open_dataset
     from scalable_xmr.data.paired import IMAGES_FILE, check_paired_dataset, inspect_paired_dataset
 
-    local = "://" not in args.dataset
-    if local and (Path(args.dataset) / IMAGES_FILE).is_file():  # a paired (image-text) dataset
+    local = not is_remote(args.dataset)  # file:// too
+    if local and (local_path(args.dataset) / IMAGES_FILE).is_file():  # a paired (image-text) dataset
         if args.validate:
             check_paired_dataset(args.dataset)
         print(inspect_paired_dataset(args.dataset))

@@ -19,7 +19,9 @@ from scalable_xmr.cli.common import (
     add_job_subcommand,
     add_tracking_arguments,
     add_verbose_argument,
+    check_data_path,
     job_script_parser,
+    local_dir,
     print_run_footer,
     run_job,
 )
@@ -293,12 +295,11 @@ def resolve_data(args: argparse.Namespace, run_dir: str) -> str:
     from scalable_xmr.data.paired import make_synthetic_pairs, open_paired_dataset
 
     if args.data:
-        if "://" not in args.data and not Path(args.data).exists():
-            raise InputError(f"--data {args.data}: dataset path does not exist")
+        check_data_path(args.data)
         open_paired_dataset(args.data)  # "not a paired dataset" fails here, before anything is written
         return args.data
     seed = args.seed or 0
-    out = Path(run_dir).expanduser().resolve().parent / "data" / f"synthetic-pairs-seed{seed}"
+    out = local_dir(run_dir).parent / "data" / f"synthetic-pairs-seed{seed}"
     note = ["NOTE: no --data given: using SYNTHETIC paired image-text data (regions and token",
             "      captions from latent concepts; R@K here says nothing about Flickr30K/COCO).",
             f"      Cached at {out}"]

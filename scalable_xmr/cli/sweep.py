@@ -27,7 +27,9 @@ from scalable_xmr.cli.common import (
     add_job_subcommand,
     add_tracking_arguments,
     add_verbose_argument,
+    check_data_path,
     job_script_parser,
+    local_dir,
     run_job,
 )
 from scalable_xmr.config import TrackingConfig
@@ -135,10 +137,9 @@ def parse_set(items: list[str]) -> dict:
 def resolve_sweep_data(args: argparse.Namespace) -> str:
     """--data, or synthetic data cached under <storage>/data (SDML: XMedia-shaped; branch: pairs)."""
     if args.data:
-        if "://" not in args.data and not Path(args.data).exists():
-            raise InputError(f"--data {args.data}: dataset path does not exist")
+        check_data_path(args.data)
         return args.data
-    root = Path(args.storage).expanduser().resolve() / "data"
+    root = local_dir(args.storage) / "data"
     print("NOTE: no --data given: sweeping on SYNTHETIC data (not real features), cached under "
           f"{root}", file=sys.stderr)
     if args.model == "sdml":

@@ -15,6 +15,8 @@ from scalable_xmr.cli.common import (
     add_address_argument,
     add_tracking_arguments,
     add_verbose_argument,
+    check_data_path,
+    local_dir,
     print_run_footer,
     run_job,
 )
@@ -168,7 +170,7 @@ def _default_run_dir() -> str:
 def resolve_data(args: argparse.Namespace, run_dir: str) -> str:
     from scalable_xmr.data.modality.dataset import open_dataset
 
-    data_root = Path(run_dir).expanduser().resolve().parent / "data"
+    data_root = local_dir(run_dir).parent / "data"
     if args.data and args.mat:
         raise InputError("give --data or --mat, not both")
     if args.mat:
@@ -178,8 +180,7 @@ def resolve_data(args: argparse.Namespace, run_dir: str) -> str:
         convert_xmedia(args.mat, str(out), overwrite=True)
         return str(out)
     if args.data:
-        if "://" not in args.data and not Path(args.data).exists():
-            raise InputError(f"--data {args.data}: dataset path does not exist")
+        check_data_path(args.data)
         open_dataset(args.data)  # validates: "not a dataset" fails here, before anything is written
         return args.data
     from scalable_xmr.data.modality.synthetic import make_synthetic_xmedia

@@ -1,4 +1,4 @@
-"""Local paths and ``pyarrow.fs`` URIs (``file://``, ``s3://``, ``gs://``) of datasets."""
+"""Local paths (a ``file:///`` URI is one) and ``pyarrow.fs`` URIs (``s3://``, ``gs://``) of datasets."""
 
 from __future__ import annotations
 
@@ -12,15 +12,16 @@ import pyarrow.fs as pafs
 
 from scalable_xmr.errors import InputError, MissingError
 from scalable_xmr.io import open_uri
+from scalable_xmr.uris import is_remote, local_path
 
 
 def resolve_uri(uri: str, filesystem: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a local path or a pyarrow.fs URI."""
+    """(filesystem, path) for a local path (or ``file:///`` URI) or a remote pyarrow.fs URI."""
     uri = os.fspath(uri)
     if filesystem is not None:
         return filesystem, uri
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    if not is_remote(uri):
+        return pafs.LocalFileSystem(), os.path.abspath(local_path(uri))
     return open_uri(uri)  # s3: credentials and bucket checked, one line naming the URI
 
 

@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 
 from scalable_xmr.errors import InputError
+from scalable_xmr.uris import scheme
 
 # Ray's JobSupervisor starts the entrypoint with this variable set to {"runtime_env": ...,
 # "metadata": {"job_submission_id": ...}} (ray/dashboard/modules/job/job_supervisor.py,
@@ -44,7 +45,7 @@ def relative_local_path(uri: str) -> str | None:
     if uri.startswith("file:"):
         path = uri[len("file:"):]
         return None if path.startswith("/") else path
-    if "://" in uri:
+    if scheme(uri) is not None:
         return None  # http(s), s3, databricks...: not a local path
     return None if os.path.isabs(os.path.expanduser(uri)) else uri
 

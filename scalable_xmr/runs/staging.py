@@ -25,7 +25,6 @@ import shutil
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 

@@ -50,6 +50,7 @@ from scalable_xmr.sdml.trainer import (
 from scalable_xmr.store import torchfile
 from scalable_xmr.store.run_store import RunStore
 from scalable_xmr.store.training_state import LAST
+from scalable_xmr.uris import scheme
 
 T = TypeVar("T")
 RAY_RUN_DIR = "ray-train"  # under the modality's checkpoints/: Ray Train's run (its checkpoints)
@@ -229,7 +230,7 @@ def train_modality_parallel(job: ModalityJob, workers: int, *, use_gpu: bool = F
     if storage_path is None:  # a local run's checkpoints/ (an object-storage run: its mirror's)
         checkpoints = RunStore(job.run_dir, modality=job.modality, pull=False).checkpoint_path(job.modality)
         storage_path = str(checkpoints.parent.resolve())
-    if not os.path.isabs(storage_path) and "://" not in storage_path:
+    if scheme(storage_path) is None and not os.path.isabs(storage_path):
         raise InputError(f"storage_path must be absolute (Ray Train workers run elsewhere), "
                          f"got {storage_path!r}")
     group = WorkerGroup(workers, use_gpu=use_gpu, resources_per_worker=resources_per_worker,

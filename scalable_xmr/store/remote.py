@@ -35,20 +35,10 @@ import pyarrow.fs as pafs
 
 from scalable_xmr import io
 from scalable_xmr.errors import InputError
+from scalable_xmr.uris import is_remote, local_path, scheme, split_uri
 
 CACHE_ENV = "XMR_CACHE"
 _SKIP = (".lock",)  # the job lock lives on the mirror only (store/lock.py)
-
-
-def is_uri(target: str | os.PathLike) -> bool:
-    """True for an object-storage URI (``s3://``...); ``file://`` URIs are local paths."""
-    text = os.fspath(target)
-    return "://" in text and not text.startswith("file://")
-
-
-def local_path(target: str | os.PathLike) -> Path:
-    text = os.fspath(target)
-    return Path(text[len("file://"):] if text.startswith("file://") else text).expanduser().resolve()
 
 
 def cache_root() -> Path:
@@ -73,12 +63,12 @@ class Mirror:
 def mirror(uri: str, what: str = "--run") -> Mirror:
     """The mirror of ``uri`` (credentials and bucket checked: one line naming the URI)."""
     uri = os.fspath(uri).rstrip("/")
-    scheme, rest = uri.split("://", 1)
+    kind, rest = split_uri(uri)
     if "/" not in rest or "?" in rest:
         raise InputError(f"{what} {uri}: give a key under the bucket, without options "
-                         f"(e.g. {scheme}://{rest.split('/')[0].split('?')[0]}/runs/x)")
+                         f"(e.g. {kind}://{rest.split('/')[0].split('?')[0]}/runs/x)")
     fs, remote = io.open_uri(uri, what)
-    return Mirror(uri, cache_root() / scheme.lower() / rest, fs, remote)
+    return Mirror(uri, cache_root() / kind / rest, fs, remote)
 
 
 def _mirror_of_path(path: Path) -> Mirror | None:
@@ -95,8 +85,8 @@ def _mirror_of_path(path: Path) -> Mirror | None:
 
 def open_dir(target: str | os.PathLike, what: str = "--run") -> Path:
     """The local directory of a run: the path itself, or the pulled mirror of a URI."""
-    if not is_uri(target):
-        return local_path(target)
+    if not is_remote(target):
+        return local_path(target).resolve()
     m = mirror(os.fspath(target), what)
     pull(m)
     return m.local
@@ -109,7 +99,7 @@ def uri_of(path: str | os.PathLike) -> str:
     m = _mirror_of_path(p)
     if m is None:
         return str(p)
-    return f"{m.uri.split('://', 1)[0]}://{m.key_of(p.resolve())}"
+    return f"{scheme(m.uri)}://{m.key_of(p.resolve())}"
 
 
 def _remote_files(m: Mirror) -> dict[str, pafs.FileInfo]:
@@ -247,8 +237,7 @@ def pull_path(path: str | os.PathLike) -> None:
     p = Path(path).resolve()
     m = _mirror_of_path(p)
     if m is not None:
-        scheme = m.uri.split("://", 1)[0]
-        pull(mirror(f"{scheme}://{m.key_of(p)}"))
+        pull(mirror(f"{scheme(m.uri)}://{m.key_of(p)}"))
 
 
 if push not in io.after_write:

@@ -33,6 +33,7 @@ from scalable_xmr.io import atomic_path, atomic_write_json, read_json, written
 from scalable_xmr.store import remote, torchfile
 from scalable_xmr.store.lock import LOCK_NAME
 from scalable_xmr.store.meta import RunMeta, now_iso
+from scalable_xmr.uris import is_remote, local_path
 
 FORMAT_VERSION = 1
 
@@ -49,14 +50,14 @@ class RunStore:
     twice."""
 
     def __init__(self, root: str | os.PathLike, modality: str | None = None, pull: bool = True):
-        self._mirror = remote.mirror(os.fspath(root)) if remote.is_uri(root) else None
+        self._mirror = remote.mirror(os.fspath(root)) if is_remote(root) else None
         if self._mirror is not None:
             if pull:
                 remote.pull(self._mirror, subdirs=None if modality is None else (f"modalities/{modality}",))
             self.root = self._mirror.local
             self.uri = self._mirror.uri
         else:
-            self.root = remote.local_path(root)
+            self.root = local_path(root).resolve()
             self.uri = remote.uri_of(self.root)  # a mirror path given as such stands for its URI
 
     def refresh(self) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from scalable_xmr.uris import scheme
 from scalable_xmr.version import __version__
 
 DEFAULT_STORE = "mlflow.db"
@@ -98,10 +99,15 @@ def _git(directory: Path, *args: str) -> str | None:
 
 
 def absolute_tracking_uri(uri: str) -> str:
-    """Make a sqlite/file URI absolute (Tune and actors run in other working directories)."""
+    """Make a sqlite/file URI absolute (Tune and actors run in other working directories).
+
+    MLflow's rule, not the run store's (``scalable_xmr.uris``): ``sqlite:///rel.db`` is made
+    absolute; a string without a scheme is a path, a ``.db`` file becoming ``sqlite:///`` and
+    anything else a ``file:///`` store; any other scheme (``file://``, ``http(s)://``,
+    ``databricks://``) is kept as given."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
-    if "://" not in uri:
+    if scheme(uri) is None:
         return f"sqlite:///{Path(uri).resolve()}" if uri.endswith(".db") else Path(uri).resolve().as_uri()
     return uri
 

@@ -17,6 +17,8 @@ def test_bad_arguments_fail_before_anything_is_written(tmp_path, capsys, small_x
     base = ["--data", small_xmedia, "--run", str(run), "--no-tracking", "--no-progress"]
     cases = [
         (["--data", str(tmp_path / "nope"), "--run", str(run)], "dataset path does not exist"),
+        (["--data", f"file://{tmp_path}/nope", "--run", str(run)],
+         f"--data file://{tmp_path}/nope: dataset path does not exist"),
         ([*base, "--lam", "1.5"], "lam must be in [0, 1], got 1.5"),
         ([*base, "--lam", "-0.1"], "lam must be in [0, 1], got -0.1"),
         ([*base, "--epochs", "0"], "epochs must be a positive integer, got 0"),

@@ -144,6 +144,9 @@ def test_inspect_paired_dataset(tmp_path, capsys):
     assert "paired dataset" in printed and "valid: every row passed" in printed
     assert [line.split() for line in printed.splitlines() if line.startswith("train")] == [
         ["train", "6", "30", "5"]]
+    # a file:// URI is the local directory (it was read as a modality dataset before: exit 2)
+    assert main(["data", "inspect", f"file://{out}"]) == 0
+    assert f"paired dataset  file://{out}" in capsys.readouterr().out
 
 
 TINY_PAIRS = ["--n-train", "6", "--n-val", "2", "--n-test", "2", "--n-regions", "2", "--dim", "4"]

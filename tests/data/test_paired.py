@@ -144,7 +144,10 @@ def test_write_argument_checks(tmp_path):
 def test_read_rejects_bad_files(tmp_path):
     with pytest.raises(MissingError, match="not found"):
         open_paired_dataset(tmp_path / "nope")
+    with pytest.raises(MissingError, match="nope: paired dataset directory not found"):
+        open_paired_dataset(f"file://{tmp_path}/nope")  # file:// is the local path (scalable_xmr.uris)
     root = write_paired_dataset(tmp_path / "ds", _images(), _captions(), VOCAB)
+    assert open_paired_dataset(f"file://{root}").splits() == open_paired_dataset(root).splits()
     # a foreign writer referencing an unknown image
     table = pq.read_table(root / "captions.parquet")
     ids = table.column("image_id").to_pylist()

@@ -76,6 +76,13 @@ def test_layout_of_both_kinds_of_run(tmp_path):
     assert store.member_dir("mtfn-seed1") == tmp_path / "models/mtfn-seed1"
 
 
+def test_a_file_uri_is_the_local_run_directory(tmp_path):
+    """file:///... is a local path (scalable_xmr.uris): no mirror, the directory itself."""
+    store = RunStore(f"file://{tmp_path}/a%20run")
+    assert store.root == (tmp_path / "a run").resolve() and store.uri == str(store.root)
+    assert RunStore(f"file://{tmp_path}/run").root == RunStore(tmp_path / "run").root
+
+
 def test_a_full_disk_names_the_file_being_written_not_its_temporary(tmp_path, monkeypatch):
     import errno
 

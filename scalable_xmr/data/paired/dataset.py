@@ -27,6 +27,7 @@ from scalable_xmr.data.paired.format import (
     to_numpy_list,
 )
 from scalable_xmr.errors import InputError, MissingError
+from scalable_xmr.uris import is_remote, local_path
 
 
 @dataclass(frozen=True, eq=False)
@@ -221,12 +222,13 @@ def _captions_per_image(img_idx: np.ndarray, n_images: int) -> int | None:
 
 
 def open_paired_dataset(uri: str | os.PathLike) -> PairedDataset:
-    """Open a paired dataset directory or URI (``s3://...``, ``gs://...``) for reading."""
+    """Open a paired dataset directory (or ``file:///`` URI) or a remote URI (``s3://...``,
+    ``gs://...``) for reading."""
     text = str(uri)
-    if "://" in text:
+    if is_remote(text):
         fs, root = resolve_uri(text)  # s3: credentials and bucket checked, one line naming the URI
     else:
-        fs, root = pafs.LocalFileSystem(), str(Path(text).resolve())
+        fs, root = pafs.LocalFileSystem(), str(local_path(text).resolve())
         if not Path(root).is_dir():
             raise MissingError(f"{text}: paired dataset directory not found")
     return PairedDataset(text, fs, root)
