@@ -6,6 +6,8 @@
 - ``io.filesystems``: ``open_uri`` (a remote URI as a pyarrow file system, S3 credentials and bucket
   checked, one per bucket cached) and ``s3_endpoint``;
 - ``io.hooks``: ``after_write`` and ``written`` (the object-storage mirror hears every change);
+- ``io.fileops``: ``remove``, ``replace``, ``copy``, ``append_text``: changes outside an atomic write,
+  each telling the hook itself (imported as ``from scalable_xmr.io import fileops``);
 - ``absolute_uri`` is :func:`scalable_xmr.uris.absolute` (the one local-path-or-URI rule lives in
   ``scalable_xmr.uris``), re-exported here under its old name.
 

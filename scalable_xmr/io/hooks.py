@@ -2,7 +2,8 @@
 
 The run store registers its object-storage mirror here (``store/remote.py`` appends its ``push``),
 so each change under a mirror is uploaded; :func:`~scalable_xmr.io.atomic.atomic_path` calls
-:func:`written` itself, and code that renames, copies or deletes outside it calls it by hand.
+:func:`written` itself, and so does every change in :mod:`scalable_xmr.io.fileops` (remove,
+replace, copy, append): writers never call it by hand.
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 import uuid
 import warnings
@@ -32,7 +31,7 @@ from scalable_xmr.config import TrackingConfig
 from scalable_xmr.distributed.actors import Outcome
 from scalable_xmr.distributed.cluster import connect
 from scalable_xmr.errors import Interrupted
-from scalable_xmr.io import atomic_write_bytes, check_writable, written
+from scalable_xmr.io import atomic_write_bytes, check_writable, fileops
 from scalable_xmr.runs.session import RunSummary
 from scalable_xmr.store import training_state
 from scalable_xmr.store.lock import run_lock
@@ -53,18 +52,16 @@ class Staging:
     """``<run>/.staging/add-<id>/``: a run-shaped folder the trainers write to, ``files`` of the
     run copied into it first (e.g. SDML's P)."""
 
-    def __init__(self, store: RunStore, files: tuple[str, ...] = ()):
+    def __init__(self, store: RunStore, staged: tuple[str, ...] = ()):
         self.root = store.root / STAGING / f"add-{uuid.uuid4().hex[:12]}"
         self.root.mkdir(parents=True)
-        for name in files:
-            shutil.copyfile(store.root / name, self.root / name)
-            written(self.root / name)
+        for name in staged:
+            fileops.copy(store.root / name, self.root / name)
         self.store = RunStore(self.root)
         self.aside = self.root / "aside"  # folders moved out of the run during the commit
 
     def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
-        written(self.root)
+        fileops.remove(self.root)
         with contextlib.suppress(OSError):
             self.root.parent.rmdir()  # only if empty
 
@@ -90,8 +87,7 @@ class Commit:
             os.replace(dest, self.staging.aside / dest.name)
             self.moved_aside.append((self.staging.aside / dest.name, dest))
         dest.parent.mkdir(exist_ok=True)
-        os.replace(source, dest)  # atomic: the folder appears whole
-        written(dest)  # object storage: uploaded file by file (no rename there), before run.json
+        fileops.replace(source, dest)  # the folder appears whole; a bucket gets it before run.json
         self.moved_in.append(dest)
 
     def rollback(self) -> None:
@@ -105,20 +101,16 @@ def rollback(store: RunStore, snapshot: dict[Path, bytes | None], moved_in: list
     still loads, run.json being either the old one or the committed one."""
     try:
         for dest in moved_in:
-            shutil.rmtree(dest)
-            written(dest)
+            fileops.remove(dest, missing_ok=False)
         for aside, dest in moved_aside:
-            os.replace(aside, dest)
-            written(dest)
+            fileops.replace(aside, dest)
         if store.plots_dir.is_dir():
             for p in store.plots_dir.iterdir():
                 if p.is_file() and p not in snapshot:
-                    p.unlink()
-                    written(p)
+                    fileops.remove(p)
         for path, data in sorted(snapshot.items(), key=lambda kv: kv[0] == store.run_json):
             if data is None:
-                path.unlink(missing_ok=True)
-                written(path)
+                fileops.remove(path)
             elif not path.is_file() or path.read_bytes() != data:
                 atomic_write_bytes(path, data)
     except OSError as e:
@@ -177,8 +169,7 @@ def run_staged(kind: StagedKind, run_dir: str, tracking: TrackingConfig | None, 
         connect(address)
         kind.check_cluster()
         tracker, parent, own_parent = open_tracking(store, meta, tracking, kind.job, kind.params(meta))
-        shutil.rmtree(store.root / STAGING, ignore_errors=True)  # left by a killed add job
-        written(store.root / STAGING)  # (written(): the same change in an object-storage run's bucket)
+        fileops.remove(store.root / STAGING)  # left by a killed add job (and from the bucket)
         staging = Staging(store, kind.staged_files)
         try:
             results = kind.train(kind.jobs(staging.store, meta)).value()

@@ -20,7 +20,6 @@ job works on the run, ``finished`` once every artifact is in place; a job that d
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scalable_xmr.errors import InputError, MissingError, RunStateError
-from scalable_xmr.io import atomic_path, atomic_write_json, read_json, written
+from scalable_xmr.io import atomic_path, atomic_write_json, fileops, read_json
 from scalable_xmr.store import remote, torchfile
 from scalable_xmr.store.lock import LOCK_NAME
 from scalable_xmr.store.meta import RunMeta, now_iso
@@ -135,11 +134,7 @@ class RunStore:
     def _clear(self) -> None:
         """Delete the run's contents for --overwrite; the lock the job holds stays."""
         for p in self._entries():
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-            written(p)  # an object-storage run: deleted in the bucket too
+            fileops.remove(p, missing_ok=False)  # an object-storage run: deleted in the bucket too
 
     def plan(self, overwrite: bool, resume: bool) -> str:
         """What a training job will do with ``root``, decided without changing anything (jobs call

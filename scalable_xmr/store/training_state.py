@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scalable_xmr.errors import InputError
-from scalable_xmr.io import written
+from scalable_xmr.io import fileops
 from scalable_xmr.store.torchfile import previous
 
 CHECKPOINT_DIR = "checkpoints"
@@ -75,8 +75,7 @@ def drop(directories: Iterable[Path], files: Iterable[Path] = ()) -> Dropped:
         if path.is_file():
             total += path.stat().st_size
             n += 1
-            path.unlink()
-        written(path)  # gone here: deleted in the bucket too (nothing outside a mirror)
+        fileops.remove(path)  # gone here: deleted in the bucket too (nothing outside a mirror)
     for d in directories:
         with contextlib.suppress(OSError):  # not empty (a file that is not ours) or absent: kept
             os.rmdir(d)

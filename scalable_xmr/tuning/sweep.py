@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import shutil
 import signal
 import threading
 import time
@@ -39,7 +38,7 @@ from typing import Any
 import scalable_xmr.tuning.results as res
 from scalable_xmr.distributed.cluster import can_autoscale, connect, describe_cluster
 from scalable_xmr.errors import InputError, MissingError, RunStateError
-from scalable_xmr.io import atomic_write_json, atomic_write_text, check_writable, read_json, written
+from scalable_xmr.io import atomic_write_json, atomic_write_text, check_writable, fileops, read_json
 from scalable_xmr.store.meta import now_iso, versions
 from scalable_xmr.store.remote import open_dir, pull_path, uri_of
 from scalable_xmr.tracking.tracker import Tracker, default_tracking_uri
@@ -148,8 +147,7 @@ def _open_sweep(req: SweepRequest, sweep_dir: Path, backend, checked: Any) -> di
         meta.update(backend.prepare(req, sweep_dir, space, checked))
     except BaseException:
         if created:  # leave no half-made sweep behind (a bad dataset, --set value ...)
-            shutil.rmtree(sweep_dir, ignore_errors=True)
-            written(sweep_dir)
+            fileops.remove(sweep_dir)
         raise
     meta["n_configurations"] = space.check_nonempty(req.num_samples, backend.n_groups(meta))
     # Tune trials: one per configuration, or one per (group, population) with --population.

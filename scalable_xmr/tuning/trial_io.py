@@ -25,7 +25,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from scalable_xmr.io import written
+from scalable_xmr.io import fileops
 from scalable_xmr.store import training_state
 
 TRIALS_DIR = "trials"
@@ -47,9 +47,7 @@ def log_start(directory: Path, resumed_from: int | None) -> None:
     """Append one line per start of a trial function (pid, time, resumed epoch or null)."""
     directory.mkdir(parents=True, exist_ok=True)
     line = {"pid": os.getpid(), "time": time.time(), "resumed_from_epoch": resumed_from}
-    with open(directory / STARTS_FILE, "a", encoding="utf-8") as f:
-        f.write(json.dumps(line) + "\n")
-    written(directory / STARTS_FILE)  # appended, not renamed: an object-storage sweep uploads it now
+    fileops.append_text(directory / STARTS_FILE, json.dumps(line) + "\n")
 
 
 def read_starts(directory: Path) -> list[dict[str, Any]]:
@@ -123,8 +121,7 @@ def drop_sweep_state(sweep_dir: Path) -> training_state.Dropped:
     for d in tune_dirs:
         files = [f for f in d.rglob("*") if f.is_file()]
         n, total = n + len(files), total + sum(f.stat().st_size for f in files)
-        shutil.rmtree(d)
-        written(d)  # gone here: deleted in the bucket too
+        fileops.remove(d, missing_ok=False)  # gone here: deleted in the bucket too
     ours = sorted({*sweep_dir.glob(f"{TRIALS_DIR}/*/{training_state.CHECKPOINT_DIR}"),
                    *sweep_dir.glob(f"{TRIALS_DIR}/*/modalities/*/{training_state.CHECKPOINT_DIR}")})
     left = training_state.drop(ours)
