@@ -188,7 +188,8 @@ def _train(kind: RunKind, store: RunStore, stored: RunMeta | None, todo: list[st
         results.update(outcome.results)
         metrics = kind.finish(store, meta, results, todo, tracker, parent)
     dirs, files = records.state(store, meta)
-    state = training_state.after_finish(store.uri, dirs, opts.keep_checkpoints, files=files, where=records.where)
+    state = training_state.after_finish(store.uri, dirs, opts.keep_checkpoints, files=files,
+                                        where=records.where)
     return RunSummary(store.uri, metrics, outcome.results, tracking_footer(tracker, parent, store.uri),
                       time.perf_counter() - start, training_state=state)
 
@@ -283,6 +284,7 @@ def log_stored_run(records: RunRecords, store: RunStore, meta: RunMeta, tracker:
     parent = parent or tracker.start_run(f"{meta.kind}:{store.root.name}", tags={
         "job": records.job, "xmr.run_dir": store.uri, "xmr.logged_from_store": "true"})
     tracker.log_params(parent, records.params(meta))
-    records.log_results(tracker, parent, store, meta, store.read_metrics(), records.stored_results(store, meta))
+    records.log_results(tracker, parent, store, meta, store.read_metrics(),
+                        records.stored_results(store, meta))
     tracker.end_run(parent)
     return parent

@@ -78,7 +78,8 @@ def _track(store: RunStore, meta: RunMeta, tracker: Tracker, recorded_uri: str |
     run = tracker.active_run(recorded) if mine else None
     if run is not None:
         url = f"{tracker.uri} (experiment {run.info.experiment_id}, run {recorded})"
-        children = [u.get("mlflow_run_id") for u in records.units(meta).values() if u.get("status") == "finished"]
+        children = [u.get("mlflow_run_id") for u in records.units(meta).values()
+                    if u.get("status") == "finished"]
         if run.info.status == "FINISHED" and all(tracker.run_is_active(c) for c in children):
             return TrackOutcome("already", recorded, url)
         if not tracker.adopt(recorded):
