@@ -37,13 +37,12 @@ from torch.nn.parallel import DistributedDataParallel
 from scalable_xmr import faults
 from scalable_xmr.distributed.ray_train import WorkerGroup, run_workers
 from scalable_xmr.errors import InputError
-from scalable_xmr.functional.losses import sdml_loss_share
+from scalable_xmr.functional.losses import label_loss_sum, sdml_loss_share
 from scalable_xmr.sdml.modality_job import ModalityJob
 from scalable_xmr.sdml.trainer import (
     EpochStats,
     ModalityTrainer,
     TrainResult,
-    label_loss_sum,
     retain_freed_memory,
     train_epochs,
 )
