@@ -48,10 +48,9 @@ from scalable_xmr.sdml.trainer import (
 )
 from scalable_xmr.store import torchfile
 from scalable_xmr.store.run_store import RunStore
-from scalable_xmr.store.training_state import LAST
+from scalable_xmr.store.training_state import LAST, RAY_TRAIN_DIR
 
 T = TypeVar("T")
-RAY_RUN_DIR = "ray-train"  # under the modality's checkpoints/: Ray Train's run (its checkpoints)
 FAULT_GRACE_S = 2.0  # tests only: an injected fault waits for the controller to take the report in
 
 
@@ -234,6 +233,6 @@ def train_modality_parallel(job: ModalityJob, workers: int, *, use_gpu: bool = F
     group = WorkerGroup(workers, use_gpu=use_gpu, resources_per_worker=resources_per_worker,
                         max_failures=max_failures, start_timeout_s=start_timeout_s,
                         poll_interval_s=poll_interval_s)
-    metrics = run_workers(train_rank, job, group, name=RAY_RUN_DIR, storage_path=storage_path,
+    metrics = run_workers(train_rank, job, group, name=RAY_TRAIN_DIR, storage_path=storage_path,
                           user_errors=(InputError,))
     return TrainResult(**metrics["result"])

@@ -1,0 +1,58 @@
+"""``xmr train --workers-per-modality 2`` on the session's local Ray (#26): each modality on two
+data-parallel Ray Train workers gives the run that one actor per modality gives (same files, the
+same test mAP), leaves no training state once finished, and a W the cluster cannot place is one
+line before anything is written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from one_line import fails_one_line
+
+from scalable_xmr.cli.train import main as train_main
+from scalable_xmr.store.run_store import RunStore
+
+MODALITIES = ("image", "text")
+
+
+def _argv(run, data, *extra):
+    return ["--data", data, "--run", str(run), "--no-tracking", "--no-progress", "--dim", "32",
+            "--batch-size", "30", "--epochs", "3", "--checkpoint-every", "2", "--lr", "1e-3",
+            *[a for m in MODALITIES for a in ("--modality", m)], *extra]
+
+
+@pytest.mark.slow
+def test_two_workers_per_modality_give_the_one_actor_run(tmp_path, capsys, small_xmedia, ray_local):
+    runs = {w: tmp_path / f"w{w}" for w in (1, 2)}
+    for w, run in runs.items():
+        code = train_main(_argv(run, small_xmedia, "--workers-per-modality", str(w)))
+        assert code == 0, capsys.readouterr()
+    err = capsys.readouterr().err
+    assert "workers: image 2, text 2 (DDP, gloo; 1 CPU each; one modality after the other)" in err
+    metrics = {w: json.loads((run / "metrics.json").read_text()) for w, run in runs.items()}
+    assert set(metrics[2]["map"]) == set(metrics[1]["map"]) and metrics[2]["map"]
+    for pair, value in metrics[1]["map"].items():
+        assert metrics[2]["map"][pair] == pytest.approx(value, abs=1e-5), pair
+    meta = json.loads((runs[2] / "run.json").read_text())
+    assert meta["status"] == "finished"
+    for m in MODALITIES:
+        assert meta["modalities"][m]["workers"] == 2 and meta["modalities"][m]["status"] == "finished"
+        store = RunStore(runs[2])
+        assert store.model_path(m).is_file() and store.train_log_path(m).is_file()
+        assert not store.checkpoint_path(m).parent.exists()  # Ray Train's run went with the rest
+    w1 = sorted(p.relative_to(runs[1]).as_posix() for p in runs[1].rglob("*") if p.is_file())
+    w2 = sorted(p.relative_to(runs[2]).as_posix() for p in runs[2].rglob("*") if p.is_file())
+    assert w2 == w1
+
+
+@pytest.mark.slow
+def test_more_workers_than_the_cluster_can_place_is_one_line(tmp_path, capsys, small_xmedia, ray_local):
+    run = tmp_path / "run"
+    fails_one_line(train_main, capsys, _argv(run, small_xmedia, "--workers-per-modality", "3"),
+                   "--workers-per-modality 3: this cluster has 2 CPU, 0 GPU, 1 node(s), fewer CPUs than")
+    assert not run.exists()
+    fails_one_line(train_main, capsys, _argv(run, small_xmedia, "--workers-per-modality", "2",
+                                             "--gpus-per-worker", "1"),
+                   "--workers-per-modality 2 with --gpus-per-worker 1 needs 2 GPUs; this cluster has 2 CPU")
+    assert not run.exists()
