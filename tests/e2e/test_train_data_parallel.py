@@ -1,7 +1,7 @@
 """``xmr train --workers-per-modality 2`` on the session's local Ray (#26): each modality on two
 data-parallel Ray Train workers gives the run that one actor per modality gives (same files, the
-same test mAP), leaves no training state once finished, and a W the cluster cannot place is one
-line before anything is written."""
+same test mAP), leaves no training state once finished, a W the cluster cannot place is one line
+before anything is written, and a failed run resumes from Ray Train's checkpoint with its own W."""
 
 from __future__ import annotations
 
@@ -56,3 +56,33 @@ def test_more_workers_than_the_cluster_can_place_is_one_line(tmp_path, capsys, s
                                              "--gpus-per-worker", "1"),
                    "--workers-per-modality 2 with --gpus-per-worker 1 needs 2 GPUs; this cluster has 2 CPU")
     assert not run.exists()
+
+
+@pytest.mark.slow
+def test_a_failed_data_parallel_run_resumes_from_ray_trains_checkpoint(tmp_path, capsys, small_xmedia,
+                                                                       ray_local, crash_after):
+    """Rank 1 dies after the epoch-2 checkpoint and no restart is allowed: the run fails, run.json
+    says so; ``--resume`` with the same W continues from Ray Train's checkpoint (resumed at 2)."""
+    from scalable_xmr.config import ResourceConfig, SDMLConfig, TrackingConfig
+    from scalable_xmr.sdml.job import TrainRequest, train_sdml
+
+    run = tmp_path / "run"
+    cfg = SDMLConfig(dim=32, batch_size=25, epochs=4, checkpoint_every=2, lr=1e-3)
+    crash_after({"audio/rank1": 2})
+    req = TrainRequest(run_dir=str(run), dataset_uri=small_xmedia, sdml=cfg, modalities=("audio",),
+                       resources=ResourceConfig(workers_per_modality=2, max_restarts=0),
+                       tracking=TrackingConfig(enabled=False), show_progress=False)
+    with pytest.raises(Exception):  # noqa: B017 (Ray Train's error, whichever it is)
+        train_sdml(req)
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["status"] == "failed" and meta["modalities"]["audio"]["status"] == "failed"
+    assert meta["modalities"]["audio"]["workers"] == 2
+    argv = ["--data", small_xmedia, "--run", str(run), "--no-tracking", "--no-progress", "--dim", "32",
+            "--batch-size", "25", "--epochs", "4", "--checkpoint-every", "2", "--lr", "1e-3",
+            "--modality", "audio", "--resume"]
+    fails_one_line(train_main, capsys, [*argv, "--workers-per-modality", "1"],
+                   "modality 'audio' started training with --workers-per-modality 2, --resume asks for 1")
+    assert train_main([*argv, "--workers-per-modality", "2"]) == 0, capsys.readouterr()
+    log = json.loads(RunStore(run).train_log_path("audio").read_text())
+    assert log["resumed_at_epoch"] == [2] and log["epochs"] == 4
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
