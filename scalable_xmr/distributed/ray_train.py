@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,29 @@ def _driver_env(values: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _fit_off_main_thread(trainer: TorchTrainer) -> Any:
+    """``trainer.fit()`` in a helper thread, the main thread waiting. On the main thread Train V2
+    installs a SIGINT handler that it never removes, that turns Ctrl-C into an aborted run which
+    ``fit`` returns as if it had ended, and that exits 0 on a second Ctrl-C (also after ``fit``);
+    off it (as under Tune), Ctrl-C stays the driver's: a KeyboardInterrupt here, which the job
+    records as interrupted (runs/session.py), and the workers end with the driver's job."""
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # handed to the main thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=fit, name="xmr-ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def run_workers(fn: Callable[[Any, RayRankContext], None], payload: Any, group: WorkerGroup, *,
                 name: str, storage_path: str,
                 user_errors: tuple[type[Exception], ...] = ()) -> dict[str, Any]:
@@ -126,7 +150,7 @@ def run_workers(fn: Callable[[Any, RayRankContext], None], payload: Any, group: 
     try:
         with _driver_env({START_TIMEOUT_ENV: str(group.start_timeout_s),
                           POLL_INTERVAL_ENV: str(group.poll_interval_s)}):
-            result = trainer.fit()
+            result = _fit_off_main_thread(trainer)
     except WorkerGroupError as e:
         for _, failure in sorted(e.worker_failures.items()):
             cause = failure.as_instanceof_cause() if isinstance(failure, RayTaskError) else failure

@@ -6,6 +6,12 @@ before anything is written, and a failed run resumes from Ray Train's checkpoint
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from one_line import fails_one_line
@@ -86,3 +92,39 @@ def test_a_failed_data_parallel_run_resumes_from_ray_trains_checkpoint(tmp_path,
     log = json.loads(RunStore(run).train_log_path("audio").read_text())
     assert log["resumed_at_epoch"] == [2] and log["epochs"] == 4
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_a_data_parallel_job_is_an_interrupted_run_that_resumes(tmp_path, small_xmedia):
+    """SIGINT to the job's process group (Ctrl-C) while the workers train: exit 130 and the
+    interrupted line (Train V2's own handler, which would abort the run as if it had ended, is kept
+    off: distributed/ray_train.py), run.json failed; --resume with the same W finishes it."""
+    run = tmp_path / "run"
+    argv = [str(Path(sys.executable).with_name("xmr")), "train", "--data", small_xmedia, "--run", str(run),
+            "--modality", "audio", "--no-tracking", "--no-progress", "--dim", "32", "--batch-size", "20",
+            "--epochs", "60", "--checkpoint-every", "1", "--workers-per-modality", "2"]
+    env = {k: v for k, v in os.environ.items() if k not in ("XMR_FAULTS", "RAY_ADDRESS")}
+    job = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                           start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(run.rglob("ray-train/checkpoint_*/last.pt")):
+            assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+            time.sleep(0.2)
+        os.killpg(job.pid, signal.SIGINT)
+        _, err = job.communicate(timeout=120)
+    finally:
+        try:
+            os.killpg(job.pid, signal.SIGKILL)  # whatever it left running
+        except ProcessLookupError:
+            pass
+    assert job.returncode == 130, err
+    assert f"xmr: interrupted; {run} is kept" in err, err
+    # (Ray Train's placement-group cleaner prints a traceback of its own on a machine that runs
+    # several Ray instances: it cannot tell which is its own; the driver's must not.)
+    assert not [ln for ln in err.splitlines() if "Traceback" in ln and "PlacementGroupCleaner" not in ln]
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    done = subprocess.run([*argv, "--resume"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = json.loads(RunStore(run).train_log_path("audio").read_text())
+    assert log["resumed_at_epoch"] and log["epochs"] == 60
