@@ -218,10 +218,23 @@ class ResourceConfig:
     cpus_per_modality: float | None = None  # None: share the cluster's CPUs out evenly
     max_restarts: int = 2
     placement_timeout_s: float = 600.0  # how long to wait for an autoscaler to bring up nodes
+    # W > 1: each modality on W data-parallel Ray Train workers (sdml/data_parallel.py), the
+    # modalities one after the other; 1: one actor per modality (Train's start-up is not worth it)
+    workers_per_modality: int = 1
+    gpus_per_worker: float | None = None  # 0 or 1 (one device a DDP rank); None: 1 if the cluster has GPUs
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise InputError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        w = self.workers_per_modality
+        if not isinstance(w, int) or isinstance(w, bool) or w < 1:
+            raise InputError(f"--workers-per-modality must be a whole number >= 1, got {w!r}")
+        if w > 1 and self.strategy == "joint":
+            raise InputError(f"--workers-per-modality {w} with --strategy joint: the joint strategy trains "
+                             "every modality in one process; use --strategy parallel or serial")
+        if self.gpus_per_worker not in (None, 0, 1):
+            raise InputError(f"--gpus-per-worker must be 0 or 1 (a data-parallel worker uses one device), "
+                             f"got {self.gpus_per_worker!r}")
         if self.gpus_per_modality < 0:
             raise InputError(f"gpus-per-modality must be >= 0, got {self.gpus_per_modality}")
         if self.cpus_per_modality is not None and self.cpus_per_modality <= 0:

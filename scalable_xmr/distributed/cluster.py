@@ -196,3 +196,36 @@ def node_problem(key: str, per_actor: float, flag: str, largest: float, describe
         return (f"{flag} {per_actor:g}: no node of this cluster has that many {key}s (the largest "
                 f"has {largest:g}; {described}); an actor runs on one node")
     return None
+
+
+def workers_problem(workers: int, gpus_per_worker: float, cpus: float | None, total: dict[str, float],
+                    described: str) -> str | None:
+    """Why ``workers`` data-parallel workers of one modality can never be placed on a cluster with
+    ``total`` CPUs and GPUs, or None. The workers may span nodes: what counts is the whole cluster.
+    With GPUs, each worker takes ``gpus_per_worker``; on CPUs, the modality's ``cpus`` (None: all
+    of the cluster's) are shared by its workers, and a share under one CPU is refused unless
+    ``--cpus-per-modality`` asked for it."""
+    flag = f"--workers-per-modality {workers}"
+    if gpus_per_worker > 0:
+        need = workers * gpus_per_worker
+        if need > total.get("GPU", 0):
+            return (f"{flag} with --gpus-per-worker {gpus_per_worker:g} needs {need:g} GPUs; this cluster "
+                    f"has {described}: lower {flag.split()[0]} or pass --gpus-per-worker 0 to train on CPUs")
+        return None
+    if cpus is None:
+        if workers > total.get("CPU", 0):
+            return (f"{flag}: this cluster has {described}, fewer CPUs than workers; lower it, or pass "
+                    "--cpus-per-modality to share that many CPUs among the workers")
+    elif cpus > total.get("CPU", 0):
+        return f"--cpus-per-modality {cpus:g}: this cluster has {described}"
+    return None
+
+
+def check_workers(workers: int, gpus_per_worker: float, cpus: float | None) -> None:
+    """Fail fast when one modality's data-parallel workers cannot be placed (:func:`workers_problem`);
+    an autoscaling cluster is given the benefit of the doubt."""
+    if workers <= 1 or can_autoscale():
+        return
+    problem = workers_problem(workers, gpus_per_worker, cpus, ray.cluster_resources(), describe_cluster())
+    if problem:
+        raise InputError(problem)

@@ -16,7 +16,9 @@ and each worker's OMP threads start at one (the payload sets torch's own).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +27,10 @@ from typing import Any, TypeVar
 import ray
 import ray.train
 from ray.exceptions import RayTaskError
-from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
+from ray.train import Checkpoint, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, WorkerGroupError
 from ray.train.torch import TorchTrainer, get_device
+
+from scalable_xmr.distributed.logs import verbose
 
 T = TypeVar("T")
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # read by Train V2's controller
@@ -72,6 +76,10 @@ class RayRankContext:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """What TorchTrainer runs in each worker: ``config["fn"](config["payload"], ctx)``."""
+    if config["quiet"]:
+        # Train V2 gives the worker's root logger INFO on the console, and logs every report there
+        # under a logger named by its file's path (not ray.train: LoggingConfig misses it).
+        logging.getLogger().setLevel(logging.WARNING)
     config["fn"](config["payload"], RayRankContext())
 
 
@@ -91,6 +99,29 @@ def _driver_env(values: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _fit_off_main_thread(trainer: TorchTrainer) -> Any:
+    """``trainer.fit()`` in a helper thread, the main thread waiting. On the main thread Train V2
+    installs a SIGINT handler that it never removes, that turns Ctrl-C into an aborted run which
+    ``fit`` returns as if it had ended, and that exits 0 on a second Ctrl-C (also after ``fit``);
+    off it (as under Tune), Ctrl-C stays the driver's: a KeyboardInterrupt here, which the job
+    records as interrupted (runs/session.py), and the workers end with the driver's job."""
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # handed to the main thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=fit, name="xmr-ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def run_workers(fn: Callable[[Any, RayRankContext], None], payload: Any, group: WorkerGroup, *,
                 name: str, storage_path: str,
                 user_errors: tuple[type[Exception], ...] = ()) -> dict[str, Any]:
@@ -106,17 +137,20 @@ def run_workers(fn: Callable[[Any, RayRankContext], None], payload: Any, group: 
     env = {"OMP_NUM_THREADS": "1"} | ({"GLOO_SOCKET_IFNAME": "lo"} if loopback else {})
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"fn": fn, "payload": payload},
+        train_loop_config={"fn": fn, "payload": payload, "quiet": not verbose()},
         scaling_config=ScalingConfig(num_workers=group.workers, use_gpu=group.use_gpu,
                                      resources_per_worker=group.resources_per_worker),
         run_config=RunConfig(
             name=name, storage_path=storage_path, worker_runtime_env={"env_vars": env},
-            failure_config=FailureConfig(max_failures=group.max_failures, controller_failure_limit=1)),
+            failure_config=FailureConfig(max_failures=group.max_failures, controller_failure_limit=1),
+            # Train's own INFO lines (worker group started, every report and checkpoint) only when
+            # --verbose, like every library's (distributed/logs.py)
+            logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING")),
     )
     try:
         with _driver_env({START_TIMEOUT_ENV: str(group.start_timeout_s),
                           POLL_INTERVAL_ENV: str(group.poll_interval_s)}):
-            result = trainer.fit()
+            result = _fit_off_main_thread(trainer)
     except WorkerGroupError as e:
         for _, failure in sorted(e.worker_failures.items()):
             cause = failure.as_instanceof_cause() if isinstance(failure, RayTaskError) else failure

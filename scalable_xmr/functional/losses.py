@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -53,3 +55,32 @@ def sdml_loss_share(x_hat: torch.Tensor, x: torch.Tensor, h: torch.Tensor, P: to
 def label_loss_per_sample(h: torch.Tensor, P: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """‖Pᵀhᵢ − yᵢ‖₂ for each row (B,), the validation criterion for model selection."""
     return (h @ P - y).norm(dim=1)
+
+
+def label_loss_sum(encode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                   P: torch.Tensor, per_sample: Callable[..., torch.Tensor] = label_loss_per_sample,
+                   chunk: int = 4096, keep: list[torch.Tensor] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of ‖Pᵀh − y‖₂ over the labeled rows of ``x``, how many rows are labeled), h =
+    ``encode`` of a chunk of rows. Sums, so that shards of a split (data-parallel workers) add up.
+
+    ``per_sample(h, P, y)`` gives one value per row; a population passes a vmapped one, so that
+    ``encode`` may return (..., rows, d) and the sum keeps the leading (member) dims. With
+    ``keep``, each chunk's h is appended to it (the embeddings, for whoever scores them next).
+    """
+    labeled = y.sum(1) > 0
+    total = x.new_zeros(())
+    for i in range(0, len(x), chunk):
+        h = encode(x[i : i + chunk])
+        if keep is not None:
+            keep.append(h)
+        total = total + (per_sample(h, P, y[i : i + chunk]) * labeled[i : i + chunk]).sum(-1)
+    return total, labeled.sum()
+
+
+def mean_label_loss(encode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                    P: torch.Tensor, per_sample: Callable[..., torch.Tensor] = label_loss_per_sample,
+                    chunk: int = 4096, keep: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Mean ‖Pᵀh − y‖₂ over the labeled rows of ``x``: :func:`label_loss_sum` over its count."""
+    total, count = label_loss_sum(encode, x, y, P, per_sample, chunk, keep)
+    return total / count.clamp_min(1)

@@ -37,23 +37,21 @@ from torch.nn.parallel import DistributedDataParallel
 from scalable_xmr import faults
 from scalable_xmr.distributed.ray_train import WorkerGroup, run_workers
 from scalable_xmr.errors import InputError
-from scalable_xmr.functional.losses import sdml_loss_share
+from scalable_xmr.functional.losses import label_loss_sum, sdml_loss_share
 from scalable_xmr.sdml.modality_job import ModalityJob
 from scalable_xmr.sdml.trainer import (
     EpochStats,
     ModalityTrainer,
     TrainResult,
-    label_loss_sum,
     retain_freed_memory,
     train_epochs,
 )
 from scalable_xmr.store import torchfile
 from scalable_xmr.store.run_store import RunStore
-from scalable_xmr.store.training_state import LAST
+from scalable_xmr.store.training_state import LAST, RAY_TRAIN_DIR
 from scalable_xmr.uris import scheme
 
 T = TypeVar("T")
-RAY_RUN_DIR = "ray-train"  # under the modality's checkpoints/: Ray Train's run (its checkpoints)
 FAULT_GRACE_S = 2.0  # tests only: an injected fault waits for the controller to take the report in
 
 
@@ -236,6 +234,6 @@ def train_modality_parallel(job: ModalityJob, workers: int, *, use_gpu: bool = F
     group = WorkerGroup(workers, use_gpu=use_gpu, resources_per_worker=resources_per_worker,
                         max_failures=max_failures, start_timeout_s=start_timeout_s,
                         poll_interval_s=poll_interval_s)
-    metrics = run_workers(train_rank, job, group, name=RAY_RUN_DIR, storage_path=storage_path,
+    metrics = run_workers(train_rank, job, group, name=RAY_TRAIN_DIR, storage_path=storage_path,
                           user_errors=(InputError,))
     return TrainResult(**metrics["result"])

@@ -107,8 +107,14 @@ class SDMLRun:
         req.overrides.lr.check_modalities(self.modalities, req.dataset_uri, ds.modalities)
         self.configs = {m: req.overrides.config_for(req.sdml, m) for m in self.modalities}  # resolved once
         sizes = ds.split_sizes()  # every modality can train before any actor starts
+        workers = req.resources.workers_per_modality
         for m in self.modalities:
             check_split_sizes(m, sizes[m], self.configs[m].batch_size, ds.table_path(m))
+            if workers > self.configs[m].batch_size:
+                raise InputError(f"--workers-per-modality {workers}: modality {m!r} has batch size "
+                                 f"{self.configs[m].batch_size}, and each worker takes a slice of every "
+                                 f"batch; use at most {self.configs[m].batch_size} workers or a larger "
+                                 "--batch-size")
 
     def check_resume(self, store: RunStore, stored: RunMeta) -> None:
         """The stored run continues with this dataset and each started modality's settings."""
@@ -127,6 +133,12 @@ class SDMLRun:
             entry = stored.modalities.get(m, {})
             if entry.get("status") == "finished" or "config" not in entry:
                 continue  # finished modalities are not retrained; unstarted ones take the new flags
+            workers = self.req.resources.workers_per_modality
+            if entry.get("workers", 1) != workers:  # its checkpoints are where that many workers keep them
+                raise InputError(
+                    f"{store.run_json}: modality {m!r} started training with --workers-per-modality "
+                    f"{entry.get('workers', 1)}, --resume asks for {workers}; resume with "
+                    f"--workers-per-modality {entry.get('workers', 1)} or pass --overwrite to train again")
             old, new = entry["config"], self.configs[m].to_dict()
             for key, value in new.items():
                 if old.get(key) != value:
@@ -137,7 +149,9 @@ class SDMLRun:
                     )
 
     def params(self, meta: RunMeta) -> dict[str, Any]:
-        return {**_run_params(meta), "gpus_per_modality": self.req.resources.gpus_per_modality}
+        resources = self.req.resources
+        return {**_run_params(meta), "gpus_per_modality": resources.gpus_per_modality,
+                "workers_per_modality": resources.workers_per_modality}
 
     def before_ray(self, todo: Sequence[str]) -> None:
         # each rate and where it came from, before anything trains (docs/models.md)
@@ -179,8 +193,9 @@ class SDMLRun:
             meta.modalities.setdefault(m, {"status": "pending"})
 
     def jobs(self, store: RunStore, meta: RunMeta, todo: Sequence[str]) -> list[ModalityJob]:
-        for m in todo:
+        for m in todo:  # what check_resume compares when this run is resumed
             meta.modalities[m]["config"] = self.configs[m].to_dict()
+            meta.modalities[m]["workers"] = self.req.resources.workers_per_modality
         return [modality_job(store, meta, m, self.configs[m]) for m in todo]
 
     def train(self, jobs: list[ModalityJob]) -> Outcome:

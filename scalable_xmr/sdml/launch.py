@@ -7,16 +7,25 @@ joint     one actor holding every modality network, trained in one loop (the bas
 Each actor runs :func:`~scalable_xmr.sdml.trainer.train_modality` (or
 :func:`~scalable_xmr.sdml.joint.train_joint`) through the same
 :func:`~scalable_xmr.distributed.actors.run_actors` as the branch job's models.
+
+With ``workers_per_modality`` W > 1 a modality is too big for one actor: it trains on W
+data-parallel Ray Train workers (:func:`~scalable_xmr.sdml.data_parallel.train_modality_parallel`),
+and the modalities go one after the other, each with the share of the cluster the flags give it
+(parallel and serial are then the same; joint is refused in ``ResourceConfig``). One after the
+other because such a modality is the one that needs the cluster, and each TorchTrainer pays its
+start-up anyway (docs/architecture.md, "Data-parallel modalities"). W = 1 keeps the actors: a
+TorchTrainer costs ~15-30 s of start-up a job against ~2-10 s for an actor.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 
 from scalable_xmr.config import ResourceConfig
 from scalable_xmr.distributed.actors import ActorResources, ActorTask, Outcome, run_tasks
-from scalable_xmr.distributed.cluster import check_gpus
+from scalable_xmr.distributed.cluster import check_gpus, check_workers, cluster_cpus, has_gpus
 from scalable_xmr.distributed.progress import ProgressBars
 from scalable_xmr.sdml.joint import train_joint
 from scalable_xmr.sdml.modality_job import ModalityJob
@@ -30,8 +39,35 @@ def actor_resources(resources: ResourceConfig) -> ActorResources:
 
 
 def check_resources(resources: ResourceConfig) -> None:
-    """Fail fast when GPUs are asked of a cluster that has none and cannot get any."""
+    """Fail fast when GPUs are asked of a cluster that has none and cannot get any, or when a
+    modality's data-parallel workers can never be placed."""
     check_gpus(resources.gpus_per_modality, "--gpus-per-modality")
+    check_workers(resources.workers_per_modality, worker_gpus(resources), resources.cpus_per_modality)
+
+
+def worker_gpus(resources: ResourceConfig) -> float:
+    """GPUs of each data-parallel worker: ``--gpus-per-worker``, else 1 when the cluster has GPUs."""
+    if resources.gpus_per_worker is not None:
+        return float(resources.gpus_per_worker)
+    return 1.0 if has_gpus() else 0.0
+
+
+def worker_resources(resources: ResourceConfig) -> dict[str, float]:
+    """What each of a modality's W workers asks of Ray: the modality's CPUs (``--cpus-per-modality``;
+    default: 1 a worker beside a GPU, else the whole cluster's) shared by its workers, and its GPU."""
+    w, gpus = resources.workers_per_modality, worker_gpus(resources)
+    cpus = resources.cpus_per_modality
+    if cpus is None:
+        cpus = float(w) if gpus > 0 else cluster_cpus()
+    return {"CPU": max(math.floor(100 * cpus / w) / 100, 0.01), **({"GPU": gpus} if gpus > 0 else {})}
+
+
+def workers_line(jobs: Sequence[ModalityJob], resources: ResourceConfig) -> str:
+    """The start line of a data-parallel job, e.g. ``workers: image 2, text 2 (DDP, gloo; ...)``."""
+    backend = "nccl" if worker_gpus(resources) > 0 else "gloo"
+    per = ", ".join(f"{j.modality} {resources.workers_per_modality}" for j in jobs)
+    each = ", ".join(f"{v:g} {k}" for k, v in worker_resources(resources).items())
+    return f"workers: {per} (DDP, {backend}; {each} each; one modality after the other)"
 
 
 def train_modalities(
@@ -42,6 +78,8 @@ def train_modalities(
     if not jobs:
         return Outcome()
     check_resources(resources)
+    if resources.workers_per_modality > 1:
+        return train_data_parallel(jobs, resources)
     placement = actor_resources(resources)
     bars = ProgressBars([j.modality for j in jobs], enabled=show_progress, stream=sys.stderr)
     try:
@@ -58,3 +96,23 @@ def train_modalities(
         return outcome
     finally:
         bars.close()
+
+
+def train_data_parallel(jobs: Sequence[ModalityJob], resources: ResourceConfig) -> Outcome:
+    """Each job on ``workers_per_modality`` Ray Train workers, one modality after the other; the
+    Outcome of those that finished and the one that failed (or was interrupted) with its error."""
+    from scalable_xmr.sdml.data_parallel import train_modality_parallel  # loads Ray Train: only here
+
+    print(workers_line(jobs, resources), file=sys.stderr, flush=True)
+    per_worker = worker_resources(resources)
+    outcome = Outcome()
+    for job in jobs:
+        try:
+            outcome.results[job.modality] = train_modality_parallel(
+                job, resources.workers_per_modality, use_gpu="GPU" in per_worker,
+                resources_per_worker=per_worker, max_failures=resources.max_restarts)
+        except BaseException as e:  # the lifecycle records it (Ctrl-C included) and raises it
+            return Outcome(outcome.results, job.modality, e)
+        print(f"{job.modality}: trained on {resources.workers_per_modality} workers", file=sys.stderr,
+              flush=True)
+    return outcome

@@ -45,20 +45,19 @@ from torch import nn
 
 from scalable_xmr.config import SDMLConfig, patience_exhausted
 from scalable_xmr.errors import InputError
-from scalable_xmr.functional.losses import label_loss_per_sample, sdml_loss
+from scalable_xmr.functional.losses import label_loss_per_sample, mean_label_loss, sdml_loss
 from scalable_xmr.models.runtime import make_adam
 from scalable_xmr.models.sdml import SDMLAutoencoder
 from scalable_xmr.sdml.modality_job import ModalityJob, job_context
+from scalable_xmr.sdml.outputs import write_run_outputs
 from scalable_xmr.sdml.trainer import (
     SDML_BETAS,
     EpochStats,
     improves,
-    mean_label_loss,
     member_seed,
     retain_freed_memory,
     stored_config,
     train_epochs,
-    write_run_outputs,
 )
 from scalable_xmr.store import torchfile
 from scalable_xmr.store.meta import now_iso

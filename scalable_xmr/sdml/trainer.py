@@ -28,14 +28,13 @@ from scalable_xmr import faults
 from scalable_xmr.config import SDMLConfig, early_stop_note, patience_exhausted
 from scalable_xmr.distributed.progress import Reporter
 from scalable_xmr.errors import InputError
-from scalable_xmr.functional.losses import label_loss_per_sample, sdml_loss
-from scalable_xmr.io import atomic_write_json
+from scalable_xmr.functional.losses import mean_label_loss, sdml_loss
 from scalable_xmr.models.runtime import make_adam
 from scalable_xmr.models.sdml import SDMLAutoencoder
-from scalable_xmr.sdml.modality_job import ModalityData, ModalityJob, job_context
+from scalable_xmr.sdml.modality_job import ModalityJob, job_context
+from scalable_xmr.sdml.outputs import write_run_outputs
 from scalable_xmr.store import torchfile
 from scalable_xmr.store.meta import now_iso
-from scalable_xmr.store.run_store import RunStore
 
 SDML_BETAS = (0.5, 0.999)  # Adam's betas in the SDML reference code
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -106,28 +105,6 @@ def member_seed(cfg: SDMLConfig, modality: str) -> int:
     return cfg.seed * 1_000_003 + zlib.crc32(modality.encode())
 
 
-def save_selected(store: RunStore, job: ModalityJob, model: SDMLAutoencoder, cfg: SDMLConfig,
-                  best_epoch: int, data: ModalityData, embeddings: dict[str, torch.Tensor]) -> None:
-    """``model.pt`` (``model`` as the network of the selected epoch ``best_epoch``) and the given
-    splits' embeddings, each written atomically: what a run or a sweep trial keeps of a network."""
-    m = job.modality
-    store.save_model(m, model_payload(model, cfg, m, best_epoch, job.projection_sha256))
-    for split, emb in embeddings.items():
-        store.write_embeddings(m, split, data.ids[split], data.labels[split].cpu().numpy(), emb.cpu().numpy())
-
-
-def write_run_outputs(store: RunStore, job: ModalityJob, model: SDMLAutoencoder, cfg: SDMLConfig,
-                      best_epoch: int, data: ModalityData, log: dict[str, Any]) -> None:
-    """A trained network's outputs in ``store``: :func:`save_selected` with the embeddings of
-    ``job.eval_splits``, then the training log ``log`` (ModalityTrainer's and a population
-    member's, the same layout)."""
-    model.eval()
-    with torch.no_grad():
-        embeddings = {s: model.encode(data.features[s]) for s in job.eval_splits}
-    save_selected(store, job, model, cfg, best_epoch, data, embeddings)
-    atomic_write_json(store.train_log_path(job.modality), log)
-
-
 def train_epochs(trainer: Any, on_epoch: Callable[[Any, bool], None] | None, checkpoint_at_end: bool,
                  after_checkpoint: Callable[[], None] | None = None) -> None:
     """The epoch loop of :class:`ModalityTrainer` and of a population (sdml/population.py):
@@ -155,49 +132,12 @@ def improves(val_label: float, best_val: float) -> bool:
     return val_label < best_val
 
 
-def label_loss_sum(encode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                   P: torch.Tensor, per_sample: Callable[..., torch.Tensor] = label_loss_per_sample,
-                   chunk: int = 4096, keep: list[torch.Tensor] | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of ‖Pᵀh − y‖₂ over the labeled rows of ``x``, how many rows are labeled), h =
-    ``encode`` of a chunk of rows. Sums, so that shards of a split (data-parallel workers) add up.
-
-    ``per_sample(h, P, y)`` gives one value per row; a population passes a vmapped one, so that
-    ``encode`` may return (..., rows, d) and the sum keeps the leading (member) dims. With
-    ``keep``, each chunk's h is appended to it (the embeddings, for whoever scores them next).
-    """
-    labeled = y.sum(1) > 0
-    total = x.new_zeros(())
-    for i in range(0, len(x), chunk):
-        h = encode(x[i : i + chunk])
-        if keep is not None:
-            keep.append(h)
-        total = total + (per_sample(h, P, y[i : i + chunk]) * labeled[i : i + chunk]).sum(-1)
-    return total, labeled.sum()
-
-
-def mean_label_loss(encode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                    P: torch.Tensor, per_sample: Callable[..., torch.Tensor] = label_loss_per_sample,
-                    chunk: int = 4096, keep: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """Mean ‖Pᵀh − y‖₂ over the labeled rows of ``x``: :func:`label_loss_sum` over its count."""
-    total, count = label_loss_sum(encode, x, y, P, per_sample, chunk, keep)
-    return total / count.clamp_min(1)
-
-
 def stored_config(values: Any) -> Any:
     """A config dict as a checkpoint stored it, with the defaults of SDMLConfig fields added
     since (``patience``) filled in, so a training started before them resumes."""
     if not isinstance(values, dict):
         return values
     return {**{f.name: f.default for f in fields(SDMLConfig)}, **values}
-
-
-def model_payload(model: SDMLAutoencoder, cfg: SDMLConfig, modality: str, best_epoch: int,
-                  projection_sha256: str | None) -> dict[str, Any]:
-    """What ``model.pt`` holds: the network, its configs and the selected epoch."""
-    return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-            "model_config": model.config(), "sdml_config": cfg.to_dict(), "modality": modality,
-            "best_epoch": best_epoch, "projection_sha256": projection_sha256 or ""}
 
 
 class ModalityTrainer:

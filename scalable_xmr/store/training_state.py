@@ -5,10 +5,11 @@ A finished run keeps each unit's ``model.pt``, embeddings or similarities, logs,
 the jobs call :func:`drop` once the run is finished (its ``run.json`` says so) unless
 ``--keep-checkpoints`` is given. A sweep calls it on its trials' directories when it finishes.
 
-Only our own files go, by name (:data:`STATE_FILES`); a directory is removed only once nothing else
-is left in it. Every removal under an object-storage run's mirror is repeated on the bucket, object
-by object (``io.written``, store/remote.py), so the bucket holds what the mirror holds; a removal
-that fails there raises, and the caller reports the state as not removed.
+Only our own files go, by name (:data:`STATE_FILES`), and the whole of a data-parallel modality's
+Ray Train run (:data:`RAY_TRAIN_DIR`, every file of which is training state); a directory is
+removed only once nothing else is left in it. Every removal under an object-storage run's mirror is
+repeated on the bucket, object by object (``io.written``, store/remote.py), so the bucket holds what
+the mirror holds; a removal that fails there raises, and the caller reports the state as not removed.
 """
 
 from __future__ import annotations
@@ -30,6 +31,15 @@ LAST = "last.pt"
 # (torchfile.save_rotating), a branch member's settings (branch/checkpoints.py), a sweep trial's Tune
 # state (tuning/trial_io.py).
 STATE_FILES = (LAST, previous(LAST).name, "job.json", "trial_state.json")
+# Under a checkpoints/ directory: a data-parallel modality's Ray Train run (sdml/data_parallel.py):
+# its checkpoint_<time>/ folders and Ray's own bookkeeping, all of it training state.
+RAY_TRAIN_DIR = "ray-train"
+
+
+def _tree_files(directory: Path) -> list[Path]:
+    """Every file under ``directory / RAY_TRAIN_DIR`` (none when it is absent)."""
+    root = directory / RAY_TRAIN_DIR
+    return sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()) if root.is_dir() else []
 
 
 @dataclass(frozen=True)
@@ -54,7 +64,9 @@ def human_size(n: int) -> str:
 def state_files(directories: Iterable[Path], files: Iterable[Path] = ()) -> list[Path]:
     """Our training-state files that exist under ``directories`` (checkpoints/ folders), and those
     of ``files`` (loose ones, e.g. the joint strategy's optimizer state) that exist."""
+    directories = [Path(d) for d in directories]
     out = [d / name for d in directories for name in STATE_FILES if (d / name).is_file()]
+    out += [p for d in directories for p in _tree_files(d)]
     return out + [Path(f) for f in files if Path(f).is_file()]
 
 
@@ -70,15 +82,19 @@ def drop(directories: Iterable[Path], files: Iterable[Path] = ()) -> Dropped:
     Idempotent: a second call removes nothing and succeeds."""
     directories = [Path(d) for d in directories]
     names = [d / name for d in directories for name in STATE_FILES] + [Path(f) for f in files]
+    names += [p for d in directories for p in _tree_files(d)]
     n, total = 0, 0
     for path in names:
-        if path.is_file():
-            total += path.stat().st_size
+        if path.is_file() or path.is_symlink():
+            total += path.lstat().st_size
             n += 1
         fileops.remove(path)  # gone here: deleted in the bucket too (nothing outside a mirror)
     for d in directories:
-        with contextlib.suppress(OSError):  # not empty (a file that is not ours) or absent: kept
-            os.rmdir(d)
+        tree = d / RAY_TRAIN_DIR
+        folders = sorted((p for p in tree.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+        for folder in [*folders, tree, d]:  # deepest first
+            with contextlib.suppress(OSError):  # not empty (a file that is not ours) or absent: kept
+                os.rmdir(folder)
     return Dropped(n, total)
 
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import scalable_xmr.tuning.trial_io as trial_io
 from scalable_xmr.config import SDMLConfig, from_dict
+from scalable_xmr.sdml.outputs import save_selected
 from scalable_xmr.sdml.population import POPULATION_KEYS, PopulationTrainer
-from scalable_xmr.sdml.trainer import save_selected
 from scalable_xmr.store.run_store import RunStore
 from scalable_xmr.tuning.results import MEMBERS_KEY, slot_id
 from scalable_xmr.tuning.sdml_trial import SDMLTrialSetup, anchor_map, start_trial_job

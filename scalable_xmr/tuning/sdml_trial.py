@@ -39,7 +39,8 @@ import scalable_xmr.tuning.trial_io as trial_io
 from scalable_xmr.config import SDMLConfig, from_dict
 from scalable_xmr.functional.retrieval import mean_average_precision
 from scalable_xmr.sdml.modality_job import ModalityJob
-from scalable_xmr.sdml.trainer import ModalityTrainer, save_selected
+from scalable_xmr.sdml.outputs import save_selected
+from scalable_xmr.sdml.trainer import ModalityTrainer
 
 # Tune result key -> (MLflow metric name, direction) for the two SDML sweep metrics.
 SDML_METRICS = {"anchor_map": ("best_anchor_map", "max"), "label_loss": ("best_val_label_loss", "min")}

@@ -55,3 +55,22 @@ def test_keep_on_a_finished_run_without_state_is_one_line(tmp_path):
                                          (1_750_730_128, "1.75 GB")])
 def test_human_size(n, text):
     assert training_state.human_size(n) == text
+
+
+def test_drop_removes_a_data_parallel_modalitys_ray_train_run_whole(tmp_path):
+    """A W > 1 modality's checkpoints live in Ray Train's run (checkpoints/ray-train/, with Ray's
+    own files beside ours): all of it is training state; a file of another name next to it stays."""
+    d = tmp_path / "checkpoints"
+    run = d / training_state.RAY_TRAIN_DIR
+    (run / "checkpoint_2026-12-07_12-00-00.000000").mkdir(parents=True)
+    torchfile.save({"epoch": 2}, run / "checkpoint_2026-12-07_12-00-00.000000" / "last.pt")
+    (run / "checkpoint_manager_snapshot.json").write_text("{}")
+    (run / ".validate_storage_marker").write_text("")
+    assert len(training_state.state_files([d])) == 3
+    size = training_state.size([d])
+    assert training_state.drop([d]) == training_state.Dropped(3, size)
+    assert not d.exists()
+    (run / "checkpoint_x").mkdir(parents=True)
+    (d / "notes.txt").write_text("x")  # not ours: the folder stays, the Ray Train run goes
+    training_state.drop([d])
+    assert sorted(p.name for p in d.iterdir()) == ["notes.txt"]
