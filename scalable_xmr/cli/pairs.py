@@ -291,12 +291,12 @@ def _default_run_dir() -> str:
 
 
 def resolve_data(args: argparse.Namespace, run_dir: str) -> str:
-    """``--data`` checked, or synthetic paired data generated once under <run parent>/data."""
-    from scalable_xmr.data.paired import make_synthetic_pairs, open_paired_dataset
+    """``--data`` checked to exist, or synthetic paired data generated once under <run parent>/data.
+    (Opening it -- "not a paired dataset" -- is the caller's, once.)"""
+    from scalable_xmr.data.paired import make_synthetic_pairs
 
     if args.data:
         check_data_path(args.data)
-        open_paired_dataset(args.data)  # "not a paired dataset" fails here, before anything is written
         return args.data
     seed = args.seed or 0
     out = local_dir(run_dir).parent / "data" / f"synthetic-pairs-seed{seed}"
@@ -320,6 +320,7 @@ def request_from_args(args: argparse.Namespace):
         raise InputError("--target is the unpaired target domain of VSA (VSA-AE-MMD): add --model vsa")
     run_dir = args.run or _default_run_dir()
     data = resolve_data(args, run_dir)
+    # Opened once here: "not a paired dataset" fails before anything is written.
     one_caption = open_paired_dataset(data).split_sizes("train")[2] == 1
     trainers, model_configs, ks, k_texts = build_configs(args, one_caption)
     return PairsRequest(
