@@ -155,3 +155,41 @@ def test_a_broken_cluster_yaml_is_named_in_one_line():
     cfg["head_node_type"] = "head_gpu"
     assert "head_node_type" in cloud_config_problem(cfg)
     assert cloud_config_problem(["not", "a", "mapping"]) == "not a cluster config (a YAML mapping)"
+
+
+def _excluded(path: str, pattern: str) -> bool:
+    """Whether rsync's exclude ``pattern`` (as cluster.yaml's rsync_exclude and the .gitignore its
+    rsync_filter merges use them: a leading / anchors to the project's top, a trailing / matches
+    folders only, ``**/`` any depth, otherwise a name at any depth) drops ``path`` (a file)."""
+    import fnmatch
+
+    parts = path.split("/")
+    folder_only = pattern.endswith("/")
+    pattern = pattern.rstrip("/").removeprefix("**/")
+    if pattern.startswith("/"):
+        candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        pattern = pattern[1:]
+    else:
+        candidates = parts
+    names = candidates[:-1] if folder_only else candidates
+    return any(fnmatch.fnmatchcase(name, pattern) for name in names)
+
+
+def test_rsync_ships_every_source_file_of_the_package():
+    """`ray up` copies the project with cluster.yaml's rsync_exclude and the .gitignore filter: no
+    pattern of either may drop a file the package or the jobs need (an unanchored `runs` once
+    dropped scalable_xmr/runs/, and the head's jobs failed to import it)."""
+    import subprocess
+
+    cfg = load()
+    patterns = list(cfg["rsync_exclude"])
+    patterns += [line.strip() for line in (ROOT / ".gitignore").read_text().splitlines()
+                 if line.strip() and not line.startswith("#")]
+    tracked = subprocess.run(["git", "ls-files", "scalable_xmr", "jobs", "pyproject.toml"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert any(f.startswith("scalable_xmr/runs/") for f in tracked)
+    dropped = [(f, p) for f in tracked for p in patterns if _excluded(f, p)]
+    assert not dropped, f"rsync would not ship: {dropped[:5]}"
+    assert _excluded("runs/small/run.json", "/runs")
+    assert not _excluded("scalable_xmr/runs/session.py", "/runs")
+    assert _excluded("scalable_xmr/runs/session.py", "runs")  # what the unanchored pattern did
