@@ -8,8 +8,13 @@ A long-running command (``xmr serve``, ``xmr index``) killed with ``kill -9`` mu
 :func:`watch` starts a small watcher process (its own session, so a Ctrl-C meant for the command
 does not reach it) that every :data:`INTERVAL` s records the command's descendants (pid and start
 time). Once the command is gone, it kills every recorded process still alive with the same start
-time (a reused pid is never touched), then exits. A process born in the last interval before the
-SIGKILL can be missed; Ray's own fate-sharing still ends it later.
+time (a reused pid is never touched). A worker the raylet starts in the last interval before the
+SIGKILL is not recorded, and once the raylet is gone it waits for minutes, an orphan: so the watcher
+also learns the Ray session's name (``session_<date>_<time>_<n>_<pid>``, unique to this Ray) from
+the recorded processes' command lines, and at the end kills, for a few rounds until none is left,
+every process of this user whose command line names that session or whose ``RAY_RAYLET_PID``
+(which Ray gives its workers; a worker's title, ``ray::IDLE``, names nothing) is a recorded raylet.
+Then it exits.
 
     python -m scalable_xmr.distributed.reaper <pid>
 """
@@ -17,12 +22,14 @@ SIGKILL can be missed; Ray's own fate-sharing still ends it later.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 INTERVAL = 0.25  # seconds between snapshots of the command's descendants
+SESSION = re.compile(r"session_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d+_\d+")  # Ray's session name
 
 
 def watch(pid: int | None = None) -> None:
@@ -42,6 +49,51 @@ def _descendants(proc) -> dict[int, float]:
     for child in proc.children(recursive=True):
         try:
             out[child.pid] = child.create_time()
+        except psutil.Error:
+            pass
+    return out
+
+
+def _session(pids) -> str | None:
+    """The Ray session named in the command line of one of ``pids`` (the GCS and raylet name it)."""
+    import psutil
+
+    for pid in pids:
+        try:
+            found = SESSION.search(" ".join(psutil.Process(pid).cmdline()))
+        except psutil.Error:
+            continue
+        if found:
+            return found.group(0)
+    return None
+
+
+def _of_session(session: str | None, raylets: set[str]) -> dict[int, float]:
+    """This user's processes (never this watcher) whose command line names ``session`` or whose
+    ``RAY_RAYLET_PID`` is one of ``raylets``."""
+    import psutil
+
+    out = {}
+    for p in psutil.process_iter(["cmdline", "uids", "create_time"]):
+        try:
+            if p.pid == os.getpid() or p.info["uids"].real != os.getuid():
+                continue
+            if (session and session in " ".join(p.info["cmdline"] or ())) or \
+                    (raylets and p.environ().get("RAY_RAYLET_PID") in raylets):
+                out[p.pid] = p.info["create_time"]
+        except (psutil.Error, AttributeError, TypeError):
+            pass
+    return out
+
+
+def _raylets(seen: dict[int, float]) -> set[str]:
+    import psutil
+
+    out = set()
+    for pid in seen:
+        try:
+            if psutil.Process(pid).name() == "raylet":
+                out.add(str(pid))
         except psutil.Error:
             pass
     return out
@@ -72,6 +124,7 @@ def run(pid: int) -> int:
     except psutil.Error:
         return 0
     seen: dict[int, float] = {}
+    session, raylets = None, set()
     while True:
         try:
             alive = proc.is_running() and proc.create_time() == started and \
@@ -80,12 +133,31 @@ def run(pid: int) -> int:
             alive = False
         if not alive:
             _kill(seen)
+            if session or raylets:
+                _kill_session(session, raylets)
             return 0
         try:
-            seen.update(_descendants(proc))
+            now = _descendants(proc)
         except psutil.Error:
-            pass
+            now = {}
+        born = {p: now[p] for p in now.keys() - seen.keys()}
+        if born:
+            session = session or _session(born)
+            raylets |= _raylets(born)
+        seen.update(now)
         time.sleep(INTERVAL)
+
+
+def _kill_session(session: str | None, raylets: set[str], rounds: int = 3, pause: float = 0.2,
+                  most: int = 50) -> None:
+    """Kill what belongs to the session (:func:`_of_session`) until ``rounds`` looks in a row find
+    nothing (a dying raylet may still be starting a worker), ``most`` looks at most."""
+    quiet = 0
+    for _ in range(most):
+        quiet = 0 if _kill(_of_session(session, raylets)) else quiet + 1
+        if quiet >= rounds:
+            return
+        time.sleep(pause)
 
 
 if __name__ == "__main__":
