@@ -70,7 +70,7 @@ def alive(procs: list[psutil.Process]) -> list[str]:
     for p in procs:
         try:
             if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(f"{p.pid} {p.name()} (parent {p.ppid()}, {p.status()}): {' '.join(p.cmdline())[:300]}")
+                out.append(f"{p.pid} {p.name()} (parent {p.ppid()}): {' '.join(p.cmdline())[:300]}")
         except psutil.Error:
             pass
     return out
