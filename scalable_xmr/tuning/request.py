@@ -110,6 +110,13 @@ def check_base(req: SweepRequest, space) -> None:
     for key in ("epochs", "model"):
         if key in req.base:
             raise InputError(f"--set {key}: not settable here; use --{key}")
+    batch = space.tuned().get("batch_size")
+    if batch is not None and req.workers_per_modality > 1:
+        smallest = min(batch.values) if batch.kind == "grid" else batch.low
+        if smallest < req.workers_per_modality:
+            raise InputError(f"--workers-per-modality {req.workers_per_modality}: the swept batch sizes go "
+                             f"down to {smallest:g}, and each worker takes a slice of every batch; sweep "
+                             f"batch sizes >= {req.workers_per_modality}")
     swept = sorted(set(req.base) & (set(space.tuned()) | set(space.in_trial())))
     if swept:
         raise InputError(f"--set {swept[0]}: {swept[0]} is swept; to fix it, give it one value with "

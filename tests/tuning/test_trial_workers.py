@@ -83,6 +83,18 @@ def test_the_request_refuses_what_a_data_parallel_trial_cannot_do(kwargs, messag
         check_request(_req(**kwargs))
 
 
+@pytest.mark.parametrize("flag, text", [("--grid", "batch_size=2,50"), ("--range", "batch_size=3:50")])
+def test_swept_batch_sizes_under_w_are_refused(flag, text):
+    from scalable_xmr.tuning.request import check_base
+    from scalable_xmr.tuning.space import build_space
+
+    space = build_space("sdml", **({"grids": [text]} if flag == "--grid" else {"ranges": [text]}))
+    with pytest.raises(InputError, match="--workers-per-modality 4: the swept batch sizes go down to "):
+        check_base(_req(workers_per_modality=4), space)
+    check_base(_req(workers_per_modality=2), space)
+    check_base(_req(), space)
+
+
 def test_one_worker_keeps_every_single_worker_option():
     check_request(_req(population=4, gpus_per_trial=1.0))  # W = 1: today's sweep, untouched
     check_request(_req(workers_per_modality=2, gpus_per_worker=1.0))
