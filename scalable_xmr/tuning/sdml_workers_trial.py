@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.util.placement_group import get_current_placement_group
 
 import scalable_xmr.tuning.trial_io as trial_io
 from scalable_xmr.sdml.data_parallel import RankContext, RankTrainer, run_modality_parallel
@@ -43,6 +44,7 @@ from scalable_xmr.tuning.sdml_trial import (
     start_trial_job,
     trial_config,
 )
+from scalable_xmr.tuning.trial_workers import PLACEMENT_GROUP_KEY
 
 VAL_CHUNK = 4096  # rows encoded at a time when rank 0 scores the val split
 
@@ -75,8 +77,9 @@ class SweepRank(RankTrainer):
             if self.save_each_selected and not self.done:  # the last epoch writes it in run()
                 save_selected(self.store, self.job, self.model, self.cfg, self.best_epoch, self.data,
                               {"val": val_emb})
+        group = get_current_placement_group()  # released by the driver when Tune ends the trial
         return {**epoch_metrics(self, stats, val_map, self.best_map, self.train_seconds),
-                "workers": self.world}
+                "workers": self.world, **({PLACEMENT_GROUP_KEY: group.id.hex()} if group else {})}
 
     def report_epoch(self, stats: EpochStats, checkpointed: bool) -> None:
         """Every rank, every epoch but the last: ``report`` (a barrier) with rank 0's scores; the

@@ -50,7 +50,12 @@ from scalable_xmr.tuning.scheduler import make_scheduler
 from scalable_xmr.tuning.space import build_space
 from scalable_xmr.tuning.tracking import SweepTracking
 from scalable_xmr.tuning.trial_io import drop_sweep_state
-from scalable_xmr.tuning.trial_workers import TrialWorkers, cluster_trial_workers, workers_line
+from scalable_xmr.tuning.trial_workers import (
+    ReleaseTrainGroups,
+    TrialWorkers,
+    cluster_trial_workers,
+    workers_line,
+)
 
 SWEEP_FILE = "sweep.json"
 BEST_FILE = "best.json"
@@ -291,7 +296,9 @@ def run_sweep(req: SweepRequest, address: str | None = None, callbacks: tuple = 
     lines = TrialLines(meta["n_trials"], meta["tuned"], meta["metric"], meta.get("max_iterations"),
                        backend.group_key) if req.trial_lines else None
     try:
-        tuner, own_loggers = _tuner(req, meta, sweep_dir, backend, [mlflow_cb, *callbacks], lines)
+        # W > 1: the Train workers' placement group of a trial Tune has ended goes (trial_workers.py)
+        released = [ReleaseTrainGroups()] if "trial_workers" in meta else []
+        tuner, own_loggers = _tuner(req, meta, sweep_dir, backend, [mlflow_cb, *released, *callbacks], lines)
         with tune_console(req.verbose, own_loggers):
             grid, interrupted = fit_noting_ctrl_c(tuner)
         rows = res.rows_from_results(grid, backend.group_key)

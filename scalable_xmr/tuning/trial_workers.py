@@ -11,6 +11,14 @@ would wait for workers: the sweep sets ``max_concurrent_trials`` to the number o
 
 Each worker asks ``--cpus-per-trial`` CPUs (what one single-worker trial trains with) and
 ``--gpus-per-worker`` GPUs (default as ``xmr train``: 1 when the cluster has GPUs, else 0).
+
+A trial that Tune stops (ASHA, at a rung or at its last epoch) ends with its actor, which owns the
+Train controller and so its workers -- but not their placement group: Ray scopes it to the job
+(the sweep's driver), and Train V2's own cleaner finds a dead controller only through the State
+API, which a Ray without its dashboard has not. Seen here: a sweep whose finished trials had kept
+their groups could not place the next trial's workers. So each trial reports its group
+(:data:`PLACEMENT_GROUP_KEY`, from rank 0) and :class:`ReleaseTrainGroups`, on the driver, removes
+it once Tune has ended the trial (a Train run that ended on its own removed it already).
 """
 
 from __future__ import annotations
@@ -20,11 +28,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import ray
+from ray import tune
+from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
 from scalable_xmr.config import ResourceConfig
 from scalable_xmr.distributed.cluster import can_autoscale, describe_cluster
 from scalable_xmr.errors import InputError
 from scalable_xmr.sdml.launch import worker_gpus
+
+PLACEMENT_GROUP_KEY = "train_placement_group"  # a trial's result: its Train workers' group (hex id)
 
 # The Tune trial of a data-parallel sweep is the driver of its TorchTrainer: it starts it and waits
 # (Ray's guide: "the Tune trial is actually not doing extensive computation inside this actor").
@@ -123,3 +135,28 @@ def cluster_trial_workers(req: Any) -> TrialWorkers | None:
                                       gpus_per_worker=req.gpus_per_worker))
     return plan_trial_workers(req.workers_per_modality, req.cpus_per_trial, gpus, req.max_concurrent,
                               ray.cluster_resources(), describe_cluster(), can_autoscale())
+
+
+def release_placement_group(group_id: str) -> bool:
+    """Remove the placement group ``group_id`` (hex) unless it is gone already; True if removed."""
+    group = PlacementGroup(ray.PlacementGroupID.from_hex(group_id))
+    if placement_group_table(group).get("state", "REMOVED") == "REMOVED":
+        return False
+    remove_placement_group(group)
+    return True
+
+
+class ReleaseTrainGroups(tune.Callback):
+    """Tune callback (driver): once a data-parallel trial has ended, its Train workers' placement
+    group goes, so the next trials can be placed (see the module's docstring)."""
+
+    def _release(self, trial) -> None:
+        group_id = (trial.last_result or {}).get(PLACEMENT_GROUP_KEY)
+        if group_id:
+            release_placement_group(group_id)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._release(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._release(trial)

@@ -134,3 +134,25 @@ def test_a_worker_count_below_one_is_refused_by_the_parser(tmp_path, capsys, val
     assert e.value.code == 2 and message in err, err
     assert len([line for line in err.splitlines() if ": error: " in line]) == 1
     assert not (tmp_path / "s").exists()
+
+
+def test_a_finished_trials_train_group_is_released_on_the_driver(ray_local):
+    """A trial Tune ends (ASHA) leaves its Train workers' placement group to the job: the driver's
+    callback removes the one the trial reported, once; a trial without one is left alone."""
+    from types import SimpleNamespace
+
+    from ray.util.placement_group import placement_group, placement_group_table
+
+    from scalable_xmr.tuning.trial_workers import (
+        PLACEMENT_GROUP_KEY,
+        ReleaseTrainGroups,
+        release_placement_group,
+    )
+
+    group = placement_group([{"CPU": 0.01}, {"CPU": 0.01}])
+    ray_local.get(group.ready(), timeout=60)
+    trial = SimpleNamespace(last_result={PLACEMENT_GROUP_KEY: group.id.hex(), "epoch": 1})
+    ReleaseTrainGroups().on_trial_complete(0, [], trial)
+    assert placement_group_table(group)["state"] == "REMOVED"
+    assert release_placement_group(group.id.hex()) is False  # gone already: nothing to do
+    ReleaseTrainGroups().on_trial_error(0, [], SimpleNamespace(last_result={"epoch": 1}))
