@@ -32,11 +32,20 @@ from scalable_xmr.cli.common import (
     local_dir,
     run_job,
 )
+from scalable_xmr.cli.train import add_workers_arguments
 from scalable_xmr.config import TrackingConfig
 from scalable_xmr.distributed.logs import set_verbose, verbose
 from scalable_xmr.errors import InputError
 
 MODEL_CHOICES = ("sdml", "vse", "mtfn", "mmca", "vsa")
+SWEEP_WORKERS_HELP = (
+    "SDML: train each trial's modality on W data-parallel Ray Train workers (DDP, as `xmr train "
+    "--workers-per-modality W`): a TorchTrainer inside each Tune trial, reporting every epoch to Tune "
+    "(ASHA and MLflow see them as for W=1). Each worker asks --cpus-per-trial CPUs and "
+    "--gpus-per-worker GPUs, the trial itself 0.25 CPU; as many trials run at once as the cluster "
+    "holds whole (the start line says how many; --max-concurrent lowers it). Not with --population. "
+    "Default 1: one trial actor per configuration (a Train run costs ~4x a trial's start-up)"
+)
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
@@ -87,6 +96,7 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                    "its own result row and MLflow child run. The configurations are then drawn "
                    "before the sweep (seeded by --seed) and ASHA stops whole populations "
                    "(default 1: one trial per configuration)")
+    add_workers_arguments(r, SWEEP_WORKERS_HELP)
     add_address_argument(r)
     o = p.add_argument_group("output")
     o.add_argument("--storage", default="sweeps", metavar="DIR",
@@ -170,6 +180,7 @@ def request_from_args(args: argparse.Namespace):
         base=parse_set(args.set), seed=args.seed, resume=args.resume,
         tracking=TrackingConfig(args.tracking_uri, args.experiment, not args.no_tracking),
         verbose=1 if verbose() else 0, trial_lines=not args.quiet, population=args.population,
+        workers_per_modality=args.workers_per_modality, gpus_per_worker=args.gpus_per_worker,
     )
 
 

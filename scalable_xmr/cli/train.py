@@ -156,13 +156,19 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="GPUs per modality actor (fractional packs small modalities; default 0 = CPU)")
     c.add_argument("--cpus-per-modality", type=float, default=None,
                    help="CPUs per modality actor (default: the cluster's CPUs shared out evenly)")
-    c.add_argument("--workers-per-modality", type=workers_arg, default=1, metavar="W", help=WORKERS_HELP)
-    c.add_argument("--gpus-per-worker", type=float, default=None, metavar="G", choices=(0.0, 1.0),
-                   help="GPUs of each data-parallel worker with --workers-per-modality > 1: 0 (gloo on "
-                   "CPUs) or 1 (nccl). Default: 1 when the cluster has GPUs, else 0")
+    add_workers_arguments(c, WORKERS_HELP)
     add_address_argument(c)
     add_tracking_arguments(p)
     add_verbose_argument(p)
+
+
+def add_workers_arguments(group: argparse._ArgumentGroup, workers_help: str) -> None:
+    """``--workers-per-modality W`` and ``--gpus-per-worker G``: ``xmr train``'s and ``xmr sweep``'s,
+    parsed alike (ResourceConfig checks them again in the library)."""
+    group.add_argument("--workers-per-modality", type=workers_arg, default=1, metavar="W", help=workers_help)
+    group.add_argument("--gpus-per-worker", type=float, default=None, metavar="G", choices=(0.0, 1.0),
+                       help="GPUs of each data-parallel worker with --workers-per-modality > 1: 0 (gloo "
+                       "on CPUs) or 1 (nccl). Default: 1 when the cluster has GPUs, else 0")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -123,14 +123,16 @@ def _fit_off_main_thread(trainer: TorchTrainer) -> Any:
 
 
 def run_workers(fn: Callable[[Any, RayRankContext], None], payload: Any, group: WorkerGroup, *,
-                name: str, storage_path: str,
-                user_errors: tuple[type[Exception], ...] = ()) -> dict[str, Any]:
+                name: str, storage_path: str, user_errors: tuple[type[Exception], ...] = (),
+                callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """``fn(payload, ctx)`` on ``group.workers`` workers; the metrics rank 0 reported with the
     latest checkpoint (Train V2 keeps no others: report the result with a checkpoint).
 
     Raises Ray Train's error when the run fails past ``group.max_failures`` restarts; a worker's
     exception of one of ``user_errors`` types is raised as itself (lowest rank first). Train V2
     retries every worker error, a deterministic one too: it comes back after the restarts.
+    ``callbacks``: Train ``UserCallback``s of the run, e.g. a sweep trial's ``TuneReportCallback``,
+    which hands every report of rank 0 to the Tune trial running this function (tuning/).
     """
     loopback = group.loopback if group.loopback is not None else len(
         [n for n in ray.nodes() if n.get("Alive")]) <= 1
@@ -142,6 +144,7 @@ def run_workers(fn: Callable[[Any, RayRankContext], None], payload: Any, group: 
                                      resources_per_worker=group.resources_per_worker),
         run_config=RunConfig(
             name=name, storage_path=storage_path, worker_runtime_env={"env_vars": env},
+            callbacks=list(callbacks),
             failure_config=FailureConfig(max_failures=group.max_failures, controller_failure_limit=1),
             # Train's own INFO lines (worker group started, every report and checkpoint) only when
             # --verbose, like every library's (distributed/logs.py)

@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -187,17 +187,22 @@ class RankTrainer(ModalityTrainer):
             faults.crash_after_checkpoint(f"{self.job.modality}/rank{self.rank}", self.epoch,
                                           self.cfg.epochs, marker_dir, grace_s=FAULT_GRACE_S)
 
+    def final_metrics(self, seconds: float) -> dict[str, Any]:
+        """What the last report carries: the job's :class:`TrainResult` (a sweep trial's rank
+        reports its last epoch's scores instead, tuning/sdml_workers_trial.py)."""
+        return {"result": dataclasses.asdict(self.result(seconds))}
+
     def run(self) -> None:
         """Train to the end (or patience); rank 0 writes the selected model and outputs; then the
         last report (a barrier: model.pt is written before the run ends) carries the final
-        checkpoint and the result."""
+        checkpoint and :meth:`final_metrics`."""
         start = time.perf_counter()
         train_epochs(self, self.report_epoch, checkpoint_at_end=True)
         if self.rank == 0:
             self.write_outputs()
             if self.pending is None:  # resumed from the final checkpoint: nothing was trained
                 self.save_checkpoint()
-        self.report({"result": dataclasses.asdict(self.result(time.perf_counter() - start))})
+        self.report(self.final_metrics(time.perf_counter() - start))
 
 
 def train_rank(job: ModalityJob, ctx: RankContext) -> None:
@@ -205,12 +210,21 @@ def train_rank(job: ModalityJob, ctx: RankContext) -> None:
     RankTrainer(dataclasses.replace(job, device=ctx.device), ctx).run()
 
 
-def train_modality_parallel(job: ModalityJob, workers: int, *, use_gpu: bool = False,
-                            resources_per_worker: dict[str, float] | None = None,
-                            storage_path: str | None = None, max_failures: int = 2,
-                            start_timeout_s: float = 60.0, poll_interval_s: float = 0.25) -> TrainResult:
-    """Train ``job``'s modality with ``workers`` DDP ranks (Ray Train), as one process would.
+def train_modality_parallel(job: ModalityJob, workers: int, **options: Any) -> TrainResult:
+    """Train ``job``'s modality with ``workers`` DDP ranks (Ray Train), as one process would
+    (:func:`run_modality_parallel` with :func:`train_rank`, ``options`` its keywords)."""
+    return TrainResult(**run_modality_parallel(job, workers, train_rank, **options)["result"])
 
+
+def run_modality_parallel(job: ModalityJob, workers: int, rank_fn: Callable[[ModalityJob, RankContext], None],
+                          *, use_gpu: bool = False, resources_per_worker: dict[str, float] | None = None,
+                          storage_path: str | None = None, max_failures: int = 2,
+                          start_timeout_s: float = 60.0, poll_interval_s: float = 0.25,
+                          callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """``rank_fn(job, ctx)`` on ``workers`` DDP ranks (Ray Train); the metrics of rank 0's last report.
+
+    ``rank_fn`` is :func:`train_rank` or another module-level function that runs a
+    :class:`RankTrainer` (a sweep trial's, whose ``callbacks`` hand every report to Tune).
     ``storage_path`` (absolute) holds Ray Train's run ``ray-train`` and its checkpoints; by default
     the modality's ``checkpoints/`` folder in the run store. Running again with the same storage
     resumes from the latest checkpoint. ``max_failures`` worker-group restarts are allowed; a
@@ -234,6 +248,5 @@ def train_modality_parallel(job: ModalityJob, workers: int, *, use_gpu: bool = F
     group = WorkerGroup(workers, use_gpu=use_gpu, resources_per_worker=resources_per_worker,
                         max_failures=max_failures, start_timeout_s=start_timeout_s,
                         poll_interval_s=poll_interval_s)
-    metrics = run_workers(train_rank, job, group, name=RAY_TRAIN_DIR, storage_path=storage_path,
-                          user_errors=(InputError,))
-    return TrainResult(**metrics["result"])
+    return run_workers(rank_fn, job, group, name=RAY_TRAIN_DIR, storage_path=storage_path,
+                       user_errors=(InputError,), callbacks=callbacks)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from scalable_xmr.config import TrackingConfig
+from scalable_xmr.config import ResourceConfig, SDMLConfig, TrackingConfig
 from scalable_xmr.errors import InputError
 from scalable_xmr.tuning.backend import Backend
 from scalable_xmr.tuning.branch_backend import BranchBackend
@@ -43,6 +43,10 @@ class SweepRequest:
     verbose: int = 0  # Tune's console output: 0 silent, 1 status table, 2 every result (console.py)
     trial_lines: bool = True  # our line per finished trial on stderr (console.TrialLines)
     population: int = 1  # SDML: train up to this many configurations of a modality in one trial
+    # SDML: W > 1 trains each trial's modality on W data-parallel Ray Train workers (Train inside
+    # Tune, tuning/trial_workers.py); 1 keeps one trial actor per configuration
+    workers_per_modality: int = 1
+    gpus_per_worker: float | None = None  # 0 or 1; None: 1 when the cluster has GPUs (as xmr train)
 
 
 def backend_for(model: str) -> Backend:
@@ -70,10 +74,35 @@ def check_request(req: SweepRequest) -> None:
         raise InputError(f"--population applies to --model sdml only, not {req.model}")
     if req.modalities is not None and req.model != "sdml":
         raise InputError(f"--modality applies to --model sdml only, not {req.model}")
+    check_workers_request(req)
     backend = backend_for(req.model)
     if req.metric is not None and req.metric not in backend.metrics:
         raise InputError(f"--metric for {req.model} must be one of {', '.join(backend.metrics)}, "
                          f"got {req.metric!r}")
+
+
+def check_workers_request(req: SweepRequest) -> None:
+    """``--workers-per-modality`` / ``--gpus-per-worker``: checked as ``xmr train`` checks them
+    (:class:`ResourceConfig`), and against what a data-parallel trial cannot do."""
+    ResourceConfig(workers_per_modality=req.workers_per_modality, gpus_per_worker=req.gpus_per_worker)
+    w = req.workers_per_modality
+    if w == 1:
+        return
+    if req.model != "sdml":
+        raise InputError(f"--workers-per-modality applies to --model sdml only, not {req.model} (branch "
+                         "models train on one worker)")
+    if req.population > 1:
+        raise InputError(f"--population {req.population} with --workers-per-modality {w}: a "
+                         "data-parallel trial trains one configuration; drop --population or use "
+                         "--workers-per-modality 1")
+    if req.gpus_per_trial:
+        raise InputError(f"--gpus-per-trial {req.gpus_per_trial:g} with --workers-per-modality {w}: "
+                         "each worker takes --gpus-per-worker GPUs, the trial itself none; use "
+                         "--gpus-per-worker")
+    batch = req.base.get("batch_size", SDMLConfig.batch_size)
+    if isinstance(batch, int) and w > batch:
+        raise InputError(f"--workers-per-modality {w}: the batch size is {batch}, and each worker takes "
+                         f"a slice of every batch; use at most {batch} workers or --set batch_size=N")
 
 
 def check_base(req: SweepRequest, space) -> None:
@@ -81,6 +110,13 @@ def check_base(req: SweepRequest, space) -> None:
     for key in ("epochs", "model"):
         if key in req.base:
             raise InputError(f"--set {key}: not settable here; use --{key}")
+    batch = space.tuned().get("batch_size")
+    if batch is not None and req.workers_per_modality > 1:
+        smallest = min(batch.values) if batch.kind == "grid" else batch.low
+        if smallest < req.workers_per_modality:
+            raise InputError(f"--workers-per-modality {req.workers_per_modality}: the swept batch sizes go "
+                             f"down to {smallest:g}, and each worker takes a slice of every batch; sweep "
+                             f"batch sizes >= {req.workers_per_modality}")
     swept = sorted(set(req.base) & (set(space.tuned()) | set(space.in_trial())))
     if swept:
         raise InputError(f"--set {swept[0]}: {swept[0]} is swept; to fix it, give it one value with "

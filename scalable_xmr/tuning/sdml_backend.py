@@ -104,11 +104,19 @@ class SDMLBackend:
     def trainable(self, info: dict[str, Any], sweep_dir: Path):
         from ray import tune
 
+        workers = info.get("trial_workers")  # --workers-per-modality W > 1
         setup = SDMLTrialSetup(
             sweep_dir=str(sweep_dir), dataset_uri=info["dataset"]["uri"],
             n_classes=info["dataset"]["n_classes"], projection_sha256=info["projection"]["sha256"],
             base=info["base"], device="auto" if info["gpus_per_trial"] > 0 else "cpu",
-            threads=max(1, int(info["cpus_per_trial"])), save_each_selected=info.get("scheduler") != "fifo")
+            threads=max(1, int(info["cpus_per_trial"])), save_each_selected=info.get("scheduler") != "fifo",
+            **({"workers": workers["workers"], "resources_per_worker": workers["per_worker"]}
+               if workers else {}))
+        if workers:  # Ray Train inside the trial: the trial itself only drives it (trial_workers.py)
+            from scalable_xmr.tuning.sdml_workers_trial import sdml_workers_trial  # loads Ray Train
+
+            return tune.with_resources(tune.with_parameters(sdml_workers_trial, setup=setup),
+                                       {"cpu": workers["driver_cpus"]})
         resources = self.trial_resources(info)
         # Tune asks per trial: a small modality's trial packs onto a fraction of a GPU.
         fn = sdml_population_trial if info.get("populations") else sdml_trial

@@ -60,6 +60,10 @@ class SDMLTrialSetup:
     # The scheduler may stop a trial before its last epoch (ASHA): write the selected model each
     # time it changes, not only at the end.
     save_each_selected: bool = True
+    # --workers-per-modality W > 1: the trial trains on W Ray Train workers, each asking these
+    # resources (tuning/sdml_workers_trial.py)
+    workers: int = 1
+    resources_per_worker: dict[str, float] | None = None
 
 
 def anchor_map(emb: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
@@ -94,12 +98,31 @@ def start_trial_job(setup, directory: Path, modality: str,
     return job, ckpt_dir, state
 
 
+def trial_config(config: dict[str, Any], setup: SDMLTrialSetup) -> tuple[str, SDMLConfig]:
+    """The modality of a trial's Tune ``config`` and its SDMLConfig (the rest of ``config`` over
+    the sweep's base)."""
+    modality = config["modality"]
+    values = {k: v for k, v in config.items() if k != "modality"}
+    return modality, from_dict(SDMLConfig, {**setup.base, **values},
+                               source=f"trial config {config}").resolved(modality)
+
+
+def epoch_metrics(trainer: ModalityTrainer, stats, val_map: float, best_map: float,
+                  train_seconds: float) -> dict[str, Any]:
+    """What a trial reports to Tune after an epoch (one worker or W: the same keys)."""
+    return {
+        "epoch": trainer.epoch, "loss_train": stats.loss_train, "loss_recon": stats.loss_recon,
+        "loss_label": stats.loss_label, "val_label_loss": stats.loss_val_label,
+        "val_anchor_map": val_map, "best_epoch": trainer.best_epoch,
+        "best_val_label_loss": trainer.best_val, "best_anchor_map": best_map,
+        "train_seconds": train_seconds, "n_train": len(trainer.x["train"]),
+    }
+
+
 def sdml_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None:
     """Tune function trainable: train ``config["modality"]`` with the rest of ``config``."""
     start = time.perf_counter()
-    modality = config["modality"]
-    values = {k: v for k, v in config.items() if k != "modality"}
-    cfg = from_dict(SDMLConfig, {**setup.base, **values}, source=f"trial config {config}").resolved(modality)
+    modality, cfg = trial_config(config, setup)
     directory = trial_io.trial_dir(setup.sweep_dir, trial_io.current_trial_id())
     job, ckpt_dir, state = start_trial_job(setup, directory, modality, cfg)
     trainer = ModalityTrainer(job)
@@ -118,13 +141,7 @@ def sdml_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None:
             if setup.save_each_selected and not last:  # the last epoch writes it below
                 save_selected(trainer.store, trainer.job, trainer.model, cfg, trainer.best_epoch,
                               trainer.data, {"val": val_emb})
-        metrics = {
-            "epoch": trainer.epoch, "loss_train": stats.loss_train, "loss_recon": stats.loss_recon,
-            "loss_label": stats.loss_label, "val_label_loss": stats.loss_val_label,
-            "val_anchor_map": val_map, "best_epoch": trainer.best_epoch,
-            "best_val_label_loss": trainer.best_val, "best_anchor_map": best_map,
-            "train_seconds": train_seconds, "n_train": len(trainer.x["train"]),
-        }
+        metrics = epoch_metrics(trainer, stats, val_map, best_map, train_seconds)
         if last:  # before the last report: Tune may end the trial on it
             trainer.write_outputs()  # the selected epoch's model and val embeddings, the log
             metrics["trial_seconds"] = time.perf_counter() - start

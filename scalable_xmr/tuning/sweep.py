@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -49,6 +50,12 @@ from scalable_xmr.tuning.scheduler import make_scheduler
 from scalable_xmr.tuning.space import build_space
 from scalable_xmr.tuning.tracking import SweepTracking
 from scalable_xmr.tuning.trial_io import drop_sweep_state
+from scalable_xmr.tuning.trial_workers import (
+    ReleaseTrainGroups,
+    TrialWorkers,
+    cluster_trial_workers,
+    workers_line,
+)
 
 SWEEP_FILE = "sweep.json"
 BEST_FILE = "best.json"
@@ -124,14 +131,15 @@ def _check_new(sweep_dir: Path) -> None:
                             "choose another --name")
 
 
-def _open_sweep(req: SweepRequest, sweep_dir: Path, backend, checked: Any) -> dict[str, Any]:
+def _open_sweep(req: SweepRequest, sweep_dir: Path, backend, checked: Any,
+                workers: TrialWorkers | None) -> dict[str, Any]:
     """Read sweep.json of a sweep to resume, or create the sweep directory and its sweep.json."""
     if req.resume:
         return _resumable(req, sweep_dir)
     _check_new(sweep_dir)
     space = build_space(req.model, req.grids, req.ranges)
     metric_key, mode = backend.metrics[req.metric or backend.default_metric]
-    gpus = _gpus_per_trial(req)
+    gpus = 0.0 if workers else _gpus_per_trial(req)  # W > 1: the workers hold the GPUs, not the trial
     created = not sweep_dir.exists()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {
@@ -143,6 +151,9 @@ def _open_sweep(req: SweepRequest, sweep_dir: Path, backend, checked: Any) -> di
         "tuned": sorted(space.tuned()), "swept": space.swept(), "in_trial": space.in_trial(),
         "log_params": sorted(k for k, d in space.tuned().items() if d.log), "versions": versions(),
     }
+    if workers:  # Train inside Tune (trial_workers.py): as many trials at once as the cluster holds
+        meta.update(workers_per_modality=workers.workers, gpus_per_worker=workers.per_worker.get("GPU", 0.0),
+                    max_concurrent=workers.concurrent, trial_workers=workers.to_json())
     try:
         meta.update(backend.prepare(req, sweep_dir, space, checked))
     except BaseException:
@@ -175,7 +186,8 @@ def _tracker(req: SweepRequest, meta: dict[str, Any], sweep_dir: Path) -> tuple[
         params = {k: meta[k] for k in ("model", "metric", "mode", "epochs", "schedule", "num_samples",
                                        "scheduler", "max_concurrent", "gpus_per_trial", "cpus_per_trial",
                                        "seed")}
-        params.update({k: meta[k] for k in ("population",) if k in meta})
+        params.update({k: meta[k] for k in ("population", "workers_per_modality", "gpus_per_worker")
+                       if k in meta})
         params.update({f"space.{k}": v for k, v in meta["param_space_json"].items()})
         params.update({f"in_trial.{k}": v for k, v in meta["in_trial"].items()})
         params.update({f"base.{k}": v for k, v in _fixed(meta).items()})
@@ -208,7 +220,10 @@ def _tuner(req: SweepRequest, meta: dict[str, Any], sweep_dir: Path, backend, ca
         tune_config=tune.TuneConfig(metric=meta["metric"], mode=meta["mode"], scheduler=scheduler,
                                     # population: every configuration is in the grid already
                                     num_samples=1 if meta.get("populations") else meta["num_samples"],
-                                    max_concurrent_trials=meta["max_concurrent"], reuse_actors=True),
+                                    max_concurrent_trials=meta["max_concurrent"],
+                                    # a data-parallel trial's actor holds no data, and must end
+                                    # (with its TorchTrainer) when the scheduler stops the trial
+                                    reuse_actors="trial_workers" not in meta),
         run_config=tune.RunConfig(
             name=sweep_dir.name, storage_path=uri_of(sweep_dir.parent),
             callbacks=tune_callbacks(callbacks, lines),
@@ -264,11 +279,16 @@ def run_sweep(req: SweepRequest, address: str | None = None, callbacks: tuple = 
     checked = None if req.resume else backend.check(req)
     check_writable(sweep_dir, "--storage")
     connect(address)
-    meta = _open_sweep(req, sweep_dir, backend, checked)
+    workers = None if req.resume else cluster_trial_workers(req)  # W > 1 that cannot fit: before any write
+    meta = _open_sweep(req, sweep_dir, backend, checked, workers)
+    if "trial_workers" in meta:  # the start line says W per modality and the trials at a time
+        print(workers_line(TrialWorkers.from_json(meta["trial_workers"]), meta["modalities"],
+                           describe_cluster()), file=sys.stderr, flush=True)
     meta.setdefault("schedule", backend.schedule(meta))  # what every trial runs, in words
     tracker, parent = _tracker(req, meta, sweep_dir)
     experiment = meta.get("mlflow", {}).get("experiment", req.tracking.experiment)
     fixed = {"model": meta["model"], "schedule": meta["schedule"],
+             **{k: meta[k] for k in ("workers_per_modality",) if k in meta},
              **{f"base.{k}": v for k, v in _fixed(meta).items()}}
     mlflow_cb = SweepTracking(tracker.uri, experiment, parent, str(sweep_dir), fixed, tracker.enabled)
     meta["status"] = "running"
@@ -276,7 +296,9 @@ def run_sweep(req: SweepRequest, address: str | None = None, callbacks: tuple = 
     lines = TrialLines(meta["n_trials"], meta["tuned"], meta["metric"], meta.get("max_iterations"),
                        backend.group_key) if req.trial_lines else None
     try:
-        tuner, own_loggers = _tuner(req, meta, sweep_dir, backend, [mlflow_cb, *callbacks], lines)
+        # W > 1: the Train workers' placement group of a trial Tune has ended goes (trial_workers.py)
+        released = [ReleaseTrainGroups()] if "trial_workers" in meta else []
+        tuner, own_loggers = _tuner(req, meta, sweep_dir, backend, [mlflow_cb, *released, *callbacks], lines)
         with tune_console(req.verbose, own_loggers):
             grid, interrupted = fit_noting_ctrl_c(tuner)
         rows = res.rows_from_results(grid, backend.group_key)

@@ -1,5 +1,6 @@
 """SDML sweeps end to end on a local Ray: trials, MLflow parent/children, best.json -> training job,
-and separability (a trial reads its own modality's table and nothing else)."""
+separability (a trial reads its own modality's table and nothing else), and trials of W
+data-parallel workers (Ray Train inside Tune)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalable_xmr.config import TrackingConfig
+from scalable_xmr.config import SDMLConfig, TrackingConfig
 from scalable_xmr.io import read_json
 
 pytestmark = pytest.mark.slow
@@ -161,3 +162,55 @@ def test_gpus_asked_of_a_cluster_without_gpus(ray_local, small_xmedia, tmp_path)
         run_sweep(_request(small_xmedia, tmp_path, gpus_per_trial=1.0,
                            tracking=TrackingConfig(enabled=False)))
     assert not (tmp_path / "sweeps" / "s").exists()
+
+
+def test_a_sweep_with_two_workers_per_modality_runs_ray_train_in_each_trial(ray_local, small_xmedia,
+                                                                             tmp_path, capsys):
+    """--workers-per-modality 2 (#26 item 4): each trial is a TorchTrainer of two DDP workers inside
+    its Tune trial; every epoch reaches Tune (and so MLflow, from the driver), best.json is written
+    as for one worker, and the start line says W and how many trials run at once. ASHA ends the
+    first trial at its last epoch (and may stop the second at its first): the second trial's
+    workers can be placed only if the first one's Train placement group was released."""
+    from scalable_xmr.cli.train import load_overrides
+    from scalable_xmr.store.run_store import RunStore
+    from scalable_xmr.tuning import run_sweep
+
+    # 2 logical CPUs: a trial takes 0.25 (itself) + 2 workers x 0.5 -> one trial at a time
+    summary = run_sweep(_request(small_xmedia, tmp_path, modalities=("audio",), workers_per_modality=2,
+                                 cpus_per_trial=0.5, max_concurrent=None, scheduler="asha"))
+    err = capsys.readouterr().err
+    assert ("workers: audio 2 per trial (Ray Train in each Tune trial; DDP, gloo; 0.5 CPU each, 0.25 CPU "
+            "for the trial itself): 1 trial at a time on 2 CPU, 0 GPU") in err, err
+    assert summary.finished and summary.n_trials == 2
+    sweep = Path(summary.sweep_dir)
+    meta = read_json(sweep / "sweep.json")
+    assert meta["workers_per_modality"] == 2 and meta["max_concurrent"] == 1 and meta["gpus_per_trial"] == 0
+    epochs = {}
+    for trial in summary.trials:  # each ran on two workers and reported the sweep's scores every epoch
+        epochs[trial.trial_id] = trial.metrics["training_iteration"]
+        assert trial.error is None and trial.metrics["epoch"] == epochs[trial.trial_id] in (1, 2)
+        assert trial.metrics["workers"] == 2 and 0.0 <= trial.metrics["best_anchor_map"] <= 1.0
+        directory = sweep / "trials" / trial.trial_id
+        assert (directory / "modalities" / "audio" / "model.pt").is_file()  # a stopped one's too
+        assert RunStore(directory).embeddings_path("audio", "val").is_file()
+    assert max(epochs.values()) == 2
+    # Finished: Ray Train's runs (the trials' checkpoints/) went with the rest of the training state.
+    assert not list(sweep.rglob("ray-train")) and not list(sweep.rglob("last.pt*"))
+
+    # MLflow: the same parent and children as a one-worker sweep, each epoch logged once.
+    client, parents, children = _mlflow_runs(tmp_path)
+    assert [p.info.run_name for p in parents] == ["sweep:s"] and parents[0].info.status == "FINISHED"
+    assert parents[0].data.params["workers_per_modality"] == "2"
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    for child in children:
+        assert child.data.params["workers_per_modality"] == "2"
+        steps = list(range(1, epochs[child.data.params["trial_id"]] + 1))
+        for name in ("loss/val_label", "map/val_anchor"):
+            assert [m.step for m in client.get_metric_history(child.info.run_id, name)] == steps, name
+
+    # best.json: as for one worker, and a training job takes it.
+    best = read_json(sweep / "best.json")
+    entry = best["per_modality"]["audio"]
+    assert entry["trial_id"] in epochs and entry["epochs_trained"] == epochs[entry["trial_id"]]
+    overrides = load_overrides(str(sweep / "best.json"))
+    assert overrides.config_for(SDMLConfig(dim=32), "audio").lam == pytest.approx(entry["config"]["lam"])
