@@ -94,6 +94,8 @@ class RankTrainer(ModalityTrainer):
             self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
             forward_sync_buffers=False)
         self.pending: Path | None = None  # rank 0's checkpoint directory, until it is reported
+        self.fault_name = f"{job.modality}/rank{self.rank}"  # tests only: scalable_xmr/faults.py
+        self.marker_dir = self.store.checkpoint_path(job.modality).parent
         state = ctx.load_checkpoint(lambda d: torchfile.load(d / LAST, self.device))
         if state is not None:
             self.restore(state, f"Ray Train checkpoint of {job.modality!r}")
@@ -132,6 +134,7 @@ class RankTrainer(ModalityTrainer):
         # (Eq. 3's gradient). DDP all-reduces the gradients and divides by W: backpropagating
         # W·J_r gives (1/W) Σ_r W·∂J_r = ∂J, one process's gradient on the whole batch.
         (total * self.world).backward()
+        faults.crash_mid_epoch(self.fault_name, self.epoch + 1, self.marker_dir, grace_s=FAULT_GRACE_S)
 
     def epoch_sums(self, sums: torch.Tensor) -> torch.Tensor:
         """The epoch's loss sums over every rank's shares: the single-process sums, on every rank
@@ -174,7 +177,8 @@ class RankTrainer(ModalityTrainer):
 
     def report_epoch(self, stats: EpochStats, checkpointed: bool) -> None:
         """Every epoch but the last, every rank: ``report`` with rank 0's checkpoint when one was
-        written; then the test suite's fault hook (scalable_xmr/faults.py, task ``<m>/rank<r>``).
+        written; then the test suite's fault hook (scalable_xmr/faults.py, task ``<m>/rank<r>``;
+        ``<m>/rank<r>/mid-epoch`` fires in :meth:`backward` instead).
         The last epoch's checkpoint goes with the result (:meth:`run`): Ray Train keeps only the
         metrics that come with a checkpoint."""
         if self.done:
@@ -182,10 +186,8 @@ class RankTrainer(ModalityTrainer):
         self.report({"epoch": stats.epoch, "loss/train": stats.loss_train,
                      "loss/val_label": stats.loss_val_label, "best_epoch": self.best_epoch})
         if checkpointed:
-            marker_dir = self.store.checkpoint_path(self.job.modality).parent
-            marker_dir.mkdir(parents=True, exist_ok=True)
-            faults.crash_after_checkpoint(f"{self.job.modality}/rank{self.rank}", self.epoch,
-                                          self.cfg.epochs, marker_dir, grace_s=FAULT_GRACE_S)
+            faults.crash_after_checkpoint(self.fault_name, self.epoch, self.cfg.epochs, self.marker_dir,
+                                          grace_s=FAULT_GRACE_S)
 
     def run(self) -> None:
         """Train to the end (or patience); rank 0 writes the selected model and outputs; then the
