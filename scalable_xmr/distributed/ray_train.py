@@ -9,7 +9,8 @@ same ``name`` and ``storage_path`` resumes from the latest checkpoint (Train V2 
 
 Settings that keep a bad setup from hanging (RAY_NOTES.md, "Ray Train V2"): a worker group that
 cannot be placed within ``start_timeout_s`` fails the run after one retry (the controller retries
-forever by default), gloo talks over loopback on a one-node cluster (``GLOO_SOCKET_IFNAME=lo``),
+forever by default), gloo talks over loopback when every node of the cluster has one address (one
+machine: a single node, or ``ray.cluster_utils`` nodes; ``GLOO_SOCKET_IFNAME=lo``),
 and each worker's OMP threads start at one (the payload sets torch's own).
 """
 
@@ -51,7 +52,7 @@ class WorkerGroup:
     # queues meanwhile (lost with a worker that dies) and the run ends only once they are drained.
     # Ray's default, 2 s, adds ~2 s a report when epochs are shorter (bench/train_scale.py).
     poll_interval_s: float = 0.25
-    loopback: bool | None = None  # GLOO_SOCKET_IFNAME=lo; None: when the cluster has one node
+    loopback: bool | None = None  # GLOO_SOCKET_IFNAME=lo; None: when every node is on this host
 
 
 class RayRankContext:
@@ -72,6 +73,11 @@ class RayRankContext:
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
         checkpoint = None if checkpoint_dir is None else Checkpoint.from_directory(str(checkpoint_dir))
         ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def one_host() -> bool:
+    """Whether every live node of the cluster has the same address (one machine)."""
+    return len({n.get("NodeManagerAddress") for n in ray.nodes() if n.get("Alive")}) <= 1
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -132,8 +138,7 @@ def run_workers(fn: Callable[[Any, RayRankContext], None], payload: Any, group: 
     exception of one of ``user_errors`` types is raised as itself (lowest rank first). Train V2
     retries every worker error, a deterministic one too: it comes back after the restarts.
     """
-    loopback = group.loopback if group.loopback is not None else len(
-        [n for n in ray.nodes() if n.get("Alive")]) <= 1
+    loopback = group.loopback if group.loopback is not None else one_host()
     env = {"OMP_NUM_THREADS": "1"} | ({"GLOO_SOCKET_IFNAME": "lo"} if loopback else {})
     trainer = TorchTrainer(
         train_loop_per_worker,
