@@ -28,7 +28,15 @@ from typing import Any, TypeVar
 import ray
 import ray.train
 from ray.exceptions import RayTaskError
-from ray.train import Checkpoint, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, WorkerGroupError
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+    WorkerGroupError,
+)
 from ray.train.torch import TorchTrainer, get_device
 
 from scalable_xmr.distributed.logs import verbose
@@ -148,6 +156,9 @@ def run_workers(fn: Callable[[Any, RayRankContext], None], payload: Any, group: 
         run_config=RunConfig(
             name=name, storage_path=storage_path, worker_runtime_env={"env_vars": env},
             failure_config=FailureConfig(max_failures=group.max_failures, controller_failure_limit=1),
+            # the newest checkpoint and the one before it, as an actor keeps last.pt and last.pt.prev
+            # (Ray Train keeps every one by default; it never deletes the newest)
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
             # Train's own INFO lines (worker group started, every report and checkpoint) only when
             # --verbose, like every library's (distributed/logs.py)
             logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING")),

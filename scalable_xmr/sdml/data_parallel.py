@@ -46,7 +46,7 @@ from scalable_xmr.sdml.trainer import (
     retain_freed_memory,
     train_epochs,
 )
-from scalable_xmr.store import torchfile
+from scalable_xmr.store import remote, torchfile
 from scalable_xmr.store.run_store import RunStore
 from scalable_xmr.store.training_state import LAST, RAY_TRAIN_DIR
 from scalable_xmr.uris import scheme
@@ -213,8 +213,9 @@ def train_modality_parallel(job: ModalityJob, workers: int, *, use_gpu: bool = F
                             start_timeout_s: float = 60.0, poll_interval_s: float = 0.25) -> TrainResult:
     """Train ``job``'s modality with ``workers`` DDP ranks (Ray Train), as one process would.
 
-    ``storage_path`` (absolute) holds Ray Train's run ``ray-train`` and its checkpoints; by default
-    the modality's ``checkpoints/`` folder in the run store. Running again with the same storage
+    ``storage_path`` (absolute, or a URI) holds Ray Train's run ``ray-train`` and its checkpoints;
+    by default the modality's ``checkpoints/`` folder in the run store (``s3://.../checkpoints`` for
+    a run on object storage). Running again with the same storage
     resumes from the latest checkpoint. ``max_failures`` worker-group restarts are allowed; a
     worker group that cannot start within ``start_timeout_s`` fails the run; ``poll_interval_s``: how
     often Ray Train's controller takes in reports (``WorkerGroup``). Torch threads per
@@ -227,9 +228,12 @@ def train_modality_parallel(job: ModalityJob, workers: int, *, use_gpu: bool = F
                          "each worker takes a slice of every batch")
     cpus = (resources_per_worker or {}).get("CPU", 1.0)
     job = dataclasses.replace(job, num_threads=job.num_threads or max(1, int(cpus)))
-    if storage_path is None:  # a local run's checkpoints/ (an object-storage run: its mirror's)
+    if storage_path is None:
+        # The modality's checkpoints/, which every node must reach: a local run's folder (shared
+        # storage on a cluster), an object-storage run's key in the bucket (not its mirror here,
+        # which Ray Train refuses once rank 0 runs on another node).
         checkpoints = RunStore(job.run_dir, modality=job.modality, pull=False).checkpoint_path(job.modality)
-        storage_path = str(checkpoints.parent.resolve())
+        storage_path = remote.uri_of(checkpoints.parent.resolve())
     if scheme(storage_path) is None and not os.path.isabs(storage_path):
         raise InputError(f"storage_path must be absolute (Ray Train workers run elsewhere), "
                          f"got {storage_path!r}")
