@@ -172,12 +172,25 @@ def summary(out: Path) -> int:
     status_file = out / "population.status"
     status = status_file.read_text().strip() if status_file.is_file() else "?"
     rows.append(("population sweep, bench/population_speed.py", status, "its own table is printed above"))
+    rows += curve_rows(out / "curve.json")
     where = "smoke run on the CPU: numbers meaningless" if sdml and sdml["smoke"] else (sdml or {}).get("gpu")
     print(f"\n### bench/gpu.sh summary ({where})\n")
     print("| measurement | result | detail |\n|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
     return 0
+
+
+def curve_rows(path: Path) -> list[tuple[str, str, str]]:
+    """The data-parallel curve's rows (bench/train_scale.py --curve), one per W."""
+    if not path.is_file():
+        return [("data-parallel curve, bench/train_scale.py --curve", "failed", "see the output above")]
+    c = json.loads(path.read_text())
+    unit = "GPU" if c["device"] == "cuda" else "CPU"
+    return [(f"data-parallel W={p['workers']} ({p['workers']} {unit}), bench/train_scale.py --curve",
+             f"{p['rows_per_s']:,.0f} rows/s",
+             f"scaling efficiency {100 * p['efficiency']:.0f}% ({c['rows']} x {c['dim']}, global batch "
+             f"{c['batch']})") for p in c["points"]]
 
 
 def main(argv: list[str] | None = None) -> int:

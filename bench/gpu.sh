@@ -8,7 +8,9 @@
 # and FLOP count); the XMedia-shaped 200-epoch job with 5 actors sharing the GPU (0.2 GPU each)
 # against one actor at a time (bench/_gpu_bench.py); branch-model steps (bench/branch_speed.py:
 # MTFN and VSE, % of the GEMM rate for the same shapes); the population sweep
-# (bench/population_speed.py, when present). Each part has a time budget; a part that fails or
+# (bench/population_speed.py, when present); the data-parallel curve: one modality on W = 1..N Ray
+# Train workers, one GPU each, N = the GPUs torch sees (bench/train_scale.py --curve: rows/s and
+# scaling efficiency; 2 CPU workers in a smoke run). Each part has a time budget; a part that fails or
 # runs out of time is reported as such and the rest still run. Prints every part's own tables,
 # then one summary table to paste into BENCHMARKS.md. Exit status: 0 when every part ran.
 set -u
@@ -24,9 +26,11 @@ for arg in "$@"; do
 done
 if [ "$SMOKE" = 1 ]; then
     # generous budgets: a smoke run takes ~30 s on 2 quiet cores, but test machines are busy
-    DEVICE=cpu; FLAGS=--smoke; BUDGET_SDML=420; BUDGET_BRANCH=240; BUDGET_POP=240
+    DEVICE=cpu; FLAGS=--smoke; BUDGET_SDML=420; BUDGET_BRANCH=240; BUDGET_POP=240; BUDGET_CURVE=420
+    CURVE_FLAGS=--quick
 else
-    DEVICE=cuda; FLAGS=; BUDGET_SDML=170; BUDGET_BRANCH=50; BUDGET_POP=60
+    DEVICE=cuda; FLAGS=; BUDGET_SDML=170; BUDGET_BRANCH=50; BUDGET_POP=60; BUDGET_CURVE=300
+    CURVE_FLAGS=
     if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
         echo "bench/gpu.sh: torch sees no CUDA GPU here (nvidia-smi: $(nvidia-smi -L 2>&1 | head -1)); use --smoke on a CPU" >&2
         exit 2
@@ -61,5 +65,7 @@ if [ -f bench/population_speed.py ]; then
 else
     echo "not present" > "$OUT/population.status"
 fi
+part "Data-parallel curve, W = 1..N workers" "$BUDGET_CURVE" \
+    "$PY" bench/train_scale.py --curve --device "$DEVICE" $CURVE_FLAGS --json "$OUT/curve.json"
 "$PY" bench/_gpu_bench.py --summary "$OUT" || failed=1
 exit $failed

@@ -23,6 +23,17 @@ reading the data, writing model.pt and the embeddings, tearing down). The paths:
 rows/s = 4000 train rows x epochs / the trainer's own ``train_seconds`` (inside the worker, report
 waits included). Medians are not taken (one run each): the load average printed at the top says
 how quiet the machine was.
+
+The W curve (``--curve``, what bench/gpu.sh runs on a GPU machine):
+
+    .venv/bin/python bench/train_scale.py --curve --device cuda --json scale.json
+    .venv/bin/python bench/train_scale.py --curve --device cpu --quick   # smoke: W = 1, 2 on CPUs
+
+trains one modality with W = 1, 2, ..., N Ray Train workers (N: every GPU torch sees; 2 CPU
+workers with ``--device cpu``), one GPU each, the same job each time (100,000 train rows of 4096
+features, the default network, global batch 1024 split across the workers: strong scaling), and
+gives rows/s (train rows x epochs / ``train_seconds``, start-up excluded) and the scaling
+efficiency rows/s(W) / (W x rows/s(1)).
 """
 
 from __future__ import annotations
@@ -89,10 +100,55 @@ def timed(tag: str, path, root: Path, data: str, cfg: SDMLConfig) -> dict[int, t
     return out
 
 
+def curve(args: argparse.Namespace) -> None:
+    """rows/s and scaling efficiency of W = 1..N workers, one GPU (or CPU) each (``--curve``)."""
+    import json
+
+    import ray
+
+    gpu = args.device == "cuda"
+    if gpu and not torch.cuda.is_available():
+        raise SystemExit("bench/train_scale.py: --device cuda but torch sees no GPU")
+    n_max = args.max_workers or (torch.cuda.device_count() if gpu else 2)
+    n_train, dim, batch, epochs = (400, 32, 40, 3) if args.quick else (100_000, 4096, 1024, 5)
+    cfg = SDMLConfig(batch_size=batch, checkpoint_every=epochs, lr=1e-4, epochs=epochs,
+                     **({"dim": 32, "hidden": 64} if args.quick else {}))
+    print_info("Machine", machine_info(threads=1))
+    root = Path(tempfile.mkdtemp(prefix="xmr-train-curve-"))
+    data = make_data(root, n_train, dim)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             **({} if gpu else {"num_cpus": n_max}))
+    per_worker = {"CPU": 1, "GPU": 1} if gpu else {"CPU": 1}
+    points = []
+    for w in range(1, n_max + 1):
+        result = train_modality_parallel(make_job(root / f"w{w}", data, cfg), w, use_gpu=gpu,
+                                         resources_per_worker=per_worker, poll_interval_s=0.05)
+        rate = n_train * epochs / result.train_seconds
+        points.append({"workers": w, "rows_per_s": rate, "efficiency": rate / (w * points[0]["rows_per_s"])
+                       if points else 1.0, "device": result.device})
+        print(f"  W={w}: {rate:,.0f} rows/s", flush=True)
+    ray.shutdown()
+    print_table(f"One modality ({n_train} x {dim}, global batch {batch}, {epochs} epochs) on W workers, "
+                f"one {'GPU' if gpu else 'CPU'} each",
+                ["W", "rows/s", "efficiency"],
+                [(p["workers"], f"{p['rows_per_s']:,.0f}", f"{100 * p['efficiency']:.0f}%") for p in points])
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": args.device, "smoke": args.quick, "rows": n_train,
+                                               "dim": dim, "batch": batch, "epochs": epochs,
+                                               "points": points}, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny data and network (a smoke test)")
+    parser.add_argument("--curve", action="store_true", help="the W = 1..N curve (bench/gpu.sh)")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="--curve: workers' device")
+    parser.add_argument("--max-workers", type=int, help="--curve: N (default: the GPUs torch sees; 2 CPUs)")
+    parser.add_argument("--json", help="--curve: write the points here")
     args = parser.parse_args()
+    if args.curve:
+        curve(args)
+        return
     import ray
 
     n_train, dim = (400, 32) if args.quick else (4000, 256)

@@ -6,6 +6,10 @@ Ray -- right after the checkpoint of that epoch (or the first checkpoint after i
 beside the checkpoint keeps the restarted actor alive, so it resumes and finishes. Without
 ``XMR_FAULTS``, or with no entry for the task, nothing happens. The variable must be set before Ray
 starts (actors inherit the environment then); the file may change between jobs.
+
+``{"<task>/mid-epoch": epoch}`` instead kills the task during that epoch, after its first training
+step (:func:`crash_mid_epoch`, a data-parallel rank: ``audio/rank1/mid-epoch``), so that the
+checkpoint it resumes from is the one before that epoch.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 
 ENV = "XMR_FAULTS"
 MARKER = ".fault_injected"
+MID_EPOCH = "/mid-epoch"  # a plan key's suffix: die during that epoch (crash_mid_epoch)
 
 
 def crash_after_checkpoint(name: str, epoch: int, total: int, checkpoint_dir: str | os.PathLike,
@@ -24,17 +29,37 @@ def crash_after_checkpoint(name: str, epoch: int, total: int, checkpoint_dir: st
     """Die here, once, if the fault plan names ``name`` at ``epoch`` or earlier (never at the end),
     ``grace_s`` seconds after deciding to (a Ray Train worker: its controller takes the reported
     checkpoint in on its next polls, and a worker lost before then loses that checkpoint)."""
-    plan_path = os.environ.get(ENV)
-    if not plan_path:
-        return
-    try:
-        fail_at = json.loads(Path(plan_path).read_text()).get(name)
-    except (OSError, ValueError):
-        return
+    fail_at = _planned(name)
     if fail_at is None or epoch < fail_at or epoch >= total:
         return
-    marker = Path(checkpoint_dir) / MARKER
+    _die_once(Path(checkpoint_dir), epoch, grace_s)
+
+
+def crash_mid_epoch(name: str, epoch: int, marker_dir: str | os.PathLike, grace_s: float = 0.0) -> None:
+    """Die here, once, if the fault plan names ``name + MID_EPOCH`` at ``epoch`` or earlier, where
+    ``epoch`` (1-based) is the epoch in progress: called after each training step, the process dies
+    after the first step of that epoch, its peers waiting for it in the next step's all-reduce."""
+    fail_at = _planned(name + MID_EPOCH)
+    if fail_at is None or epoch < fail_at:
+        return
+    _die_once(Path(marker_dir), epoch, grace_s)
+
+
+def _planned(name: str) -> int | None:
+    """The epoch the fault plan gives ``name``; None without a plan or an entry."""
+    plan_path = os.environ.get(ENV)
+    if not plan_path:
+        return None
+    try:
+        return json.loads(Path(plan_path).read_text()).get(name)
+    except (OSError, ValueError):
+        return None
+
+
+def _die_once(marker_dir: Path, epoch: int, grace_s: float) -> None:
+    marker = marker_dir / MARKER
     if not marker.exists():
+        marker_dir.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"{os.getpid()} {epoch}\n")
         time.sleep(grace_s)
         os._exit(1)

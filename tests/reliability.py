@@ -526,6 +526,14 @@ FAULTS: dict[str, tuple[str, str, str]] = {
         "a node of a multi-node cluster lost mid-training",
         "the actor restarts on another node and says where and at which epoch it resumed",
         "every modality finishes; the lost one from its checkpoint on shared storage"),
+    "tests/sdml/test_data_parallel.py::test_a_worker_killed_mid_epoch_resumes_from_the_last_checkpoint": (
+        "a data-parallel (Ray Train) worker killed mid-epoch",
+        "Ray's line that a worker died; the modality's `resumed_at_epoch` in run.json names the epoch",
+        "Ray Train restarts the worker group from the last checkpoint; the weights an uninterrupted run gives"),
+    "tests/e2e/test_multinode.py::test_a_data_parallel_modality_spans_two_nodes_and_survives_a_node_loss": (
+        "a node of a data-parallel modality's workers lost mid-training",
+        "as for a killed worker: `resumed_at_epoch` names the checkpoint's epoch",
+        "the worker group restarts on the nodes left from the last checkpoint; the uninterrupted run's weights"),
 }
 
 

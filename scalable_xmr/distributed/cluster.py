@@ -20,7 +20,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
 from scalable_xmr.distributed import reaper
-from scalable_xmr.distributed.logs import ray_init_options
+from scalable_xmr.distributed.logs import quiet_forwarded, ray_init_options
 from scalable_xmr.errors import InputError
 
 _STARTED_LOCAL = False
@@ -59,6 +59,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
             if versions is None:
                 raise
             raise InputError(mismatch_message(address, *versions, ray_pin())) from None
+        quiet_forwarded()
         where = ray.get_runtime_context().gcs_address or address
         problem = pin_problem(ray.__version__, ray_pin(), where)
         if problem:
@@ -69,6 +70,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     # default, which we keep): one library line before every job's own. Only that notice is muted.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **options)
+    quiet_forwarded()
     _STARTED_LOCAL = True
     reaper.watch()  # this private Ray dies with this process, even on SIGKILL (distributed/reaper.py)
     res = ray.cluster_resources()

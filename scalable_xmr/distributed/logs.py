@@ -12,6 +12,8 @@ So by default (quiet):
   their warnings, errors and prints still reach the driver (``log_to_driver``);
 - Ray Data's console handler shows warnings and errors, less two that every healthy run gives
   (:func:`quiet_ray_data`); its session log file keeps everything;
+- the lines Ray forwards from its workers are printed as Ray prints them, less one error line that
+  every data-parallel (Ray Train) run gives (:func:`quiet_forwarded`);
 - a sweep runs Tune silent and prints a line per finished trial instead (tuning/console.py).
 
 ``--verbose`` on a command, or ``XMR_DEBUG=1`` in the environment, gives the libraries their own
@@ -48,6 +50,17 @@ QUIET_RAY_DATA = (
     # for a moment while the run goes on to finish.
     "Warning: The Ray cluster currently does not have any available CPUs",
 )
+
+# Lines Ray forwards from its workers (``log_to_driver``) that every healthy run gives, dropped from
+# the driver's console unless verbose (matched anywhere in a line; the worker's log file keeps them):
+QUIET_FORWARDED = (
+    # Ray Train V2's controller starts a PreemptionWatcher actor for each worker group
+    # (max_restarts=-1, the group's actor handles as arguments), and Ray's core worker logs an
+    # ERROR for every such actor that its restart could fail (ray-project/ray#53727). The watcher
+    # is Ray Train's own, made again with each group; nothing a user can or need do.
+    "Actor with class name: 'PreemptionWatcher' and ID:",
+)
+_PRINT_HANDLER = "ray_print_logs"  # the name ray.init gives its printer of forwarded lines
 
 
 def set_verbose(flag: bool) -> bool:
@@ -90,6 +103,29 @@ def ray_init_options() -> dict:
     loud = verbose()
     return {"log_to_driver": True, "logging_level": "INFO" if loud else "WARNING",
             "runtime_env": {"worker_process_setup_hook": SETUP_HOOK if loud else QUIET_WORKER_HOOK}}
+
+
+def quiet_forwarded() -> None:
+    """After ``ray.init``: the driver's printer of its workers' lines drops :data:`QUIET_FORWARDED`
+    while this process is quiet (decided per batch of lines: a later --verbose command prints them).
+    Ray 2.60's printer, a private hook (the Ray version is pinned); without it nothing changes."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    printer = next((h for name, h in dispatcher.handlers if name == _PRINT_HANDLER), None)
+    if printer is None or getattr(printer, "xmr_quiet", False):  # log_to_driver off, or done
+        return
+
+    def quiet_printer(data: dict) -> None:
+        if not verbose():
+            lines = [line for line in data.get("lines", []) if not any(q in line for q in QUIET_FORWARDED)]
+            if not lines:
+                return
+            data = {**data, "lines": lines}
+        printer(data)
+
+    quiet_printer.xmr_quiet = True  # type: ignore[attr-defined]
+    dispatcher.remove_handler(_PRINT_HANDLER)
+    dispatcher.add_handler(_PRINT_HANDLER, quiet_printer)
 
 
 def quiet_worker() -> None:

@@ -9,7 +9,8 @@ same ``name`` and ``storage_path`` resumes from the latest checkpoint (Train V2 
 
 Settings that keep a bad setup from hanging (RAY_NOTES.md, "Ray Train V2"): a worker group that
 cannot be placed within ``start_timeout_s`` fails the run after one retry (the controller retries
-forever by default), gloo talks over loopback on a one-node cluster (``GLOO_SOCKET_IFNAME=lo``),
+forever by default), gloo talks over loopback when every node of the cluster has one address (one
+machine: a single node, or ``ray.cluster_utils`` nodes; ``GLOO_SOCKET_IFNAME=lo``),
 and each worker's OMP threads start at one (the payload sets torch's own).
 """
 
@@ -27,7 +28,15 @@ from typing import Any, TypeVar
 import ray
 import ray.train
 from ray.exceptions import RayTaskError
-from ray.train import Checkpoint, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, WorkerGroupError
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+    WorkerGroupError,
+)
 from ray.train.torch import TorchTrainer, get_device
 
 from scalable_xmr.distributed.logs import verbose
@@ -51,7 +60,7 @@ class WorkerGroup:
     # queues meanwhile (lost with a worker that dies) and the run ends only once they are drained.
     # Ray's default, 2 s, adds ~2 s a report when epochs are shorter (bench/train_scale.py).
     poll_interval_s: float = 0.25
-    loopback: bool | None = None  # GLOO_SOCKET_IFNAME=lo; None: when the cluster has one node
+    loopback: bool | None = None  # GLOO_SOCKET_IFNAME=lo; None: when every node is on this host
 
 
 class RayRankContext:
@@ -72,6 +81,11 @@ class RayRankContext:
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
         checkpoint = None if checkpoint_dir is None else Checkpoint.from_directory(str(checkpoint_dir))
         ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def one_host() -> bool:
+    """Whether every live node of the cluster has the same address (one machine)."""
+    return len({n.get("NodeManagerAddress") for n in ray.nodes() if n.get("Alive")}) <= 1
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -134,8 +148,7 @@ def run_workers(fn: Callable[[Any, RayRankContext], None], payload: Any, group: 
     ``callbacks``: Train ``UserCallback``s of the run, e.g. a sweep trial's ``TuneReportCallback``,
     which hands every report of rank 0 to the Tune trial running this function (tuning/).
     """
-    loopback = group.loopback if group.loopback is not None else len(
-        [n for n in ray.nodes() if n.get("Alive")]) <= 1
+    loopback = group.loopback if group.loopback is not None else one_host()
     env = {"OMP_NUM_THREADS": "1"} | ({"GLOO_SOCKET_IFNAME": "lo"} if loopback else {})
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -146,6 +159,9 @@ def run_workers(fn: Callable[[Any, RayRankContext], None], payload: Any, group: 
             name=name, storage_path=storage_path, worker_runtime_env={"env_vars": env},
             callbacks=list(callbacks),
             failure_config=FailureConfig(max_failures=group.max_failures, controller_failure_limit=1),
+            # the newest checkpoint and the one before it, as an actor keeps last.pt and last.pt.prev
+            # (Ray Train keeps every one by default; it never deletes the newest)
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
             # Train's own INFO lines (worker group started, every report and checkpoint) only when
             # --verbose, like every library's (distributed/logs.py)
             logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING")),

@@ -46,7 +46,7 @@ from scalable_xmr.sdml.trainer import (
     retain_freed_memory,
     train_epochs,
 )
-from scalable_xmr.store import torchfile
+from scalable_xmr.store import remote, torchfile
 from scalable_xmr.store.run_store import RunStore
 from scalable_xmr.store.training_state import LAST, RAY_TRAIN_DIR
 from scalable_xmr.uris import scheme
@@ -94,6 +94,8 @@ class RankTrainer(ModalityTrainer):
             self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
             forward_sync_buffers=False)
         self.pending: Path | None = None  # rank 0's checkpoint directory, until it is reported
+        self.fault_name = f"{job.modality}/rank{self.rank}"  # tests only: scalable_xmr/faults.py
+        self.marker_dir = self.store.checkpoint_path(job.modality).parent
         state = ctx.load_checkpoint(lambda d: torchfile.load(d / LAST, self.device))
         if state is not None:
             self.restore(state, f"Ray Train checkpoint of {job.modality!r}")
@@ -132,6 +134,7 @@ class RankTrainer(ModalityTrainer):
         # (Eq. 3's gradient). DDP all-reduces the gradients and divides by W: backpropagating
         # W·J_r gives (1/W) Σ_r W·∂J_r = ∂J, one process's gradient on the whole batch.
         (total * self.world).backward()
+        faults.crash_mid_epoch(self.fault_name, self.epoch + 1, self.marker_dir, grace_s=FAULT_GRACE_S)
 
     def epoch_sums(self, sums: torch.Tensor) -> torch.Tensor:
         """The epoch's loss sums over every rank's shares: the single-process sums, on every rank
@@ -174,7 +177,8 @@ class RankTrainer(ModalityTrainer):
 
     def report_epoch(self, stats: EpochStats, checkpointed: bool) -> None:
         """Every epoch but the last, every rank: ``report`` with rank 0's checkpoint when one was
-        written; then the test suite's fault hook (scalable_xmr/faults.py, task ``<m>/rank<r>``).
+        written; then the test suite's fault hook (scalable_xmr/faults.py, task ``<m>/rank<r>``;
+        ``<m>/rank<r>/mid-epoch`` fires in :meth:`backward` instead).
         The last epoch's checkpoint goes with the result (:meth:`run`): Ray Train keeps only the
         metrics that come with a checkpoint."""
         if self.done:
@@ -182,10 +186,8 @@ class RankTrainer(ModalityTrainer):
         self.report({"epoch": stats.epoch, "loss/train": stats.loss_train,
                      "loss/val_label": stats.loss_val_label, "best_epoch": self.best_epoch})
         if checkpointed:
-            marker_dir = self.store.checkpoint_path(self.job.modality).parent
-            marker_dir.mkdir(parents=True, exist_ok=True)
-            faults.crash_after_checkpoint(f"{self.job.modality}/rank{self.rank}", self.epoch,
-                                          self.cfg.epochs, marker_dir, grace_s=FAULT_GRACE_S)
+            faults.crash_after_checkpoint(self.fault_name, self.epoch, self.cfg.epochs, self.marker_dir,
+                                          grace_s=FAULT_GRACE_S)
 
     def final_metrics(self, seconds: float) -> dict[str, Any]:
         """What the last report carries: the job's :class:`TrainResult` (a sweep trial's rank
@@ -225,8 +227,9 @@ def run_modality_parallel(job: ModalityJob, workers: int, rank_fn: Callable[[Mod
 
     ``rank_fn`` is :func:`train_rank` or another module-level function that runs a
     :class:`RankTrainer` (a sweep trial's, whose ``callbacks`` hand every report to Tune).
-    ``storage_path`` (absolute) holds Ray Train's run ``ray-train`` and its checkpoints; by default
-    the modality's ``checkpoints/`` folder in the run store. Running again with the same storage
+    ``storage_path`` (absolute, or a URI) holds Ray Train's run ``ray-train`` and its checkpoints;
+    by default the modality's ``checkpoints/`` folder in the run store (``s3://.../checkpoints`` for
+    a run on object storage). Running again with the same storage
     resumes from the latest checkpoint. ``max_failures`` worker-group restarts are allowed; a
     worker group that cannot start within ``start_timeout_s`` fails the run; ``poll_interval_s``: how
     often Ray Train's controller takes in reports (``WorkerGroup``). Torch threads per
@@ -239,9 +242,12 @@ def run_modality_parallel(job: ModalityJob, workers: int, rank_fn: Callable[[Mod
                          "each worker takes a slice of every batch")
     cpus = (resources_per_worker or {}).get("CPU", 1.0)
     job = dataclasses.replace(job, num_threads=job.num_threads or max(1, int(cpus)))
-    if storage_path is None:  # a local run's checkpoints/ (an object-storage run: its mirror's)
+    if storage_path is None:
+        # The modality's checkpoints/, which every node must reach: a local run's folder (shared
+        # storage on a cluster), an object-storage run's key in the bucket (not its mirror here,
+        # which Ray Train refuses once rank 0 runs on another node).
         checkpoints = RunStore(job.run_dir, modality=job.modality, pull=False).checkpoint_path(job.modality)
-        storage_path = str(checkpoints.parent.resolve())
+        storage_path = remote.uri_of(checkpoints.parent.resolve())
     if scheme(storage_path) is None and not os.path.isabs(storage_path):
         raise InputError(f"storage_path must be absolute (Ray Train workers run elsewhere), "
                          f"got {storage_path!r}")

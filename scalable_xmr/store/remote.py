@@ -5,7 +5,8 @@ rename). A run whose directory is a URI is worked on in a local mirror,
 ``$XMR_CACHE/runs/<scheme>/<bucket>/<key>`` (default ``~/.cache/scalable_xmr/runs/...``), and this
 module keeps the two in step:
 
-- opening a run downloads what the bucket holds and the mirror lacks or holds older (:func:`pull`);
+- opening a run downloads what the bucket holds and the mirror lacks or holds older (:func:`pull`),
+  but for a data-parallel modality's Ray Train run, which lives in the bucket only;
 - every file renamed into place under a mirror is uploaded at once, with one PUT, which S3 makes
   atomic (there is no rename on S3, so the object appears whole or not at all); a directory is
   uploaded file by file and objects under it that the mirror no longer has are deleted; a path
@@ -39,6 +40,9 @@ from scalable_xmr.uris import is_remote, local_path, scheme, split_uri
 
 CACHE_ENV = "XMR_CACHE"
 _SKIP = (".lock",)  # the job lock lives on the mirror only (store/lock.py)
+# Never pulled: a data-parallel modality's Ray Train run (store/training_state.py RAY_TRAIN_DIR), which
+# Ray Train reads and writes in the bucket itself (sdml/data_parallel.py); a mirror has no use for it.
+_BUCKET_ONLY = "/checkpoints/ray-train/"
 
 
 def cache_root() -> Path:
@@ -132,7 +136,7 @@ def pull(m: Mirror, prune: bool = False, subdirs: tuple[str, ...] | None = None)
     remote = _remote_files(m)
     n = 0
     for rel, info in remote.items():
-        if _skipped(rel) or not _wanted(rel, subdirs):
+        if _skipped(rel) or not _wanted(rel, subdirs) or _BUCKET_ONLY in f"/{rel}":
             continue
         target = m.local / rel
         mtime = info.mtime.timestamp() if info.mtime else 0.0

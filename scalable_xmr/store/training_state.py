@@ -83,9 +83,12 @@ def drop(directories: Iterable[Path], files: Iterable[Path] = ()) -> Dropped:
     directories = [Path(d) for d in directories]
     names = [d / name for d in directories for name in STATE_FILES] + [Path(f) for f in files]
     names += [p for d in directories for p in _tree_files(d)]
+    # The Ray Train run itself: an object-storage run keeps it in the bucket only (its storage_path
+    # is the bucket's key, sdml/data_parallel.py), so the mirror may not list its files.
+    names += [d / RAY_TRAIN_DIR for d in directories]
     n, total = 0, 0
     for path in names:
-        if path.is_file() or path.is_symlink():
+        if path.is_file() or path.is_symlink():  # (a bucket-only Ray Train run is not counted)
             total += path.lstat().st_size
             n += 1
         fileops.remove(path)  # gone here: deleted in the bucket too (nothing outside a mirror)

@@ -140,3 +140,27 @@ def test_ray_data_console_drops_only_the_healthy_runs_warnings(monkeypatch):
     data_logger.warning("Warning: The Ray cluster currently does not have any available CPUs.")
     data_logger.info("Registered dataset logger")
     assert "available CPUs" in shown.getvalue() and "Registered" in shown.getvalue()
+
+
+def test_forwarded_lines_lose_the_preemption_watcher_error_only_while_quiet(monkeypatch):
+    """The driver's printer of its workers' lines, as ray.init installs it: quiet drops Ray Train's
+    PreemptionWatcher line (and a batch left empty), keeps every other; verbose prints it again."""
+    from ray._private.ray_logging import WorkerStandardStreamDispatcher
+
+    dispatcher = WorkerStandardStreamDispatcher()
+    monkeypatch.setattr("ray._private.ray_logging.global_worker_stdstream_dispatcher", dispatcher)
+    printed: list[list[str]] = []
+    dispatcher.add_handler("ray_print_logs", lambda data: printed.append(data["lines"]))
+    watcher = ("[2026-12-07 15:45:19,511 E 5420 5532] core_worker.cc:2465: Actor with class name: "
+               "'PreemptionWatcher' and ID: 'dec9' has constructor arguments in the object store and "
+               "max_restarts > 0.")
+    other = "[2026-12-07 15:45:19,600 E 5420 5532] core_worker.cc:100: something else went wrong"
+    logs.quiet_forwarded()
+    logs.quiet_forwarded()  # once only: a second ray.init in the process wraps nothing twice
+    assert len(dispatcher.handlers) == 1
+    dispatcher.emit({"lines": [watcher, other], "is_err": True, "pid": 1})
+    dispatcher.emit({"lines": [watcher], "is_err": True, "pid": 1})
+    assert printed == [[other]]
+    logs.set_verbose(True)
+    dispatcher.emit({"lines": [watcher], "is_err": True, "pid": 1})
+    assert printed == [[other], [watcher]]

@@ -22,6 +22,8 @@ ROWS = (
     "| branch step: mtfn (batch 8), bench/branch_speed.py |",
     "| branch step: vse (batch 8), bench/branch_speed.py |",
     "| population sweep, bench/population_speed.py |",
+    "| data-parallel W=1 (1 CPU), bench/train_scale.py --curve |",
+    "| data-parallel W=2 (2 CPU), bench/train_scale.py --curve |",
 )
 
 

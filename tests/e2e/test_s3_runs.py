@@ -24,7 +24,7 @@ from scalable_xmr.cli.extend import main as add_main
 from scalable_xmr.cli.pairs import main as pairs_main
 from scalable_xmr.cli.train import main as train_main
 from scalable_xmr.config import TrackingConfig
-from scalable_xmr.store import remote
+from scalable_xmr.store import remote, training_state
 from scalable_xmr.store.run_store import RunStore
 
 BUCKET = "xmr-e2e"
@@ -125,6 +125,26 @@ def test_train_crash_resume_and_add_modality_on_s3(s3, small_xmedia, crash_after
 
     run = scalable_xmr.load_run(uri)  # the search helper, from object storage
     assert sorted(run.meta.finished_modalities()) == ["audio", "image", "video"]
+
+
+def test_a_data_parallel_modality_keeps_its_ray_train_run_in_the_bucket(s3, small_xmedia, crash_after):
+    """W=2: Ray Train's storage is the modality's checkpoints/ key in the bucket (which every node
+    reaches), not the driver's mirror; a worker killed mid-epoch resumes from the bucket; dropping
+    the training state deletes the Ray Train run there too."""
+    server, _ = s3
+    uri = f"s3://{BUCKET}/runs/ddp"
+    crash_after({"audio/rank1/mid-epoch": 3})
+    assert train_main(["--run", uri, "--data", small_xmedia, "--modality", "audio", "--workers-per-modality",
+                       "2", "--keep-checkpoints", "--no-tracking", *TINY]) == 0
+    store = RunStore(uri)
+    assert store.read_finished().modalities["audio"]["resumed_at_epoch"] == [2]
+    checkpoints = "modalities/audio/checkpoints/ray-train/"
+    kept = [k for k in bucket_objects(server, "runs/ddp") if k.startswith(checkpoints)]
+    assert any(k.endswith("/last.pt") for k in kept), kept
+    local = store.checkpoint_path("audio").parent
+    assert not (local / "ray-train").exists()  # in the bucket only
+    training_state.drop([local])
+    assert not [k for k in bucket_objects(server, "runs/ddp") if "/checkpoints/" in k]
 
 
 def test_train_pairs_on_s3(s3, small_pairs, small_configs):

@@ -3,7 +3,7 @@
 Without Ray: the shard rule, the loss shares and their DDP gradient (the exactness argument on
 numbers), and a rank of one (the ModalityTrainer pieces reused). On the session's local Ray (slow
 tier: every TorchTrainer run starts a controller, a placement group and a process group): W=2 and
-W=1 against ModalityTrainer, and a worker killed after a checkpoint.
+W=1 against ModalityTrainer, and a worker killed mid-epoch.
 """
 
 from __future__ import annotations
@@ -166,16 +166,20 @@ def test_workers_train_as_one_process(ray_local, tmp_path, small_xmedia, single_
 
 
 @pytest.mark.slow
-def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_local, tmp_path, small_xmedia, single_process,
-                                                          crash_after):
-    """Rank 1 dies (os._exit) right after the epoch-2 checkpoint was reported: Ray Train starts a
-    new worker group that resumes at epoch 2 and ends with the uninterrupted run's weights."""
-    crash_after({f"{MODALITY}/rank1": 2})
+def test_a_worker_killed_mid_epoch_resumes_from_the_last_checkpoint(ray_local, tmp_path, small_xmedia,
+                                                                    single_process, crash_after):
+    """Rank 1 dies (os._exit) after the first step of epoch 3, rank 0 waiting for it in the next
+    step's all-reduce: Ray Train starts a new worker group that resumes from the epoch-2
+    checkpoint and ends with the uninterrupted run's weights and history."""
+    crash_after({f"{MODALITY}/rank1/mid-epoch": 3})
     result = train_modality_parallel(_job(tmp_path, small_xmedia), 2, resources_per_worker=WORKER,
                                      max_failures=1, start_timeout_s=30)
-    assert result.resumed_at_epoch == [2] and result.epochs == CFG.epochs
     marker = RunStore(tmp_path / "run").checkpoint_path(MODALITY).parent / ".fault_injected"
-    assert marker.is_file()  # the fault did fire
+    assert marker.read_text().split()[1] == "3"  # the fault did fire, during epoch 3
+    assert result.resumed_at_epoch == [2] and result.epochs == CFG.epochs
+    assert [h["epoch"] for h in result.history] == list(range(1, CFG.epochs + 1))
+    for mine, theirs in zip(result.history, single_process[0].history, strict=True):
+        assert mine["loss_train"] == pytest.approx(theirs["loss_train"], rel=1e-5)
     got = _outputs(tmp_path / "run")
     for k, a in single_process[1]["state"].items():
         torch.testing.assert_close(got["state"][k], a, rtol=RTOL, atol=ATOL, msg=k)

@@ -203,3 +203,25 @@ def test_dropping_training_state_deletes_it_in_the_bucket_too(env, tmp_path, mon
     monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "cache-b"))  # another machine reads it back
     fresh = RunStore(uri)
     assert not any(p.name.startswith("last.pt") for p in fresh.root.rglob("*"))
+
+
+def test_a_ray_train_run_stays_in_the_bucket_and_goes_with_the_training_state(env, tmp_path):
+    """A data-parallel modality's Ray Train run is written to the bucket by Ray Train itself
+    (sdml/data_parallel.py): opening the run does not download it, and dropping the training state
+    deletes it there."""
+    from scalable_xmr.store import training_state
+
+    uri = f"s3://{BUCKET}/runs/ddp"
+    store = RunStore(uri)
+    store.root.mkdir(parents=True)
+    store.write(sdml_meta())
+    fs = bucket_fs(env)
+    ray_train = f"{BUCKET}/runs/ddp/modalities/a/checkpoints/ray-train"
+    for name in ("checkpoint_2026-12-07_10-00-00/last.pt", "checkpoint_manager_snapshot.json"):
+        with fs.open_output_stream(f"{ray_train}/{name}") as f:
+            f.write(b"state")
+    fresh = RunStore(uri, modality="a")  # a worker's view, and the job's
+    assert not (fresh.checkpoint_path("a").parent / "ray-train").exists()
+    assert not RunStore(uri).checkpoint_path("a").parent.exists()
+    training_state.drop([store.checkpoint_path("a").parent])
+    assert set(objects(env, "runs/ddp")) == {"run.json"}
