@@ -257,9 +257,13 @@ class IngestLimits:
     cpus: float = 1.0  # logical CPUs for read/convert tasks at once (not the workers')
     object_store_bytes: int = 256 << 20  # blocks in flight in the object store
     shuffle_buffer_bytes: int = 64 << 20  # each worker's local shuffle buffer (rows x dim x 4 B)
+    # A read/convert task's CPU: a fraction, so that the streams of an epoch (train, and val on
+    # every worker) share ``cpus`` at once instead of queueing for whole ones.
+    task_cpus: float = 0.25
+    progress: bool = False  # Ray Data's progress bars (each worker's, on the driver's console)
 
     def __post_init__(self) -> None:
-        if self.cpus <= 0 or self.object_store_bytes <= 0 or self.shuffle_buffer_bytes < 0:
+        if min(self.cpus, self.task_cpus, self.object_store_bytes) <= 0 or self.shuffle_buffer_bytes < 0:
             raise InputError(f"ingest limits must be positive, got {self}")
 
     def shuffle_rows(self, dim: int, batch_rows: int) -> int:

@@ -62,12 +62,13 @@ def split_dataset(path: str, filesystem: pafs.FileSystem, split: str, dim: int, 
     """The rows of ``split`` in the table at ``path`` (lazy). ``seed``: shuffle the file order,
     reseeded on each execution (each epoch); None keeps the files' order."""
     shuffle = None if seed is None else FileShuffleConfig(seed=seed, reseed_after_execution=True)
-    ds = ray.data.read_parquet(path, filesystem=filesystem, shuffle=shuffle)
+    ds = ray.data.read_parquet(path, filesystem=filesystem, shuffle=shuffle, num_cpus=limits.task_cpus)
     ds = ds.filter(expr=f"split == '{split}'")  # pushed into the Parquet scan (row-group statistics)
     ds = ds.select_columns(["id", "labels", "features"] if with_ids else ["labels", "features"])
-    ds = ds.map_batches(to_arrays, batch_format="pyarrow", zero_copy_batch=True,
+    ds = ds.map_batches(to_arrays, batch_format="pyarrow", zero_copy_batch=True, num_cpus=limits.task_cpus,
                         fn_kwargs={"dim": dim, "n_classes": n_classes, "with_ids": with_ids})
     ds.context.execution_options = execution_options(limits)
+    ds.context.enable_progress_bars = limits.progress
     return ds
 
 

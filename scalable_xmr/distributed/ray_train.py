@@ -82,10 +82,6 @@ class RayRankContext:
             batch_size=batch_size, local_shuffle_buffer_size=shuffle_buffer or None,
             local_shuffle_seed=shuffle_seed, device=self.device)
 
-    def eval_batches(self, name: str, batch_size: int) -> Iterable[dict[str, Any]]:
-        """The streamed dataset ``name`` (not split: every row) as NumPy batches, in order."""
-        return ray.train.get_dataset_shard(name).iter_batches(batch_size=batch_size, batch_format="numpy")
-
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """What TorchTrainer runs in each worker: ``config["fn"](config["payload"], ctx)``."""
@@ -141,8 +137,8 @@ def run_workers(fn: Callable[[Any, RayRankContext], None], payload: Any, group: 
     """``fn(payload, ctx)`` on ``group.workers`` workers; the metrics rank 0 reported with the
     latest checkpoint (Train V2 keeps no others: report the result with a checkpoint).
 
-    ``datasets`` (Ray Data datasets by name) reach the workers as ``ctx.train_batches`` /
-    ``ctx.eval_batches``, split and limited as ``data_config`` says (distributed/ray_data.py).
+    ``datasets`` (Ray Data datasets by name) reach the workers as ``ctx.train_batches``, split and
+    limited as ``data_config`` says (distributed/ray_data.py).
 
     Raises Ray Train's error when the run fails past ``group.max_failures`` restarts; a worker's
     exception of one of ``user_errors`` types is raised as itself (lowest rank first). Train V2

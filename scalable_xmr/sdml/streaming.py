@@ -12,8 +12,9 @@ loss shares, all-reduced sums, selection, checkpoints and outputs) that never ho
 - every rank takes :func:`stream_steps` steps (the same number, for DDP), the global batch's
   labelled count is all-reduced each step (a rank sees only its rows); rows past the last whole
   global batch are read and dropped, as one process drops its last partial batch;
-- the validation label loss: each rank reads the whole val split and encodes every W-th batch, the
-  sums are all-reduced; rank 0 encodes val and test once more for the embeddings it writes.
+- the validation label loss: each rank streams the val split from the table (pyarrow's scanner, a
+  batch at a time: no Ray Data execution an epoch for a small split) and encodes every W-th batch,
+  the sums are all-reduced; rank 0 streams val and test once more for the embeddings it writes.
 
 What is reproducible: a fixed W, seed and table give the same batches, so the same run (blocks
 keep their order through the split: ``preserve_order``). A different W gives other batches (other
@@ -36,7 +37,7 @@ import torch.distributed as dist
 
 from scalable_xmr.config import IngestLimits
 from scalable_xmr.data.filesystem import resolve_uri
-from scalable_xmr.data.modality.dataset import open_dataset
+from scalable_xmr.data.modality.dataset import SplitData, open_dataset
 from scalable_xmr.distributed.ray_data import (
     TRAIN,
     data_config,
@@ -55,14 +56,11 @@ EVAL_BATCH = 1024  # rows a val/test batch: encoding only, memory ~ rows x dim x
 
 
 class StreamContext(RankContext, Protocol):
-    """A rank's context with its streamed datasets (distributed/ray_train.py ``RayRankContext``)."""
+    """A rank's context with its streamed train split (distributed/ray_train.py ``RayRankContext``)."""
 
     def train_batches(self, name: str, batch_size: int, *, shuffle_buffer: int | None = None,
                       shuffle_seed: int | None = None) -> Iterable[dict[str, torch.Tensor]]:
         """This rank's share of ``name`` for one epoch (``x``, ``y`` tensors on its device)."""
-
-    def eval_batches(self, name: str, batch_size: int) -> Iterable[dict[str, np.ndarray]]:
-        """Every row of ``name`` in order (``id``, ``x``, ``y`` arrays)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +132,7 @@ class StreamRankTrainer(RankTrainer):
 
     def __init__(self, job: ModalityJob, ctx: StreamContext, plan: StreamPlan):
         self.plan, self.seed = plan, member_seed(job.config, job.modality)
+        self.source = open_dataset(job.dataset_uri, validate=False)  # val and test: read batch by batch
         super().__init__(job, ctx)
 
     def input_dim(self) -> int:
@@ -164,8 +163,13 @@ class StreamRankTrainer(RankTrainer):
             dist.all_reduce(count)
         return count
 
-    def tensors(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(batch["x"]).to(self.device), torch.from_numpy(batch["y"]).to(self.device)
+    def eval_batches(self, split: str) -> Iterator[tuple[SplitData, torch.Tensor, torch.Tensor]]:
+        """The rows of ``split`` in table order, a batch at a time: ``(rows, x (n, dim) raw, y (n, c))``
+        read by this process from the table (pyarrow's scanner, no Ray Data execution: val is read
+        every epoch on every rank, and is small beside train)."""
+        for rows in self.source.iter_split(self.job.modality, split, self.plan.eval_batch):
+            x, y = torch.from_numpy(rows.features), torch.from_numpy(rows.labels)  # (n, dim), (n, c)
+            yield rows, x.to(self.device), y.to(self.device)
 
     @torch.no_grad()
     def val_label_loss(self) -> float:
@@ -173,9 +177,8 @@ class StreamRankTrainer(RankTrainer):
         self.model.eval()
         total = torch.zeros((), device=self.device)
         count = torch.zeros((), dtype=torch.int64, device=self.device)
-        for i, batch in enumerate(self.ctx.eval_batches("val", self.plan.eval_batch)):
+        for i, (_, x, y) in enumerate(self.eval_batches("val")):
             if i % self.world == self.rank:
-                x, y = self.tensors(batch)
                 part, labeled = label_loss_sum(self.model.encode_normalized, self.model.normalize(x), y,
                                                self.P)
                 total, count = total + part, count + labeled
@@ -193,9 +196,8 @@ class StreamRankTrainer(RankTrainer):
         with torch.no_grad():
             for split in self.job.eval_splits:
                 ids, labels, emb = [], [], []
-                for batch in self.ctx.eval_batches(split, self.plan.eval_batch):
-                    x, y = self.tensors(batch)
-                    ids.append(batch["id"])
+                for batch, x, y in self.eval_batches(split):
+                    ids.append(batch.ids)
                     labels.append(y)
                     emb.append(self.model.encode(x))  # (rows, d)
                 rows.ids[split], rows.labels[split] = np.concatenate(ids), torch.cat(labels)
@@ -211,8 +213,8 @@ def train_stream_rank(payload: tuple[ModalityJob, StreamPlan], ctx: StreamContex
 
 
 def stream_inputs(job: ModalityJob, limits: IngestLimits) -> Ingest:
-    """The driver's side: the moments pass over the train split, then the lazy datasets (train
-    shuffled by file and split over the workers; val and test whole, with ids)."""
+    """The driver's side: the moments pass over the train split, then the lazy train dataset
+    (its file order shuffled each epoch, split over the workers)."""
     if job.dataset_uri is None:
         raise InputError(f"modality {job.modality!r}: streaming reads a dataset's table, not a loose table")
     ds = open_dataset(job.dataset_uri, validate=False)  # the job's door validated it
@@ -225,8 +227,7 @@ def stream_inputs(job: ModalityJob, limits: IngestLimits) -> Ingest:
     n_train, mean, var = feature_moments(split(TRAIN))
     plan = StreamPlan(n_train, dim, mean, var, limits.shuffle_rows(dim, job.config.batch_size))
     seed = member_seed(job.config, job.modality)
-    datasets = {TRAIN: split(TRAIN, seed=seed), **{s: split(s, with_ids=True) for s in job.eval_splits}}
-    return Ingest(train_stream_rank, plan, datasets, data_config(limits))
+    return Ingest(train_stream_rank, plan, {TRAIN: split(TRAIN, seed=seed)}, data_config(limits))
 
 
 def train_modality_streaming(job: ModalityJob, workers: int, limits: IngestLimits | None = None,

@@ -153,7 +153,8 @@ def test_stream_on_a_table_without_the_required_columns_is_one_line(tmp_path, ca
 
 
 @pytest.mark.parametrize("started, asked", [(True, []), (False, ["--stream"])])
-def test_resume_with_another_stream_setting_is_refused(tmp_path, capsys, small_xmedia, no_ray, started, asked):
+def test_resume_with_another_stream_setting_is_refused(tmp_path, capsys, small_xmedia, no_ray, started,
+                                                       asked):
     cfg = SDMLConfig(dim=32, batch_size=20, epochs=2)
     run = make_finished_run(tmp_path / "run", small_xmedia, ("image", "text"), cfg, record_configs=True)
     meta = json.loads((run / "run.json").read_text())

@@ -34,7 +34,7 @@ def _job(root: Path, data: str, cfg: SDMLConfig = CFG) -> ModalityJob:
 
 class FakeStream:
     """A StreamContext of a world of one over the table in memory: train batches in the order a
-    generator seeded by ``shuffle_seed`` draws (as a local shuffle buffer would), eval in order."""
+    generator seeded by ``shuffle_seed`` draws (as a local shuffle buffer would)."""
 
     rank, world_size, device = 0, 1, "cpu"
 
@@ -58,12 +58,6 @@ class FakeStream:
             rows = order[i : i + batch_size]
             yield {"x": torch.from_numpy(split.features[rows]), "y": torch.from_numpy(split.labels[rows])}
 
-    def eval_batches(self, name, batch_size):
-        split = self.splits[name]
-        for i in range(0, len(split.ids), batch_size):
-            yield {"id": np.asarray(split.ids[i : i + batch_size]), "x": split.features[i : i + batch_size],
-                   "y": split.labels[i : i + batch_size]}
-
 
 def _plan(data: str, eval_batch: int = 7) -> StreamPlan:
     x = open_dataset(data).read_split(MODALITY, "train").features.astype(np.float64)
@@ -86,7 +80,8 @@ def test_every_rank_takes_the_same_whole_steps(n, b, w, steps):
 
 
 def test_a_streaming_rank_standardises_with_the_given_statistics(tmp_path, small_xmedia, one_torch_thread):
-    rank = StreamRankTrainer(_job(tmp_path / "s", small_xmedia), FakeStream(small_xmedia), _plan(small_xmedia))
+    rank = StreamRankTrainer(_job(tmp_path / "s", small_xmedia), FakeStream(small_xmedia),
+                             _plan(small_xmedia))
     whole = ModalityTrainer(_job(tmp_path / "m", small_xmedia))
     torch.testing.assert_close(rank.model.feature_mean, whole.model.feature_mean)
     torch.testing.assert_close(rank.model.feature_std, whole.model.feature_std)
