@@ -139,6 +139,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=None, help="features (default 256; --quality 64)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default 2; --quality 10)")
     parser.add_argument("--workers", type=int, default=1, help="W of both paths (default 1)")
+    parser.add_argument("--hidden", type=int, default=1024, help="hidden width (1024: the default network)")
     parser.add_argument("--signal", type=float, default=0.3, help="class-centre scale (harder when lower)")
     parser.add_argument("--quality", action="store_true", help="test mAP of both paths over --seeds")
     parser.add_argument("--seeds", type=int, default=3)
@@ -163,7 +164,8 @@ def main() -> None:
     results: dict[str, list[dict]] = {p: [] for p in paths}
     try:
         for seed in seeds:
-            cfg = SDMLConfig(batch_size=100, epochs=epochs, checkpoint_every=epochs, lr=1e-4, seed=seed)
+            cfg = SDMLConfig(batch_size=100, epochs=epochs, checkpoint_every=epochs, lr=1e-4, seed=seed,
+                             hidden=args.hidden)
             for path in paths:
                 r = run_path(path, root / f"{path}-{seed}", data, cfg, args.workers)
                 results[path].append(r)
@@ -181,7 +183,8 @@ def main() -> None:
         table.append((path, f"{statistics.median(r['wall'] for r in rs):.1f}",
                       f"{statistics.median(rows * r['epochs'] / r['train_seconds'] for r in rs):,.0f}",
                       f"{max(r['pss'] for r in rs) / 2**30:.2f}", f"{statistics.mean(maps):.4f}", spread))
-    print_table(f"One modality ({rows:,} x {dim}, {epochs} epochs, W={args.workers}, seeds {len(seeds)})",
+    print_table(f"One modality ({rows:,} x {dim}, hidden {args.hidden}, {epochs} epochs, W={args.workers}, "
+                f"seeds {len(seeds)})",
                 ["path", "wall s (median)", "rows/s (median)", "peak PSS GiB (max)", "test mAP (mean)",
                  "test mAP (min-max)"], table)
 

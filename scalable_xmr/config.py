@@ -257,9 +257,9 @@ class IngestLimits:
     cpus: float = 1.0  # logical CPUs for read/convert tasks at once (not the workers')
     object_store_bytes: int = 256 << 20  # blocks in flight in the object store
     shuffle_buffer_bytes: int = 64 << 20  # each worker's local shuffle buffer (rows x dim x 4 B)
-    # A read/convert task's CPU: a fraction, so that the streams of an epoch (train, and val on
-    # every worker) share ``cpus`` at once instead of queueing for whole ones.
-    task_cpus: float = 0.25
+    # A read/convert task's CPU: half, so two tasks share ``cpus`` (decoding is far faster than
+    # training reads; each task in flight is one more Ray worker process, ~0.2 GB, in the job)
+    task_cpus: float = 0.5
     progress: bool = False  # Ray Data's progress bars (each worker's, on the driver's console)
 
     def __post_init__(self) -> None:
