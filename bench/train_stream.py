@@ -88,22 +88,27 @@ class PeakPss:
 
     def __init__(self, interval_s: float = 0.25):
         self.interval_s, self.peak, self._stop = interval_s, 0, threading.Event()
+        self.at_peak: dict[str, int] = {}  # bytes by process kind at the peak
 
     @staticmethod
-    def total() -> int:
+    def by_process() -> dict[str, int]:
         me = psutil.Process()
-        total = 0
+        out: dict[str, int] = {}
         for p in [me, *me.children(recursive=True)]:
             try:
                 with open(f"/proc/{p.pid}/smaps_rollup") as f:
-                    total += next(int(ln.split()[1]) for ln in f if ln.startswith("Pss:")) * 1024
+                    pss = next(int(ln.split()[1]) for ln in f if ln.startswith("Pss:")) * 1024
+                name = "driver" if p.pid == me.pid else p.name().removeprefix("ray::")[:28]
             except (OSError, StopIteration, psutil.Error):
-                pass
-        return total
+                continue
+            out[name] = out.get(name, 0) + pss
+        return out
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.total())
+            parts = self.by_process()
+            if sum(parts.values()) > self.peak:
+                self.peak, self.at_peak = sum(parts.values()), parts
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> PeakPss:
@@ -129,6 +134,9 @@ def run_path(path: str, root: Path, data: str, cfg: SDMLConfig, workers: int) ->
     _, labels, emb = RunStore(job.run_dir).read_embeddings(MODALITY, "test", CLASSES)
     anchors = np.array(create_projection(cfg.dim, CLASSES, 0)).T  # (c, d)
     test_map = mean_average_precision(emb, anchors, labels, np.arange(CLASSES))
+    top = sorted(pss.at_peak.items(), key=lambda kv: -kv[1])
+    print(f"  {path}: at the peak, PSS by process (MiB): "
+          + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in top), flush=True)
     return {"wall": wall, "train_seconds": result.train_seconds, "pss": pss.peak, "map": test_map,
             "epochs": result.epochs}
 

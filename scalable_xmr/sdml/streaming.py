@@ -38,6 +38,7 @@ import torch.distributed as dist
 from scalable_xmr.config import IngestLimits
 from scalable_xmr.data.filesystem import resolve_uri
 from scalable_xmr.data.modality.dataset import SplitData, open_dataset
+from scalable_xmr.distributed.logs import quiet_ray_data
 from scalable_xmr.distributed.ray_data import (
     TRAIN,
     data_config,
@@ -217,6 +218,7 @@ def stream_inputs(job: ModalityJob, limits: IngestLimits) -> Ingest:
     (its file order shuffled each epoch, split over the workers)."""
     if job.dataset_uri is None:
         raise InputError(f"modality {job.modality!r}: streaming reads a dataset's table, not a loose table")
+    quiet_ray_data()  # the moments pass runs here, in the driver: Ray Data's INFO only when --verbose
     ds = open_dataset(job.dataset_uri, validate=False)  # the job's door validated it
     filesystem, _ = resolve_uri(job.dataset_uri)
     path, dim = ds.table_path(job.modality), ds.info.modalities[job.modality].dim
