@@ -56,8 +56,9 @@ from scalable_xmr.store.run_store import RunStore  # noqa: E402
 GROUP_BYTES = 64 << 20  # features per row group
 
 
-def make_data(root: Path, n_train: int, dim: int, signal: float) -> str:
-    """The dataset, written a row group at a time (bounded memory at any size)."""
+def make_data(root: Path, n_train: int, dim: int, signal: float, shards: bool = False) -> str:
+    """The dataset, written a row group at a time (bounded memory at any size); ``shards``: the
+    table as a directory of files of one row group each (docs/data.md allows either)."""
     out = root / "data"
     info = DatasetInfo("stream-bench", CLASSES, False, [f"c{i}" for i in range(CLASSES)],
                        {MODALITY: ModalityInfo(MODALITY, dim)})
@@ -68,18 +69,27 @@ def make_data(root: Path, n_train: int, dim: int, signal: float) -> str:
     schema = pq.read_schema(path)
     centres = rng.standard_normal((CLASSES, dim), dtype=np.float32) * signal
     step = max(1, GROUP_BYTES // (4 * dim))
-    with pq.ParquetWriter(str(path) + ".tmp", schema) as writer:
-        for split, n in (("train", n_train), ("val", n_train // 8), ("test", n_train // 8)):
-            for lo in range(0, n, step):
-                k = min(step, n - lo)
-                labels = rng.integers(0, CLASSES, k)
-                x = centres[labels] + rng.standard_normal((k, dim), dtype=np.float32)
-                writer.write_table(pa.table({
-                    "id": [f"{split}{lo + i}" for i in range(k)], "split": [split] * k,
-                    "labels": pa.array(labels[:, None].tolist(), pa.list_(pa.int32())),
-                    "features": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), dim)},
-                    schema=schema))
-    os.replace(str(path) + ".tmp", path)
+    groups = []
+    for split, n in (("train", n_train), ("val", n_train // 8), ("test", n_train // 8)):
+        groups += [(split, lo, min(step, n - lo)) for lo in range(0, n, step)]
+
+    def group(split: str, lo: int, k: int) -> pa.Table:
+        labels = rng.integers(0, CLASSES, k)
+        x = centres[labels] + rng.standard_normal((k, dim), dtype=np.float32)
+        return pa.table({"id": [f"{split}{lo + i}" for i in range(k)], "split": [split] * k,
+                         "labels": pa.array(labels[:, None].tolist(), pa.list_(pa.int32())),
+                         "features": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), dim)},
+                        schema=schema)
+
+    os.remove(path)
+    if shards:
+        path.mkdir()
+        for i, g in enumerate(groups):
+            pq.write_table(group(*g), path / f"part-{i:05d}.parquet")
+    else:
+        with pq.ParquetWriter(str(path), schema) as writer:
+            for g in groups:
+                writer.write_table(group(*g))
     return str(out)
 
 
@@ -152,6 +162,7 @@ def main() -> None:
     parser.add_argument("--quality", action="store_true", help="test mAP of both paths over --seeds")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--only", choices=("memory", "stream"), help="one path (a table that does not fit)")
+    parser.add_argument("--shards", action="store_true", help="the table as a directory of 64 MB files")
     parser.add_argument("--keep-data", action="store_true", help="keep the generated table")
     args = parser.parse_args()
     import ray
@@ -162,8 +173,8 @@ def main() -> None:
     print_info("Machine", machine_info(threads=1))
     root = Path(tempfile.mkdtemp(prefix="xmr-train-stream-", dir=os.environ.get("BENCH_TMP")))
     start = time.perf_counter()
-    data = make_data(root, rows, dim, args.signal)
-    table_gb = sum(f.stat().st_size for f in Path(data).glob("*.parquet")) / 1e9
+    data = make_data(root, rows, dim, args.signal, args.shards)
+    table_gb = sum(f.stat().st_size for f in Path(data).rglob("*.parquet") if f.is_file()) / 1e9
     print(f"data: {rows:,} train rows x {dim} (float32 train features {rows * dim * 4 / 1e9:.2f} GB; "
           f"Parquet {table_gb:.2f} GB) written in {time.perf_counter() - start:.0f} s", flush=True)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")

@@ -32,7 +32,8 @@ from ray.train import DataConfig
 from scalable_xmr.config import IngestLimits
 from scalable_xmr.errors import InputError
 
-TRAIN = "train"  # the dataset split over the workers; val and test go whole to each
+TRAIN = "train"  # the dataset split over the workers
+MOMENT_ROWS = 4096  # rows a moments batch: its float64 temporaries stay ~ 3 x rows x dim x 8 B
 
 
 def execution_options(limits: IngestLimits) -> ExecutionOptions:
@@ -98,7 +99,8 @@ def feature_moments(ds: ray.data.Dataset) -> tuple[int, np.ndarray, np.ndarray]:
     """(rows, per-feature mean, per-feature population variance) of ``ds``'s ``x``: one streamed
     pass (per-block moments in Ray Data tasks, combined here), float64 throughout."""
     total: tuple[int, np.ndarray, np.ndarray] | None = None
-    for part in ds.map_batches(_batch_moments, batch_format="numpy").iter_batches(batch_format="numpy"):
+    moments = ds.map_batches(_batch_moments, batch_format="numpy", batch_size=MOMENT_ROWS)
+    for part in moments.iter_batches(batch_format="numpy"):
         for n, mean, m2 in zip(part["n"], part["mean"], part["m2"], strict=True):
             total = (int(n), mean, m2) if total is None else combine_moments(total, (int(n), mean, m2))
     if total is None:

@@ -110,8 +110,9 @@ class Dataset:
         if split not in SPLITS:
             raise InputError(f"split must be one of {SPLITS}, got {split!r}")
         dset, path, dim = self._table(modality)
+        # One fragment and one batch read ahead (pyarrow's defaults, 4 and 16, hold ~20 batches).
         scanner = dset.scanner(columns=["id", "labels", "features"], filter=pads.field("split") == split,
-                               batch_size=batch_rows)
+                               batch_size=batch_rows, fragment_readahead=1, batch_readahead=1)
         for batch in scanner.to_batches():
             if batch.num_rows:
                 rows = rows_from_table(pa.Table.from_batches([batch]), path, dim)
