@@ -145,7 +145,7 @@ class StreamRankTrainer(RankTrainer):
     def standardise(self) -> dict[str, torch.Tensor]:
         """The driver's statistics of the whole train split (nothing is held: the rows stream)."""
         if self.cfg.normalize:
-            self.model.set_normalizer(torch.from_numpy(self.plan.mean), torch.from_numpy(self.plan.var))
+            self.model.set_normalizer(torch.tensor(self.plan.mean), torch.tensor(self.plan.var))  # copies
         return {}
 
     def batches(self) -> StreamEpoch:
