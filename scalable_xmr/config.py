@@ -222,6 +222,9 @@ class ResourceConfig:
     # modalities one after the other; 1: one actor per modality (Train's start-up is not worth it)
     workers_per_modality: int = 1
     gpus_per_worker: float | None = None  # 0 or 1 (one device a DDP rank); None: 1 if the cluster has GPUs
+    # Each modality's table streamed by Ray Data to its W Ray Train workers (sdml/streaming.py)
+    # instead of held whole by each: for a table bigger than a worker's memory. W = 1 too.
+    stream: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -232,6 +235,9 @@ class ResourceConfig:
         if w > 1 and self.strategy == "joint":
             raise InputError(f"--workers-per-modality {w} with --strategy joint: the joint strategy trains "
                              "every modality in one process; use --strategy parallel or serial")
+        if self.stream and self.strategy == "joint":
+            raise InputError("--stream with --strategy joint: the joint strategy holds every modality in "
+                             "one process; use --strategy parallel or serial")
         if self.gpus_per_worker not in (None, 0, 1):
             raise InputError(f"--gpus-per-worker must be 0 or 1 (a data-parallel worker uses one device), "
                              f"got {self.gpus_per_worker!r}")
@@ -241,6 +247,28 @@ class ResourceConfig:
             raise InputError(f"cpus-per-modality must be > 0, got {self.cpus_per_modality}")
         if self.max_restarts < 0:
             raise InputError(f"max-restarts must be >= 0, got {self.max_restarts}")
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """What Ray Data may use while a modality streams, beside its workers' own resources
+    (distributed/ray_data.py): ingest and the workers cannot starve each other on a small node."""
+
+    cpus: float = 1.0  # logical CPUs for read/convert tasks at once (not the workers')
+    object_store_bytes: int = 256 << 20  # blocks in flight in the object store
+    shuffle_buffer_bytes: int = 64 << 20  # each worker's local shuffle buffer (rows x dim x 4 B)
+    # A read/convert task's CPU: half, so two tasks share ``cpus`` (decoding is far faster than
+    # training reads; each task in flight is one more Ray worker process, ~0.2 GB, in the job)
+    task_cpus: float = 0.5
+    progress: bool = False  # Ray Data's progress bars (each worker's, on the driver's console)
+
+    def __post_init__(self) -> None:
+        if min(self.cpus, self.task_cpus, self.object_store_bytes) <= 0 or self.shuffle_buffer_bytes < 0:
+            raise InputError(f"ingest limits must be positive, got {self}")
+
+    def shuffle_rows(self, dim: int, batch_rows: int) -> int:
+        """Rows of a worker's local shuffle buffer: its byte budget, at least one batch."""
+        return max(batch_rows, self.shuffle_buffer_bytes // (4 * max(dim, 1)))
 
 
 @dataclass(frozen=True)

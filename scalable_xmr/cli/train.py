@@ -87,6 +87,16 @@ WORKERS_HELP = (
 )
 
 
+STREAM_HELP = (
+    "stream each modality's Parquet table (local or s3://) to its Ray Train workers with Ray Data "
+    "(read_parquet -> streaming_split -> batches) instead of loading it whole: for a table bigger than "
+    "a worker's memory. One streamed pass fits the input standardisation first; each epoch shuffles the "
+    "file order and a local buffer seeded by (seed, epoch, rank): reproducible for a fixed W, not across "
+    "W. Ray Data gets 1 CPU beside the workers. Trains through Ray Train also with W = 1; resume is "
+    "per epoch, and --resume keeps the setting a modality started with"
+)
+
+
 def add_run_state_arguments(group: argparse._ArgumentGroup, unit: str, where: str) -> None:
     """``--keep-checkpoints``, worded for ``unit`` (modality / member) and its folders ``where``."""
     group.add_argument("--keep-checkpoints", action="store_true",
@@ -157,6 +167,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--cpus-per-modality", type=float, default=None,
                    help="CPUs per modality actor (default: the cluster's CPUs shared out evenly)")
     add_workers_arguments(c, WORKERS_HELP)
+    c.add_argument("--stream", action="store_true", help=STREAM_HELP)
     add_address_argument(c)
     add_tracking_arguments(p)
     add_verbose_argument(p)
@@ -254,7 +265,7 @@ def request_from_args(args: argparse.Namespace):
     resources = ResourceConfig(strategy=args.strategy, gpus_per_modality=args.gpus_per_modality,
                                cpus_per_modality=args.cpus_per_modality,
                                workers_per_modality=args.workers_per_modality,
-                               gpus_per_worker=args.gpus_per_worker)
+                               gpus_per_worker=args.gpus_per_worker, stream=args.stream)
     tracking = TrackingConfig(args.tracking_uri, args.experiment, not args.no_tracking)
     if args.top_k is not None and args.top_k < 1:
         raise InputError(f"--top-k must be >= 1, got {args.top_k}")

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -82,6 +82,15 @@ class RayRankContext:
         checkpoint = None if checkpoint_dir is None else Checkpoint.from_directory(str(checkpoint_dir))
         ray.train.report(metrics, checkpoint=checkpoint)
 
+    def train_batches(self, name: str, batch_size: int, *, shuffle_buffer: int | None = None,
+                      shuffle_seed: int | None = None) -> Iterable[dict[str, Any]]:
+        """This worker's share of the streamed dataset ``name`` as torch tensors on its device, rows
+        mixed in a local buffer of ``shuffle_buffer`` rows seeded ``shuffle_seed``. A fresh
+        iterable each call: call it once an epoch (an exhausted one yields nothing)."""
+        return ray.train.get_dataset_shard(name).iter_torch_batches(
+            batch_size=batch_size, local_shuffle_buffer_size=shuffle_buffer or None,
+            local_shuffle_seed=shuffle_seed, device=self.device)
+
 
 def one_host() -> bool:
     """Whether every live node of the cluster has the same address (one machine)."""
@@ -138,9 +147,13 @@ def _fit_off_main_thread(trainer: TorchTrainer) -> Any:
 
 def run_workers(fn: Callable[[Any, RayRankContext], None], payload: Any, group: WorkerGroup, *,
                 name: str, storage_path: str, user_errors: tuple[type[Exception], ...] = (),
-                callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+                callbacks: Sequence[Any] = (), datasets: dict[str, Any] | None = None,
+                data_config: Any = None) -> dict[str, Any]:
     """``fn(payload, ctx)`` on ``group.workers`` workers; the metrics rank 0 reported with the
     latest checkpoint (Train V2 keeps no others: report the result with a checkpoint).
+
+    ``datasets`` (Ray Data datasets by name) reach the workers as ``ctx.train_batches``, split and
+    limited as ``data_config`` says (distributed/ray_data.py).
 
     Raises Ray Train's error when the run fails past ``group.max_failures`` restarts; a worker's
     exception of one of ``user_errors`` types is raised as itself (lowest rank first). Train V2
@@ -165,6 +178,7 @@ def run_workers(fn: Callable[[Any, RayRankContext], None], payload: Any, group: 
             # Train's own INFO lines (worker group started, every report and checkpoint) only when
             # --verbose, like every library's (distributed/logs.py)
             logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING")),
+        datasets=datasets, **({"dataset_config": data_config} if data_config is not None else {}),
     )
     try:
         with _driver_env({START_TIMEOUT_ENV: str(group.start_timeout_s),

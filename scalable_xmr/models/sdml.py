@@ -45,8 +45,14 @@ class SDMLAutoencoder(nn.Module):
     def fit_normalizer(self, train_features: torch.Tensor, eps: float = 1e-6) -> None:
         """Per-feature mean/std from the train split (std floored so constant features stay 0)."""
         x = train_features.double()
-        self.feature_mean.copy_(x.mean(0).to(self.feature_mean.dtype))
-        std = x.std(0, unbiased=False)
+        self.set_normalizer(x.mean(0), x.var(0, unbiased=False), eps)
+
+    @torch.no_grad()
+    def set_normalizer(self, mean: torch.Tensor, var: torch.Tensor, eps: float = 1e-6) -> None:
+        """Per-feature mean and population variance (float64, e.g. a streamed pass over the train
+        split) as the standardisation; std floored as in :meth:`fit_normalizer`."""
+        std = var.double().clamp_min(0).sqrt()
+        self.feature_mean.copy_(mean.to(self.feature_mean.dtype))
         self.feature_std.copy_(torch.where(std > eps, std, torch.ones_like(std)).float())
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -153,6 +153,10 @@ class RankTrainer(ModalityTrainer):
         total, count = label_loss_sum(self.model.encode_normalized, self.x["val"][lo:hi],
                                       self.data.labels["val"][lo:hi], self.P)
         self.model.train()
+        return self.reduced_mean(total, count)
+
+    def reduced_mean(self, total: torch.Tensor, count: torch.Tensor) -> float:
+        """Σ_ranks total / Σ_ranks count, the same number on every rank."""
         both = torch.stack([total, count.to(total.dtype)])
         if self.world > 1:
             dist.all_reduce(both)
@@ -207,26 +211,45 @@ class RankTrainer(ModalityTrainer):
         self.report(self.final_metrics(time.perf_counter() - start))
 
 
+@dataclasses.dataclass(frozen=True)
+class Ingest:
+    """What each worker runs, ``fn(job, ctx)`` or ``fn((job, plan), ctx)``, and the datasets it
+    streams (none: it holds the modality in memory)."""
+
+    fn: Callable[[Any, Any], None]
+    plan: Any = None  # what the driver prepared for every rank besides the job
+    datasets: dict[str, Any] | None = None  # Ray Data datasets by name (distributed/ray_data.py)
+    data_config: Any = None  # how Ray Train splits and limits them
+
+    def payload(self, job: ModalityJob) -> Any:
+        return job if self.plan is None else (job, self.plan)
+
+
 def train_rank(job: ModalityJob, ctx: RankContext) -> None:
     """What each of the W workers runs (on its own device)."""
     RankTrainer(dataclasses.replace(job, device=ctx.device), ctx).run()
 
 
-def train_modality_parallel(job: ModalityJob, workers: int, **options: Any) -> TrainResult:
+def train_modality_parallel(job: ModalityJob, workers: int, *, ingest: Ingest | None = None,
+                            **options: Any) -> TrainResult:
     """Train ``job``'s modality with ``workers`` DDP ranks (Ray Train), as one process would
-    (:func:`run_modality_parallel` with :func:`train_rank`, ``options`` its keywords)."""
-    return TrainResult(**run_modality_parallel(job, workers, train_rank, **options)["result"])
+    (:func:`run_modality_parallel` with ``ingest``, by default :func:`train_rank` on the modality
+    held in memory; ``options`` its keywords)."""
+    metrics = run_modality_parallel(job, workers, ingest or Ingest(train_rank), **options)
+    return TrainResult(**metrics["result"])
 
 
-def run_modality_parallel(job: ModalityJob, workers: int, rank_fn: Callable[[ModalityJob, RankContext], None],
-                          *, use_gpu: bool = False, resources_per_worker: dict[str, float] | None = None,
+def run_modality_parallel(job: ModalityJob, workers: int,
+                          ingest: Ingest | Callable[[ModalityJob, RankContext], None], *,
+                          use_gpu: bool = False, resources_per_worker: dict[str, float] | None = None,
                           storage_path: str | None = None, max_failures: int = 2,
                           start_timeout_s: float = 60.0, poll_interval_s: float = 0.25,
                           callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-    """``rank_fn(job, ctx)`` on ``workers`` DDP ranks (Ray Train); the metrics of rank 0's last report.
+    """``ingest.fn`` on ``workers`` DDP ranks (Ray Train); the metrics of rank 0's last report.
 
-    ``rank_fn`` is :func:`train_rank` or another module-level function that runs a
-    :class:`RankTrainer` (a sweep trial's, whose ``callbacks`` hand every report to Tune).
+    ``ingest`` is an :class:`Ingest` or just the function each rank runs, ``fn(job, ctx)``:
+    :func:`train_rank` or another module-level function that runs a :class:`RankTrainer` (a sweep
+    trial's, whose ``callbacks`` hand every report to Tune).
     ``storage_path`` (absolute, or a URI) holds Ray Train's run ``ray-train`` and its checkpoints;
     by default the modality's ``checkpoints/`` folder in the run store (``s3://.../checkpoints`` for
     a run on object storage). Running again with the same storage
@@ -234,6 +257,8 @@ def run_modality_parallel(job: ModalityJob, workers: int, rank_fn: Callable[[Mod
     worker group that cannot start within ``start_timeout_s`` fails the run; ``poll_interval_s``: how
     often Ray Train's controller takes in reports (``WorkerGroup``). Torch threads per
     worker: ``job.num_threads``, else the whole CPUs of ``resources_per_worker`` (at least one).
+    ``ingest``: what the workers run and read; by default :func:`train_rank` on the whole
+    modality in memory (sdml/streaming.py's streams it through Ray Data).
     """
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise InputError(f"workers must be a whole number >= 1, got {workers!r}")
@@ -254,5 +279,8 @@ def run_modality_parallel(job: ModalityJob, workers: int, rank_fn: Callable[[Mod
     group = WorkerGroup(workers, use_gpu=use_gpu, resources_per_worker=resources_per_worker,
                         max_failures=max_failures, start_timeout_s=start_timeout_s,
                         poll_interval_s=poll_interval_s)
-    return run_workers(rank_fn, job, group, name=RAY_TRAIN_DIR, storage_path=storage_path,
-                       user_errors=(InputError,), callbacks=callbacks)
+    if not isinstance(ingest, Ingest):
+        ingest = Ingest(ingest)
+    return run_workers(ingest.fn, ingest.payload(job), group, name=RAY_TRAIN_DIR, storage_path=storage_path,
+                       user_errors=(InputError,), callbacks=callbacks, datasets=ingest.datasets,
+                       data_config=ingest.data_config)

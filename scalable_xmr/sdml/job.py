@@ -139,6 +139,13 @@ class SDMLRun:
                     f"{store.run_json}: modality {m!r} started training with --workers-per-modality "
                     f"{entry.get('workers', 1)}, --resume asks for {workers}; resume with "
                     f"--workers-per-modality {entry.get('workers', 1)} or pass --overwrite to train again")
+            stream = self.req.resources.stream
+            if entry.get("stream", False) != stream:  # its checkpoints hold another kind of epoch
+                was = "with" if entry.get("stream", False) else "without"
+                raise InputError(
+                    f"{store.run_json}: modality {m!r} started training {was} --stream, --resume asks "
+                    f"{'with' if stream else 'without'} it; resume as it started or pass --overwrite "
+                    "to train again")
             old, new = entry["config"], self.configs[m].to_dict()
             for key, value in new.items():
                 if old.get(key) != value:
@@ -151,7 +158,7 @@ class SDMLRun:
     def params(self, meta: RunMeta) -> dict[str, Any]:
         resources = self.req.resources
         return {**_run_params(meta), "gpus_per_modality": resources.gpus_per_modality,
-                "workers_per_modality": resources.workers_per_modality}
+                "workers_per_modality": resources.workers_per_modality, "stream": resources.stream}
 
     def before_ray(self, todo: Sequence[str]) -> None:
         # each rate and where it came from, before anything trains (docs/models.md)
@@ -196,6 +203,7 @@ class SDMLRun:
         for m in todo:  # what check_resume compares when this run is resumed
             meta.modalities[m]["config"] = self.configs[m].to_dict()
             meta.modalities[m]["workers"] = self.req.resources.workers_per_modality
+            meta.modalities[m]["stream"] = self.req.resources.stream
         return [modality_job(store, meta, m, self.configs[m]) for m in todo]
 
     def train(self, jobs: list[ModalityJob]) -> Outcome:

@@ -19,17 +19,20 @@ TorchTrainer costs ~15-30 s of start-up a job against ~2-10 s for an actor.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Sequence
 
-from scalable_xmr.config import ResourceConfig
+from scalable_xmr.config import IngestLimits, ResourceConfig
 from scalable_xmr.distributed.actors import ActorResources, ActorTask, Outcome, run_tasks
 from scalable_xmr.distributed.cluster import check_gpus, check_workers, cluster_cpus, has_gpus
 from scalable_xmr.distributed.progress import ProgressBars
 from scalable_xmr.sdml.joint import train_joint
 from scalable_xmr.sdml.modality_job import ModalityJob
 from scalable_xmr.sdml.trainer import train_modality
+
+INGEST_CPUS = 1.0  # logical CPUs a streaming modality leaves Ray Data by default (RAY_NOTES.md)
 
 
 def actor_resources(resources: ResourceConfig) -> ActorResources:
@@ -54,12 +57,20 @@ def worker_gpus(resources: ResourceConfig) -> float:
 
 def worker_resources(resources: ResourceConfig) -> dict[str, float]:
     """What each of a modality's W workers asks of Ray: the modality's CPUs (``--cpus-per-modality``;
-    default: 1 a worker beside a GPU, else the whole cluster's) shared by its workers, and its GPU."""
+    default: 1 a worker beside a GPU, else the whole cluster's, less :data:`INGEST_CPUS` when it
+    streams) shared by its workers, and its GPU."""
     w, gpus = resources.workers_per_modality, worker_gpus(resources)
     cpus = resources.cpus_per_modality
     if cpus is None:
-        cpus = float(w) if gpus > 0 else cluster_cpus()
+        cpus = float(w) if gpus > 0 else cluster_cpus() - (INGEST_CPUS if resources.stream else 0.0)
     return {"CPU": max(math.floor(100 * cpus / w) / 100, 0.01), **({"GPU": gpus} if gpus > 0 else {})}
+
+
+def ingest_limits(resources: ResourceConfig) -> IngestLimits:
+    """Ray Data's share while a modality streams: the cluster's CPUs the workers leave (at least
+    :data:`INGEST_CPUS`), and IngestLimits' object-store and shuffle-buffer budgets."""
+    left = cluster_cpus() - resources.workers_per_modality * worker_resources(resources)["CPU"]
+    return IngestLimits(cpus=max(INGEST_CPUS, left))
 
 
 def workers_line(jobs: Sequence[ModalityJob], resources: ResourceConfig) -> str:
@@ -67,7 +78,8 @@ def workers_line(jobs: Sequence[ModalityJob], resources: ResourceConfig) -> str:
     backend = "nccl" if worker_gpus(resources) > 0 else "gloo"
     per = ", ".join(f"{j.modality} {resources.workers_per_modality}" for j in jobs)
     each = ", ".join(f"{v:g} {k}" for k, v in worker_resources(resources).items())
-    return f"workers: {per} (DDP, {backend}; {each} each; one modality after the other)"
+    streamed = f"; streamed by Ray Data, {ingest_limits(resources).cpus:g} CPU" if resources.stream else ""
+    return f"workers: {per} (DDP, {backend}; {each} each{streamed}; one modality after the other)"
 
 
 def train_modalities(
@@ -78,7 +90,7 @@ def train_modalities(
     if not jobs:
         return Outcome()
     check_resources(resources)
-    if resources.workers_per_modality > 1:
+    if resources.workers_per_modality > 1 or resources.stream:
         return train_data_parallel(jobs, resources)
     placement = actor_resources(resources)
     bars = ProgressBars([j.modality for j in jobs], enabled=show_progress, stream=sys.stderr)
@@ -102,13 +114,17 @@ def train_data_parallel(jobs: Sequence[ModalityJob], resources: ResourceConfig) 
     """Each job on ``workers_per_modality`` Ray Train workers, one modality after the other; the
     Outcome of those that finished and the one that failed (or was interrupted) with its error."""
     from scalable_xmr.sdml.data_parallel import train_modality_parallel  # loads Ray Train: only here
+    from scalable_xmr.sdml.streaming import train_modality_streaming  # and Ray Data
 
     print(workers_line(jobs, resources), file=sys.stderr, flush=True)
     per_worker = worker_resources(resources)
+    train = train_modality_parallel
+    if resources.stream:
+        train = functools.partial(train_modality_streaming, limits=ingest_limits(resources))
     outcome = Outcome()
     for job in jobs:
         try:
-            outcome.results[job.modality] = train_modality_parallel(
+            outcome.results[job.modality] = train(
                 job, resources.workers_per_modality, use_gpu="GPU" in per_worker,
                 resources_per_worker=per_worker, max_failures=resources.max_restarts)
         except BaseException as e:  # the lifecycle records it (Ctrl-C included) and raises it

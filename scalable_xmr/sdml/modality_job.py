@@ -119,11 +119,14 @@ def _load_splits(job: ModalityJob) -> dict[str, SplitData]:
     return cached_splits(key, identity(), load)
 
 
-def job_context(job: ModalityJob) -> tuple[torch.device, RunStore, torch.Tensor, ModalityData]:
+def job_context(job: ModalityJob, load_data: bool = True
+                ) -> tuple[torch.device, RunStore, torch.Tensor, ModalityData | None]:
     """What a trainer of ``job`` starts from (one network or a population): torch threads set,
-    the device, the run store, P (d, c) checked against its sha256, and the modality's data."""
+    the device, the run store, P (d, c) checked against its sha256, and the modality's data (None
+    without ``load_data``: a streaming rank reads its rows batch by batch, sdml/streaming.py)."""
     if job.num_threads:
         torch.set_num_threads(job.num_threads)
     device = resolve_device(job.device)
     store = RunStore(job.run_dir, modality=job.modality)  # on S3: P and this modality's files
-    return device, store, load_job_projection(job, store, device), ModalityData(job, device)
+    data = ModalityData(job, device) if load_data else None
+    return device, store, load_job_projection(job, store, device), data

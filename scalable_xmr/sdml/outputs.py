@@ -6,7 +6,7 @@ a data-parallel rank 0), a population member (sdml/population.py) and a sweep tr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -15,6 +15,14 @@ from scalable_xmr.io import atomic_write_json
 from scalable_xmr.models.sdml import SDMLAutoencoder
 from scalable_xmr.sdml.modality_job import ModalityData, ModalityJob
 from scalable_xmr.store.run_store import RunStore
+
+
+class SplitRows(Protocol):
+    """The rows whose embeddings are written: ids and multi-hot labels by split (ModalityData, or
+    what a streaming rank gathered while it encoded them)."""
+
+    ids: dict[str, Any]
+    labels: dict[str, torch.Tensor]
 
 
 def model_payload(model: SDMLAutoencoder, cfg: SDMLConfig, modality: str, best_epoch: int,
@@ -26,7 +34,7 @@ def model_payload(model: SDMLAutoencoder, cfg: SDMLConfig, modality: str, best_e
 
 
 def save_selected(store: RunStore, job: ModalityJob, model: SDMLAutoencoder, cfg: SDMLConfig,
-                  best_epoch: int, data: ModalityData, embeddings: dict[str, torch.Tensor]) -> None:
+                  best_epoch: int, data: SplitRows, embeddings: dict[str, torch.Tensor]) -> None:
     """``model.pt`` (``model`` as the network of the selected epoch ``best_epoch``) and the given
     splits' embeddings, each written atomically: what a run or a sweep trial keeps of a network."""
     m = job.modality

@@ -147,14 +147,11 @@ class ModalityTrainer:
         """``resume=False``: start fresh whatever the run store holds (a data-parallel rank,
         whose checkpoints Ray Train keeps, restores with :meth:`restore` instead)."""
         self.job, self.cfg, self.progress = job, job.config, progress
-        self.device, self.store, self.P, self.data = job_context(job)
+        self.device, self.store, self.P, self.data = job_context(job, load_data=self.reads_splits)
         seed = member_seed(self.cfg, job.modality)
         torch.manual_seed(seed)
-        self.model = SDMLAutoencoder(self.data.input_dim, self.cfg.dim, self.cfg.hidden).to(self.device)
-        if self.cfg.normalize:
-            self.model.fit_normalizer(self.data.features["train"])
-        # Standardise each split once; the normaliser's buffers still travel with the model.
-        self.x = {s: self.model.normalize(f) for s, f in self.data.features.items()}
+        self.model = SDMLAutoencoder(self.input_dim(), self.cfg.dim, self.cfg.hidden).to(self.device)
+        self.x = self.standardise()
         self.optimizer = make_adam(self.model.parameters(), self.cfg.lr_for(job.modality), SDML_BETAS)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self.epoch = 0
@@ -167,6 +164,21 @@ class ModalityTrainer:
         self.recovered_from: str | None = None  # why the newest checkpoint was skipped on resume
         if resume:
             self._resume()
+
+    reads_splits = True  # False: a streaming rank reads its rows batch by batch (sdml/streaming.py)
+
+    def input_dim(self) -> int:
+        return self.data.input_dim
+
+    def standardise(self) -> dict[str, torch.Tensor]:
+        """Fit the input standardisation on the train split and standardise each split once (the
+        normaliser's buffers still travel with the model)."""
+        if self.cfg.normalize:
+            self.model.fit_normalizer(self.data.features["train"])
+        return {s: self.model.normalize(f) for s, f in self.data.features.items()}
+
+    def n_train(self) -> int:
+        return len(self.x["train"])
 
     @property
     def done(self) -> bool:
@@ -224,7 +236,7 @@ class ModalityTrainer:
         batches = self.batches()
         if not batches:
             raise InputError(
-                f"modality {self.job.modality!r}: train split has {len(self.x['train'])} rows, "
+                f"modality {self.job.modality!r}: train split has {self.n_train()} rows, "
                 f"fewer than one batch of {self.cfg.batch_size}"
             )
         for batch in batches:
@@ -356,13 +368,18 @@ class ModalityTrainer:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         self.outputs_written = True
-        write_run_outputs(self.store, self.job, self.model, self.cfg, self.best_epoch, self.data, {
+        write_run_outputs(self.store, self.job, self.model, self.cfg, self.best_epoch, self.data,
+                          self.train_log())
+
+    def train_log(self) -> dict[str, Any]:
+        """``train_log.json``: the selection, the epochs and their history."""
+        return {
             "modality": self.job.modality, "best_epoch": self.best_epoch, "best_val_label": self.best_val,
             "epochs": self.epoch, "resumed_at_epoch": self.resumed_at, "history": self.history,
-            "input_dim": self.data.input_dim, "n_train": len(self.x["train"]),
+            "input_dim": self.input_dim(), "n_train": self.n_train(),
             "patience": self.cfg.patience, "stopped_early": self.stopped_early,
             "finished": now_iso(),
-        })
+        }
 
 
 def train_modality(job: ModalityJob, reporter: Reporter) -> TrainResult:

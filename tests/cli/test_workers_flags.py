@@ -121,3 +121,50 @@ TOTAL, DESCRIBED = {"CPU": 4.0, "GPU": 2.0}, "4 CPU, 2 GPU, 1 node(s)"
 def test_workers_the_cluster_can_never_place(workers, gpus, cpus, problem):
     got = workers_problem(workers, gpus, cpus, TOTAL, DESCRIBED)
     assert got == problem if problem is None else problem in got
+
+
+# ---- --stream (#26 item 2): the same door ----------------------------------------------------------
+def test_stream_flag_becomes_the_request_and_is_off_by_default(tmp_path, small_xmedia):
+    req = request_from_args(job_parser().parse_args(_base(tmp_path, small_xmedia) + ["--stream"]))
+    assert req.resources.stream is True and req.resources.workers_per_modality == 1
+    assert request_from_args(job_parser().parse_args(_base(tmp_path, small_xmedia))).resources.stream is False
+
+
+def test_stream_with_joint_is_one_line(tmp_path, capsys, small_xmedia, no_ray):
+    with pytest.raises(InputError, match="--stream with --strategy joint"):
+        ResourceConfig(strategy="joint", stream=True)
+    fails_one_line(train_main, capsys, _base(tmp_path, small_xmedia) + ["--strategy", "joint", "--stream"],
+                   "--stream with --strategy joint: the joint strategy holds every modality in one process")
+    assert not (tmp_path / "run").exists()
+
+
+def test_stream_on_a_table_without_the_required_columns_is_one_line(tmp_path, capsys, small_xmedia, no_ray):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data"
+    shutil.copytree(small_xmedia, data)
+    table = pq.read_table(data / "audio.parquet")
+    pq.write_table(table.drop_columns(["labels"]), data / "audio.parquet")
+    fails_one_line(train_main, capsys, [*_base(tmp_path, str(data))[2:], "--data", str(data), "--stream",
+                                        "--modality", "audio"], "audio.parquet: missing column 'labels'")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("started, asked", [(True, []), (False, ["--stream"])])
+def test_resume_with_another_stream_setting_is_refused(tmp_path, capsys, small_xmedia, no_ray, started,
+                                                       asked):
+    cfg = SDMLConfig(dim=32, batch_size=20, epochs=2)
+    run = make_finished_run(tmp_path / "run", small_xmedia, ("image", "text"), cfg, record_configs=True)
+    meta = json.loads((run / "run.json").read_text())
+    meta["status"] = "failed"
+    meta["modalities"]["text"].update(status="failed", workers=1, stream=started)
+    (run / "run.json").write_text(json.dumps(meta))
+    before = (run / "run.json").read_text()
+    was, now = ("with", "without") if started else ("without", "with")
+    fails_one_line(train_main, capsys, _base(tmp_path, small_xmedia) + [
+        "--resume", "--modality", "image", "--modality", "text", *asked],
+        f"modality 'text' started training {was} --stream, --resume asks {now} it; resume as it started "
+        "or pass --overwrite to train again")
+    assert (run / "run.json").read_text() == before

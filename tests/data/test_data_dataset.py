@@ -403,3 +403,17 @@ def test_write_modality_table_bad_inputs(tmp_path, ids, splits, labels, feats, m
     with pytest.raises(InputError, match=match):
         write_modality_table(str(tmp_path / "t.parquet"), ids, splits, labels, feats)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("batch_rows", [1, 4, 1000])
+def test_iter_split_streams_the_rows_read_split_reads_in_order(tmp_path, batch_rows):
+    root = tmp_path / "ds"
+    write_dataset(str(root), _info(dims=(4,)), {"m0": _single(40, 4)})
+    ds = open_dataset(str(root))
+    for split in ("train", "val"):
+        whole = ds.read_split("m0", split)
+        parts = list(ds.iter_split("m0", split, batch_rows))
+        assert all(len(p.ids) <= batch_rows for p in parts)
+        assert list(np.concatenate([p.ids for p in parts])) == list(whole.ids)
+        np.testing.assert_array_equal(np.concatenate([p.features for p in parts]), whole.features)
+        np.testing.assert_array_equal(np.concatenate([p.labels for p in parts]), whole.labels)

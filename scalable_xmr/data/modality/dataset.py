@@ -25,6 +25,7 @@ import json
 import os
 import posixpath
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -102,6 +103,20 @@ class Dataset:
         check_rows(rows, path, self.info.n_classes, self.info.multi_label)
         check_unique_ids(rows.ids, path)
         return to_split(rows, self.info.n_classes)
+
+    def iter_split(self, modality: str, split: str, batch_rows: int) -> Iterator[SplitData]:
+        """The rows of one split in table order, at most ``batch_rows`` at a time: streamed from
+        storage, so memory holds about one batch (a streaming trainer's val and test splits)."""
+        if split not in SPLITS:
+            raise InputError(f"split must be one of {SPLITS}, got {split!r}")
+        dset, path, dim = self._table(modality)
+        # One fragment and one batch read ahead (pyarrow's defaults, 4 and 16, hold ~20 batches).
+        scanner = dset.scanner(columns=["id", "labels", "features"], filter=pads.field("split") == split,
+                               batch_size=batch_rows, fragment_readahead=1, batch_readahead=1)
+        for batch in scanner.to_batches():
+            if batch.num_rows:
+                rows = rows_from_table(pa.Table.from_batches([batch]), path, dim)
+                yield to_split(rows, self.info.n_classes)
 
     def split_sizes(self) -> dict[str, dict[str, int]]:
         """``{modality: {split: rows}}`` from the ``split`` column alone."""

@@ -1,0 +1,121 @@
+"""A rank that streams its rows (sdml/streaming.py) without Ray: a fake context serves the
+batches Ray Data would, so the seeding, the step count, the statistics it is given and the outputs
+rank 0 writes are checked in one process. The Ray side runs in tests/e2e/test_train_stream.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scalable_xmr.config import SDMLConfig
+from scalable_xmr.data.modality.dataset import open_dataset
+from scalable_xmr.errors import InputError
+from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.streaming import StreamPlan, StreamRankTrainer, shuffle_seed, stream_steps
+from scalable_xmr.sdml.trainer import ModalityTrainer
+from scalable_xmr.store.projection import create_projection, save_projection
+from scalable_xmr.store.run_store import RunStore
+
+CFG = SDMLConfig(dim=32, hidden=32, epochs=3, batch_size=25, checkpoint_every=2, lr=1e-3)
+MODALITY = "audio"  # small synthetic XMedia: 100 train / 20 val / 20 test rows of 16 features
+
+
+def _job(root: Path, data: str, cfg: SDMLConfig = CFG) -> ModalityJob:
+    ds = open_dataset(data)
+    run = root / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    digest = save_projection(run / "projection.arrow", create_projection(cfg.dim, ds.info.n_classes, 0))
+    return ModalityJob(run_dir=str(run), modality=MODALITY, config=cfg, dataset_uri=data,
+                       n_classes=ds.info.n_classes, projection_sha256=digest, num_threads=1)
+
+
+class FakeStream:
+    """A StreamContext of a world of one over the table in memory: train batches in the order a
+    generator seeded by ``shuffle_seed`` draws (as a local shuffle buffer would)."""
+
+    rank, world_size, device = 0, 1, "cpu"
+
+    def __init__(self, data: str) -> None:
+        ds = open_dataset(data)
+        self.splits = {s: ds.read_split(MODALITY, s) for s in ("train", "val", "test")}
+        self.seeds: list[int | None] = []
+        self.reports: list[dict] = []
+
+    def load_checkpoint(self, loader):
+        return None
+
+    def report(self, metrics, checkpoint_dir=None):
+        self.reports.append(metrics)
+
+    def train_batches(self, name, batch_size, *, shuffle_buffer=None, shuffle_seed=None):
+        self.seeds.append(shuffle_seed)
+        split = self.splits[name]
+        order = np.random.default_rng(shuffle_seed).permutation(len(split.ids))
+        for i in range(0, len(order), batch_size):
+            rows = order[i : i + batch_size]
+            yield {"x": torch.from_numpy(split.features[rows]), "y": torch.from_numpy(split.labels[rows])}
+
+
+def _plan(data: str, eval_batch: int = 7) -> StreamPlan:
+    x = open_dataset(data).read_split(MODALITY, "train").features.astype(np.float64)
+    return StreamPlan(len(x), x.shape[1], x.mean(0), x.var(0), shuffle_rows=50, eval_batch=eval_batch)
+
+
+def test_shuffle_seeds_differ_by_epoch_and_rank_and_repeat():
+    seeds = {(e, r): shuffle_seed(3, e, r) for e in range(20) for r in range(8)}
+    assert len(set(seeds.values())) == len(seeds)
+    assert all(shuffle_seed(3, e, r) == s for (e, r), s in seeds.items())
+    assert shuffle_seed(4, 0, 0) != shuffle_seed(3, 0, 0)
+
+
+@pytest.mark.parametrize(("n", "b", "w", "steps"), [(100, 25, 1, 4), (100, 25, 2, 3), (100, 25, 4, 3),
+                                                   (25, 25, 2, 0), (4000, 100, 2, 40), (4001, 100, 3, 39)])
+def test_every_rank_takes_the_same_whole_steps(n, b, w, steps):
+    assert stream_steps(n, b, w) == steps
+    slices = [-(-b // w)] * w  # the largest slice bounds every rank's whole batches
+    assert all(steps * s <= n // w for s in slices)
+
+
+def test_a_streaming_rank_standardises_with_the_given_statistics(tmp_path, small_xmedia, one_torch_thread):
+    rank = StreamRankTrainer(_job(tmp_path / "s", small_xmedia), FakeStream(small_xmedia),
+                             _plan(small_xmedia))
+    whole = ModalityTrainer(_job(tmp_path / "m", small_xmedia))
+    torch.testing.assert_close(rank.model.feature_mean, whole.model.feature_mean)
+    torch.testing.assert_close(rank.model.feature_std, whole.model.feature_std)
+    assert rank.x == {} and rank.data is None  # nothing held
+
+
+def test_a_streaming_rank_trains_reproducibly_and_writes_every_row(tmp_path, small_xmedia, one_torch_thread):
+    """Seeds (seed, epoch, rank) per epoch; the same seeds give the same weights; the embeddings of
+    val and test cover every id, in order, encoded in batches of 7 (not a multiple of the rows)."""
+    states = []
+    for run in ("a", "b"):
+        ctx = FakeStream(small_xmedia)
+        rank = StreamRankTrainer(_job(tmp_path / run, small_xmedia), ctx, _plan(small_xmedia))
+        rank.run()
+        states.append(rank.model.state_dict())
+        assert ctx.seeds == [shuffle_seed(rank.seed, e, 0) for e in range(CFG.epochs)]
+    for k, v in states[0].items():
+        torch.testing.assert_close(states[1][k], v, rtol=0, atol=0, msg=k)
+    store = RunStore(tmp_path / "a" / "run")
+    result = ctx.reports[-1]["result"]
+    assert result["epochs"] == CFG.epochs and len(result["history"]) == CFG.epochs
+    for split in ("val", "test"):
+        ids, labels, emb = store.read_embeddings(MODALITY, split, 20)
+        assert list(ids) == list(ctx.splits[split].ids) and emb.shape == (len(ids), CFG.dim)
+        np.testing.assert_array_equal(labels, ctx.splits[split].labels)
+        # rank 0's embeddings are the saved model's encoding of the raw rows
+        model_emb = rank.model.encode(torch.from_numpy(ctx.splits[split].features)).numpy()
+        np.testing.assert_allclose(emb, model_emb, rtol=1e-5, atol=1e-6)
+    assert store.model_path(MODALITY).is_file() and store.train_log_path(MODALITY).is_file()
+
+
+def test_too_few_rows_for_a_whole_batch_on_every_rank_is_refused(tmp_path, small_xmedia, one_torch_thread):
+    plan = _plan(small_xmedia)
+    rank = StreamRankTrainer(_job(tmp_path, small_xmedia), FakeStream(small_xmedia),
+                             StreamPlan(24, plan.input_dim, plan.mean, plan.var, 50))
+    with pytest.raises(InputError, match="24 train rows over 1 workers leave no whole batch of 25"):
+        rank.run()
