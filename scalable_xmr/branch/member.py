@@ -42,7 +42,6 @@ import torch
 from scalable_xmr import faults
 from scalable_xmr.branch.checkpoints import MemberCheckpoints, checkpoint_dir, jsonable
 from scalable_xmr.branch.config import PairTrainerConfig
-from scalable_xmr.branch.evaluate import check_t2i_groups
 from scalable_xmr.branch.member_scores import evaluate_branch, evaluate_target
 from scalable_xmr.branch.model_file import write_model_file
 from scalable_xmr.branch.splits import read_splits
@@ -86,7 +85,6 @@ class BranchJob:
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
             raise InputError(f"checkpoint_every must be an integer >= 1, got {self.checkpoint_every!r}")
         branch_config(self.trainer.model, self.model_config)  # unknown keys / bad values fail here
-        check_t2i_groups(self.t2i_groups)
 
     @property
     def label(self) -> str:

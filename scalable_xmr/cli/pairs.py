@@ -310,11 +310,9 @@ def resolve_data(args: argparse.Namespace, run_dir: str) -> str:
 
 
 def request_from_args(args: argparse.Namespace):
-    from scalable_xmr.branch.evaluate import check_t2i_groups
     from scalable_xmr.branch.job import PairsRequest
     from scalable_xmr.data.paired import open_paired_dataset
 
-    check_t2i_groups(args.t2i_groups, "--t2i-groups")
     models = build_configs(args)[0]  # flag errors first, before any data is generated or read
     if args.target and "vsa" not in models:
         raise InputError("--target is the unpaired target domain of VSA (VSA-AE-MMD): add --model vsa")

@@ -133,13 +133,20 @@ def test_help_lists_each_models_schedule_and_parsing_needs_no_torch():
         (["--set", "embed_dim"], "expected \\[MODEL.\\]KEY=VALUE"),
         (["--set", "vse.embed_dim=0"], "embed_dim"),
         (["--model", "mmca", "--alpha", "nan"], "--alpha must be >= 0"),
-        (["--t2i-groups", "both"], "--t2i-groups must be one of candidate, query, got 'both'"),
     ],
 )
 def test_bad_flags_are_one_line_errors(tmp_path, capsys, argv, match):
     rc, line = _run(["--data", str(tmp_path / "nowhere"), "--run", str(tmp_path / "run"), *argv], capsys)
     assert rc == 2 and line.startswith("xmr: error: ")
     assert re.search(match, line), line
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_t2i_groups_are_refused_once_by_the_request(tmp_path, capsys):
+    """One check, where the typed request is built (PairsRequest): a one-line error, nothing written."""
+    rc, line = _run(["--data", str(_tiny(tmp_path)), "--run", str(tmp_path / "run"),
+                     "--t2i-groups", "both"], capsys)
+    assert rc == 2 and line == "xmr: error: --t2i-groups must be one of candidate, query, got 'both'"
     assert not (tmp_path / "run").exists()
 
 
