@@ -49,7 +49,7 @@ def _vse_run(root: Path) -> tuple[str, str]:
     train_branch(BranchJob(out_dir=str(store.member_dir("vse")), dataset_uri=data, device="cpu",
                            trainer=PairTrainerConfig(model="vse", epochs=1, batch_size=50), save_sims=False,
                            ks=(1,), k_texts=(1,)))
-    meta = RunMeta(kind="pairs", dataset={"uri": data, "name": "synthetic-pairs"}, models=["vse"],
+    meta = RunMeta(kind="branch", dataset={"uri": data, "name": "synthetic-pairs"}, models=["vse"],
                    members={"vse": {"status": "finished", "model": "vse"}})
     meta.finish()
     store.write(meta)

@@ -50,8 +50,8 @@ TINY_BRANCH = {  # tiny networks: these tests check search mechanics, not retrie
 }
 
 
-def train_pairs_run(run_dir: Path, data: str, models=("vse", "mmca", "mtfn")) -> str:
-    """A finished ``pairs`` run (run.json + models/<member>/model.pt), members trained one epoch
+def fake_branch_run(run_dir: Path, data: str, models=("vse", "mmca", "mtfn")) -> str:
+    """A finished branch run (run.json + models/<member>/model.pt), members trained one epoch
     each by ``branch.member.train_branch`` (the function the train-pairs actors run)."""
     from scalable_xmr.branch.config import PairTrainerConfig
     from scalable_xmr.branch.member import BranchJob, train_branch
@@ -65,7 +65,7 @@ def train_pairs_run(run_dir: Path, data: str, models=("vse", "mmca", "mtfn")) ->
                         model_config=TINY_BRANCH[name], device="cpu", save_sims=False, ks=(1,), k_texts=(1,))
         train_branch(job)
         members[name] = {"status": "finished", "model": name}
-    meta = RunMeta(kind="pairs", dataset={"uri": data, "name": "synthetic-pairs"}, models=list(models),
+    meta = RunMeta(kind="branch", dataset={"uri": data, "name": "synthetic-pairs"}, models=list(models),
                    members=members)
     meta.finish()
     store.write(meta)

@@ -152,7 +152,7 @@ def evaluate_ensemble(
 
 # ------------------------------------------------------------------------------ metrics.json
 def rk_metrics(meta: RunMeta, results: dict[str, BranchResult], ens: dict[str, dict]) -> dict:
-    """metrics.json of a pairs run: each member's and each ensemble's test R@K (plain and
+    """metrics.json of a branch run: each member's and each ensemble's test R@K (plain and
     re-ranked), the val grid and choice, and the target-domain R@K when there is a target."""
     test = meta.dataset["splits"]["test"]
     models = {}
@@ -167,7 +167,7 @@ def rk_metrics(meta: RunMeta, results: dict[str, BranchResult], ens: dict[str, d
             **_target_entry(e.get("target"))}
         for m, e in ens.items()
     }
-    metrics = {"kind": "pairs", "dataset": meta.dataset["uri"],
+    metrics = {"kind": "branch", "dataset": meta.dataset["uri"],
                "test": {"images": test["images"], "captions_per_image": test["captions_per_image"],
                         "protocol": "5K and 1K (5 folds)" if "plain_1k" in next(iter(models.values()))
                         else "all test images"},
@@ -206,7 +206,7 @@ def _rows(metrics: dict[str, Any], suffix: str) -> list[tuple[str, dict[str, flo
     return rows
 
 
-def pairs_table(metrics: dict[str, Any]) -> str:
+def rk_table(metrics: dict[str, Any]) -> str:
     """The printed R@K table: per member (and ensemble) a plain row and a re-ranked row of R@1/5/10,
     medr, meanr and rsum; then, with a VSA target domain, the plain target-domain R@K
     (:func:`target_tables`)."""

@@ -29,7 +29,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from scalable_xmr.branch.config import PairTrainerConfig
-from scalable_xmr.branch.job import PairsRequest, train_pairs
+from scalable_xmr.branch.job import BranchRequest, train_branch
 from scalable_xmr.config import ResourceConfig, SDMLConfig, TrackingConfig
 from scalable_xmr.sdml.job import TrainRequest, train_sdml
 from scalable_xmr.store import torchfile
@@ -210,11 +210,11 @@ def test_branch_members_spread_one_per_node_and_survive_a_node_loss(cluster, sma
     trainer = PairTrainerConfig(model="vse", epochs=epochs, batch_size=16, lr=5e-3, seed=3, lr_decay_epochs=0)
     names, target = ["vse-seed3", "vse-seed4"], "vse-seed4"
     run = tmp_path / "run"
-    req = PairsRequest(run_dir=str(run), dataset_uri=small_pairs, trainers={"vse": trainer},
+    req = BranchRequest(run_dir=str(run), dataset_uri=small_pairs, trainers={"vse": trainer},
                        model_configs={"vse": small_configs["vse"]}, ensemble=2, checkpoint_every=5,
                        tracking=TrackingConfig(enabled=False), show_progress=True)
     checkpoint = run / "models" / target / "checkpoints" / "last.pt"
-    summary, loss = _run_with_node_loss(c, names, target, checkpoint, lambda: train_pairs(req))
+    summary, loss = _run_with_node_loss(c, names, target, checkpoint, lambda: train_branch(req))
     printed = capfd.readouterr().err
     restarted_pid = _check_placement_and_restart(c, loss, names, target, printed)
     k = loss.killed_at_epoch

@@ -30,7 +30,7 @@ class FakeKind:
     checkpoints/ folder (its training state)."""
 
     def __init__(self, outcome: Any = None, settings: str = "s1"):
-        self.records = RunRecords(kind="pairs", job="fake_job", where="members/*/checkpoints/",
+        self.records = RunRecords(kind="branch", job="fake_job", where="members/*/checkpoints/",
                                   units=self.units, entry=self.entry, stored_results=self.stored_results,
                                   params=self.params, log_results=self.log_results, state=self.state)
         self.outcome = outcome  # None: every unit finishes
@@ -74,7 +74,7 @@ class FakeKind:
 
     def new_meta(self, store: RunStore) -> RunMeta:
         store.root.mkdir(parents=True, exist_ok=True)
-        return RunMeta(kind="pairs", dataset={"uri": "/fake", "settings": self.settings},
+        return RunMeta(kind="branch", dataset={"uri": "/fake", "settings": self.settings},
                        members={u: {"status": "pending"} for u in ("a", "b")})
 
     def reopen(self, meta: RunMeta) -> None:
@@ -160,7 +160,7 @@ def test_a_failed_unit_is_recorded_with_its_line_the_finished_one_as_finished(tm
     # The MLflow parent run was recorded before the units trained and ended FAILED.
     run = Tracker(uri, "scalable_xmr").client.get_run(meta.mlflow["parent_run_id"])
     assert run.info.status == "FAILED" and run.data.params == {"units": "a,b"}
-    assert run.data.tags["job"] == "fake_job" and run.info.run_name == "pairs:run"
+    assert run.data.tags["job"] == "fake_job" and run.info.run_name == "branch:run"
     # A failed run keeps its training state, finished units' included.
     assert (tmp_path / "run" / "members" / "a" / "checkpoints" / "last.pt").is_file()
 

@@ -68,7 +68,7 @@ def _branch_row(trial_id: str, lr: float, rsum: float) -> TrialRow:
 
 @pytest.mark.parametrize("model", ["vse", "mtfn"])
 def test_summary_rows_carry_the_schedule_and_best_json_trains_the_full_one(model, tmp_path, monkeypatch):
-    from scalable_xmr.cli.pairs import build_configs, job_parser
+    from scalable_xmr.cli.branch import build_configs, job_parser
 
     monkeypatch.setattr(branch_backend, "branch_test", lambda row, info, sweep_dir: {"note": "not scored"})
     backend, meta = _branch_meta(model, tmp_path)

@@ -65,7 +65,7 @@ class _PerModelDefault(argparse.Action):
         self._help = text
 
 
-def add_pairs_arguments(p: argparse.ArgumentParser) -> None:
+def add_branch_arguments(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("data and models")
     d.add_argument("--model", action="append", choices=MODELS, metavar="NAME",
                    help="branch model to train: vse (GRU + VSE++ hinge), mtfn (rank-R tensor fusion + "
@@ -142,12 +142,12 @@ def add_pairs_arguments(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     add_job_subcommand(sub, "train-pairs", "train image-text branch models (VSE, MTFN, MMCA, VSA) in "
-                       "parallel, with R@K and cross-modal re-ranking", __doc__, add_pairs_arguments,
-                       run_pairs)
+                       "parallel, with R@K and cross-modal re-ranking", __doc__, add_branch_arguments,
+                       run_branch)
 
 
 def job_parser() -> argparse.ArgumentParser:
-    return job_script_parser("train_pairs.py", __doc__, add_pairs_arguments)
+    return job_script_parser("train_pairs.py", __doc__, add_branch_arguments)
 
 
 # ------------------------------------------------------------------------------ arguments -> request
@@ -310,7 +310,7 @@ def resolve_data(args: argparse.Namespace, run_dir: str) -> str:
 
 
 def request_from_args(args: argparse.Namespace):
-    from scalable_xmr.branch.job import PairsRequest
+    from scalable_xmr.branch.job import BranchRequest
     from scalable_xmr.data.paired import open_paired_dataset
 
     models = build_configs(args)[0]  # flag errors first, before any data is generated or read
@@ -321,7 +321,7 @@ def request_from_args(args: argparse.Namespace):
     # Opened once here: "not a paired dataset" fails before anything is written.
     one_caption = open_paired_dataset(data).split_sizes("train")[2] == 1
     trainers, model_configs, ks, k_texts = build_configs(args, one_caption)
-    return PairsRequest(
+    return BranchRequest(
         run_dir=run_dir, dataset_uri=data, trainers=trainers, model_configs=model_configs,
         ensemble=args.ensemble, target_uri=args.target, ks=ks, k_texts=k_texts,
         t2i_groups=args.t2i_groups, checkpoint_every=args.checkpoint_every,
@@ -332,11 +332,11 @@ def request_from_args(args: argparse.Namespace):
     )
 
 
-def run_pairs(args: argparse.Namespace) -> int:
-    from scalable_xmr.branch.job import train_pairs
+def run_branch(args: argparse.Namespace) -> int:
+    from scalable_xmr.branch.job import train_branch
 
     set_verbose(args.verbose)
-    summary = train_pairs(request_from_args(args), address=args.address)
+    summary = train_branch(request_from_args(args), address=args.address)
     print()
     print(summary.table)
     print()
@@ -346,4 +346,4 @@ def run_pairs(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_job(job_parser(), run_pairs, argv)
+    return run_job(job_parser(), run_branch, argv)
