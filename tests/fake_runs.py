@@ -9,6 +9,7 @@ import numpy as np
 
 from scalable_xmr.config import SDMLConfig
 from scalable_xmr.data.modality.dataset import open_dataset
+from scalable_xmr.sdml.evaluate import SDMLMetrics
 from scalable_xmr.store.meta import RunMeta
 from scalable_xmr.store.projection import create_projection, save_projection
 from scalable_xmr.store.run_store import RunStore
@@ -38,7 +39,7 @@ def make_finished_run(root: Path, data: str, modalities: tuple[str, ...], sdml: 
         modalities={m: dict(entry) for m in modalities}, mlflow=mlflow,
     ))
     pairs = {f"{q}-{t}": 0.5 for q in modalities for t in modalities if q != t}
-    store.write_metrics({"modalities": list(modalities), "map": pairs, "map_mean": 0.5})
+    SDMLMetrics(list(modalities), pairs, 0.5).write(store)
     return store.root
 
 

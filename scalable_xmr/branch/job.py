@@ -35,6 +35,7 @@ from scalable_xmr.branch.checkpoints import checkpoint_dir, jsonable
 from scalable_xmr.branch.config import PairTrainerConfig, stored_trainer
 from scalable_xmr.branch.evaluate import COCO_5K, COCO_FOLDS, check_t2i_groups, rerank_grid_for
 from scalable_xmr.branch.member import BranchJob, BranchResult, run_member
+from scalable_xmr.branch.metrics_file import BranchMetrics
 from scalable_xmr.branch.report import (
     ensembles,
     log_members,
@@ -47,7 +48,7 @@ from scalable_xmr.data.paired import open_paired_dataset
 from scalable_xmr.distributed.actors import ActorResources, ActorTask, Outcome, run_tasks
 from scalable_xmr.distributed.cluster import check_gpus, has_gpus
 from scalable_xmr.errors import InputError
-from scalable_xmr.io import absolute_uri, read_json
+from scalable_xmr.io import absolute_uri
 from scalable_xmr.models.registry import BRANCH_MODELS
 from scalable_xmr.runs.session import RunRecords, RunSummary, SessionOptions, run_session
 from scalable_xmr.store.meta import RunMeta, now_iso
@@ -184,7 +185,7 @@ def train_branch(req: BranchRequest, address: str | None = None) -> BranchSummar
 
 
 def _log_results(tracker: Tracker, parent: str | None, store: RunStore, meta: RunMeta,
-                 metrics: dict[str, Any], results: dict[str, BranchResult]) -> None:
+                 metrics: BranchMetrics, results: dict[str, BranchResult]) -> None:
     log_members(tracker, parent, meta, metrics, results)
     for path in (store.metrics_path, store.run_json, store.plots_dir / "rerank_k.png"):
         tracker.log_artifact(parent, path)
@@ -199,7 +200,8 @@ RECORDS = RunRecords(kind="branch", job="train_pairs", where="models/*/checkpoin
                      units=lambda meta: meta.members if meta.members is not None else {},
                      entry=lambda result: _member_entry(result),
                      stored_results=lambda store, meta: _finished_results(store, meta),
-                     params=run_params, log_results=_log_results, state=_state)
+                     params=run_params, log_results=_log_results, state=_state,
+                     read_metrics=BranchMetrics.read)
 
 
 class BranchRun:
@@ -277,16 +279,18 @@ class BranchRun:
         return run_tasks(tasks, placement, show_progress=req.show_progress)
 
     def finish(self, store: RunStore, meta: RunMeta, results: dict[str, BranchResult], new: Sequence[str],
-               tracker: Tracker, parent: str | None) -> dict[str, Any]:
+               tracker: Tracker, parent: str | None) -> BranchMetrics:
         return _finish(store, meta, results, tracker, parent)
 
 
 def _finish(store: RunStore, meta: RunMeta, results: dict[str, BranchResult], tracker: Tracker,
-            parent: str | None) -> dict[str, Any]:
+            parent: str | None) -> BranchMetrics:
     """Ensembles, metrics.json, plots, MLflow children and artifacts; then status finished."""
     metrics = rk_metrics(meta, results, ensembles(store, meta, results))
-    store.write_metrics(metrics)
-    plots.rerank_k(metrics, store.plots_dir / "rerank_k.png")
+    metrics.write(store)
+    grids = {name: e["val_grid"] for name, e in metrics.models.items()}  # plot panels: as before
+    grids.update({f"{m} ensemble": e["val_grid"] for m, e in metrics.ensembles.items()})
+    plots.rerank_k(grids, store.plots_dir / "rerank_k.png")
     _log_results(tracker, parent, store, meta, metrics, results)
     meta.finish()
     store.write(meta)
@@ -315,8 +319,7 @@ def _finished_results(store: RunStore, meta: RunMeta) -> dict[str, BranchResult]
     out = {}
     for name, entry in meta.members.items():
         if entry.get("status") == "finished":
-            saved = read_json(store.member_dir(name) / "result.json")
-            out[name] = BranchResult(**{"t2i_groups": "query", **saved})  # older results: query groups
+            out[name] = BranchResult.read(store.member_dir(name))
     return out
 
 

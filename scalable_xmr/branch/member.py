@@ -50,12 +50,15 @@ from scalable_xmr.config import early_stop_note
 from scalable_xmr.data.paired import PairedSplit
 from scalable_xmr.distributed.progress import Reporter
 from scalable_xmr.errors import InputError
-from scalable_xmr.io import atomic_write_json
+from scalable_xmr.io import atomic_write_json, read_json
 from scalable_xmr.models.registry import branch_config
 from scalable_xmr.models.runtime import resolve_device
 from scalable_xmr.store.remote import open_dir
 
 EpochHook = Callable[[dict[str, Any]], None]
+RESULT_FILE = "result.json"  # a member's result in its out_dir (BranchResult.write / read)
+# result.json written before it recorded t2i_groups re-ranked T2I with the query's group G(T, K')
+OLD_T2I_GROUPS = "query"
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ class BranchJob:
         return self.name or self.trainer.model
 
 
-@dataclass
+@dataclass(frozen=True)
 class BranchResult:
     name: str
     model: str
@@ -116,8 +119,35 @@ class BranchResult:
     # per stage: the (1-based) epoch its patience stopped it at; None: it ran every epoch
     stopped_early: dict[str, int | None] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, values: Any, source: str) -> BranchResult:
+        """Check a parsed result.json; errors name ``source`` and the key. A file from before
+        ``t2i_groups`` was recorded reads as :data:`OLD_T2I_GROUPS`."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if not isinstance(values, dict):
+            raise InputError(f"{source}: not a branch member's result.json (a JSON object)")
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise InputError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(fields)})")
+        required = [n for n, f in fields.items()
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [n for n in required if n not in values]
+        if missing:
+            raise InputError(f"{source}: missing key {missing[0]!r}")
+        return cls(**{"t2i_groups": OLD_T2I_GROUPS, **values})
+
+    def write(self, out_dir: str | Path) -> None:
+        """``<out_dir>/result.json`` (atomic)."""
+        atomic_write_json(Path(out_dir) / RESULT_FILE, self.to_json())
+
+    @classmethod
+    def read(cls, out_dir: str | Path) -> BranchResult:
+        """The result a member (or a sweep trial) left in ``out_dir``."""
+        path = Path(out_dir) / RESULT_FILE
+        return cls.from_json(read_json(path), str(path))
 
     def footer_note(self) -> str | None:
         """The job footer's line on this member's image-text epochs (``config.early_stop_note``,
@@ -205,7 +235,7 @@ def train_branch(
         resumed_at_epoch=list(ckpt.resumed_at), train_seconds=train_seconds, device=str(device),
         pid=os.getpid(), stopped_early=dict(trainer.stopped_early), **evaluation,
     )
-    atomic_write_json(Path(job.out_dir) / "result.json", result.to_dict())
+    result.write(job.out_dir)
     return result
 
 

@@ -34,7 +34,7 @@ from scalable_xmr.cli.train import (
 from scalable_xmr.config import TrackingConfig
 from scalable_xmr.distributed.logs import set_verbose
 from scalable_xmr.errors import InputError
-from scalable_xmr.io import read_json
+from scalable_xmr.sweep_best import SweepBest
 
 MODELS = ("vse", "mtfn", "mmca", "vsa")
 RERANK_KEYS = ("k", "k_text")
@@ -168,14 +168,13 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 def load_best(path: str) -> tuple[str, dict[str, Any]]:
     """(model, config) of a sweep's best.json: ``{"model": "<name>", "config": {...}}``."""
-    best = read_json(path)
-    model = best.get("model") if isinstance(best, dict) else None
-    if model not in MODELS:
-        raise InputError(f"--config {path}: not a branch-model best.json (model {model!r}; "
+    best = SweepBest.read(path, f"--config {path}")
+    if best.model not in MODELS:
+        raise InputError(f"--config {path}: not a branch-model best.json (model {best.model!r}; "
                          f"expected one of {', '.join(MODELS)})")
-    if not isinstance(best.get("config"), dict):
+    if best.config is None:
         raise InputError(f"--config {path}: no 'config' section")
-    return model, dict(best["config"])
+    return best.model, dict(best.config)
 
 
 def _parse_sets(items: list[str], models: list[str]) -> tuple[dict[str, dict], dict[str, dict]]:

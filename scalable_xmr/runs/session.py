@@ -51,7 +51,7 @@ class RunSummary:
     and what became of the run's training state (a footer line)."""
 
     run_dir: str
-    metrics: dict[str, Any]
+    metrics: Any  # the kind's metrics.json record (RunRecords.read_metrics)
     results: dict[str, Any]  # what this job trained: per modality a TrainResult, per member a BranchResult
     tracking: str
     seconds: float
@@ -89,9 +89,11 @@ class RunRecords:
     stored_results: Callable[[RunStore, RunMeta], dict[str, Any]]
     params: Callable[[RunMeta], dict[str, Any]]  # the parent run's params, from run.json alone
     # (tracker, parent, store, meta, metrics, results): children, metrics and artifacts of a finished run
-    log_results: Callable[[Tracker, str | None, RunStore, RunMeta, dict[str, Any], dict[str, Any]], None]
+    log_results: Callable[[Tracker, str | None, RunStore, RunMeta, Any, dict[str, Any]], None]
     # the run's training state, (folders, files), removed once it is finished
     state: Callable[[RunStore, RunMeta], tuple[list[Path], list[Path]]]
+    # the kind's one reader of <run>/metrics.json: its typed record (None before the run has one)
+    read_metrics: Callable[[RunStore], Any]
 
 
 class RunKind(Protocol):
@@ -124,8 +126,9 @@ class RunKind(Protocol):
         """Train them on the cluster."""
 
     def finish(self, store: RunStore, meta: RunMeta, results: dict[str, Any], new: Sequence[str],
-               tracker: Tracker, parent: str | None) -> dict[str, Any]:
-        """Evaluate, write metrics and plots, log; returns the metrics (run.json is marked here)."""
+               tracker: Tracker, parent: str | None) -> Any:
+        """Evaluate, write metrics and plots, log; returns the metrics (the kind's metrics.json
+        record; run.json is marked here)."""
 
 
 def todo_units(records: RunRecords, meta: RunMeta | None, wanted: Sequence[str]) -> list[str]:
@@ -157,7 +160,7 @@ def run_session(kind: RunKind, wanted: Sequence[str], opts: SessionOptions,
         kind.check_cluster()  # before anything is written
         mode = store.prepare(mode)
         if done:  # nothing to train: a finished run is read, never rewritten (tracking flags or not)
-            return RunSummary(store.uri, store.read_metrics(), {}, stored_run_url(stored, store.uri),
+            return RunSummary(store.uri, records.read_metrics(store), {}, stored_run_url(stored, store.uri),
                               time.perf_counter() - start)
         return _train(kind, store, stored if mode == "resume" else None, todo, opts, start)
 
@@ -286,6 +289,6 @@ def log_stored_run(records: RunRecords, store: RunStore, meta: RunMeta, tracker:
         "job": records.job, "xmr.run_dir": store.uri, "xmr.logged_from_store": "true"})
     tracker.log_params(parent, records.params(meta))
     results = records.stored_results(store, meta)
-    records.log_results(tracker, parent, store, meta, store.read_metrics(), results)
+    records.log_results(tracker, parent, store, meta, records.read_metrics(store), results)
     tracker.end_run(parent)
     return parent

@@ -147,10 +147,11 @@ class StagedKind(Protocol):
         """Train them on the cluster."""
 
     def commit(self, commit: Commit, meta: RunMeta, results: dict[str, Any], tracker: Tracker,
-               parent: str | None) -> dict[str, Any]:
-        """Move the units in, write metrics and plots, then run.json; returns the metrics."""
+               parent: str | None) -> Any:
+        """Move the units in, write metrics and plots, then run.json; returns the metrics (the
+        kind's metrics.json record)."""
 
-    def after_commit(self, tracker: Tracker, meta: RunMeta, metrics: dict[str, Any]) -> None:
+    def after_commit(self, tracker: Tracker, meta: RunMeta, metrics: Any) -> None:
         """MLflow logging that needs the committed run."""
 
 

@@ -107,15 +107,15 @@ def test_metrics_table_and_mlflow_carry_the_target_figures(data, members, tmp_pa
     ens["members"] = [r.name for r in members]
     results = {r.name: r for r in members}
     metrics = rk_metrics(_meta(*data, members), results, {"vsa": ens})
-    assert metrics["target"]["dataset"] == str(data[1]) and "source val" in metrics["target"]["selected_on"]
+    assert metrics.target["dataset"] == str(data[1]) and "source val" in metrics.target["selected_on"]
     for r in members:
-        assert metrics["models"][r.name]["target"] == {"test": r.target["test"], "val": r.target["val"]}
+        assert metrics.models[r.name]["target"] == {"test": r.target["test"], "val": r.target["val"]}
     # the ensemble: the mean of the members' target sims (VSA ranks by cosines), stored and scored
     for split in ("test", "val"):
         mean = np.mean([np.load(sims_path(d, f"target_{split}")).astype(np.float64) for d in dirs], axis=0)
         stored = np.load(sims_path(tmp_path / "vsa", f"target_{split}"))
         np.testing.assert_allclose(stored, mean, rtol=1e-6)
-        assert metrics["ensembles"]["vsa"]["target"][split] == pytest.approx(recall_at_k_loop(stored, 5))
+        assert metrics.ensembles["vsa"]["target"][split] == pytest.approx(recall_at_k_loop(stored, 5))
     table = rk_table(metrics)
     assert "R@K on the TARGET domain's test split" in table and "selected on the source val split" in table
     target_part = table[table.index("TARGET domain's test"):]
@@ -143,7 +143,8 @@ def test_without_a_target_nothing_target_is_reported(data, tmp_path):
     assert result.target is None and not sims_path(tmp_path / "m", "target_test").exists()
     meta = _meta(data[0], None, [result])
     metrics = rk_metrics(meta, {"vsa": result}, {})
-    assert "target" not in metrics and "target" not in metrics["models"]["vsa"]
+    assert metrics.target is None and "target" not in metrics.to_json()
+    assert "target" not in metrics.models["vsa"]
     assert "TARGET" not in rk_table(metrics)
 
 

@@ -121,9 +121,9 @@ def test_every_model_learns_mfeat_pairs(tmp_path, mfeat_pair_data, small_configs
     summary = train_branch(req)
     chance = chance_r10(400, 1)  # 2.5 % each way
     for m in MODELS:
-        assert _far_above_chance(summary.metrics["models"][m]["plain"], chance, factor=8), (
-            m, summary.metrics["models"][m]["plain"])
-    assert summary.metrics["models"]["mtfn"]["text_sim"] == "cosine"  # 1 caption per image: no S_TT
+        assert _far_above_chance(summary.metrics.models[m]["plain"], chance, factor=8), (
+            m, summary.metrics.models[m]["plain"])
+    assert summary.metrics.models["mtfn"]["text_sim"] == "cosine"  # 1 caption per image: no S_TT
 
 
 def test_restart_ensemble_and_resume(tmp_path, small_pairs, small_configs, ray_local, crash_after):
@@ -149,11 +149,11 @@ def test_restart_ensemble_and_resume(tmp_path, small_pairs, small_configs, ray_l
     models = tmp_path / "run/models"
     mean = (np.load(models / "vse-seed3/sims/test.npy") + np.load(models / "vse-seed4/sims/test.npy")) / 2
     np.testing.assert_allclose(np.load(models / "vse/sims/test.npy"), mean, rtol=1e-6)
-    ens = summary.metrics["ensembles"]["vse"]
+    ens = summary.metrics.ensembles["vse"]
     assert ens["members"] == ["vse-seed3", "vse-seed4"]
     first = np.argmax(mean, axis=1) // 5 == np.arange(100)  # ties: the first maximum, as ranked
     assert ens["plain"]["i2t@1"] == pytest.approx(100 * first.mean())
-    assert summary.metrics["test"]["protocol"] == "all test images"
+    assert summary.metrics.test["protocol"] == "all test images"
     # Pretend the job died before vse-seed4 was recorded: --resume trains only what is missing.
     store = RunStore(tmp_path / "run")
     meta = store.read()
@@ -168,7 +168,7 @@ def test_restart_ensemble_and_resume(tmp_path, small_pairs, small_configs, ray_l
     assert again.results["vse-seed4"].resumed_at_epoch == [1, 3]  # from its last checkpoint: no epochs
     assert (models / "vse-seed3/model.pt").read_bytes() == kept
     assert store.read_finished().members["vse-seed4"]["status"] == "finished"
-    assert again.metrics["ensembles"]["vse"]["plain"] == pytest.approx(ens["plain"])
+    assert again.metrics.ensembles["vse"]["plain"] == pytest.approx(ens["plain"])
     # --resume of the finished run without tracking: nothing trains, nothing is rewritten.
     before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
     done = train_branch(request(resume=True, tracking=TrackingConfig(enabled=False)))

@@ -200,7 +200,7 @@ def test_sdml_modalities_spread_one_per_node_and_survive_a_node_loss(cluster, sm
     meta = RunStore(run).read_finished()
     assert sorted(meta.finished_modalities()) == sorted(names)
     assert meta.modalities[target]["resumed_at_epoch"] == [k]
-    assert len(summary.metrics["map"]) == 2
+    assert len(summary.metrics.map) == 2
 
 
 def test_branch_members_spread_one_per_node_and_survive_a_node_loss(cluster, small_pairs, small_configs,
@@ -229,4 +229,4 @@ def test_branch_members_spread_one_per_node_and_survive_a_node_loss(cluster, sma
     meta = RunStore(run).read_finished()
     assert all(meta.members[m]["status"] == "finished" for m in names)
     assert meta.members[target]["resumed_at_epoch"] == [k]
-    assert summary.metrics["ensembles"]["vse"]["members"] == names
+    assert summary.metrics.ensembles["vse"]["members"] == names

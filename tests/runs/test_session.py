@@ -16,7 +16,7 @@ import scalable_xmr.runs.session as session
 from scalable_xmr.config import TrackingConfig
 from scalable_xmr.distributed.actors import Outcome
 from scalable_xmr.errors import InputError, Interrupted
-from scalable_xmr.io import read_json
+from scalable_xmr.io import atomic_write_json, read_json
 from scalable_xmr.runs.session import RunRecords, RunSummary, SessionOptions, run_session
 from scalable_xmr.store.meta import RunMeta
 from scalable_xmr.store.run_store import RunStore
@@ -32,7 +32,8 @@ class FakeKind:
     def __init__(self, outcome: Any = None, settings: str = "s1"):
         self.records = RunRecords(kind="branch", job="fake_job", where="members/*/checkpoints/",
                                   units=self.units, entry=self.entry, stored_results=self.stored_results,
-                                  params=self.params, log_results=self.log_results, state=self.state)
+                                  params=self.params, log_results=self.log_results, state=self.state,
+                                  read_metrics=self.read_metrics)
         self.outcome = outcome  # None: every unit finishes
         self.settings = settings
         self.calls: dict[str, int] = {}
@@ -57,6 +58,9 @@ class FakeKind:
     def log_results(self, tracker, parent, store, meta, metrics, results) -> None:
         for name in results:
             tracker.end_run(tracker.start_run(name, parent_id=parent))
+
+    def read_metrics(self, store: RunStore) -> dict[str, Any]:
+        return read_json(store.metrics_path)
 
     def state(self, store: RunStore, meta: RunMeta) -> tuple[list[Path], list[Path]]:
         return [store.root / "members" / u / "checkpoints" for u in meta.members], []
@@ -97,7 +101,7 @@ class FakeKind:
     def finish(self, store, meta, results, new, tracker, parent) -> dict[str, Any]:
         self.finished_with.append((dict(results), list(new)))
         metrics = {"units": sorted(results)}
-        store.write_metrics(metrics)
+        atomic_write_json(store.metrics_path, metrics)
         self.log_results(tracker, parent, store, meta, metrics, results)
         meta.finish()
         store.write(meta)
