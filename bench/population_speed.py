@@ -87,7 +87,7 @@ def epoch_seconds(train_epoch, repeats: int) -> tuple[float, float]:
 
 
 def fits(n: int, n_params: int, batch: int, width: int) -> tuple[bool, float]:
-    """Whether N members fit in half the available memory: params, grads, Adam m and v, the
+    """Whether N slots fit in half the available memory: params, grads, Adam m and v, the
     selected copy (5 x 4 bytes a parameter) and the batch activations."""
     need = n * (20 * n_params + 4 * 8 * batch * width)
     try:  # MemAvailable: free memory plus what the kernel can reclaim (page cache)

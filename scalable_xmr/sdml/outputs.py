@@ -1,7 +1,7 @@
 """What a trained SDML modality network leaves in its run store: ``model.pt`` (the network of the
 selected epoch, its configs and P's digest), the embeddings of its evaluated splits and its training
 log, each written atomically. Shared by :class:`~scalable_xmr.sdml.trainer.ModalityTrainer` (and so
-a data-parallel rank 0), a population member (sdml/population.py) and a sweep trial (tuning/).
+a data-parallel rank 0), a population slot (sdml/population.py) and a sweep trial (tuning/).
 """
 
 from __future__ import annotations

@@ -100,8 +100,8 @@ def retain_freed_memory() -> bool:
     return bool(mmap_ok and trim_ok)
 
 
-def member_seed(cfg: SDMLConfig, modality: str) -> int:
-    """The seed of one modality's network init and batch order (a population member uses the same)."""
+def modality_seed(cfg: SDMLConfig, modality: str) -> int:
+    """The seed of one modality's network init and batch order (a population slot uses the same)."""
     return cfg.seed * 1_000_003 + zlib.crc32(modality.encode())
 
 
@@ -148,7 +148,7 @@ class ModalityTrainer:
         whose checkpoints Ray Train keeps, restores with :meth:`restore` instead)."""
         self.job, self.cfg, self.progress = job, job.config, progress
         self.device, self.store, self.P, self.data = job_context(job)
-        seed = member_seed(self.cfg, job.modality)
+        seed = modality_seed(self.cfg, job.modality)
         torch.manual_seed(seed)
         self.model = SDMLAutoencoder(self.data.input_dim, self.cfg.dim, self.cfg.hidden).to(self.device)
         if self.cfg.normalize:
