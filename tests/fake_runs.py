@@ -55,13 +55,13 @@ def fake_branch_run(run_dir: Path, data: str, models=("vse", "mmca", "mtfn")) ->
     """A finished branch run (run.json + models/<member>/model.pt), members trained one epoch
     each by ``branch.member.train_branch`` (the function the train-pairs actors run)."""
     from scalable_xmr.branch.config import PairTrainerConfig
-    from scalable_xmr.branch.member import BranchJob, train_branch
+    from scalable_xmr.branch.member import BranchSpec, train_branch
 
     store = RunStore(run_dir)
     store.root.mkdir(parents=True)
     members = {}
     for name in models:
-        job = BranchJob(out_dir=str(store.member_dir(name)), dataset_uri=data,
+        job = BranchSpec(out_dir=str(store.member_dir(name)), dataset_uri=data,
                         trainer=PairTrainerConfig(model=name, epochs=1, batch_size=10, lr=1e-3),
                         model_config=TINY_BRANCH[name], device="cpu", save_sims=False, ks=(1,), k_texts=(1,))
         train_branch(job)

@@ -3,7 +3,7 @@
 ``train_pairs`` is what ``jobs/train_pairs.py`` and ``xmr train-pairs`` call. Every *member* (a
 model, or with ``ensemble = M`` each of its M seeds) trains in its own Ray actor, all at once in one
 placement group (one GPU each when the cluster has GPUs). An actor gets only a
-:class:`~scalable_xmr.branch.member.BranchJob` (paths and configs), reads its own splits, and
+:class:`~scalable_xmr.branch.member.BranchSpec` (paths and configs), reads its own splits, and
 runs :func:`~scalable_xmr.branch.member.train_branch`, checkpointing into the run store: a
 restarted actor resumes from its last checkpoint. The driver then averages each model's members
 (the ensemble), writes ``metrics.json`` and plots, logs MLflow runs and marks the run finished.
@@ -34,7 +34,7 @@ from typing import Any
 from scalable_xmr.branch.checkpoints import checkpoint_dir, jsonable
 from scalable_xmr.branch.config import PairTrainerConfig, stored_trainer
 from scalable_xmr.branch.evaluate import COCO_5K, COCO_FOLDS, check_t2i_groups, rerank_grid_for
-from scalable_xmr.branch.member import BranchJob, BranchResult, run_member
+from scalable_xmr.branch.member import BranchResult, BranchSpec, run_member
 from scalable_xmr.branch.metrics_file import BranchMetrics
 from scalable_xmr.branch.report import (
     ensembles,
@@ -266,11 +266,11 @@ class BranchRun:
     def reopen(self, meta: RunMeta) -> None:
         pass
 
-    def jobs(self, store: RunStore, meta: RunMeta, todo: Sequence[str]) -> list[BranchJob]:
+    def specs(self, store: RunStore, meta: RunMeta, todo: Sequence[str]) -> list[BranchSpec]:
         members = {name: (model, seed) for name, model, seed in self.req.members()}
         return [_job(store, self.req, name, *members[name]) for name in todo]
 
-    def train(self, jobs: list[BranchJob]) -> Outcome:
+    def train(self, jobs: list[BranchSpec]) -> Outcome:
         """All members at once, one actor each (the same run_tasks as the SDML job's modalities)."""
         req = self.req
         placement = ActorResources(gpus=_gpus(req), cpus=req.cpus_per_model, max_restarts=req.max_restarts,
@@ -330,9 +330,9 @@ def _gpus(req: BranchRequest) -> float:
     return 1.0 if has_gpus() else 0.0
 
 
-def _job(store: RunStore, req: BranchRequest, name: str, model: str, seed: int) -> BranchJob:
+def _job(store: RunStore, req: BranchRequest, name: str, model: str, seed: int) -> BranchSpec:
     gpus = _gpus(req)
-    return BranchJob(
+    return BranchSpec(
         out_dir=uri_of(store.member_dir(name)), dataset_uri=absolute_uri(req.dataset_uri),
         trainer=dataclasses.replace(req.trainers[model], seed=seed),
         model_config=dict(req.model_configs.get(model, {})),

@@ -1,4 +1,4 @@
-"""One branch member: its job (:class:`BranchJob`), its result (:class:`BranchResult`), and the
+"""One branch member: its spec (:class:`BranchSpec`), its result (:class:`BranchResult`), and the
 function that trains and evaluates it, plain and re-ranked (no Ray inside).
 
 :func:`train_branch` is the one function both the ``train-pairs`` job's Ray actors and a Tune
@@ -62,7 +62,7 @@ OLD_T2I_GROUPS = "query"
 
 
 @dataclass(frozen=True)
-class BranchJob:
+class BranchSpec:
     """Everything one branch model's training needs, by reference (paths, not arrays)."""
 
     out_dir: str  # absolute: model.pt, checkpoints/, sims/, result.json go here
@@ -163,7 +163,7 @@ class BranchResult:
         return note
 
 
-def _epoch_hook(job: BranchJob, trainer: PairTrainer, ckpt: MemberCheckpoints, progress, on_epoch):
+def _epoch_hook(job: BranchSpec, trainer: PairTrainer, ckpt: MemberCheckpoints, progress, on_epoch):
     def hook(record: dict[str, Any]) -> None:
         epoch, total = trainer.epoch, trainer.total_epochs
         saved = epoch % job.checkpoint_every == 0 or epoch == total
@@ -186,7 +186,7 @@ def _epoch_hook(job: BranchJob, trainer: PairTrainer, ckpt: MemberCheckpoints, p
     return hook
 
 
-def _save_model(job: BranchJob, trainer: PairTrainer, split: PairedSplit, model_config: dict) -> None:
+def _save_model(job: BranchSpec, trainer: PairTrainer, split: PairedSplit, model_config: dict) -> None:
     best = {s: (None if b is None else b["epoch"]) for s, b in trainer.best.items()}
     text_dim = split.text_dim if trainer.train_data.texts.is_floating_point() else None
     write_model_file(Path(job.out_dir) / "model.pt", job.trainer.model, trainer.model.state_dict(),
@@ -195,7 +195,7 @@ def _save_model(job: BranchJob, trainer: PairTrainer, split: PairedSplit, model_
 
 
 def train_branch(
-    job: BranchJob, progress: EpochHook | None = None, on_epoch: EpochHook | None = None,
+    job: BranchSpec, progress: EpochHook | None = None, on_epoch: EpochHook | None = None,
     event: Callable[[str], None] | None = None,
 ) -> BranchResult:
     """Train ``job``'s model (resuming from its checkpoint), then evaluate plain and re-ranked.
@@ -247,7 +247,7 @@ def _history_row(record: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def run_member(job: BranchJob, reporter: Reporter) -> BranchResult:
+def run_member(job: BranchSpec, reporter: Reporter) -> BranchResult:
     """One member's training, as a Ray actor runs it (``distributed.actors.run_actors``); a
     restarted actor calls it again and the trainer resumes from its checkpoint. An object-storage
     ``out_dir`` is worked on in this node's mirror of it (store/remote.py), pulled first."""

@@ -115,7 +115,7 @@ def evaluate_ensemble(
     W_m' f: MTFN-RR does not say how (or whether) its ensembles combine S_TT, and its reference
     code has no ensemble (and re-ranks T2I with ground-truth caption groups, not S_TT).
 
-    ``captions_per_image`` is (val, test); ``t2i_groups`` as in :class:`BranchJob`;
+    ``captions_per_image`` is (val, test); ``t2i_groups`` as in :class:`BranchSpec`;
     ``target_splits`` (VSA with a target: split -> images, captions_per_image) adds the plain
     R@K of the combined ``target_<split>`` scores, as :func:`member_scores.evaluate_target` reports a
     member's. Returns the keys of :func:`member_scores.evaluate_branch` plus ``score`` and ``target``.

@@ -119,10 +119,11 @@ class RunKind(Protocol):
     def reopen(self, meta: RunMeta) -> None:
         """A resumed run's run.json before it continues (e.g. units added since)."""
 
-    def jobs(self, store: RunStore, meta: RunMeta, todo: Sequence[str]) -> list[Any]:
-        """The payloads of the units to train; their settings go on record in ``meta``."""
+    def specs(self, store: RunStore, meta: RunMeta, todo: Sequence[str]) -> list[Any]:
+        """The specs of the units to train (what each actor is handed); their settings go on
+        record in ``meta``."""
 
-    def train(self, jobs: list[Any]) -> Outcome:
+    def train(self, specs: list[Any]) -> Outcome:
         """Train them on the cluster."""
 
     def finish(self, store: RunStore, meta: RunMeta, results: dict[str, Any], new: Sequence[str],
@@ -179,11 +180,11 @@ def _train(kind: RunKind, store: RunStore, stored: RunMeta | None, todo: list[st
                       tracking.enabled)
     records = kind.records
     results = records.stored_results(store, meta)
-    jobs = kind.jobs(store, meta, todo)  # puts each unit's settings on record in meta
+    specs = kind.specs(store, meta, todo)  # puts each unit's settings on record in meta
     with parent_run(store, meta, tracker, "resume" if stored else "new", records.job,
                     kind.params(meta)) as parent:
         store.write(meta)  # every unit's settings are on record before it trains (resume checks them)
-        outcome = kind.train(jobs)
+        outcome = kind.train(specs)
         if outcome.error is None:
             store.refresh()  # an object-storage run: what the actors uploaded, from any node
         record(records, store, meta, outcome)

@@ -38,7 +38,7 @@ from scalable_xmr import faults
 from scalable_xmr.distributed.ray_train import WorkerGroup, run_workers
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.losses import label_loss_sum, sdml_loss_share
-from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.modality_spec import ModalitySpec
 from scalable_xmr.sdml.trainer import (
     EpochStats,
     ModalityTrainer,
@@ -84,7 +84,7 @@ def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
 class RankTrainer(ModalityTrainer):
     """One rank of a data-parallel modality: a ModalityTrainer over its slice of each batch."""
 
-    def __init__(self, job: ModalityJob, ctx: RankContext):
+    def __init__(self, job: ModalitySpec, ctx: RankContext):
         super().__init__(job, resume=False)  # Ray Train keeps this run's checkpoints
         self.ctx, self.rank, self.world = ctx, ctx.rank, ctx.world_size
         self.lo, self.hi = shard_bounds(self.cfg.batch_size, self.rank, self.world)
@@ -200,12 +200,12 @@ class RankTrainer(ModalityTrainer):
         self.report({"result": dataclasses.asdict(self.result(time.perf_counter() - start))})
 
 
-def train_rank(job: ModalityJob, ctx: RankContext) -> None:
+def train_rank(job: ModalitySpec, ctx: RankContext) -> None:
     """What each of the W workers runs (on its own device)."""
     RankTrainer(dataclasses.replace(job, device=ctx.device), ctx).run()
 
 
-def train_modality_parallel(job: ModalityJob, workers: int, *, use_gpu: bool = False,
+def train_modality_parallel(job: ModalitySpec, workers: int, *, use_gpu: bool = False,
                             resources_per_worker: dict[str, float] | None = None,
                             storage_path: str | None = None, max_failures: int = 2,
                             start_timeout_s: float = 60.0, poll_interval_s: float = 0.25) -> TrainResult:

@@ -53,7 +53,7 @@ from scalable_xmr.runs.staging import Commit, run_staged
 from scalable_xmr.sdml import evaluate
 from scalable_xmr.sdml.job import finish_run, modality_entry
 from scalable_xmr.sdml.launch import check_resources, train_modalities
-from scalable_xmr.sdml.modality_job import ModalityJob, check_split_sizes
+from scalable_xmr.sdml.modality_spec import ModalitySpec, check_split_sizes
 from scalable_xmr.sdml.trainer import TrainResult
 from scalable_xmr.store.meta import RunMeta, now_iso, versions
 from scalable_xmr.store.projection import load_projection
@@ -130,13 +130,13 @@ class AddModalities:
     def params(self, meta: RunMeta) -> dict[str, Any]:
         return {"dataset": meta.dataset["name"], "projection_sha256": meta.projection["sha256"], **meta.sdml}
 
-    def jobs(self, staging: RunStore, meta: RunMeta) -> list[ModalityJob]:
-        return [ModalityJob(run_dir=staging.uri, modality=m, config=self.configs[m],
+    def specs(self, staging: RunStore, meta: RunMeta) -> list[ModalitySpec]:
+        return [ModalitySpec(run_dir=staging.uri, modality=m, config=self.configs[m],
                             dataset_uri=self.sources[m].dataset_uri, table_path=self.sources[m].table_path,
                             n_classes=self.n_classes, projection_sha256=meta.projection["sha256"])
                 for m in self.req.modalities]
 
-    def train(self, jobs: list[ModalityJob]) -> Outcome:
+    def train(self, jobs: list[ModalitySpec]) -> Outcome:
         outcome = train_modalities(jobs, self.req.resources, show_progress=self.req.show_progress)
         if isinstance(outcome.error, ActorDiedError):
             error = RunStateError(f"training of {', '.join(self.req.modalities)} died ({outcome.error}); "

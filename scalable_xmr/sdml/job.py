@@ -34,7 +34,7 @@ from scalable_xmr.runs.session import RunRecords, RunSummary, SessionOptions, ru
 from scalable_xmr.sdml import evaluate
 from scalable_xmr.sdml.joint import JOINT_CHECKPOINT
 from scalable_xmr.sdml.launch import check_resources, train_modalities
-from scalable_xmr.sdml.modality_job import ModalityJob, check_split_sizes
+from scalable_xmr.sdml.modality_spec import ModalitySpec, check_split_sizes
 from scalable_xmr.sdml.trainer import TrainResult
 from scalable_xmr.store.meta import RunMeta, now_iso
 from scalable_xmr.store.projection import create_projection, load_projection, save_projection
@@ -193,13 +193,13 @@ class SDMLRun:
         for m in self.modalities:
             meta.modalities.setdefault(m, {"status": "pending"})
 
-    def jobs(self, store: RunStore, meta: RunMeta, todo: Sequence[str]) -> list[ModalityJob]:
+    def specs(self, store: RunStore, meta: RunMeta, todo: Sequence[str]) -> list[ModalitySpec]:
         for m in todo:  # what check_resume compares when this run is resumed
             meta.modalities[m]["config"] = self.configs[m].to_dict()
             meta.modalities[m]["workers"] = self.req.resources.workers_per_modality
-        return [modality_job(store, meta, m, self.configs[m]) for m in todo]
+        return [modality_spec(store, meta, m, self.configs[m]) for m in todo]
 
-    def train(self, jobs: list[ModalityJob]) -> Outcome:
+    def train(self, jobs: list[ModalitySpec]) -> Outcome:
         return train_modalities(jobs, self.req.resources, show_progress=self.req.show_progress)
 
     def finish(self, store: RunStore, meta: RunMeta, results: dict[str, TrainResult], new: Sequence[str],
@@ -215,10 +215,10 @@ def state_dirs(store: RunStore, meta: RunMeta) -> list[Path]:
     return [store.checkpoint_path(m).parent for m in meta.modalities or {}]
 
 
-def modality_job(store: RunStore, meta: RunMeta, modality: str, cfg: SDMLConfig,
-                 table_path: str | None = None) -> ModalityJob:
+def modality_spec(store: RunStore, meta: RunMeta, modality: str, cfg: SDMLConfig,
+                 table_path: str | None = None) -> ModalitySpec:
     """What the actor training ``modality`` of the run gets: paths and its config."""
-    return ModalityJob(
+    return ModalitySpec(
         run_dir=store.uri, modality=modality, config=cfg,  # a URI: actors open their own mirror
         dataset_uri=None if table_path else meta.dataset["uri"], table_path=table_path,
         n_classes=int(meta.dataset["n_classes"]), projection_sha256=meta.projection["sha256"],

@@ -48,7 +48,7 @@ from scalable_xmr.errors import InputError
 from scalable_xmr.functional.losses import label_loss_per_sample, mean_label_loss, sdml_loss
 from scalable_xmr.models.runtime import make_adam
 from scalable_xmr.models.sdml import SDMLAutoencoder
-from scalable_xmr.sdml.modality_job import ModalityJob, job_context
+from scalable_xmr.sdml.modality_spec import ModalitySpec, spec_context
 from scalable_xmr.sdml.outputs import write_run_outputs
 from scalable_xmr.sdml.trainer import (
     SDML_BETAS,
@@ -185,11 +185,11 @@ class PopulationTrainer:
     must be population-compatible with ``configs`` (usually ``configs[0]``).
     """
 
-    def __init__(self, job: ModalityJob, configs: Sequence[SDMLConfig], kernel: str = "bmm"):
+    def __init__(self, job: ModalitySpec, configs: Sequence[SDMLConfig], kernel: str = "bmm"):
         configs = list(configs)
         check_compatible([job.config, *configs])
         self.job, self.cfg = job, configs[0]
-        self.device, self.store, self.P, self.data = job_context(job)
+        self.device, self.store, self.P, self.data = spec_context(job)
         self.slots = [Slot(c, c.lr_for(job.modality)) for c in configs]
         n, dim = len(configs), self.data.input_dim
         self.generators, stacked = [], {}

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from scalable_xmr.branch.config import PairTrainerConfig
-from scalable_xmr.branch.member import BranchJob, BranchResult, train_branch
+from scalable_xmr.branch.member import BranchResult, BranchSpec, train_branch
 from scalable_xmr.branch.member_scores import sims_path
 from scalable_xmr.branch.report import evaluate_ensemble
 from scalable_xmr.branch.scoring import PairTensors, text_cosine_matrix
@@ -108,7 +108,7 @@ def test_text_cosine_matrix_against_one_caption_at_a_time(tiny, name, config):
 
 def _job(out, data, **kw):
     cfg = PairTrainerConfig(**{"model": "vse", "epochs": 2, "batch_size": 16, "lr": 1e-3, **kw})
-    return BranchJob(out_dir=str(out), dataset_uri=str(data), trainer=cfg, model_config=TINY_VSE, ks=(1, 3))
+    return BranchSpec(out_dir=str(out), dataset_uri=str(data), trainer=cfg, model_config=TINY_VSE, ks=(1, 3))
 
 
 def test_train_branch_outputs_and_resume_rules(tiny, tmp_path):
@@ -134,7 +134,7 @@ def test_train_branch_outputs_and_resume_rules(tiny, tmp_path):
 ])
 def test_branch_job_rejects_bad_settings(kw, match):
     with pytest.raises(InputError, match=match):
-        BranchJob(**{"out_dir": "/x", "dataset_uri": "/y", "trainer": PairTrainerConfig(model="vse"), **kw})
+        BranchSpec(**{"out_dir": "/x", "dataset_uri": "/y", "trainer": PairTrainerConfig(model="vse"), **kw})
 
 
 def test_evaluate_ensemble_averages_member_sims(tmp_path):

@@ -15,7 +15,7 @@ from toy_pairs import without_captions
 
 from scalable_xmr.branch.config import PairTrainerConfig
 from scalable_xmr.branch.job import BranchRequest, check_dataset
-from scalable_xmr.branch.member import BranchJob, train_branch
+from scalable_xmr.branch.member import BranchSpec, train_branch
 from scalable_xmr.branch.member_scores import sims_path
 from scalable_xmr.branch.report import evaluate_ensemble, log_members, rk_metrics, rk_table
 from scalable_xmr.cli.branch import main
@@ -41,7 +41,7 @@ def data(tmp_path_factory):
 
 def _train(out, src, target, seed=0):
     cfg = PairTrainerConfig(model="vsa", epochs=2, batch_size=16, lr=1e-3, seed=seed)
-    return train_branch(BranchJob(out_dir=str(out), dataset_uri=str(src), trainer=cfg, model_config=TINY_VSA,
+    return train_branch(BranchSpec(out_dir=str(out), dataset_uri=str(src), trainer=cfg, model_config=TINY_VSA,
                                   target_uri=str(target), ks=(1, 2), name=f"vsa-seed{seed}"))
 
 
@@ -138,7 +138,7 @@ def test_metrics_table_and_mlflow_carry_the_target_figures(data, members, tmp_pa
 
 def test_without_a_target_nothing_target_is_reported(data, tmp_path):
     cfg = PairTrainerConfig(model="vsa", epochs=1, batch_size=16, lr=1e-3)
-    result = train_branch(BranchJob(out_dir=str(tmp_path / "m"), dataset_uri=str(data[0]), trainer=cfg,
+    result = train_branch(BranchSpec(out_dir=str(tmp_path / "m"), dataset_uri=str(data[0]), trainer=cfg,
                                     model_config=TINY_VSA, ks=(1,)))
     assert result.target is None and not sims_path(tmp_path / "m", "target_test").exists()
     meta = _meta(data[0], None, [result])

@@ -84,7 +84,7 @@ class FakeKind:
     def reopen(self, meta: RunMeta) -> None:
         self._count("reopen")
 
-    def jobs(self, store: RunStore, meta: RunMeta, todo) -> list[tuple[str, Path]]:
+    def specs(self, store: RunStore, meta: RunMeta, todo) -> list[tuple[str, Path]]:
         for u in todo:
             meta.members[u]["settings"] = self.settings
         return [(u, store.root / "members" / u / "checkpoints") for u in todo]

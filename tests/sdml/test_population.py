@@ -9,7 +9,7 @@ import torch
 from scalable_xmr.config import SDMLConfig
 from scalable_xmr.data.modality.dataset import open_dataset
 from scalable_xmr.errors import InputError
-from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.modality_spec import ModalitySpec
 from scalable_xmr.sdml.population import PopulationTrainer, check_compatible
 from scalable_xmr.sdml.trainer import ModalityTrainer
 from scalable_xmr.store.projection import create_projection, save_projection
@@ -27,7 +27,7 @@ def _job(run, data, cfg, modality="image", **kw):
     ds = open_dataset(data)
     run.mkdir(parents=True, exist_ok=True)
     digest = save_projection(run / "projection.arrow", create_projection(cfg.dim, ds.info.n_classes, 0))
-    return ModalityJob(run_dir=str(run), modality=modality, config=cfg, dataset_uri=data,
+    return ModalitySpec(run_dir=str(run), modality=modality, config=cfg, dataset_uri=data,
                        n_classes=ds.info.n_classes, projection_sha256=digest, **kw)
 
 

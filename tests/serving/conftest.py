@@ -15,7 +15,7 @@ from fake_runs import fake_branch_run
 from scalable_xmr.config import SDMLConfig
 from scalable_xmr.data.modality.dataset import open_dataset
 from scalable_xmr.sdml.job import finish_run, modality_entry
-from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.modality_spec import ModalitySpec
 from scalable_xmr.sdml.trainer import ModalityTrainer
 from scalable_xmr.store.meta import RunMeta
 from scalable_xmr.store.projection import create_projection, save_projection
@@ -42,7 +42,7 @@ def train_sdml_run(run_dir: Path, data: str, modalities=MODALITIES, cfg: SDMLCon
     store.write(meta)
     results = {}
     for m in modalities:
-        job = ModalityJob(run_dir=str(store.root), modality=m, config=cfg, dataset_uri=data,
+        job = ModalitySpec(run_dir=str(store.root), modality=m, config=cfg, dataset_uri=data,
                           n_classes=n_classes, projection_sha256=digest, device="cpu")
         results[m] = ModalityTrainer(job).fit()
         meta.modalities[m].update(modality_entry(results[m]))
