@@ -38,7 +38,7 @@ def _sdml_run(root: Path) -> str:
 def _vse_run(root: Path) -> tuple[str, str]:
     """A VSE member trained 1 epoch on synthetic pairs (region features 8 x 64), in a pairs run."""
     from scalable_xmr.branch.config import PairTrainerConfig
-    from scalable_xmr.branch.member import BranchJob, train_branch
+    from scalable_xmr.branch.member import BranchSpec, train_branch
     from scalable_xmr.data.paired import make_synthetic_pairs
     from scalable_xmr.store.meta import RunMeta
     from scalable_xmr.store.run_store import RunStore
@@ -46,10 +46,10 @@ def _vse_run(root: Path) -> tuple[str, str]:
     data = str(make_synthetic_pairs(root / "pairs", seed=0, n_train=500, n_val=50, n_test=100))
     store = RunStore(root / "vse")
     store.root.mkdir(parents=True)
-    train_branch(BranchJob(out_dir=str(store.member_dir("vse")), dataset_uri=data, device="cpu",
+    train_branch(BranchSpec(out_dir=str(store.member_dir("vse")), dataset_uri=data, device="cpu",
                            trainer=PairTrainerConfig(model="vse", epochs=1, batch_size=50), save_sims=False,
                            ks=(1,), k_texts=(1,)))
-    meta = RunMeta(kind="pairs", dataset={"uri": data, "name": "synthetic-pairs"}, models=["vse"],
+    meta = RunMeta(kind="branch", dataset={"uri": data, "name": "synthetic-pairs"}, models=["vse"],
                    members={"vse": {"status": "finished", "model": "vse"}})
     meta.finish()
     store.write(meta)

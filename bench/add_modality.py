@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     def row(name, summary, wall):
         train = [r.train_seconds for r in summary.results.values()]
         return (name, f"{wall:.1f}", f"{max(train):.1f}", f"{sum(train):.1f}",
-                len(summary.metrics["map"]), f"{summary.metrics['map_mean']:.4f}")
+                len(summary.metrics.map), f"{summary.metrics.map_mean:.4f}")
 
     print_table(f"add {args.modality} vs retrain all {len(MODALITIES)} (wall seconds of the whole job)",
                 ("job", "wall s", "train s (slowest actor)", "train s (all actors)", "pairs", "mAP mean"),

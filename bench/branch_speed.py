@@ -41,7 +41,7 @@ from _branch_gemms import run_gemms, step_gemms
 from _common import machine_info, print_info, print_table
 
 from scalable_xmr.branch.config import PairTrainerConfig
-from scalable_xmr.branch.member import BranchJob, train_branch
+from scalable_xmr.branch.member import BranchSpec, train_branch
 from scalable_xmr.branch.trainer import PairTrainer
 from scalable_xmr.data.paired import make_synthetic_pairs, open_paired_dataset
 from scalable_xmr.models.registry import BRANCH_MODELS, branch_config
@@ -126,7 +126,7 @@ def bench_epoch(model: str, data: str, model_values: dict, batch_size: int | Non
     torch.set_num_threads(threads)
     text_epochs = 1 if BRANCH_MODELS[model][0].has_text_branch else 0
     cfg = PairTrainerConfig(model=model, epochs=1, text_epochs=text_epochs, batch_size=batch_size)
-    job = BranchJob(out_dir=str(out), dataset_uri=data, trainer=cfg, model_config=model_values,
+    job = BranchSpec(out_dir=str(out), dataset_uri=data, trainer=cfg, model_config=model_values,
                     device=str(device), save_sims=False, score_test=False)
     result = train_branch(job)
     sizes = {name: (out / name).stat().st_size for name in ("model.pt", "checkpoints/last.pt")}

@@ -45,7 +45,7 @@ from scalable_xmr.config import SDMLConfig
 from scalable_xmr.data.modality.dataset import write_dataset
 from scalable_xmr.data.modality.info import DatasetInfo, ModalityInfo
 from scalable_xmr.data.modality.synthetic import CLASS_NAMES, N_CLASSES, SHAPES, synthetic_modality
-from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.modality_spec import ModalitySpec
 from scalable_xmr.sdml.population import PopulationTrainer
 from scalable_xmr.sdml.trainer import ModalityTrainer
 from scalable_xmr.store.projection import create_projection, save_projection
@@ -87,7 +87,7 @@ def epoch_seconds(train_epoch, repeats: int) -> tuple[float, float]:
 
 
 def fits(n: int, n_params: int, batch: int, width: int) -> tuple[bool, float]:
-    """Whether N members fit in half the available memory: params, grads, Adam m and v, the
+    """Whether N slots fit in half the available memory: params, grads, Adam m and v, the
     selected copy (5 x 4 bytes a parameter) and the batch activations."""
     need = n * (20 * n_params + 4 * 8 * batch * width)
     try:  # MemAvailable: free memory plus what the kernel can reclaim (page cache)
@@ -130,8 +130,8 @@ def main() -> None:
         run.mkdir()
         digest = save_projection(run / "projection.arrow", create_projection(base.dim, N_CLASSES, 0))
 
-        def job(cfg: SDMLConfig) -> ModalityJob:
-            return ModalityJob(run_dir=str(run), modality=args.modality, config=cfg, dataset_uri=data,
+        def job(cfg: SDMLConfig) -> ModalitySpec:
+            return ModalitySpec(run_dir=str(run), modality=args.modality, config=cfg, dataset_uri=data,
                                n_classes=N_CLASSES, projection_sha256=digest, device=DEVICE,
                                eval_splits=("val",))
 

@@ -84,7 +84,7 @@ def main() -> None:
     lr = "default lr" if args.lr is None else f"lr {args.lr:g}"
     print(f"\nUCI mfeat, SDML, {args.epochs} epochs, {lr}, {args.inputs} inputs, seed {args.seed}, "
           f"{args.strategy}")
-    print(f"mean mAP over {len(summary.metrics['map'])} ordered pairs: {summary.metrics['map_mean']:.4f} "
+    print(f"mean mAP over {len(summary.metrics.map)} ordered pairs: {summary.metrics.map_mean:.4f} "
           "(anchors: MCCA 0.62, GCCA 0.63, per-view logistic regression 0.83; target >= 0.85)")
     print(f"wall time {time.perf_counter() - start:.0f} s on {platform.processor() or platform.machine()}, "
           f"run at {summary.run_dir}")

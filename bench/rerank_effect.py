@@ -39,7 +39,7 @@ from scalable_xmr.branch.evaluate import (
     reranked_recall,
     select_rerank,
 )
-from scalable_xmr.branch.member import BranchJob, train_branch
+from scalable_xmr.branch.member import BranchSpec, train_branch
 from scalable_xmr.branch.member_scores import sims_path
 from scalable_xmr.data.paired import make_synthetic_pairs
 
@@ -76,7 +76,7 @@ def run_one(setting: str, model: str, seed: int, work: Path, quick: bool) -> dic
     cfg = PairTrainerConfig(model=model, epochs=epochs, text_epochs=text_epochs, batch_size=32, lr=5e-3,
                             lr_decay_epochs=0, seed=seed)
     out = work / f"{setting}-{seed}-{model}"
-    result = train_branch(BranchJob(out_dir=str(out), dataset_uri=str(data), trainer=cfg,
+    result = train_branch(BranchSpec(out_dir=str(out), dataset_uri=str(data), trainer=cfg,
                                     model_config=config, num_threads=1))
     plain, rr = result.test["plain"], result.test["rerank"]
     return {"i2t_plain": plain["i2t@1"], "i2t_rerank": rr["i2t@1"], "t2i_plain": plain["t2i@1"],

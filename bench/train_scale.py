@@ -55,7 +55,7 @@ from scalable_xmr.config import SDMLConfig  # noqa: E402
 from scalable_xmr.data.modality.dataset import write_dataset  # noqa: E402
 from scalable_xmr.data.modality.info import DatasetInfo, ModalityInfo  # noqa: E402
 from scalable_xmr.sdml.data_parallel import train_modality_parallel  # noqa: E402
-from scalable_xmr.sdml.modality_job import ModalityJob  # noqa: E402
+from scalable_xmr.sdml.modality_spec import ModalitySpec  # noqa: E402
 from scalable_xmr.sdml.trainer import ModalityTrainer, TrainResult  # noqa: E402
 from scalable_xmr.store.projection import create_projection, save_projection  # noqa: E402
 
@@ -76,15 +76,15 @@ def make_data(root: Path, n_train: int, dim: int) -> str:
     return str(root / "data")
 
 
-def make_job(root: Path, data: str, cfg: SDMLConfig) -> ModalityJob:
+def make_job(root: Path, data: str, cfg: SDMLConfig) -> ModalitySpec:
     run = root / "run"
     run.mkdir(parents=True)
     digest = save_projection(run / "projection.arrow", create_projection(cfg.dim, CLASSES, 0))
-    return ModalityJob(run_dir=str(run), modality=MODALITY, config=cfg, dataset_uri=data, n_classes=CLASSES,
+    return ModalitySpec(run_dir=str(run), modality=MODALITY, config=cfg, dataset_uri=data, n_classes=CLASSES,
                        projection_sha256=digest, num_threads=1)
 
 
-def fit_in_process(job: ModalityJob) -> TrainResult:
+def fit_in_process(job: ModalitySpec) -> TrainResult:
     torch.set_num_threads(1)
     return ModalityTrainer(job).fit()
 

@@ -49,7 +49,7 @@ from scalable_xmr.config import ResourceConfig, SDMLConfig, TrackingConfig
 from scalable_xmr.data.modality.dataset import open_dataset
 from scalable_xmr.functional.losses import sdml_loss
 from scalable_xmr.models.sdml import SDMLAutoencoder
-from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.modality_spec import ModalitySpec
 from scalable_xmr.sdml.trainer import ModalityTrainer
 from scalable_xmr.store.projection import create_projection, save_projection
 
@@ -119,7 +119,7 @@ def make_trainer(data: str, run_dir: Path, modality: str, cfg: SDMLConfig, threa
     projection = run_dir / "projection.arrow"
     if not projection.exists():
         save_projection(projection, create_projection(cfg.dim, n_classes, 0))
-    job = ModalityJob(run_dir=str(run_dir), modality=modality, config=cfg, dataset_uri=data,
+    job = ModalitySpec(run_dir=str(run_dir), modality=modality, config=cfg, dataset_uri=data,
                       n_classes=n_classes, num_threads=threads)
     return ModalityTrainer(job)
 

@@ -6,7 +6,7 @@ node, so it must import the installed package and nothing beside it.
 
 import sys
 
-from scalable_xmr.cli.pairs import main
+from scalable_xmr.cli.branch import main
 
 if __name__ == "__main__":
     sys.exit(main())

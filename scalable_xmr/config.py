@@ -139,7 +139,7 @@ def check_patience(value: Any, where: str = "patience") -> int | None:
 
 def patience_exhausted(epoch: int, best_epoch: int, patience: int | None) -> bool:
     """The early-stopping rule of every trainer (SDML modalities, branch members and stages,
-    population members): after ``epoch`` (1-based), stop when the selected epoch ``best_epoch``
+    population slots): after ``epoch`` (1-based), stop when the selected epoch ``best_epoch``
     lies ``patience`` or more epochs back, i.e. ``patience`` epochs in a row brought no better
     validation score. Both numbers are in every checkpoint's history, so the count survives a
     resume. ``patience`` None: never.

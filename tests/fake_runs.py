@@ -9,6 +9,7 @@ import numpy as np
 
 from scalable_xmr.config import SDMLConfig
 from scalable_xmr.data.modality.dataset import open_dataset
+from scalable_xmr.sdml.evaluate import SDMLMetrics
 from scalable_xmr.store.meta import RunMeta
 from scalable_xmr.store.projection import create_projection, save_projection
 from scalable_xmr.store.run_store import RunStore
@@ -38,7 +39,7 @@ def make_finished_run(root: Path, data: str, modalities: tuple[str, ...], sdml: 
         modalities={m: dict(entry) for m in modalities}, mlflow=mlflow,
     ))
     pairs = {f"{q}-{t}": 0.5 for q in modalities for t in modalities if q != t}
-    store.write_metrics({"modalities": list(modalities), "map": pairs, "map_mean": 0.5})
+    SDMLMetrics(list(modalities), pairs, 0.5).write(store)
     return store.root
 
 
@@ -50,22 +51,22 @@ TINY_BRANCH = {  # tiny networks: these tests check search mechanics, not retrie
 }
 
 
-def train_pairs_run(run_dir: Path, data: str, models=("vse", "mmca", "mtfn")) -> str:
-    """A finished ``pairs`` run (run.json + models/<member>/model.pt), members trained one epoch
+def fake_branch_run(run_dir: Path, data: str, models=("vse", "mmca", "mtfn")) -> str:
+    """A finished branch run (run.json + models/<member>/model.pt), members trained one epoch
     each by ``branch.member.train_branch`` (the function the train-pairs actors run)."""
     from scalable_xmr.branch.config import PairTrainerConfig
-    from scalable_xmr.branch.member import BranchJob, train_branch
+    from scalable_xmr.branch.member import BranchSpec, train_branch
 
     store = RunStore(run_dir)
     store.root.mkdir(parents=True)
     members = {}
     for name in models:
-        job = BranchJob(out_dir=str(store.member_dir(name)), dataset_uri=data,
+        job = BranchSpec(out_dir=str(store.member_dir(name)), dataset_uri=data,
                         trainer=PairTrainerConfig(model=name, epochs=1, batch_size=10, lr=1e-3),
                         model_config=TINY_BRANCH[name], device="cpu", save_sims=False, ks=(1,), k_texts=(1,))
         train_branch(job)
         members[name] = {"status": "finished", "model": name}
-    meta = RunMeta(kind="pairs", dataset={"uri": data, "name": "synthetic-pairs"}, models=list(models),
+    meta = RunMeta(kind="branch", dataset={"uri": data, "name": "synthetic-pairs"}, models=list(models),
                    members=members)
     meta.finish()
     store.write(meta)

@@ -260,8 +260,8 @@ CASES: list[Case] = [
                     "--dim", "32", "--batch-size", "20", *T],
          "started training with lam=0.5, --resume asks for lam=0.9", RUN_KEPT),
     Case("train", "--resume of an image-text run", lambda c: ["train", "--data", c.xmedia, "--run",
-                                                              make_pairs_run(c), "--resume", *T],
-         "a 'pairs' run, not an SDML run", RUN_KEPT),
+                                                              make_branch_run(c), "--resume", *T],
+         "a 'branch' run, not an SDML run", RUN_KEPT),
     Case("train", "--config file missing", lambda c: _train(c, "--config", str(c.root / "best.json")),
          "best.json: file not found"),
     Case("train", "--config not JSON", lambda c: _train(c, "--config", _best_json(c, "{oops")), "best.json: not valid JSON"),
@@ -340,7 +340,7 @@ CASES: list[Case] = [
                                                         "--patience", "0"),
          "argument --patience: must be a whole number of epochs >= 1, got '0'", RUN_KEPT),
     Case("add-modality", "an image-text run", lambda c: _add(c, "--modality", "audio", "--data", c.xmedia,
-                                                             run=make_pairs_run(c)), "run.json: not an SDML run (kind 'pairs')", RUN_KEPT),
+                                                             run=make_branch_run(c)), "run.json: not an SDML run (kind 'branch')", RUN_KEPT),
     # xmr train-pairs
     Case("train-pairs", "an unknown --model", lambda c: _pairs(c, model="bert"),
          "argument --model: invalid choice: 'bert' (choose from 'vse', 'mtfn', 'mmca', 'vsa')"),
@@ -458,13 +458,13 @@ def _foreign_index(ctx: Ctx) -> str:
     return str(path)
 
 
-def make_pairs_run(ctx: Ctx) -> str:
+def make_branch_run(ctx: Ctx) -> str:
     from scalable_xmr.store.meta import RunMeta
     from scalable_xmr.store.run_store import RunStore
 
     store = RunStore(ctx.root / "pairs-run")
     store.root.mkdir()
-    store.write(RunMeta(kind="pairs", status="finished", dataset={"uri": ctx.pairs}, models=["vse"],
+    store.write(RunMeta(kind="branch", status="finished", dataset={"uri": ctx.pairs}, models=["vse"],
                         members={"vse": {"status": "finished"}}))
     return str(store.root)
 

@@ -76,14 +76,13 @@ LOCAL_IMPORTS_ALLOWED: dict[tuple[str, str], str] = {
     **listed(_CLI + "extend", "scalable_xmr.sdml.extend", "AddRequest add_modalities",
              "the add-modality job: torch and Ray"),
     **listed(_CLI + "extend", "scalable_xmr.sdml.evaluate", "map_table pairs_involving", "torch"),
-    **listed(_CLI + "pairs", "scalable_xmr.branch.config", "schedule_help TEXT_STAGE_KEY model_keys "
+    **listed(_CLI + "branch", "scalable_xmr.branch.config", "schedule_help TEXT_STAGE_KEY model_keys "
              "schedule_keys trainer_keys PairTrainerConfig default_text_epochs model_schedule "
              "split_values", "the branch models' registry: torch"),
-    **listed(_CLI + "pairs", "scalable_xmr.models.registry", "branch_config", "torch"),
-    **listed(_CLI + "pairs", "scalable_xmr.data.paired", "make_synthetic_pairs open_paired_dataset",
+    **listed(_CLI + "branch", "scalable_xmr.models.registry", "branch_config", "torch"),
+    **listed(_CLI + "branch", "scalable_xmr.data.paired", "make_synthetic_pairs open_paired_dataset",
              _DATA),
-    **listed(_CLI + "pairs", "scalable_xmr.branch.evaluate", "check_t2i_groups", "torch"),
-    **listed(_CLI + "pairs", "scalable_xmr.branch.job", "PairsRequest train_pairs",
+    **listed(_CLI + "branch", "scalable_xmr.branch.job", "BranchRequest train_branch",
              "the train-pairs job: torch, Ray, matplotlib"),
     **listed(_CLI + "search", "scalable_xmr.distributed.cluster", "connect started_local", "Ray"),
     **listed(_CLI + "search", "scalable_xmr.serving.index", "build_index", "torch"),

@@ -3,12 +3,12 @@
 ``train_pairs`` is what ``jobs/train_pairs.py`` and ``xmr train-pairs`` call. Every *member* (a
 model, or with ``ensemble = M`` each of its M seeds) trains in its own Ray actor, all at once in one
 placement group (one GPU each when the cluster has GPUs). An actor gets only a
-:class:`~scalable_xmr.branch.member.BranchJob` (paths and configs), reads its own splits, and
+:class:`~scalable_xmr.branch.member.BranchSpec` (paths and configs), reads its own splits, and
 runs :func:`~scalable_xmr.branch.member.train_branch`, checkpointing into the run store: a
 restarted actor resumes from its last checkpoint. The driver then averages each model's members
 (the ensemble), writes ``metrics.json`` and plots, logs MLflow runs and marks the run finished.
 
-Run store (docs/run-store.md, kind "pairs")::
+Run store (docs/run-store.md, kind "branch")::
 
     <run>/run.json                          dataset, members with their configs, status
     <run>/models/<member>/model.pt          best state_dict + configs (weights_only loadable)
@@ -34,12 +34,13 @@ from typing import Any
 from scalable_xmr.branch.checkpoints import checkpoint_dir, jsonable
 from scalable_xmr.branch.config import PairTrainerConfig, stored_trainer
 from scalable_xmr.branch.evaluate import COCO_5K, COCO_FOLDS, check_t2i_groups, rerank_grid_for
-from scalable_xmr.branch.member import BranchJob, BranchResult, run_member
+from scalable_xmr.branch.member import BranchResult, BranchSpec, run_member
+from scalable_xmr.branch.metrics_file import BranchMetrics
 from scalable_xmr.branch.report import (
     ensembles,
     log_members,
-    pairs_table,
     rk_metrics,
+    rk_table,
     run_params,
 )
 from scalable_xmr.config import TrackingConfig
@@ -47,7 +48,7 @@ from scalable_xmr.data.paired import open_paired_dataset
 from scalable_xmr.distributed.actors import ActorResources, ActorTask, Outcome, run_tasks
 from scalable_xmr.distributed.cluster import check_gpus, has_gpus
 from scalable_xmr.errors import InputError
-from scalable_xmr.io import absolute_uri, read_json
+from scalable_xmr.io import absolute_uri
 from scalable_xmr.models.registry import BRANCH_MODELS
 from scalable_xmr.runs.session import RunRecords, RunSummary, SessionOptions, run_session
 from scalable_xmr.store.meta import RunMeta, now_iso
@@ -58,8 +59,8 @@ from scalable_xmr.tracking.tracker import Tracker
 
 
 @dataclass(frozen=True)
-class PairsRequest:
-    """What ``train_pairs`` trains: members = models x ensemble seeds."""
+class BranchRequest:
+    """What ``train_branch`` trains: members = models x ensemble seeds."""
 
     run_dir: str
     dataset_uri: str
@@ -108,12 +109,12 @@ class PairsRequest:
 
 
 @dataclass
-class PairsSummary(RunSummary):
+class BranchSummary(RunSummary):
     table: str = ""  # the R@K table printed at the end
 
 
 # ------------------------------------------------------------------------------ validation
-def check_dataset(req: PairsRequest) -> dict[str, Any]:
+def check_dataset(req: BranchRequest) -> dict[str, Any]:
     """Validate the paired dataset (and target) at the door, without reading image features.
 
     Catches unknown image references, empty or out-of-vocabulary captions, uneven caption counts
@@ -176,15 +177,15 @@ def _check_target(uri: str) -> None:
 
 
 # ------------------------------------------------------------------------------ the job
-def train_pairs(req: PairsRequest, address: str | None = None) -> PairsSummary:
+def train_branch(req: BranchRequest, address: str | None = None) -> BranchSummary:
     """Train every member in parallel Ray actors, evaluate, ensemble, write the run, track."""
-    kind = PairsRun(req, check_dataset(req))
+    kind = BranchRun(req, check_dataset(req))
     summary = run_session(kind, [name for name, _, _ in req.members()], SessionOptions.of(req), address)
-    return PairsSummary(**vars(summary), table=pairs_table(summary.metrics))
+    return BranchSummary(**vars(summary), table=rk_table(summary.metrics))
 
 
 def _log_results(tracker: Tracker, parent: str | None, store: RunStore, meta: RunMeta,
-                 metrics: dict[str, Any], results: dict[str, BranchResult]) -> None:
+                 metrics: BranchMetrics, results: dict[str, BranchResult]) -> None:
     log_members(tracker, parent, meta, metrics, results)
     for path in (store.metrics_path, store.run_json, store.plots_dir / "rerank_k.png"):
         tracker.log_artifact(parent, path)
@@ -195,26 +196,27 @@ def _state(store: RunStore, meta: RunMeta) -> tuple[list[Path], list[Path]]:
 
 
 # The branch models' units are the run's members (run.json ``members``; docs/run-store.md).
-RECORDS = RunRecords(kind="pairs", job="train_pairs", where="models/*/checkpoints/",
+RECORDS = RunRecords(kind="branch", job="train_pairs", where="models/*/checkpoints/",
                      units=lambda meta: meta.members if meta.members is not None else {},
                      entry=lambda result: _member_entry(result),
                      stored_results=lambda store, meta: _finished_results(store, meta),
-                     params=run_params, log_results=_log_results, state=_state)
+                     params=run_params, log_results=_log_results, state=_state,
+                     read_metrics=BranchMetrics.read)
 
 
-class PairsRun:
+class BranchRun:
     """One ``xmr train-pairs`` job's members; ``dataset``: :func:`check_dataset`'s record."""
 
     records = RECORDS
 
-    def __init__(self, req: PairsRequest, dataset: dict[str, Any]):
+    def __init__(self, req: BranchRequest, dataset: dict[str, Any]):
         self.req, self.dataset = req, dataset
         self.wanted, self.rerank = _wanted(req)
 
     def check_resume(self, store: RunStore, stored: RunMeta) -> None:
         """These flags continue the stored run exactly (nothing written)."""
         wanted, rerank, dataset = self.wanted, self.rerank, self.dataset
-        if stored.kind != "pairs":
+        if stored.kind != "branch":
             raise InputError(f"{store.root}: a {stored.kind!r} run, not a train-pairs run")
         if stored.dataset["uri"] != dataset["uri"]:
             raise InputError(f"{store.root}: run was trained on {stored.dataset['uri']}, "
@@ -256,7 +258,7 @@ class PairsRun:
         store.root.mkdir(parents=True, exist_ok=True)
         target = absolute_uri(req.target_uri) if req.target_uri else None
         return RunMeta(
-            kind="pairs", dataset=self.dataset, target=target,
+            kind="branch", dataset=self.dataset, target=target,
             models=list(req.trainers), ensemble=req.ensemble, rerank=self.rerank,
             members={name: {"status": "pending", "settings": s} for name, s in self.wanted.items()},
         )
@@ -264,11 +266,11 @@ class PairsRun:
     def reopen(self, meta: RunMeta) -> None:
         pass
 
-    def jobs(self, store: RunStore, meta: RunMeta, todo: Sequence[str]) -> list[BranchJob]:
+    def specs(self, store: RunStore, meta: RunMeta, todo: Sequence[str]) -> list[BranchSpec]:
         members = {name: (model, seed) for name, model, seed in self.req.members()}
         return [_job(store, self.req, name, *members[name]) for name in todo]
 
-    def train(self, jobs: list[BranchJob]) -> Outcome:
+    def train(self, jobs: list[BranchSpec]) -> Outcome:
         """All members at once, one actor each (the same run_tasks as the SDML job's modalities)."""
         req = self.req
         placement = ActorResources(gpus=_gpus(req), cpus=req.cpus_per_model, max_restarts=req.max_restarts,
@@ -277,23 +279,25 @@ class PairsRun:
         return run_tasks(tasks, placement, show_progress=req.show_progress)
 
     def finish(self, store: RunStore, meta: RunMeta, results: dict[str, BranchResult], new: Sequence[str],
-               tracker: Tracker, parent: str | None) -> dict[str, Any]:
+               tracker: Tracker, parent: str | None) -> BranchMetrics:
         return _finish(store, meta, results, tracker, parent)
 
 
 def _finish(store: RunStore, meta: RunMeta, results: dict[str, BranchResult], tracker: Tracker,
-            parent: str | None) -> dict[str, Any]:
+            parent: str | None) -> BranchMetrics:
     """Ensembles, metrics.json, plots, MLflow children and artifacts; then status finished."""
     metrics = rk_metrics(meta, results, ensembles(store, meta, results))
-    store.write_metrics(metrics)
-    plots.rerank_k(metrics, store.plots_dir / "rerank_k.png")
+    metrics.write(store)
+    grids = {name: e["val_grid"] for name, e in metrics.models.items()}  # plot panels: as before
+    grids.update({f"{m} ensemble": e["val_grid"] for m, e in metrics.ensembles.items()})
+    plots.rerank_k(grids, store.plots_dir / "rerank_k.png")
     _log_results(tracker, parent, store, meta, metrics, results)
     meta.finish()
     store.write(meta)
     return metrics
 
 
-def _member_settings(req: PairsRequest, model: str, seed: int) -> dict[str, Any]:
+def _member_settings(req: BranchRequest, model: str, seed: int) -> dict[str, Any]:
     from dataclasses import replace
 
     trainer = asdict(replace(req.trainers[model], seed=seed))
@@ -302,7 +306,7 @@ def _member_settings(req: PairsRequest, model: str, seed: int) -> dict[str, Any]
             "target_uri": absolute_uri(req.target_uri) if req.target_uri and model == "vsa" else None}
 
 
-def _wanted(req: PairsRequest) -> tuple[dict[str, Any], dict[str, Any]]:
+def _wanted(req: BranchRequest) -> tuple[dict[str, Any], dict[str, Any]]:
     """(member name -> settings, the re-ranking block) these flags ask for."""
     wanted = {name: jsonable(_member_settings(req, model, seed)) for name, model, seed in req.members()}
     rerank = {"ks": list(req.ks) if req.ks else None, "k_texts": list(req.k_texts) if req.k_texts else None,
@@ -315,21 +319,20 @@ def _finished_results(store: RunStore, meta: RunMeta) -> dict[str, BranchResult]
     out = {}
     for name, entry in meta.members.items():
         if entry.get("status") == "finished":
-            saved = read_json(store.member_dir(name) / "result.json")
-            out[name] = BranchResult(**{"t2i_groups": "query", **saved})  # older results: query groups
+            out[name] = BranchResult.read(store.member_dir(name))
     return out
 
 
-def _gpus(req: PairsRequest) -> float:
+def _gpus(req: BranchRequest) -> float:
     """GPUs per member: as asked, else 1 when the cluster has GPUs."""
     if req.gpus_per_model is not None:
         return req.gpus_per_model
     return 1.0 if has_gpus() else 0.0
 
 
-def _job(store: RunStore, req: PairsRequest, name: str, model: str, seed: int) -> BranchJob:
+def _job(store: RunStore, req: BranchRequest, name: str, model: str, seed: int) -> BranchSpec:
     gpus = _gpus(req)
-    return BranchJob(
+    return BranchSpec(
         out_dir=uri_of(store.member_dir(name)), dataset_uri=absolute_uri(req.dataset_uri),
         trainer=dataclasses.replace(req.trainers[model], seed=seed),
         model_config=dict(req.model_configs.get(model, {})),

@@ -1,4 +1,4 @@
-"""One branch member: its job (:class:`BranchJob`), its result (:class:`BranchResult`), and the
+"""One branch member: its spec (:class:`BranchSpec`), its result (:class:`BranchResult`), and the
 function that trains and evaluates it, plain and re-ranked (no Ray inside).
 
 :func:`train_branch` is the one function both the ``train-pairs`` job's Ray actors and a Tune
@@ -42,7 +42,6 @@ import torch
 from scalable_xmr import faults
 from scalable_xmr.branch.checkpoints import MemberCheckpoints, checkpoint_dir, jsonable
 from scalable_xmr.branch.config import PairTrainerConfig
-from scalable_xmr.branch.evaluate import check_t2i_groups
 from scalable_xmr.branch.member_scores import evaluate_branch, evaluate_target
 from scalable_xmr.branch.model_file import write_model_file
 from scalable_xmr.branch.splits import read_splits
@@ -51,16 +50,19 @@ from scalable_xmr.config import early_stop_note
 from scalable_xmr.data.paired import PairedSplit
 from scalable_xmr.distributed.progress import Reporter
 from scalable_xmr.errors import InputError
-from scalable_xmr.io import atomic_write_json
+from scalable_xmr.io import atomic_write_json, read_json
 from scalable_xmr.models.registry import branch_config
 from scalable_xmr.models.runtime import resolve_device
 from scalable_xmr.store.remote import open_dir
 
 EpochHook = Callable[[dict[str, Any]], None]
+RESULT_FILE = "result.json"  # a member's result in its out_dir (BranchResult.write / read)
+# result.json written before it recorded t2i_groups re-ranked T2I with the query's group G(T, K')
+OLD_T2I_GROUPS = "query"
 
 
 @dataclass(frozen=True)
-class BranchJob:
+class BranchSpec:
     """Everything one branch model's training needs, by reference (paths, not arrays)."""
 
     out_dir: str  # absolute: model.pt, checkpoints/, sims/, result.json go here
@@ -86,14 +88,13 @@ class BranchJob:
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
             raise InputError(f"checkpoint_every must be an integer >= 1, got {self.checkpoint_every!r}")
         branch_config(self.trainer.model, self.model_config)  # unknown keys / bad values fail here
-        check_t2i_groups(self.t2i_groups)
 
     @property
     def label(self) -> str:
         return self.name or self.trainer.model
 
 
-@dataclass
+@dataclass(frozen=True)
 class BranchResult:
     name: str
     model: str
@@ -118,8 +119,35 @@ class BranchResult:
     # per stage: the (1-based) epoch its patience stopped it at; None: it ran every epoch
     stopped_early: dict[str, int | None] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, values: Any, source: str) -> BranchResult:
+        """Check a parsed result.json; errors name ``source`` and the key. A file from before
+        ``t2i_groups`` was recorded reads as :data:`OLD_T2I_GROUPS`."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if not isinstance(values, dict):
+            raise InputError(f"{source}: not a branch member's result.json (a JSON object)")
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise InputError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(fields)})")
+        required = [n for n, f in fields.items()
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [n for n in required if n not in values]
+        if missing:
+            raise InputError(f"{source}: missing key {missing[0]!r}")
+        return cls(**{"t2i_groups": OLD_T2I_GROUPS, **values})
+
+    def write(self, out_dir: str | Path) -> None:
+        """``<out_dir>/result.json`` (atomic)."""
+        atomic_write_json(Path(out_dir) / RESULT_FILE, self.to_json())
+
+    @classmethod
+    def read(cls, out_dir: str | Path) -> BranchResult:
+        """The result a member (or a sweep trial) left in ``out_dir``."""
+        path = Path(out_dir) / RESULT_FILE
+        return cls.from_json(read_json(path), str(path))
 
     def footer_note(self) -> str | None:
         """The job footer's line on this member's image-text epochs (``config.early_stop_note``,
@@ -135,7 +163,7 @@ class BranchResult:
         return note
 
 
-def _epoch_hook(job: BranchJob, trainer: PairTrainer, ckpt: MemberCheckpoints, progress, on_epoch):
+def _epoch_hook(job: BranchSpec, trainer: PairTrainer, ckpt: MemberCheckpoints, progress, on_epoch):
     def hook(record: dict[str, Any]) -> None:
         epoch, total = trainer.epoch, trainer.total_epochs
         saved = epoch % job.checkpoint_every == 0 or epoch == total
@@ -158,7 +186,7 @@ def _epoch_hook(job: BranchJob, trainer: PairTrainer, ckpt: MemberCheckpoints, p
     return hook
 
 
-def _save_model(job: BranchJob, trainer: PairTrainer, split: PairedSplit, model_config: dict) -> None:
+def _save_model(job: BranchSpec, trainer: PairTrainer, split: PairedSplit, model_config: dict) -> None:
     best = {s: (None if b is None else b["epoch"]) for s, b in trainer.best.items()}
     text_dim = split.text_dim if trainer.train_data.texts.is_floating_point() else None
     write_model_file(Path(job.out_dir) / "model.pt", job.trainer.model, trainer.model.state_dict(),
@@ -167,7 +195,7 @@ def _save_model(job: BranchJob, trainer: PairTrainer, split: PairedSplit, model_
 
 
 def train_branch(
-    job: BranchJob, progress: EpochHook | None = None, on_epoch: EpochHook | None = None,
+    job: BranchSpec, progress: EpochHook | None = None, on_epoch: EpochHook | None = None,
     event: Callable[[str], None] | None = None,
 ) -> BranchResult:
     """Train ``job``'s model (resuming from its checkpoint), then evaluate plain and re-ranked.
@@ -207,7 +235,7 @@ def train_branch(
         resumed_at_epoch=list(ckpt.resumed_at), train_seconds=train_seconds, device=str(device),
         pid=os.getpid(), stopped_early=dict(trainer.stopped_early), **evaluation,
     )
-    atomic_write_json(Path(job.out_dir) / "result.json", result.to_dict())
+    result.write(job.out_dir)
     return result
 
 
@@ -219,7 +247,7 @@ def _history_row(record: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def run_member(job: BranchJob, reporter: Reporter) -> BranchResult:
+def run_member(job: BranchSpec, reporter: Reporter) -> BranchResult:
     """One member's training, as a Ray actor runs it (``distributed.actors.run_actors``); a
     restarted actor calls it again and the trainer resumes from its checkpoint. An object-storage
     ``out_dir`` is worked on in this node's mirror of it (store/remote.py), pulled first."""

@@ -25,6 +25,7 @@ from scalable_xmr.branch.evaluate import (
 )
 from scalable_xmr.branch.member import BranchResult
 from scalable_xmr.branch.member_scores import save_array, sims_path
+from scalable_xmr.branch.metrics_file import BranchMetrics
 from scalable_xmr.branch.model_file import read_model_file
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.retrieval import recall_at_k
@@ -114,7 +115,7 @@ def evaluate_ensemble(
     W_m' f: MTFN-RR does not say how (or whether) its ensembles combine S_TT, and its reference
     code has no ensemble (and re-ranks T2I with ground-truth caption groups, not S_TT).
 
-    ``captions_per_image`` is (val, test); ``t2i_groups`` as in :class:`BranchJob`;
+    ``captions_per_image`` is (val, test); ``t2i_groups`` as in :class:`BranchSpec`;
     ``target_splits`` (VSA with a target: split -> images, captions_per_image) adds the plain
     R@K of the combined ``target_<split>`` scores, as :func:`member_scores.evaluate_target` reports a
     member's. Returns the keys of :func:`member_scores.evaluate_branch` plus ``score`` and ``target``.
@@ -151,8 +152,8 @@ def evaluate_ensemble(
 
 
 # ------------------------------------------------------------------------------ metrics.json
-def rk_metrics(meta: RunMeta, results: dict[str, BranchResult], ens: dict[str, dict]) -> dict:
-    """metrics.json of a pairs run: each member's and each ensemble's test R@K (plain and
+def rk_metrics(meta: RunMeta, results: dict[str, BranchResult], ens: dict[str, dict]) -> BranchMetrics:
+    """metrics.json of a branch run: each member's and each ensemble's test R@K (plain and
     re-ranked), the val grid and choice, and the target-domain R@K when there is a target."""
     test = meta.dataset["splits"]["test"]
     models = {}
@@ -167,20 +168,17 @@ def rk_metrics(meta: RunMeta, results: dict[str, BranchResult], ens: dict[str, d
             **_target_entry(e.get("target"))}
         for m, e in ens.items()
     }
-    metrics = {"kind": "pairs", "dataset": meta.dataset["uri"],
-               "test": {"images": test["images"], "captions_per_image": test["captions_per_image"],
-                        "protocol": "5K and 1K (5 folds)" if "plain_1k" in next(iter(models.values()))
-                        else "all test images"},
-               "models": models, "ensembles": ensemble_rows}
+    test_block = {"images": test["images"], "captions_per_image": test["captions_per_image"],
+                  "protocol": "5K and 1K (5 folds)" if "plain_1k" in next(iter(models.values()))
+                  else "all test images"}
     target = next((r.target for r in results.values() if r.target), None)
-    if target is not None:
-        metrics["target"] = {
-            "dataset": target["uri"], "splits": target["splits"],
-            "protocol": "plain R@K over all images of each target split (VSA-AE-MMD Table 1)",
-            "selected_on": "the source val split (epoch and re-ranking K; target pairs are unavailable "
-                           "to unsupervised domain adaptation)",
-        }
-    return metrics
+    target_block = None if target is None else {
+        "dataset": target["uri"], "splits": target["splits"],
+        "protocol": "plain R@K over all images of each target split (VSA-AE-MMD Table 1)",
+        "selected_on": "the source val split (epoch and re-ranking K; target pairs are unavailable "
+                       "to unsupervised domain adaptation)",
+    }
+    return BranchMetrics(meta.dataset["uri"], test_block, models, ensemble_rows, target_block)
 
 
 def _target_entry(target: dict[str, Any] | None) -> dict[str, Any]:
@@ -191,11 +189,9 @@ def _target_entry(target: dict[str, Any] | None) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ the printed table
-def _rows(metrics: dict[str, Any], suffix: str) -> list[tuple[str, dict[str, float]]]:
+def _rows(metrics: BranchMetrics, suffix: str) -> list[tuple[str, dict[str, float]]]:
     rows = []
-    entries = [(n, e) for n, e in metrics["models"].items()]
-    entries += [(f"{m} ensemble x{len(e['members'])}", e) for m, e in metrics["ensembles"].items()]
-    for name, entry in entries:
+    for name, entry in metrics.entries():
         rows.append((name, entry[f"plain{suffix}"]))
         if f"rerank{suffix}" in entry:
             choice = RerankChoice(**entry["choice"])
@@ -206,13 +202,13 @@ def _rows(metrics: dict[str, Any], suffix: str) -> list[tuple[str, dict[str, flo
     return rows
 
 
-def pairs_table(metrics: dict[str, Any]) -> str:
+def rk_table(metrics: BranchMetrics) -> str:
     """The printed R@K table: per member (and ensemble) a plain row and a re-ranked row of R@1/5/10,
     medr, meanr and rsum; then, with a VSA target domain, the plain target-domain R@K
     (:func:`target_tables`)."""
-    test = metrics["test"]
+    test = metrics.test
     what = f"{test['images']} images x {test['captions_per_image']} captions"
-    first = next(iter(metrics["models"].values()))
+    first = next(iter(metrics.models.values()))
     if "plain_1k" not in first:
         tables = [recall_table(_rows(metrics, ""), f"R@K on the test split ({what}, all images)")]
     else:
@@ -222,15 +218,13 @@ def pairs_table(metrics: dict[str, Any]) -> str:
     return "\n\n".join([*tables, *target_tables(metrics)])
 
 
-def target_tables(metrics: dict[str, Any]) -> list[str]:
+def target_tables(metrics: BranchMetrics) -> list[str]:
     """One table per target split (test, then val): R@1/5/10, medr, meanr, rsum of every entry
     with target figures, titled with the data selection used."""
-    target = metrics.get("target")
+    target = metrics.target
     if not target:
         return []
-    entries = [(n, e) for n, e in metrics["models"].items() if "target" in e]
-    entries += [(f"{m} ensemble x{len(e['members'])}", e) for m, e in metrics["ensembles"].items()
-                if "target" in e]
+    entries = [(n, e) for n, e in metrics.entries() if "target" in e]
     tables = []
     for split, sizes in target["splits"].items():
         what = f"{sizes['images']} images x {sizes['captions_per_image']} captions, all images"
@@ -278,10 +272,10 @@ def _target_metrics(target: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def log_members(tracker: Tracker, parent: str | None, meta: RunMeta, metrics: dict[str, Any],
+def log_members(tracker: Tracker, parent: str | None, meta: RunMeta, metrics: BranchMetrics,
                 results: dict[str, BranchResult]) -> None:
     """One child run per member (and per ensemble): params, per-epoch losses, R@K."""
-    for name, entry in metrics["models"].items():
+    for name, entry in metrics.models.items():
         r = results[name]
         child = tracker.start_run(name, parent_id=parent, tags={"model": r.model, "member": name})
         tracker.log_params(child, {"model": r.model, "seed": r.seed, "dataset": meta.dataset["uri"],
@@ -300,7 +294,7 @@ def log_members(tracker: Tracker, parent: str | None, meta: RunMeta, metrics: di
         tracker.log_metric_rows(child, rows)
         meta.members[name]["mlflow_run_id"] = child
         tracker.end_run(child)
-    for model, entry in metrics["ensembles"].items():
+    for model, entry in metrics.ensembles.items():
         child = tracker.start_run(f"{model}-ensemble", parent_id=parent,
                                   tags={"model": model, "member": "ensemble"})
         tracker.log_params(child, {"model": model, "members": ",".join(entry["members"]),
@@ -308,7 +302,7 @@ def log_members(tracker: Tracker, parent: str | None, meta: RunMeta, metrics: di
         tracker.log_metrics(child, {mlflow_name(k): v for k, v in _recall_metrics(entry).items()})
         tracker.end_run(child)
     parent_metrics = {}
-    labels = [*metrics["models"].items(), *((f"{m}-ensemble", e) for m, e in metrics["ensembles"].items())]
+    labels = [*metrics.models.items(), *((f"{m}-ensemble", e) for m, e in metrics.ensembles.items())]
     for label, entry in labels:
         parent_metrics[f"{label}/rsum"] = entry["plain"]["rsum"]
         parent_metrics[f"{label}/rerank/rsum"] = entry["rerank"]["rsum"]

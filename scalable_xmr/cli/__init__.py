@@ -19,7 +19,7 @@ from scalable_xmr.version import __version__
 
 # Modules of this package that define `register(subparsers)`; imported lazily so `xmr --help` is fast
 # and a missing optional area never breaks the others.
-_AREAS = ("data", "projection", "train", "extend", "pairs", "sweep", "search", "track", "cluster")
+_AREAS = ("data", "projection", "train", "extend", "branch", "sweep", "search", "track", "cluster")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -125,12 +125,12 @@ def run_add(args: argparse.Namespace) -> int:
     set_verbose(args.verbose)
     summary = add_modalities(request_from_args(args), address=args.address)
     metrics = summary.metrics
-    new = pairs_involving(list(summary.results), metrics["modalities"])
+    new = pairs_involving(list(summary.results), metrics.modalities)
     print()
     print(map_table(metrics))
     print()
     print(f"added         : {', '.join(summary.results)} ({len(new)} new ordered pairs, "
-          f"{len(metrics['map'])} in all)")
+          f"{len(metrics.map)} in all)")
     for m, r in summary.results.items():
         print(f"  {m:<12}best epoch {r.best_epoch}/{r.epochs}, "
               f"trained in {r.train_seconds:.1f} s on {r.device}")

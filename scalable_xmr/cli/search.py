@@ -43,7 +43,7 @@ once it answers; runs until Ctrl-C or SIGTERM, then shuts Serve down."""
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", metavar="DIR", required=True, help="a finished run (directory or pyarrow.fs URI)")
     p.add_argument("--model", metavar="NAME", default=None,
-                   help="the member of a branch-model (pairs) run that has several (e.g. vse)")
+                   help="the member of a branch-model run that has several (e.g. vse)")
 
 
 def _ann_argument(p: argparse.ArgumentParser) -> None:

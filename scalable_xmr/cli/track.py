@@ -33,12 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_track(args: argparse.Namespace) -> int:
-    from scalable_xmr.branch.job import RECORDS as PAIRS
+    from scalable_xmr.branch.job import RECORDS as BRANCH
     from scalable_xmr.runs.track import log_finished_run
     from scalable_xmr.sdml.job import RECORDS as SDML
 
     store = RunStore(args.run)
-    records = SDML if store.read().kind == "sdml" else PAIRS
+    records = SDML if store.read().kind == "sdml" else BRANCH
     outcome = log_finished_run(store, args.tracking_uri, args.experiment, records)
     print(outcome.line(store.uri))
     return 0

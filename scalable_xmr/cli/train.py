@@ -30,7 +30,7 @@ from scalable_xmr.config import (
 )
 from scalable_xmr.distributed.logs import set_verbose
 from scalable_xmr.errors import InputError
-from scalable_xmr.io import read_json
+from scalable_xmr.sweep_best import SDML, SweepBest
 
 DEMO_EPOCHS = 25  # `make run`: the full XMedia-shaped data, ~10 min on a 2-core CPU
 
@@ -240,11 +240,11 @@ def load_overrides(path: str | None, lr: list[str] | None = None) -> ModalityOve
     rates = LearningRates.parse(lr)
     if not path:
         return ModalityOverrides(lr=rates)
-    best = read_json(path)
-    if not isinstance(best, dict) or best.get("model") != "sdml":
-        raise InputError(f"--config {path}: not an SDML best.json (model {best.get('model')!r})")
-    per = best.get("per_modality")
-    if not isinstance(per, dict):
+    best = SweepBest.read(path, f"--config {path}")
+    if best.model != SDML:
+        raise InputError(f"--config {path}: not an SDML best.json (model {best.model!r})")
+    per = best.per_modality
+    if per is None:
         raise InputError(f"--config {path}: no 'per_modality' section")
     return ModalityOverrides({m: dict(v["config"]) for m, v in per.items()}, rates,
                              source=f"--config {Path(path).name}")

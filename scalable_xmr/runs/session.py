@@ -51,7 +51,7 @@ class RunSummary:
     and what became of the run's training state (a footer line)."""
 
     run_dir: str
-    metrics: dict[str, Any]
+    metrics: Any  # the kind's metrics.json record (RunRecords.read_metrics)
     results: dict[str, Any]  # what this job trained: per modality a TrainResult, per member a BranchResult
     tracking: str
     seconds: float
@@ -89,9 +89,11 @@ class RunRecords:
     stored_results: Callable[[RunStore, RunMeta], dict[str, Any]]
     params: Callable[[RunMeta], dict[str, Any]]  # the parent run's params, from run.json alone
     # (tracker, parent, store, meta, metrics, results): children, metrics and artifacts of a finished run
-    log_results: Callable[[Tracker, str | None, RunStore, RunMeta, dict[str, Any], dict[str, Any]], None]
+    log_results: Callable[[Tracker, str | None, RunStore, RunMeta, Any, dict[str, Any]], None]
     # the run's training state, (folders, files), removed once it is finished
     state: Callable[[RunStore, RunMeta], tuple[list[Path], list[Path]]]
+    # the kind's one reader of <run>/metrics.json: its typed record (None before the run has one)
+    read_metrics: Callable[[RunStore], Any]
 
 
 class RunKind(Protocol):
@@ -117,15 +119,17 @@ class RunKind(Protocol):
     def reopen(self, meta: RunMeta) -> None:
         """A resumed run's run.json before it continues (e.g. units added since)."""
 
-    def jobs(self, store: RunStore, meta: RunMeta, todo: Sequence[str]) -> list[Any]:
-        """The payloads of the units to train; their settings go on record in ``meta``."""
+    def specs(self, store: RunStore, meta: RunMeta, todo: Sequence[str]) -> list[Any]:
+        """The specs of the units to train (what each actor is handed); their settings go on
+        record in ``meta``."""
 
-    def train(self, jobs: list[Any]) -> Outcome:
+    def train(self, specs: list[Any]) -> Outcome:
         """Train them on the cluster."""
 
     def finish(self, store: RunStore, meta: RunMeta, results: dict[str, Any], new: Sequence[str],
-               tracker: Tracker, parent: str | None) -> dict[str, Any]:
-        """Evaluate, write metrics and plots, log; returns the metrics (run.json is marked here)."""
+               tracker: Tracker, parent: str | None) -> Any:
+        """Evaluate, write metrics and plots, log; returns the metrics (the kind's metrics.json
+        record; run.json is marked here)."""
 
 
 def todo_units(records: RunRecords, meta: RunMeta | None, wanted: Sequence[str]) -> list[str]:
@@ -157,7 +161,7 @@ def run_session(kind: RunKind, wanted: Sequence[str], opts: SessionOptions,
         kind.check_cluster()  # before anything is written
         mode = store.prepare(mode)
         if done:  # nothing to train: a finished run is read, never rewritten (tracking flags or not)
-            return RunSummary(store.uri, store.read_metrics(), {}, stored_run_url(stored, store.uri),
+            return RunSummary(store.uri, records.read_metrics(store), {}, stored_run_url(stored, store.uri),
                               time.perf_counter() - start)
         return _train(kind, store, stored if mode == "resume" else None, todo, opts, start)
 
@@ -176,11 +180,11 @@ def _train(kind: RunKind, store: RunStore, stored: RunMeta | None, todo: list[st
                       tracking.enabled)
     records = kind.records
     results = records.stored_results(store, meta)
-    jobs = kind.jobs(store, meta, todo)  # puts each unit's settings on record in meta
+    specs = kind.specs(store, meta, todo)  # puts each unit's settings on record in meta
     with parent_run(store, meta, tracker, "resume" if stored else "new", records.job,
                     kind.params(meta)) as parent:
         store.write(meta)  # every unit's settings are on record before it trains (resume checks them)
-        outcome = kind.train(jobs)
+        outcome = kind.train(specs)
         if outcome.error is None:
             store.refresh()  # an object-storage run: what the actors uploaded, from any node
         record(records, store, meta, outcome)
@@ -286,6 +290,6 @@ def log_stored_run(records: RunRecords, store: RunStore, meta: RunMeta, tracker:
         "job": records.job, "xmr.run_dir": store.uri, "xmr.logged_from_store": "true"})
     tracker.log_params(parent, records.params(meta))
     results = records.stored_results(store, meta)
-    records.log_results(tracker, parent, store, meta, store.read_metrics(), results)
+    records.log_results(tracker, parent, store, meta, records.read_metrics(store), results)
     tracker.end_run(parent)
     return parent

@@ -140,17 +140,18 @@ class StagedKind(Protocol):
     def params(self, meta: RunMeta) -> dict[str, Any]:
         """A new MLflow parent run's params."""
 
-    def jobs(self, staging: RunStore, meta: RunMeta) -> list[Any]:
-        """The payloads of the units, writing into ``staging``."""
+    def specs(self, staging: RunStore, meta: RunMeta) -> list[Any]:
+        """The specs of the units, writing into ``staging``."""
 
-    def train(self, jobs: list[Any]) -> Outcome:
+    def train(self, specs: list[Any]) -> Outcome:
         """Train them on the cluster."""
 
     def commit(self, commit: Commit, meta: RunMeta, results: dict[str, Any], tracker: Tracker,
-               parent: str | None) -> dict[str, Any]:
-        """Move the units in, write metrics and plots, then run.json; returns the metrics."""
+               parent: str | None) -> Any:
+        """Move the units in, write metrics and plots, then run.json; returns the metrics (the
+        kind's metrics.json record)."""
 
-    def after_commit(self, tracker: Tracker, meta: RunMeta, metrics: dict[str, Any]) -> None:
+    def after_commit(self, tracker: Tracker, meta: RunMeta, metrics: Any) -> None:
         """MLflow logging that needs the committed run."""
 
 
@@ -172,7 +173,7 @@ def run_staged(kind: StagedKind, run_dir: str, tracking: TrackingConfig | None, 
         fileops.remove(store.root / STAGING)  # left by a killed add job (and from the bucket)
         staging = Staging(store, kind.staged_files)
         try:
-            results = kind.train(kind.jobs(staging.store, meta)).value()
+            results = kind.train(kind.specs(staging.store, meta)).value()
             store.refresh()  # an object-storage run: what the actors uploaded, from any node
             state = training_state.after_finish(staging.store.uri, kind.state(staging.store, list(results)),
                                                 keep_checkpoints, where=kind.state_where)

@@ -38,7 +38,7 @@ from scalable_xmr import faults
 from scalable_xmr.distributed.ray_train import WorkerGroup, run_workers
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.losses import label_loss_sum, sdml_loss_share
-from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.modality_spec import ModalitySpec
 from scalable_xmr.sdml.trainer import (
     EpochStats,
     ModalityTrainer,
@@ -84,7 +84,7 @@ def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
 class RankTrainer(ModalityTrainer):
     """One rank of a data-parallel modality: a ModalityTrainer over its slice of each batch."""
 
-    def __init__(self, job: ModalityJob, ctx: RankContext):
+    def __init__(self, job: ModalitySpec, ctx: RankContext):
         super().__init__(job, resume=False)  # Ray Train keeps this run's checkpoints
         self.ctx, self.rank, self.world = ctx, ctx.rank, ctx.world_size
         self.lo, self.hi = shard_bounds(self.cfg.batch_size, self.rank, self.world)
@@ -221,16 +221,16 @@ class Ingest:
     datasets: dict[str, Any] | None = None  # Ray Data datasets by name (distributed/ray_data.py)
     data_config: Any = None  # how Ray Train splits and limits them
 
-    def payload(self, job: ModalityJob) -> Any:
+    def payload(self, job: ModalitySpec) -> Any:
         return job if self.plan is None else (job, self.plan)
 
 
-def train_rank(job: ModalityJob, ctx: RankContext) -> None:
+def train_rank(job: ModalitySpec, ctx: RankContext) -> None:
     """What each of the W workers runs (on its own device)."""
     RankTrainer(dataclasses.replace(job, device=ctx.device), ctx).run()
 
 
-def train_modality_parallel(job: ModalityJob, workers: int, *, ingest: Ingest | None = None,
+def train_modality_parallel(job: ModalitySpec, workers: int, *, ingest: Ingest | None = None,
                             **options: Any) -> TrainResult:
     """Train ``job``'s modality with ``workers`` DDP ranks (Ray Train), as one process would
     (:func:`run_modality_parallel` with ``ingest``, by default :func:`train_rank` on the modality
@@ -239,8 +239,8 @@ def train_modality_parallel(job: ModalityJob, workers: int, *, ingest: Ingest | 
     return TrainResult(**metrics["result"])
 
 
-def run_modality_parallel(job: ModalityJob, workers: int,
-                          ingest: Ingest | Callable[[ModalityJob, RankContext], None], *,
+def run_modality_parallel(job: ModalitySpec, workers: int,
+                          ingest: Ingest | Callable[[ModalitySpec, RankContext], None], *,
                           use_gpu: bool = False, resources_per_worker: dict[str, float] | None = None,
                           storage_path: str | None = None, max_failures: int = 2,
                           start_timeout_s: float = 60.0, poll_interval_s: float = 0.25,

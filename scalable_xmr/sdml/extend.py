@@ -53,7 +53,7 @@ from scalable_xmr.runs.staging import Commit, run_staged
 from scalable_xmr.sdml import evaluate
 from scalable_xmr.sdml.job import finish_run, modality_entry
 from scalable_xmr.sdml.launch import check_resources, train_modalities
-from scalable_xmr.sdml.modality_job import ModalityJob, check_split_sizes
+from scalable_xmr.sdml.modality_spec import ModalitySpec, check_split_sizes
 from scalable_xmr.sdml.trainer import TrainResult
 from scalable_xmr.store.meta import RunMeta, now_iso, versions
 from scalable_xmr.store.projection import load_projection
@@ -130,13 +130,13 @@ class AddModalities:
     def params(self, meta: RunMeta) -> dict[str, Any]:
         return {"dataset": meta.dataset["name"], "projection_sha256": meta.projection["sha256"], **meta.sdml}
 
-    def jobs(self, staging: RunStore, meta: RunMeta) -> list[ModalityJob]:
-        return [ModalityJob(run_dir=staging.uri, modality=m, config=self.configs[m],
+    def specs(self, staging: RunStore, meta: RunMeta) -> list[ModalitySpec]:
+        return [ModalitySpec(run_dir=staging.uri, modality=m, config=self.configs[m],
                             dataset_uri=self.sources[m].dataset_uri, table_path=self.sources[m].table_path,
                             n_classes=self.n_classes, projection_sha256=meta.projection["sha256"])
                 for m in self.req.modalities]
 
-    def train(self, jobs: list[ModalityJob]) -> Outcome:
+    def train(self, jobs: list[ModalitySpec]) -> Outcome:
         outcome = train_modalities(jobs, self.req.resources, show_progress=self.req.show_progress)
         if isinstance(outcome.error, ActorDiedError):
             error = RunStateError(f"training of {', '.join(self.req.modalities)} died ({outcome.error}); "
@@ -149,10 +149,10 @@ class AddModalities:
         return [staging.checkpoint_path(m).parent for m in units]
 
     def commit(self, commit: Commit, meta: RunMeta, results: dict[str, TrainResult], tracker: Tracker,
-               parent: str | None) -> dict:
+               parent: str | None) -> evaluate.SDMLMetrics:
         return _commit(commit, meta, results, self.configs, self.sources, tracker, parent)
 
-    def after_commit(self, tracker: Tracker, meta: RunMeta, metrics: dict[str, Any]) -> None:
+    def after_commit(self, tracker: Tracker, meta: RunMeta, metrics: evaluate.SDMLMetrics) -> None:
         _log_new_pairs(tracker, meta, metrics, list(self.req.modalities))
 
 
@@ -257,7 +257,7 @@ def _check_splits(modality: str, splits: dict, where: str, multi_label: bool, cf
 # ---- the commit ---------------------------------------------------------------------------------
 def _commit(commit: Commit, meta: RunMeta, results: dict[str, TrainResult],
             configs: dict[str, SDMLConfig], sources: dict[str, _Source], tracker: Tracker,
-            parent: str | None) -> dict:
+            parent: str | None) -> evaluate.SDMLMetrics:
     """Move the trained folders in, then metrics.json and plots, then run.json (the commit point)."""
     store, staging = commit.store, commit.staging.store
     replaced = [m for m in results if m in meta.modalities]
@@ -275,34 +275,35 @@ def _commit(commit: Commit, meta: RunMeta, results: dict[str, TrainResult],
     if parent and recorded_elsewhere(meta, store.uri):  # a moved or copied run adopts its own parent
         meta.mlflow = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
                        "parent_run_id": parent, "run_dir": store.uri}
-    old_at_k = store.read_metrics().get("map_at_k", {})  # keep reporting the run's mAP@k
+    old = evaluate.SDMLMetrics.read(store)
+    old_at_k = old.map_at_k if old else None  # keep reporting the run's mAP@k
     return finish_run(store, meta, new_modalities=list(results), tracker=tracker, parent_run=parent,
-                      results=results, top_k=old_at_k.get("k"),
-                      no_relevant=old_at_k.get("no_relevant", "zero"))
+                      results=results, top_k=old_at_k.k if old_at_k else None,
+                      no_relevant=old_at_k.no_relevant if old_at_k else "zero")
 
 
 def _commit_without(store: RunStore, meta: RunMeta, dropped: list[str]) -> None:
     """Commit the run minus ``dropped`` (consistent metrics.json, then run.json) before a replace."""
     keep = [m for m in meta.finished_modalities() if m not in dropped]
-    old = store.read_metrics()
+    old = evaluate.SDMLMetrics.read(store)
     pairs = [evaluate.pair_key(q, t) for q, t in evaluate.all_pairs(keep)]
-    at_k = old.get("map_at_k")
-    if all(k in old.get("map", {}) and (not at_k or k in at_k) for k in pairs):
-        store.write_metrics(evaluate.build_metrics(
-            {k: old["map"][k] for k in pairs}, keep,
-            {k: at_k[k] for k in pairs} if at_k else None, at_k["k"] if at_k else None,
-            {m: n for m, n in old.get("n_test", {}).items() if m in keep} or None,
-            no_relevant=at_k.get("no_relevant", "zero") if at_k else "zero"))
+    maps, at_k, n_test = (old.map, old.map_at_k, old.n_test or {}) if old else ({}, None, {})
+    if all(k in maps and (not at_k or k in at_k.maps) for k in pairs):
+        evaluate.build_metrics(
+            {k: maps[k] for k in pairs}, keep,
+            {k: at_k.maps[k] for k in pairs} if at_k else None, at_k.k if at_k else None,
+            {m: n for m, n in n_test.items() if m in keep} or None,
+            no_relevant=at_k.no_relevant if at_k else "zero").write(store)
     for m in dropped:
         meta.modalities.pop(m)
     store.write(meta)
 
 
 # ---- MLflow -------------------------------------------------------------------------------------
-def _log_new_pairs(tracker: Tracker, meta: RunMeta, metrics: dict[str, Any], new: list[str]) -> None:
+def _log_new_pairs(tracker: Tracker, meta: RunMeta, metrics: evaluate.SDMLMetrics, new: list[str]) -> None:
     """Each new modality's child run also gets the mAP of the pairs it is part of."""
     for m in new:
         child = meta.modalities[m].get("mlflow_run_id")
-        pairs = evaluate.pairs_involving([m], metrics["modalities"])
-        tracker.log_metrics(child, {f"map/{evaluate.pair_key(q, t)}": metrics["map"][evaluate.pair_key(q, t)]
+        pairs = evaluate.pairs_involving([m], metrics.modalities)
+        tracker.log_metrics(child, {f"map/{evaluate.pair_key(q, t)}": metrics.map[evaluate.pair_key(q, t)]
                                     for q, t in pairs})

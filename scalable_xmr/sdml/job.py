@@ -34,7 +34,7 @@ from scalable_xmr.runs.session import RunRecords, RunSummary, SessionOptions, ru
 from scalable_xmr.sdml import evaluate
 from scalable_xmr.sdml.joint import JOINT_CHECKPOINT
 from scalable_xmr.sdml.launch import check_resources, train_modalities
-from scalable_xmr.sdml.modality_job import ModalityJob, check_split_sizes
+from scalable_xmr.sdml.modality_spec import ModalitySpec, check_split_sizes
 from scalable_xmr.sdml.trainer import TrainResult
 from scalable_xmr.store.meta import RunMeta, now_iso
 from scalable_xmr.store.projection import create_projection, load_projection, save_projection
@@ -72,7 +72,7 @@ def train_sdml(req: TrainRequest, address: str | None = None) -> RunSummary:
 
 
 def _log_stored(tracker: Tracker, parent: str | None, store: RunStore, meta: RunMeta,
-                metrics: dict[str, Any], results: dict[str, TrainResult]) -> None:
+                metrics: evaluate.SDMLMetrics, results: dict[str, TrainResult]) -> None:
     plots = sorted(p for p in store.plots_dir.glob("*.png")) if store.plots_dir.is_dir() else []
     _log_results(tracker, parent, store, meta, metrics, results, plots)
 
@@ -86,7 +86,8 @@ RECORDS = RunRecords(kind="sdml", job="train_xmedia", where="modalities/*/checkp
                      units=lambda meta: meta.modalities if meta.modalities is not None else {},
                      entry=lambda result: modality_entry(result),
                      stored_results=lambda store, meta: stored_results(store, meta),
-                     params=lambda meta: _run_params(meta), log_results=_log_stored, state=_state)
+                     params=lambda meta: _run_params(meta), log_results=_log_stored, state=_state,
+                     read_metrics=evaluate.SDMLMetrics.read)
 
 
 class SDMLRun:
@@ -199,18 +200,18 @@ class SDMLRun:
         for m in self.modalities:
             meta.modalities.setdefault(m, {"status": "pending"})
 
-    def jobs(self, store: RunStore, meta: RunMeta, todo: Sequence[str]) -> list[ModalityJob]:
+    def specs(self, store: RunStore, meta: RunMeta, todo: Sequence[str]) -> list[ModalitySpec]:
         for m in todo:  # what check_resume compares when this run is resumed
             meta.modalities[m]["config"] = self.configs[m].to_dict()
             meta.modalities[m]["workers"] = self.req.resources.workers_per_modality
             meta.modalities[m]["stream"] = self.req.resources.stream
-        return [modality_job(store, meta, m, self.configs[m]) for m in todo]
+        return [modality_spec(store, meta, m, self.configs[m]) for m in todo]
 
-    def train(self, jobs: list[ModalityJob]) -> Outcome:
+    def train(self, jobs: list[ModalitySpec]) -> Outcome:
         return train_modalities(jobs, self.req.resources, show_progress=self.req.show_progress)
 
     def finish(self, store: RunStore, meta: RunMeta, results: dict[str, TrainResult], new: Sequence[str],
-               tracker: Tracker, parent: str | None) -> dict[str, Any]:
+               tracker: Tracker, parent: str | None) -> evaluate.SDMLMetrics:
         # The modalities this job trained get their MLflow child runs (earlier ones have theirs).
         return finish_run(store, meta, new_modalities=list(new), tracker=tracker, parent_run=parent,
                           results={m: results[m] for m in new}, top_k=self.req.top_k,
@@ -222,10 +223,10 @@ def state_dirs(store: RunStore, meta: RunMeta) -> list[Path]:
     return [store.checkpoint_path(m).parent for m in meta.modalities or {}]
 
 
-def modality_job(store: RunStore, meta: RunMeta, modality: str, cfg: SDMLConfig,
-                 table_path: str | None = None) -> ModalityJob:
+def modality_spec(store: RunStore, meta: RunMeta, modality: str, cfg: SDMLConfig,
+                 table_path: str | None = None) -> ModalitySpec:
     """What the actor training ``modality`` of the run gets: paths and its config."""
-    return ModalityJob(
+    return ModalitySpec(
         run_dir=store.uri, modality=modality, config=cfg,  # a URI: actors open their own mirror
         dataset_uri=None if table_path else meta.dataset["uri"], table_path=table_path,
         n_classes=int(meta.dataset["n_classes"]), projection_sha256=meta.projection["sha256"],
@@ -267,18 +268,19 @@ def stored_results(store: RunStore, meta: RunMeta) -> dict[str, TrainResult]:
     return out
 
 
-def _log_results(tracker: Tracker, parent: str | None, store: RunStore, meta: RunMeta, metrics: dict,
-                 results: dict[str, TrainResult], plot_paths: list[Path]) -> None:
+def _log_results(tracker: Tracker, parent: str | None, store: RunStore, meta: RunMeta,
+                 metrics: evaluate.SDMLMetrics, results: dict[str, TrainResult],
+                 plot_paths: list[Path]) -> None:
     _log_modalities(tracker, parent, meta, results)
-    tracker.log_metrics(parent, {f"map/{k}": v for k, v in metrics["map"].items()})
-    tracker.log_metrics(parent, {"map/mean": metrics["map_mean"]})
+    tracker.log_metrics(parent, {f"map/{k}": v for k, v in metrics.map.items()})
+    tracker.log_metrics(parent, {"map/mean": metrics.map_mean})
     for path in [store.metrics_path, store.run_json, store.projection_path, *plot_paths]:
         tracker.log_artifact(parent, path)
 
 
 def finish_run(store: RunStore, meta: RunMeta, new_modalities: list[str], tracker: Tracker,
                parent_run: str | None, results: dict[str, TrainResult], top_k: int | None,
-               no_relevant: str = "zero") -> dict:
+               no_relevant: str = "zero") -> evaluate.SDMLMetrics:
     """Evaluate the pairs the new modalities change, write metrics/plots, log, mark finished.
 
     ``top_k``: also mAP@k, a query with no relevant item in its top k scored as ``no_relevant``
@@ -286,19 +288,19 @@ def finish_run(store: RunStore, meta: RunMeta, new_modalities: list[str], tracke
     modalities = meta.finished_modalities()
     n_classes = meta.dataset["n_classes"]
     emb = evaluate.load_test_embeddings(store, modalities, n_classes)
-    old = store.read_metrics()
+    old = evaluate.SDMLMetrics.read(store)
     # Pairs among untouched modalities keep their stored values (no re-encoding, no recompute).
-    maps = {k: v for k, v in old.get("map", {}).items()}
+    maps = dict(old.map) if old else {}
     pairs = evaluate.pairs_involving(new_modalities, modalities) if old else evaluate.all_pairs(modalities)
     maps.update(evaluate.pair_maps(emb, pairs))
     maps_at_k = None
     if top_k:
-        maps_at_k = evaluate.stored_maps_at_k(old, top_k, no_relevant)
+        maps_at_k = old.stored_maps_at_k(top_k, no_relevant) if old else {}
         todo = pairs if maps_at_k else evaluate.all_pairs(modalities)
         maps_at_k.update(evaluate.pair_maps(emb, todo, top_k=top_k, no_relevant=no_relevant))
     metrics = evaluate.build_metrics(maps, modalities, maps_at_k, top_k, no_relevant=no_relevant,
                                      n_test={m: len(emb[m][0]) for m in modalities})
-    store.write_metrics(metrics)
+    metrics.write(store)
     plot_paths = make_plots(store, metrics, emb)
     _log_results(tracker, parent_run, store, meta, metrics, results, plot_paths)
     meta.finish()
@@ -327,10 +329,11 @@ def _log_modalities(tracker: Tracker, parent: str | None, meta: RunMeta,
         tracker.end_run(child)
 
 
-def make_plots(store: RunStore, metrics: dict, emb: evaluate.Embeddings) -> list[Path]:
+def make_plots(store: RunStore, metrics: evaluate.SDMLMetrics, emb: evaluate.Embeddings) -> list[Path]:
     from scalable_xmr.tracking import plots  # matplotlib loads only when a run is plotted
 
-    out = [plots.map_heatmap(metrics, store.plots_dir / "map_heatmap.png")]
+    out = [plots.map_heatmap(metrics.modalities, metrics.map, metrics.map_mean,
+                             store.plots_dir / "map_heatmap.png")]
     if len(emb) < 2:  # one modality so far (more can be added later): no pair to draw curves of
         return out
     modalities = list(emb)  # the run's order: each modality's colour in every panel and plot

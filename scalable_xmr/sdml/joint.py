@@ -18,7 +18,7 @@ import torch
 
 from scalable_xmr.distributed.progress import Reporter
 from scalable_xmr.models.runtime import make_adam
-from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.modality_spec import ModalitySpec
 from scalable_xmr.sdml.trainer import SDML_BETAS, EpochStats, ModalityTrainer, ProgressFn, TrainResult
 from scalable_xmr.store import torchfile
 
@@ -26,7 +26,7 @@ JOINT_CHECKPOINT = "joint_checkpoint.pt"  # the shared optimizer's state, beside
 
 
 class JointTrainer:
-    def __init__(self, jobs: list[ModalityJob], progress: ProgressFn | None = None):
+    def __init__(self, jobs: list[ModalitySpec], progress: ProgressFn | None = None):
         self.trainers = [ModalityTrainer(job, progress) for job in jobs]
         groups = [{"params": list(t.model.parameters()), "lr": t.optimizer.param_groups[0]["lr"]}
                   for t in self.trainers]
@@ -81,6 +81,6 @@ class JointTrainer:
         return {t.job.modality: t.result(seconds) for t in self.trainers}
 
 
-def train_joint(jobs: list[ModalityJob], reporter: Reporter) -> dict[str, TrainResult]:
+def train_joint(jobs: list[ModalitySpec], reporter: Reporter) -> dict[str, TrainResult]:
     """Every modality in one loop, as the one Ray actor of the joint strategy runs it."""
     return JointTrainer(jobs, reporter.progress).fit()

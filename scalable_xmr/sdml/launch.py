@@ -29,7 +29,7 @@ from scalable_xmr.distributed.actors import ActorResources, ActorTask, Outcome, 
 from scalable_xmr.distributed.cluster import check_gpus, check_workers, cluster_cpus, has_gpus
 from scalable_xmr.distributed.progress import ProgressBars
 from scalable_xmr.sdml.joint import train_joint
-from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.modality_spec import ModalitySpec
 from scalable_xmr.sdml.trainer import train_modality
 
 INGEST_CPUS = 1.0  # logical CPUs a streaming modality leaves Ray Data by default (RAY_NOTES.md)
@@ -73,7 +73,7 @@ def ingest_limits(resources: ResourceConfig) -> IngestLimits:
     return IngestLimits(cpus=max(INGEST_CPUS, left))
 
 
-def workers_line(jobs: Sequence[ModalityJob], resources: ResourceConfig) -> str:
+def workers_line(jobs: Sequence[ModalitySpec], resources: ResourceConfig) -> str:
     """The start line of a data-parallel job, e.g. ``workers: image 2, text 2 (DDP, gloo; ...)``."""
     backend = "nccl" if worker_gpus(resources) > 0 else "gloo"
     per = ", ".join(f"{j.modality} {resources.workers_per_modality}" for j in jobs)
@@ -83,7 +83,7 @@ def workers_line(jobs: Sequence[ModalityJob], resources: ResourceConfig) -> str:
 
 
 def train_modalities(
-    jobs: Sequence[ModalityJob], resources: ResourceConfig, show_progress: bool = True
+    jobs: Sequence[ModalitySpec], resources: ResourceConfig, show_progress: bool = True
 ) -> Outcome:
     """Train every job on the cluster with the chosen strategy: results by modality, and the
     modality that failed (serial: the groups before it stay finished; joint: none singled out)."""
@@ -110,7 +110,7 @@ def train_modalities(
         bars.close()
 
 
-def train_data_parallel(jobs: Sequence[ModalityJob], resources: ResourceConfig) -> Outcome:
+def train_data_parallel(jobs: Sequence[ModalitySpec], resources: ResourceConfig) -> Outcome:
     """Each job on ``workers_per_modality`` Ray Train workers, one modality after the other; the
     Outcome of those that finished and the one that failed (or was interrupted) with its error."""
     from scalable_xmr.sdml.data_parallel import train_modality_parallel  # loads Ray Train: only here

@@ -1,7 +1,7 @@
 """What a trained SDML modality network leaves in its run store: ``model.pt`` (the network of the
 selected epoch, its configs and P's digest), the embeddings of its evaluated splits and its training
 log, each written atomically. Shared by :class:`~scalable_xmr.sdml.trainer.ModalityTrainer` (and so
-a data-parallel rank 0), a population member (sdml/population.py) and a sweep trial (tuning/).
+a data-parallel rank 0), a population slot (sdml/population.py) and a sweep trial (tuning/).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from scalable_xmr.config import SDMLConfig
 from scalable_xmr.io import atomic_write_json
 from scalable_xmr.models.sdml import SDMLAutoencoder
-from scalable_xmr.sdml.modality_job import ModalityData, ModalityJob
+from scalable_xmr.sdml.modality_spec import ModalityData, ModalitySpec
 from scalable_xmr.store.run_store import RunStore
 
 
@@ -33,7 +33,7 @@ def model_payload(model: SDMLAutoencoder, cfg: SDMLConfig, modality: str, best_e
             "best_epoch": best_epoch, "projection_sha256": projection_sha256 or ""}
 
 
-def save_selected(store: RunStore, job: ModalityJob, model: SDMLAutoencoder, cfg: SDMLConfig,
+def save_selected(store: RunStore, job: ModalitySpec, model: SDMLAutoencoder, cfg: SDMLConfig,
                   best_epoch: int, data: SplitRows, embeddings: dict[str, torch.Tensor]) -> None:
     """``model.pt`` (``model`` as the network of the selected epoch ``best_epoch``) and the given
     splits' embeddings, each written atomically: what a run or a sweep trial keeps of a network."""
@@ -43,7 +43,7 @@ def save_selected(store: RunStore, job: ModalityJob, model: SDMLAutoencoder, cfg
         store.write_embeddings(m, split, data.ids[split], data.labels[split].cpu().numpy(), emb.cpu().numpy())
 
 
-def write_run_outputs(store: RunStore, job: ModalityJob, model: SDMLAutoencoder, cfg: SDMLConfig,
+def write_run_outputs(store: RunStore, job: ModalitySpec, model: SDMLAutoencoder, cfg: SDMLConfig,
                       best_epoch: int, data: ModalityData, log: dict[str, Any]) -> None:
     """A trained network's outputs in ``store``: :func:`save_selected` with the embeddings of
     ``job.eval_splits``, then the training log ``log`` (ModalityTrainer's and a population

@@ -49,9 +49,9 @@ from scalable_xmr.errors import InputError
 from scalable_xmr.functional.losses import label_loss_sum
 from scalable_xmr.io import atomic_write_json
 from scalable_xmr.sdml.data_parallel import Ingest, RankContext, RankTrainer, train_modality_parallel
-from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.modality_spec import ModalitySpec
 from scalable_xmr.sdml.outputs import save_selected
-from scalable_xmr.sdml.trainer import TrainResult, member_seed, retain_freed_memory
+from scalable_xmr.sdml.trainer import TrainResult, modality_seed, retain_freed_memory
 
 EVAL_BATCH = 1024  # rows a val/test batch: encoding only, memory ~ rows x dim x 4 B
 
@@ -131,8 +131,8 @@ class StreamRankTrainer(RankTrainer):
 
     reads_splits = False
 
-    def __init__(self, job: ModalityJob, ctx: StreamContext, plan: StreamPlan):
-        self.plan, self.seed = plan, member_seed(job.config, job.modality)
+    def __init__(self, job: ModalitySpec, ctx: StreamContext, plan: StreamPlan):
+        self.plan, self.seed = plan, modality_seed(job.config, job.modality)
         self.source = open_dataset(job.dataset_uri, validate=False)  # val and test: read batch by batch
         super().__init__(job, ctx)
 
@@ -207,13 +207,13 @@ class StreamRankTrainer(RankTrainer):
         atomic_write_json(self.store.train_log_path(self.job.modality), self.train_log())
 
 
-def train_stream_rank(payload: tuple[ModalityJob, StreamPlan], ctx: StreamContext) -> None:
+def train_stream_rank(payload: tuple[ModalitySpec, StreamPlan], ctx: StreamContext) -> None:
     """What each of the W workers runs (on its own device)."""
     job, plan = payload
     StreamRankTrainer(dataclasses.replace(job, device=ctx.device), ctx, plan).run()
 
 
-def stream_inputs(job: ModalityJob, limits: IngestLimits) -> Ingest:
+def stream_inputs(job: ModalitySpec, limits: IngestLimits) -> Ingest:
     """The driver's side: the moments pass over the train split, then the lazy train dataset
     (its file order shuffled each epoch, split over the workers)."""
     if job.dataset_uri is None:
@@ -228,11 +228,11 @@ def stream_inputs(job: ModalityJob, limits: IngestLimits) -> Ingest:
 
     n_train, mean, var = feature_moments(split(TRAIN))
     plan = StreamPlan(n_train, dim, mean, var, limits.shuffle_rows(dim, job.config.batch_size))
-    seed = member_seed(job.config, job.modality)
+    seed = modality_seed(job.config, job.modality)
     return Ingest(train_stream_rank, plan, {TRAIN: split(TRAIN, seed=seed)}, data_config(limits))
 
 
-def train_modality_streaming(job: ModalityJob, workers: int, limits: IngestLimits | None = None,
+def train_modality_streaming(job: ModalitySpec, workers: int, limits: IngestLimits | None = None,
                              **kwargs: Any) -> TrainResult:
     """``job``'s modality on ``workers`` ranks that stream its table within ``limits``; the other
     arguments as :func:`~scalable_xmr.sdml.data_parallel.train_modality_parallel`'s."""

@@ -31,7 +31,7 @@ from scalable_xmr.errors import InputError
 from scalable_xmr.functional.losses import mean_label_loss, sdml_loss
 from scalable_xmr.models.runtime import make_adam
 from scalable_xmr.models.sdml import SDMLAutoencoder
-from scalable_xmr.sdml.modality_job import ModalityJob, job_context
+from scalable_xmr.sdml.modality_spec import ModalitySpec, spec_context
 from scalable_xmr.sdml.outputs import write_run_outputs
 from scalable_xmr.store import torchfile
 from scalable_xmr.store.meta import now_iso
@@ -100,8 +100,8 @@ def retain_freed_memory() -> bool:
     return bool(mmap_ok and trim_ok)
 
 
-def member_seed(cfg: SDMLConfig, modality: str) -> int:
-    """The seed of one modality's network init and batch order (a population member uses the same)."""
+def modality_seed(cfg: SDMLConfig, modality: str) -> int:
+    """The seed of one modality's network init and batch order (a population slot uses the same)."""
     return cfg.seed * 1_000_003 + zlib.crc32(modality.encode())
 
 
@@ -143,12 +143,12 @@ def stored_config(values: Any) -> Any:
 class ModalityTrainer:
     """Trains one modality's supervised autoencoder against the fixed P (SDML Algorithm 1)."""
 
-    def __init__(self, job: ModalityJob, progress: ProgressFn | None = None, *, resume: bool = True):
+    def __init__(self, job: ModalitySpec, progress: ProgressFn | None = None, *, resume: bool = True):
         """``resume=False``: start fresh whatever the run store holds (a data-parallel rank,
         whose checkpoints Ray Train keeps, restores with :meth:`restore` instead)."""
         self.job, self.cfg, self.progress = job, job.config, progress
-        self.device, self.store, self.P, self.data = job_context(job, load_data=self.reads_splits)
-        seed = member_seed(self.cfg, job.modality)
+        self.device, self.store, self.P, self.data = spec_context(job, load_data=self.reads_splits)
+        seed = modality_seed(self.cfg, job.modality)
         torch.manual_seed(seed)
         self.model = SDMLAutoencoder(self.input_dim(), self.cfg.dim, self.cfg.hidden).to(self.device)
         self.x = self.standardise()
@@ -382,7 +382,7 @@ class ModalityTrainer:
         }
 
 
-def train_modality(job: ModalityJob, reporter: Reporter) -> TrainResult:
+def train_modality(job: ModalitySpec, reporter: Reporter) -> TrainResult:
     """One modality's whole training, as a Ray actor runs it (``distributed.actors.run_actors``).
 
     A restarted actor calls this again with the same job: the trainer resumes from the last

@@ -39,7 +39,7 @@ class RunInfo:
     uri: str
     store: RunStore
     meta: RunMeta
-    model: str | None  # a pairs run's member ("vse", "mtfn-seed1"); None for SDML
+    model: str | None  # a branch run's member ("vse", "mtfn-seed1"); None for SDML
     model_kind: str | None  # that member's model: vse | vsa | mmca | mtfn
     modalities: list[str]
     fingerprint: str  # SDML: P's sha256; a member: its model.pt payload's sha256
@@ -61,7 +61,7 @@ class RunInfo:
 
 
 def choose_member(members: list[str], model: str | None, root: Any) -> str:
-    """The member of a pairs run that ``model`` names (the only one when None)."""
+    """The member of a branch run that ``model`` names (the only one when None)."""
     if not members:
         raise InputError(f"{root}: the run has no finished model")
     if model is None:

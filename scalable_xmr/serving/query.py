@@ -34,7 +34,7 @@ class SearchRequest:
     index: str | None = None  # an `xmr index` directory; None: the target's stored test split
     k: int = 10
     ann: str = "exact"  # exact | flat | ivf | hnsw
-    model: str | None = None  # a pairs run's member
+    model: str | None = None  # a branch run's member
     device: str = "auto"
     depth: int | None = None  # MMCA: two-stage search with this first-stage depth (None: exact)
     split: str = "test"  # the stored split searched when there is no index

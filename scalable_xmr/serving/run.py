@@ -64,7 +64,7 @@ class TrainedRun:
         self.kind = meta.kind
         self.device = resolve_device(device)
         self._encoders: dict[str, SDMLAutoencoder] = {}
-        # Stored galleries a search ranks or looks query ids up in: a pairs run encodes the whole
+        # Stored galleries a search ranks or looks query ids up in: a branch run encodes the whole
         # split to build one, so it is built once per (modality, split), not on every search.
         self._galleries: dict[tuple[str, str], Gallery] = {}
         if self.kind == "sdml":

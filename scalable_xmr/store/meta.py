@@ -18,7 +18,10 @@ from scalable_xmr.errors import InputError
 from scalable_xmr.version import __version__
 
 FORMAT_VERSION = 1
-KINDS = ("sdml", "pairs")
+KINDS = ("sdml", "branch")
+# Kinds an older version wrote -> the kind they are now: runs of the image-text branch models were
+# kind "pairs" up to 0.1.0 (README "Upgrading"): read as "branch", and written back so.
+OLD_KINDS = {"pairs": "branch"}
 STATUSES = ("running", "failed", "finished")
 
 
@@ -32,12 +35,17 @@ def versions() -> dict[str, str]:
             **{name: importlib.metadata.version(name) for name in ("torch", "ray", "pyarrow", "numpy")}}
 
 
+def current_kind(kind: Any) -> Any:
+    """``kind`` as this version names it (:data:`OLD_KINDS`); other values are left to be checked."""
+    return OLD_KINDS.get(kind, kind) if isinstance(kind, str) else kind
+
+
 @dataclass
 class RunMeta:
     """The content of ``<run>/run.json``."""
 
-    kind: str  # "sdml" (xmr train / add-modality) or "pairs" (xmr train-pairs)
-    dataset: dict[str, Any]  # uri, name; SDML: n_classes, multi_label, class_names; pairs: splits
+    kind: str  # "sdml" (xmr train / add-modality) or "branch" (xmr train-pairs)
+    dataset: dict[str, Any]  # uri, name; SDML: n_classes, multi_label, class_names; branch: splits
     status: str = "running"  # running -> finished, or failed (with error)
     created: str = field(default_factory=now_iso)
     updated: str | None = None  # set by every write
@@ -81,7 +89,7 @@ class RunMeta:
         if missing:
             raise InputError(f"{source}: missing key {missing[0]!r}")
         try:
-            return cls(**values)
+            return cls(**{**values, "kind": current_kind(values["kind"])})
         except InputError as e:
             raise InputError(f"{source}: {str(e).removeprefix('run.json: ')}") from None
 

@@ -222,8 +222,3 @@ class RunStore:
         return np.asarray(table.column("id").to_pylist(), dtype=object), labels, emb
 
     # ---- metrics -------------------------------------------------------------------------------
-    def read_metrics(self) -> dict[str, Any]:
-        return read_json(self.metrics_path) if self.metrics_path.is_file() else {}
-
-    def write_metrics(self, metrics: dict[str, Any]) -> None:
-        atomic_write_json(self.metrics_path, metrics)

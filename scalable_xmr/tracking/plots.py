@@ -73,12 +73,13 @@ def short_number(value: float) -> str:
 
 
 # ------------------------------------------------------------------------------ SDML
-def map_heatmap(metrics: dict[str, Any], path: Path) -> Path:
-    mods = metrics["modalities"]
+def map_heatmap(modalities: list[str], maps: dict[str, float], map_mean: float, path: Path) -> Path:
+    """The mAP of each ordered pair (``maps``: "<query>-<target>" -> mAP) as a heatmap."""
+    mods = modalities
     grid = np.full((len(mods), len(mods)), np.nan)
     for i, q in enumerate(mods):
         for j, t in enumerate(mods):
-            grid[i, j] = metrics["map"].get(f"{q}-{t}", np.nan)
+            grid[i, j] = maps.get(f"{q}-{t}", np.nan)
     fig, ax = plt.subplots(figsize=(1.2 * len(mods) + 2, 1.0 * len(mods) + 1.5))
     im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1)
     ax.set_xticks(range(len(mods)), mods, rotation=30, ha="right")
@@ -90,7 +91,7 @@ def map_heatmap(metrics: dict[str, Any], path: Path) -> Path:
             if not np.isnan(grid[i, j]):
                 ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center",
                         color="white" if grid[i, j] < 0.6 else "black", fontsize=8)
-    ax.set_title(f"mAP (mean {metrics['map_mean']:.4f})")
+    ax.set_title(f"mAP (mean {map_mean:.4f})")
     fig.colorbar(im, ax=ax, fraction=0.046)
     return save_figure(fig, path)
 
@@ -153,15 +154,15 @@ def curves(
 
 
 # ------------------------------------------------------------------------------ branch models
-def rerank_k_figure(metrics: dict[str, Any]) -> Figure:
-    """R@1 on val against the re-ranking K (MTFN-RR Fig. 7a): one panel per member and ensemble,
-    image → text and text → image (best K' per K) in their fixed colours."""
-    entries = {**metrics["models"], **{f"{m} ensemble": e for m, e in metrics["ensembles"].items()}}
+def rerank_k_figure(val_grids: dict[str, dict[str, list[dict[str, float]]]]) -> Figure:
+    """R@1 on val against the re-ranking K (MTFN-RR Fig. 7a): one panel per member and ensemble
+    (``val_grids``: its label -> its val grid), image → text and text → image (best K' per K) in
+    their fixed colours."""
+    entries = val_grids
     cols = min(3, max(len(entries), 1))
     rows = (len(entries) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False, sharey=True)
-    for ax, (name, entry) in zip(axes.flat, entries.items(), strict=False):
-        grid = entry["val_grid"]
+    for ax, (name, grid) in zip(axes.flat, entries.items(), strict=False):
         best = {"i2t": {}, "t2i": {}}
         for direction in best:
             for g in grid[direction]:
@@ -183,9 +184,9 @@ def rerank_k_figure(metrics: dict[str, Any]) -> Figure:
     return fig
 
 
-def rerank_k(metrics: dict[str, Any], path: Path) -> Path:
+def rerank_k(val_grids: dict[str, dict[str, list[dict[str, float]]]], path: Path) -> Path:
     """:func:`rerank_k_figure`, saved at ``path``."""
-    return save_figure(rerank_k_figure(metrics), path)
+    return save_figure(rerank_k_figure(val_grids), path)
 
 
 # ------------------------------------------------------------------------------ sweeps

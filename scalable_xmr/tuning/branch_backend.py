@@ -15,7 +15,7 @@ from scalable_xmr.branch.config import (
     split_values,
 )
 from scalable_xmr.branch.evaluate import K_GRID, K_TEXT_GRID
-from scalable_xmr.branch.member import BranchJob
+from scalable_xmr.branch.member import BranchSpec
 from scalable_xmr.data.paired import open_paired_dataset
 from scalable_xmr.errors import InputError
 from scalable_xmr.io import absolute_uri
@@ -28,7 +28,7 @@ from scalable_xmr.tuning.space import SearchSpace
 from scalable_xmr.tuning.trial_io import trial_dir
 
 # A sweep that keeps branch.evaluate's default K grids lets each trial cut them to its gallery.
-T2I_GROUPS = BranchJob.t2i_groups  # the trials' T2I neighbour groups: train-pairs' default, "candidate"
+T2I_GROUPS = BranchSpec.t2i_groups  # the trials' T2I neighbour groups: train-pairs' default, "candidate"
 # The training job's own, and the trials' compression: best.json trains the model's full schedule.
 _NOT_IN_BEST = ("model", "epochs", "text_epochs", "seed", "eval_chunk", COMPRESSION_KEY)
 

@@ -24,7 +24,7 @@ from typing import Any
 import scalable_xmr.tuning.trial_io as trial_io
 from scalable_xmr.branch.checkpoints import checkpoint_dir
 from scalable_xmr.branch.config import PairTrainerConfig, split_values
-from scalable_xmr.branch.member import BranchJob, train_branch
+from scalable_xmr.branch.member import BranchSpec, train_branch
 
 KS = (1, 5, 10)
 
@@ -40,7 +40,7 @@ class BranchTrialSetup:
     model_base: dict[str, Any] = field(default_factory=dict)  # the model config's fixed values
     ks: tuple[int, ...] | None = None  # None: branch.evaluate's default grid, cut to the gallery
     k_texts: tuple[int, ...] | None = None
-    t2i_groups: str = BranchJob.t2i_groups  # T2I re-ranking's neighbour groups (branch.evaluate)
+    t2i_groups: str = BranchSpec.t2i_groups  # T2I re-ranking's neighbour groups (branch.evaluate)
     checkpoint_every: int = 1
     device: str = "auto"
     threads: int = 1
@@ -118,7 +118,7 @@ def branch_trial(config: dict[str, Any], setup: BranchTrialSetup) -> None:
     trial_io.log_start(directory, state.get("epoch"))
     trainer_values, model_values = split_config(setup.model, config)
     trainer = PairTrainerConfig.from_dict({**setup.trainer_base, **trainer_values, "model": setup.model})
-    job = BranchJob(out_dir=str(directory), dataset_uri=setup.dataset_uri, trainer=trainer,
+    job = BranchSpec(out_dir=str(directory), dataset_uri=setup.dataset_uri, trainer=trainer,
                     model_config={**setup.model_base, **model_values}, ks=setup.ks,
                     k_texts=setup.k_texts, t2i_groups=setup.t2i_groups,
                     checkpoint_every=setup.checkpoint_every,

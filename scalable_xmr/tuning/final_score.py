@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from scalable_xmr.branch.evaluate import RerankChoice, recall_report
+from scalable_xmr.branch.member import RESULT_FILE, BranchResult
 from scalable_xmr.branch.member_scores import score_model
 from scalable_xmr.branch.model_file import load_branch_model
 from scalable_xmr.data.modality.dataset import open_dataset
 from scalable_xmr.data.paired import open_paired_dataset
-from scalable_xmr.io import read_json
 from scalable_xmr.models.runtime import resolve_device
 from scalable_xmr.models.sdml import SDMLAutoencoder
 from scalable_xmr.sdml import evaluate
@@ -59,16 +59,16 @@ def score_branch_trial(trial_dir: str, dataset_uri: str, device: str = "cpu",
     import torch
 
     torch.set_num_threads(threads)
-    path, result_path = Path(trial_dir) / "model.pt", Path(trial_dir) / "result.json"
+    path, result_path = Path(trial_dir) / "model.pt", Path(trial_dir) / RESULT_FILE
     if not (path.is_file() and result_path.is_file()):
         return {"label": TEST_LABEL, "note": f"{trial_dir}: the chosen trial stopped before its end "
                 "(no model.pt / result.json); not scored"}
     ds = open_paired_dataset(dataset_uri)
     if "test" not in ds.splits():
         return {"label": TEST_LABEL, "note": f"{dataset_uri}: no test split; not scored"}
-    result = read_json(result_path)
-    choice = RerankChoice(**{k: int(v) for k, v in result["choice"].items()})
-    groups = result.get("t2i_groups", "candidate")
+    result = BranchResult.read(trial_dir)
+    choice = RerankChoice(**{k: int(v) for k, v in result.choice.items()})
+    groups = result.t2i_groups
     split = ds.read_split("test")
     dev = resolve_device(device)  # "auto": CUDA when this task sees its GPU, else CPU
     model, config = load_branch_model(path, dev)
@@ -132,7 +132,7 @@ def score_sdml_trials(trial_dirs: dict[str, str], dataset_uri: str, n_classes: i
         return {**out, "note": "one modality: no cross-modal pair to score"}
     maps = evaluate.pair_maps(emb, evaluate.all_pairs(mods))
     metrics = evaluate.build_metrics(maps, mods, n_test={m: len(emb[m][0]) for m in mods})
-    return {**out, "map": metrics["map"], "map_mean": metrics["map_mean"],
+    return {**out, "map": metrics.map, "map_mean": metrics.map_mean,
             "note": "each modality's chosen trial (its selected epoch), not retrained"}
 
 

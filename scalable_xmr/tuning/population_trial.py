@@ -13,8 +13,8 @@ and an MLflow child run of its own (``tracking.SweepTracking``), so a population
 every configuration as a sweep of single trials does. The trial's own metric for Tune's
 scheduler is its best slot's (ASHA, when used, stops whole populations).
 
-A *slot* is one configuration of a population; ``PopulationTrainer`` (sdml/population.py) calls it
-a member (``pop.members``), as does the ``members`` key of the trial's config and reports.
+A *slot* is one configuration of a population (``PopulationTrainer.slots``, sdml/population.py);
+the ``members`` key of the trial's config and reports keeps its old name (``results.MEMBERS_KEY``).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def sdml_population_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None
     together."""
     start = time.perf_counter()
     modality, slots = config["modality"], config[MEMBERS_KEY]
-    cfgs = [from_dict(SDMLConfig, {**setup.base, **values}, source=f"population member {values}")
+    cfgs = [from_dict(SDMLConfig, {**setup.base, **values}, source=f"population slot {values}")
             .resolved(modality) for values in slots]
     trial_id = trial_io.current_trial_id()
     directory = trial_io.trial_dir(setup.sweep_dir, trial_id)
@@ -63,7 +63,7 @@ def sdml_population_trial(config: dict[str, Any], setup: SDMLTrialSetup) -> None
         train_seconds += sum(s.seconds for s in stats)
         val_emb = pop.val_embeddings.cpu()  # (N, n, d): this epoch's, from its validation pass
         rows = []
-        for i, (slot, st) in enumerate(zip(pop.members, stats, strict=True)):
+        for i, (slot, st) in enumerate(zip(pop.slots, stats, strict=True)):
             val_map = anchor_map(val_emb[i], labels, P) if slot.failed is None else float("nan")
             if slot.best_epoch == pop.epoch:  # this slot's selected model changed
                 best_map[i] = val_map
@@ -101,6 +101,6 @@ def _best(rows: list[dict[str, Any]], key: str, pick) -> float:
 
 def _save_slot(pop: PopulationTrainer, i: int, directory: Path, val_emb) -> None:
     """Slot ``i``'s selected model and its val embeddings, in its own trial directory."""
-    slot = pop.members[i]
-    save_selected(RunStore(directory), pop.job, pop.member_model(i, best=True), slot.config,
+    slot = pop.slots[i]
+    save_selected(RunStore(directory), pop.job, pop.slot_model(i, best=True), slot.config,
                   slot.best_epoch, pop.data, {"val": val_emb})

@@ -38,7 +38,7 @@ import torch
 import scalable_xmr.tuning.trial_io as trial_io
 from scalable_xmr.config import SDMLConfig, from_dict
 from scalable_xmr.functional.retrieval import mean_average_precision
-from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.modality_spec import ModalitySpec
 from scalable_xmr.sdml.outputs import save_selected
 from scalable_xmr.sdml.trainer import ModalityTrainer
 
@@ -83,12 +83,12 @@ def anchor_map(emb: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray
 
 
 def start_trial_job(setup, directory: Path, modality: str,
-                    cfg: SDMLConfig) -> tuple[ModalityJob, Path, dict[str, Any]]:
+                    cfg: SDMLConfig) -> tuple[ModalitySpec, Path, dict[str, Any]]:
     """A trial's run-shaped directory (the sweep's P linked in), its job (val split only), its
     checkpoint directory and the Tune checkpoint state it resumes from ({} when new); the start
     is logged. Shared by the one-configuration and the population trial."""
     trial_io.link_file(Path(setup.sweep_dir) / "projection.arrow", directory / "projection.arrow")
-    job = ModalityJob(run_dir=str(directory), modality=modality, config=cfg,
+    job = ModalitySpec(run_dir=str(directory), modality=modality, config=cfg,
                       dataset_uri=setup.dataset_uri, n_classes=setup.n_classes,
                       projection_sha256=setup.projection_sha256, device=setup.device,
                       num_threads=setup.threads, eval_splits=("val",), reuse_data=True)

@@ -34,7 +34,7 @@ from ray.util.placement_group import get_current_placement_group
 
 import scalable_xmr.tuning.trial_io as trial_io
 from scalable_xmr.sdml.data_parallel import RankContext, RankTrainer, run_modality_parallel
-from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.modality_spec import ModalitySpec
 from scalable_xmr.sdml.outputs import save_selected
 from scalable_xmr.sdml.trainer import EpochStats
 from scalable_xmr.tuning.sdml_trial import (
@@ -52,7 +52,7 @@ VAL_CHUNK = 4096  # rows encoded at a time when rank 0 scores the val split
 class SweepRank(RankTrainer):
     """A data-parallel trial's rank: reports the sweep's per-epoch scores (rank 0's are kept)."""
 
-    def __init__(self, job: ModalityJob, ctx: RankContext, save_each_selected: bool, started: float):
+    def __init__(self, job: ModalitySpec, ctx: RankContext, save_each_selected: bool, started: float):
         self.save_each_selected, self.started = save_each_selected, started
         self.best_map, self.train_seconds = math.nan, 0.0
         self.last: dict[str, Any] = {}  # the last epoch's scores: they go with the final report
@@ -98,7 +98,7 @@ class SweepRank(RankTrainer):
         return {**self.last, "trial_seconds": time.time() - self.started}
 
 
-def sweep_rank(job: ModalityJob, ctx: RankContext, save_each_selected: bool, started: float) -> None:
+def sweep_rank(job: ModalitySpec, ctx: RankContext, save_each_selected: bool, started: float) -> None:
     """What each of a trial's W Ray Train workers runs."""
     SweepRank(dataclasses.replace(job, device=ctx.device), ctx, save_each_selected, started).run()
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import scalable_xmr.tuning.results as res
+from scalable_xmr import sweep_best
 from scalable_xmr.distributed.cluster import can_autoscale, connect, describe_cluster
 from scalable_xmr.errors import InputError, MissingError, RunStateError
 from scalable_xmr.io import atomic_write_json, atomic_write_text, check_writable, fileops, read_json
@@ -58,7 +59,7 @@ from scalable_xmr.tuning.trial_workers import (
 )
 
 SWEEP_FILE = "sweep.json"
-BEST_FILE = "best.json"
+BEST_FILE = sweep_best.BEST_FILE
 
 
 @dataclass
@@ -342,10 +343,12 @@ def _finish(meta: dict[str, Any], sweep_dir: Path, backend, rows: list[res.Trial
     """
     metric, mode = meta["metric"], meta["mode"]
     best = res.best_per_group(rows, metric, mode, prefer=backend.complete_key)
-    best_json = {**backend.best_json(best, meta, sweep_dir, meta["tuned"]),
-                 "sweep": meta["name"], "metric": metric, "mode": mode, "epochs": meta["epochs"],
-                 "n_trials": len(rows), "created": now_iso()}
-    atomic_write_json(sweep_dir / BEST_FILE, best_json)
+    chosen = sweep_best.SweepBest.from_json(
+        {**backend.best_json(best, meta, sweep_dir, meta["tuned"]), "sweep": meta["name"], "metric": metric,
+         "mode": mode, "epochs": meta["epochs"], "n_trials": len(rows), "created": now_iso()},
+        str(sweep_dir / BEST_FILE))
+    chosen.write(sweep_dir)
+    best_json = chosen.to_json()
     table = res.top_table(rows, metric, mode, meta["tuned"], extra=backend.table_extra,
                           schedule=meta["schedule"])
     test_line = backend.summary_line(best_json)

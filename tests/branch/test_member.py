@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from scalable_xmr.branch.config import PairTrainerConfig
-from scalable_xmr.branch.member import BranchJob, train_branch
+from scalable_xmr.branch.member import BranchResult, BranchSpec, train_branch
 from scalable_xmr.branch.member_scores import sims_path
 from scalable_xmr.branch.report import evaluate_ensemble
 from scalable_xmr.branch.scoring import PairTensors, text_cosine_matrix
@@ -108,7 +108,7 @@ def test_text_cosine_matrix_against_one_caption_at_a_time(tiny, name, config):
 
 def _job(out, data, **kw):
     cfg = PairTrainerConfig(**{"model": "vse", "epochs": 2, "batch_size": 16, "lr": 1e-3, **kw})
-    return BranchJob(out_dir=str(out), dataset_uri=str(data), trainer=cfg, model_config=TINY_VSE, ks=(1, 3))
+    return BranchSpec(out_dir=str(out), dataset_uri=str(data), trainer=cfg, model_config=TINY_VSE, ks=(1, 3))
 
 
 def test_train_branch_outputs_and_resume_rules(tiny, tmp_path):
@@ -118,6 +118,7 @@ def test_train_branch_outputs_and_resume_rules(tiny, tmp_path):
     assert [g["k"] for g in first.grid["i2t"]] == [1, 3]  # the K values given
     saved = json.loads((tmp_path / "m" / "result.json").read_text())
     assert saved["test"]["plain"] == first.test["plain"] and saved["choice"] == first.choice
+    assert BranchResult.read(tmp_path / "m").to_json() == json.loads(json.dumps(first.to_json()))
     assert np.load(sims_path(tmp_path / "m", "test")).shape == (6, 30)
     # Same settings: the finished checkpoint is picked up, no epoch runs again.
     again = train_branch(_job(tmp_path / "m", tiny[0]), on_epoch=records.append)
@@ -133,7 +134,7 @@ def test_train_branch_outputs_and_resume_rules(tiny, tmp_path):
 ])
 def test_branch_job_rejects_bad_settings(kw, match):
     with pytest.raises(InputError, match=match):
-        BranchJob(**{"out_dir": "/x", "dataset_uri": "/y", "trainer": PairTrainerConfig(model="vse"), **kw})
+        BranchSpec(**{"out_dir": "/x", "dataset_uri": "/y", "trainer": PairTrainerConfig(model="vse"), **kw})
 
 
 def test_evaluate_ensemble_averages_member_sims(tmp_path):
@@ -156,3 +157,43 @@ def test_evaluate_ensemble_averages_member_sims(tmp_path):
     (tmp_path / "m1" / "sims" / "val.npy").unlink()
     with pytest.raises(InputError, match="similarity matrix not found"):
         evaluate_ensemble("vse", dirs, str(tmp_path / "ens2"), (2, 2))
+
+
+# result.json as train_branch wrote it before it recorded t2i_groups (and before stopped_early)
+OLD_RESULT_JSON = """{
+  "name": "vse", "model": "vse", "seed": 0, "out_dir": "/runs/r/models/vse",
+  "history": [{"epoch": 1, "stage": "image_text", "loss": 3.2, "lr": 0.0002, "val_score": 41.0,
+               "is_best": true, "seconds": 1.5, "val_rsum": 41.0}],
+  "best_epoch": {"image_text": 1, "text_text": null},
+  "val": {"i2t@1": 5.0, "i2t@5": 10.0, "i2t@10": 20.0, "t2i@1": 1.0, "t2i@5": 2.0, "t2i@10": 3.0},
+  "test": {"plain": {"i2t@1": 4.0, "rsum": 40.0}, "rerank": {"i2t@1": 6.0, "rsum": 44.0}},
+  "grid": {"i2t": [{"k": 1, "i2t@1": 5.0}], "t2i": [{"k": 1, "k_text": 0, "t2i@1": 1.0}]},
+  "choice": {"k_i2t": 1, "k_t2i": 1, "k_text": 0}, "text_sim": "cosine",
+  "trainer_config": {"model": "vse", "epochs": 1}, "model_config": {"embed_dim": 16},
+  "captions_per_image": 5, "resumed_at_epoch": [], "train_seconds": 1.5, "device": "cpu", "pid": 7,
+  "target": null
+}"""
+
+
+def test_an_old_result_json_reads_back_with_query_groups_and_round_trips(tmp_path):
+    (tmp_path / "result.json").write_text(OLD_RESULT_JSON)
+    old = BranchResult.read(tmp_path)
+    assert old.t2i_groups == "query"  # before t2i_groups, T2I re-ranked with the query's group
+    assert old.choice == {"k_i2t": 1, "k_t2i": 1, "k_text": 0} and old.test["rerank"]["rsum"] == 44.0
+    assert old.stopped_early == {} and old.footer_note() is None
+    old.write(tmp_path / "again")
+    back = BranchResult.read(tmp_path / "again")
+    assert back == old
+    assert back.to_json() == {**json.loads(OLD_RESULT_JSON), "t2i_groups": "query", "stopped_early": {}}
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda d: {**d, "colour": 1}, "unknown key 'colour'"),
+    (lambda d: {k: v for k, v in d.items() if k != "choice"}, "missing key 'choice'"),
+    (lambda d: [d], "not a branch member's result.json"),
+])
+def test_a_foreign_result_json_is_refused_naming_the_file(tmp_path, change, match):
+    (tmp_path / "result.json").write_text(json.dumps(change(json.loads(OLD_RESULT_JSON))))
+    with pytest.raises(InputError, match=match) as e:
+        BranchResult.read(tmp_path)
+    assert str(tmp_path / "result.json") in str(e.value)

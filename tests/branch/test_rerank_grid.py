@@ -181,14 +181,14 @@ def test_rerank_choice_and_test_figures_follow_from_the_stored_matrices(
     from reference import rerank_i2t_loop, rerank_t2i_loop
 
     from scalable_xmr.branch.config import PairTrainerConfig
-    from scalable_xmr.branch.member import BranchJob, train_branch
+    from scalable_xmr.branch.member import BranchSpec, train_branch
     from scalable_xmr.branch.member_scores import sims_path
 
     before = torch.get_num_threads()
     cfg = PairTrainerConfig(model=model, epochs=epochs, text_epochs=text_epochs, batch_size=32, lr=5e-3,
                             lr_decay_epochs=0, seed=0)
     try:
-        result = train_branch(BranchJob(out_dir=str(tmp_path / model), dataset_uri=str(fig7a_pairs),
+        result = train_branch(BranchSpec(out_dir=str(tmp_path / model), dataset_uri=str(fig7a_pairs),
                                         trainer=cfg, model_config=config, num_threads=1))
     finally:
         torch.set_num_threads(before)

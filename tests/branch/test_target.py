@@ -14,11 +14,11 @@ from reference import recall_at_k_loop
 from toy_pairs import without_captions
 
 from scalable_xmr.branch.config import PairTrainerConfig
-from scalable_xmr.branch.job import PairsRequest, check_dataset
-from scalable_xmr.branch.member import BranchJob, train_branch
+from scalable_xmr.branch.job import BranchRequest, check_dataset
+from scalable_xmr.branch.member import BranchSpec, train_branch
 from scalable_xmr.branch.member_scores import sims_path
-from scalable_xmr.branch.report import evaluate_ensemble, log_members, pairs_table, rk_metrics
-from scalable_xmr.cli.pairs import main
+from scalable_xmr.branch.report import evaluate_ensemble, log_members, rk_metrics, rk_table
+from scalable_xmr.cli.branch import main
 from scalable_xmr.data.paired import make_synthetic_pairs
 from scalable_xmr.errors import InputError
 from scalable_xmr.store.meta import RunMeta
@@ -41,7 +41,7 @@ def data(tmp_path_factory):
 
 def _train(out, src, target, seed=0):
     cfg = PairTrainerConfig(model="vsa", epochs=2, batch_size=16, lr=1e-3, seed=seed)
-    return train_branch(BranchJob(out_dir=str(out), dataset_uri=str(src), trainer=cfg, model_config=TINY_VSA,
+    return train_branch(BranchSpec(out_dir=str(out), dataset_uri=str(src), trainer=cfg, model_config=TINY_VSA,
                                   target_uri=str(target), ks=(1, 2), name=f"vsa-seed{seed}"))
 
 
@@ -94,7 +94,7 @@ class _Tracker:
 def _meta(src, target, members):
     splits = {s: {"images": n, "captions": 5 * n, "captions_per_image": 5} for s, n in
               (("train", 20), ("val", 6), ("test", 6))}
-    return RunMeta(kind="pairs", dataset={"uri": str(src), "splits": splits}, target=str(target),
+    return RunMeta(kind="branch", dataset={"uri": str(src), "splits": splits}, target=str(target),
                    models=["vsa"], ensemble=len(members),
                    rerank={"ks": [1, 2], "k_texts": None, "t2i_groups": "candidate"},
                    members={r.name: {"status": "finished"} for r in members})
@@ -107,16 +107,16 @@ def test_metrics_table_and_mlflow_carry_the_target_figures(data, members, tmp_pa
     ens["members"] = [r.name for r in members]
     results = {r.name: r for r in members}
     metrics = rk_metrics(_meta(*data, members), results, {"vsa": ens})
-    assert metrics["target"]["dataset"] == str(data[1]) and "source val" in metrics["target"]["selected_on"]
+    assert metrics.target["dataset"] == str(data[1]) and "source val" in metrics.target["selected_on"]
     for r in members:
-        assert metrics["models"][r.name]["target"] == {"test": r.target["test"], "val": r.target["val"]}
+        assert metrics.models[r.name]["target"] == {"test": r.target["test"], "val": r.target["val"]}
     # the ensemble: the mean of the members' target sims (VSA ranks by cosines), stored and scored
     for split in ("test", "val"):
         mean = np.mean([np.load(sims_path(d, f"target_{split}")).astype(np.float64) for d in dirs], axis=0)
         stored = np.load(sims_path(tmp_path / "vsa", f"target_{split}"))
         np.testing.assert_allclose(stored, mean, rtol=1e-6)
-        assert metrics["ensembles"]["vsa"]["target"][split] == pytest.approx(recall_at_k_loop(stored, 5))
-    table = pairs_table(metrics)
+        assert metrics.ensembles["vsa"]["target"][split] == pytest.approx(recall_at_k_loop(stored, 5))
+    table = rk_table(metrics)
     assert "R@K on the TARGET domain's test split" in table and "selected on the source val split" in table
     target_part = table[table.index("TARGET domain's test"):]
     row = next(line for line in target_part.splitlines() if line.startswith("vsa-seed0 "))
@@ -138,13 +138,14 @@ def test_metrics_table_and_mlflow_carry_the_target_figures(data, members, tmp_pa
 
 def test_without_a_target_nothing_target_is_reported(data, tmp_path):
     cfg = PairTrainerConfig(model="vsa", epochs=1, batch_size=16, lr=1e-3)
-    result = train_branch(BranchJob(out_dir=str(tmp_path / "m"), dataset_uri=str(data[0]), trainer=cfg,
+    result = train_branch(BranchSpec(out_dir=str(tmp_path / "m"), dataset_uri=str(data[0]), trainer=cfg,
                                     model_config=TINY_VSA, ks=(1,)))
     assert result.target is None and not sims_path(tmp_path / "m", "target_test").exists()
     meta = _meta(data[0], None, [result])
     metrics = rk_metrics(meta, {"vsa": result}, {})
-    assert "target" not in metrics and "target" not in metrics["models"]["vsa"]
-    assert "TARGET" not in pairs_table(metrics)
+    assert metrics.target is None and "target" not in metrics.to_json()
+    assert "target" not in metrics.models["vsa"]
+    assert "TARGET" not in rk_table(metrics)
 
 
 def _no_test(root):
@@ -168,7 +169,7 @@ def _no_val_captions(root):
 ])
 def test_a_target_without_test_pairs_is_refused_at_the_door(data, tmp_path, capsys, make, match):
     target = make(tmp_path)
-    req = PairsRequest(run_dir=str(tmp_path / "run"), dataset_uri=str(data[0]), target_uri=str(target),
+    req = BranchRequest(run_dir=str(tmp_path / "run"), dataset_uri=str(data[0]), target_uri=str(target),
                        trainers={"vsa": PairTrainerConfig(model="vsa")})
     with pytest.raises(InputError, match=match):
         check_dataset(req)

@@ -100,10 +100,11 @@ def test_not_a_finished_run(tmp_path, capsys, fake_run, small_xmedia):
     meta = store.read().to_json()
     store.run_json.write_text(json.dumps({**meta, "status": "running"}))
     fails(capsys, fake_run, data, "not a finished run (status 'running')")
-    store.run_json.write_text(json.dumps({**meta, "kind": "pairs"}))
-    fails(capsys, fake_run, data, "not an SDML run (kind 'pairs')")
-    store.run_json.write_text(json.dumps({**meta, "kind": "branch"}))
-    fails(capsys, fake_run, data, "run.json: kind must be one of sdml, pairs, got 'branch'")
+    for kind in ("branch", "pairs"):  # "pairs": a branch run written before the kind was renamed
+        store.run_json.write_text(json.dumps({**meta, "kind": kind}))
+        fails(capsys, fake_run, data, "not an SDML run (kind 'branch')")
+    store.run_json.write_text(json.dumps({**meta, "kind": "pair"}))
+    fails(capsys, fake_run, data, "run.json: kind must be one of sdml, branch, got 'pair'")
     store.run_json.write_text(json.dumps({**meta, "colour": "red"}))
     fails(capsys, fake_run, data, "run.json: unknown key 'colour'")
 

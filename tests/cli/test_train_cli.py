@@ -87,7 +87,7 @@ def test_os_errors_are_one_line_naming_the_path(capsys):
 
 
 def test_patience_and_keep_checkpoints_reach_every_training_request(tmp_path, small_xmedia, small_pairs):
-    from scalable_xmr.cli import extend, pairs, train
+    from scalable_xmr.cli import branch, extend, train
 
     run = str(tmp_path / "run")
     req = train.request_from_args(job_parser().parse_args(
@@ -95,7 +95,7 @@ def test_patience_and_keep_checkpoints_reach_every_training_request(tmp_path, sm
     assert req.sdml.patience == 20 and req.keep_checkpoints
     plain = train.request_from_args(job_parser().parse_args(["--data", small_xmedia, "--run", run]))
     assert plain.sdml.patience is None and not plain.keep_checkpoints  # off by default
-    req = pairs.request_from_args(pairs.job_parser().parse_args(
+    req = branch.request_from_args(branch.job_parser().parse_args(
         ["--data", small_pairs, "--run", run, "--model", "vse", "--model", "mtfn", "--patience", "3",
          "--keep-checkpoints"]))
     assert [t.patience for t in req.trainers.values()] == [3, 3] and req.keep_checkpoints

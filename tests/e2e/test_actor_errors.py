@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from one_line import fails_one_line
 
-from scalable_xmr.cli.pairs import main as pairs_main
+from scalable_xmr.cli.branch import main as pairs_main
 from scalable_xmr.cli.train import main as train_main
 from scalable_xmr.store import torchfile
 from scalable_xmr.store.run_store import RunStore

@@ -259,9 +259,9 @@ def test_real_mfeat_five_views_then_the_sixth(tmp_path, ray_local, monkeypatch):
     summary = add_modalities(AddRequest(str(run), ("mor",), dataset_uri=data, show_progress=False))
     assert_untouched_except_commit(before, tree_hashes(run))
     metrics = summary.metrics
-    assert len(metrics["map"]) == 30 and metrics["modalities"] == [*five, "mor"]
-    assert all(metrics["map"][k] == v for k, v in old.items())
-    new = {k: v for k, v in metrics["map"].items() if "mor" in k.split("-")}
+    assert len(metrics.map) == 30 and metrics.modalities == [*five, "mor"]
+    assert all(metrics.map[k] == v for k, v in old.items())
+    new = {k: v for k, v in metrics.map.items() if "mor" in k.split("-")}
     assert len(new) == 10
     for key in ("mor-pix", "fou-mor"):
         q, t = key.split("-")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from scalable_xmr.branch.config import PairTrainerConfig
-from scalable_xmr.branch.job import PairsRequest, train_pairs
+from scalable_xmr.branch.job import BranchRequest, train_branch
 from scalable_xmr.branch.scoring import similarity_matrix
-from scalable_xmr.cli.pairs import main
+from scalable_xmr.cli.branch import main
 from scalable_xmr.config import TrackingConfig
 from scalable_xmr.errors import XMRError
 from scalable_xmr.models.registry import build_branch_model
@@ -49,7 +49,7 @@ def test_cli_job_trains_every_model_and_tracks_it(tmp_path, small_pairs, small_c
     store = RunStore(tmp_path / "run")
     meta = store.read_finished()
     metrics = json.loads(store.metrics_path.read_text())
-    assert meta.kind == "pairs" and list(meta.members) == list(MODELS)
+    assert meta.kind == "branch" and list(meta.members) == list(MODELS)
     assert meta.members["vsa"]["settings"]["target_uri"] == str(target)
     chance = chance_r10(100, 5)
     for m in MODELS:
@@ -115,15 +115,15 @@ def test_every_model_learns_mfeat_pairs(tmp_path, mfeat_pair_data, small_configs
     trainers = {m: PairTrainerConfig(model=m, epochs=3, batch_size=32, lr=2e-3 if m == "mmca" else 5e-3,
                                      lr_decay_epochs=0) for m in MODELS}
     configs = {**small_configs, "vsa": {**small_configs["vsa"], "recon_weight": VSA_RECON_WEIGHT}}
-    req = PairsRequest(run_dir=str(tmp_path / "run"), dataset_uri=mfeat_pair_data, trainers=trainers,
+    req = BranchRequest(run_dir=str(tmp_path / "run"), dataset_uri=mfeat_pair_data, trainers=trainers,
                        model_configs=configs, show_progress=False,
                        tracking=TrackingConfig(enabled=False))
-    summary = train_pairs(req)
+    summary = train_branch(req)
     chance = chance_r10(400, 1)  # 2.5 % each way
     for m in MODELS:
-        assert _far_above_chance(summary.metrics["models"][m]["plain"], chance, factor=8), (
-            m, summary.metrics["models"][m]["plain"])
-    assert summary.metrics["models"]["mtfn"]["text_sim"] == "cosine"  # 1 caption per image: no S_TT
+        assert _far_above_chance(summary.metrics.models[m]["plain"], chance, factor=8), (
+            m, summary.metrics.models[m]["plain"])
+    assert summary.metrics.models["mtfn"]["text_sim"] == "cosine"  # 1 caption per image: no S_TT
 
 
 def test_restart_ensemble_and_resume(tmp_path, small_pairs, small_configs, ray_local, crash_after):
@@ -133,13 +133,13 @@ def test_restart_ensemble_and_resume(tmp_path, small_pairs, small_configs, ray_l
         # The resume below pretends a finished member never finished and continues it from its
         # checkpoint of the last epoch: the finished run must keep its checkpoints for that.
         kw.setdefault("keep_checkpoints", True)
-        return PairsRequest(run_dir=str(tmp_path / "run"), dataset_uri=small_pairs, trainers=trainers,
+        return BranchRequest(run_dir=str(tmp_path / "run"), dataset_uri=small_pairs, trainers=trainers,
                             model_configs={"vse": small_configs["vse"]}, ensemble=2, show_progress=False,
                             **kw)
 
     # vse-seed4 hard-crashes (os._exit) once, right after its epoch-1 checkpoint.
     crash_after({"vse-seed4": 1})
-    summary = train_pairs(request())
+    summary = train_branch(request())
     crashed = summary.results["vse-seed4"]
     assert crashed.resumed_at_epoch == [1] and summary.results["vse-seed3"].resumed_at_epoch == []
     assert [h["epoch"] for h in crashed.history] == [1, 2, 3]
@@ -149,11 +149,11 @@ def test_restart_ensemble_and_resume(tmp_path, small_pairs, small_configs, ray_l
     models = tmp_path / "run/models"
     mean = (np.load(models / "vse-seed3/sims/test.npy") + np.load(models / "vse-seed4/sims/test.npy")) / 2
     np.testing.assert_allclose(np.load(models / "vse/sims/test.npy"), mean, rtol=1e-6)
-    ens = summary.metrics["ensembles"]["vse"]
+    ens = summary.metrics.ensembles["vse"]
     assert ens["members"] == ["vse-seed3", "vse-seed4"]
     first = np.argmax(mean, axis=1) // 5 == np.arange(100)  # ties: the first maximum, as ranked
     assert ens["plain"]["i2t@1"] == pytest.approx(100 * first.mean())
-    assert summary.metrics["test"]["protocol"] == "all test images"
+    assert summary.metrics.test["protocol"] == "all test images"
     # Pretend the job died before vse-seed4 was recorded: --resume trains only what is missing.
     store = RunStore(tmp_path / "run")
     meta = store.read()
@@ -161,27 +161,27 @@ def test_restart_ensemble_and_resume(tmp_path, small_pairs, small_configs, ray_l
     store.write(meta)
     kept = (models / "vse-seed3/model.pt").read_bytes()
     with pytest.raises(XMRError, match="already holds a running run; pass --resume"):
-        train_pairs(request())
+        train_branch(request())
     with pytest.raises(XMRError, match="member 'vse-seed3' was started with other settings"):
-        train_pairs(request(epochs=4, resume=True))
-    again = train_pairs(request(resume=True))
+        train_branch(request(epochs=4, resume=True))
+    again = train_branch(request(resume=True))
     assert again.results["vse-seed4"].resumed_at_epoch == [1, 3]  # from its last checkpoint: no epochs
     assert (models / "vse-seed3/model.pt").read_bytes() == kept
     assert store.read_finished().members["vse-seed4"]["status"] == "finished"
-    assert again.metrics["ensembles"]["vse"]["plain"] == pytest.approx(ens["plain"])
+    assert again.metrics.ensembles["vse"]["plain"] == pytest.approx(ens["plain"])
     # --resume of the finished run without tracking: nothing trains, nothing is rewritten.
     before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
-    done = train_pairs(request(resume=True, tracking=TrackingConfig(enabled=False)))
+    done = train_branch(request(resume=True, tracking=TrackingConfig(enabled=False)))
     assert done.metrics == again.metrics and done.table
     assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
 
 
 def test_gpus_asked_of_a_cpu_cluster_fail_fast(tmp_path, small_pairs, ray_local):
-    req = PairsRequest(run_dir=str(tmp_path / "run"), dataset_uri=small_pairs, gpus_per_model=1.0,
+    req = BranchRequest(run_dir=str(tmp_path / "run"), dataset_uri=small_pairs, gpus_per_model=1.0,
                        trainers={"vse": PairTrainerConfig(model="vse", epochs=1)}, show_progress=False,
                        tracking=TrackingConfig(enabled=False))
     with pytest.raises(XMRError, match="--gpus-per-model 1 but this Ray cluster has no GPUs"):
-        train_pairs(req)
+        train_branch(req)
     assert not (tmp_path / "run").exists()
 
 

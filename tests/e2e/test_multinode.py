@@ -36,12 +36,12 @@ import torch
 from ray.cluster_utils import Cluster
 
 from scalable_xmr.branch.config import PairTrainerConfig
-from scalable_xmr.branch.job import PairsRequest, train_pairs
+from scalable_xmr.branch.job import BranchRequest, train_branch
 from scalable_xmr.config import ResourceConfig, SDMLConfig, TrackingConfig
 from scalable_xmr.data.modality.dataset import open_dataset
 from scalable_xmr.sdml.data_parallel import train_modality_parallel
 from scalable_xmr.sdml.job import TrainRequest, train_sdml
-from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.modality_spec import ModalitySpec
 from scalable_xmr.sdml.trainer import ModalityTrainer
 from scalable_xmr.store import torchfile
 from scalable_xmr.store.projection import create_projection, save_projection
@@ -218,7 +218,7 @@ def test_sdml_modalities_spread_one_per_node_and_survive_a_node_loss(cluster, sm
     meta = RunStore(run).read_finished()
     assert sorted(meta.finished_modalities()) == sorted(names)
     assert meta.modalities[target]["resumed_at_epoch"] == [k]
-    assert len(summary.metrics["map"]) == 2
+    assert len(summary.metrics.map) == 2
 
 
 def test_branch_members_spread_one_per_node_and_survive_a_node_loss(cluster, small_pairs, small_configs,
@@ -228,11 +228,11 @@ def test_branch_members_spread_one_per_node_and_survive_a_node_loss(cluster, sma
     trainer = PairTrainerConfig(model="vse", epochs=epochs, batch_size=16, lr=5e-3, seed=3, lr_decay_epochs=0)
     names, target = ["vse-seed3", "vse-seed4"], "vse-seed4"
     run = tmp_path / "run"
-    req = PairsRequest(run_dir=str(run), dataset_uri=small_pairs, trainers={"vse": trainer},
+    req = BranchRequest(run_dir=str(run), dataset_uri=small_pairs, trainers={"vse": trainer},
                        model_configs={"vse": small_configs["vse"]}, ensemble=2, checkpoint_every=5,
                        tracking=TrackingConfig(enabled=False), show_progress=True)
     checkpoint = run / "models" / target / "checkpoints" / "last.pt"
-    summary, loss = _run_with_node_loss(c, names, target, checkpoint, lambda: train_pairs(req))
+    summary, loss = _run_with_node_loss(c, names, target, checkpoint, lambda: train_branch(req))
     printed = capfd.readouterr().err
     restarted_pid = _check_placement_and_restart(c, loss, names, target, printed)
     k = loss.killed_at_epoch
@@ -247,7 +247,7 @@ def test_branch_members_spread_one_per_node_and_survive_a_node_loss(cluster, sma
     meta = RunStore(run).read_finished()
     assert all(meta.members[m]["status"] == "finished" for m in names)
     assert meta.members[target]["resumed_at_epoch"] == [k]
-    assert summary.metrics["ensembles"]["vse"]["members"] == names
+    assert summary.metrics.ensembles["vse"]["members"] == names
 
 
 # ---- a data-parallel modality (Ray Train) across two nodes ------------------------------------------
@@ -259,11 +259,11 @@ DP = SDMLConfig(dim=32, hidden=64, epochs=12, batch_size=20, checkpoint_every=2,
 RTOL, ATOL = 1e-4, 1e-5
 
 
-def _dp_job(run: Path, data: str) -> ModalityJob:
+def _dp_job(run: Path, data: str) -> ModalitySpec:
     ds = open_dataset(data)
     run.mkdir(parents=True, exist_ok=True)
     digest = save_projection(run / "projection.arrow", create_projection(DP.dim, ds.info.n_classes, 0))
-    return ModalityJob(run_dir=str(run), modality=DP_MODALITY, config=DP, dataset_uri=data,
+    return ModalitySpec(run_dir=str(run), modality=DP_MODALITY, config=DP, dataset_uri=data,
                        n_classes=ds.info.n_classes, projection_sha256=digest, num_threads=1)
 
 

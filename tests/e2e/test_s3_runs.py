@@ -20,8 +20,8 @@ from conftest import LOCAL_RAY
 from ray import tune
 from servers import MotoServer
 
+from scalable_xmr.cli.branch import main as branch_main
 from scalable_xmr.cli.extend import main as add_main
-from scalable_xmr.cli.pairs import main as pairs_main
 from scalable_xmr.cli.train import main as train_main
 from scalable_xmr.config import TrackingConfig
 from scalable_xmr.store import remote, training_state
@@ -151,7 +151,7 @@ def test_train_pairs_on_s3(s3, small_pairs, small_configs):
     server, root = s3
     uri = f"s3://{BUCKET}/runs/pairs"
     sets = [f"--set=vse.{k}={json.dumps(v)}" for k, v in small_configs["vse"].items()]
-    assert pairs_main(["--data", small_pairs, "--run", uri, "--model", "vse", "--epochs", "2",
+    assert branch_main(["--data", small_pairs, "--run", uri, "--model", "vse", "--epochs", "2",
                        "--batch-size", "16", *sets, "--tracking-uri", f"sqlite:///{root}/mlflow.db",
                        "--no-progress"]) == 0
     objects = bucket_objects(server, "runs/pairs")

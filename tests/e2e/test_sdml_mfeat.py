@@ -16,8 +16,8 @@ def test_mfeat_six_views_far_above_chance(tmp_path, ray_local):
         sdml=SDMLConfig(dim=64, hidden=256, epochs=8, lr=1e-3), show_progress=False,
         tracking=TrackingConfig(enabled=False),
     ))
-    maps = summary.metrics["map"]
+    maps = summary.metrics.map
     assert len(maps) == 30
     # Chance is 0.1 (10 balanced classes); a few epochs already give several times that.
-    assert summary.metrics["map_mean"] > 0.6
+    assert summary.metrics.map_mean > 0.6
     assert min(maps.values()) > 0.3

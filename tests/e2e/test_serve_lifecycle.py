@@ -19,7 +19,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fake_runs import train_pairs_run
+from fake_runs import fake_branch_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_index_search_serve import free_port, http
@@ -37,7 +37,7 @@ def vse_run(tmp_path_factory) -> tuple[str, str]:
     root = tmp_path_factory.mktemp("serve-vse")
     data = str(make_synthetic_pairs(root / "data", seed=3, n_train=30, n_val=10, n_test=12, n_regions=3,
                                     dim=8, vocab_size=40, n_concepts=6))
-    return train_pairs_run(root / "run", data, models=("vse",)), data
+    return fake_branch_run(root / "run", data, models=("vse",)), data
 
 
 class Server:

@@ -50,7 +50,7 @@ def pairs(tmp_path_factory) -> str:
 def test_mtfn_sweep_k_in_trial_mlflow_and_best_json(ray_local, pairs, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from scalable_xmr.cli.pairs import build_configs, job_parser
+    from scalable_xmr.cli.branch import build_configs, job_parser
     from scalable_xmr.cli.train import load_overrides
     from scalable_xmr.errors import InputError
     from scalable_xmr.tuning import SweepRequest, run_sweep

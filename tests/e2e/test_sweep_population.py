@@ -20,7 +20,7 @@ BASE = {"dim": 32, "hidden": 64, "batch_size": 20, "checkpoint_every": 1}
 def test_population_sweep_reports_every_configuration(ray_local, small_xmedia, tmp_path, one_torch_thread):
     from mlflow.tracking import MlflowClient
 
-    from scalable_xmr.sdml.modality_job import ModalityJob
+    from scalable_xmr.sdml.modality_spec import ModalitySpec
     from scalable_xmr.sdml.trainer import ModalityTrainer
     from scalable_xmr.store.run_store import RunStore
     from scalable_xmr.tuning import SweepRequest, run_sweep
@@ -71,7 +71,7 @@ def test_population_sweep_reports_every_configuration(ray_local, small_xmedia, t
     run.mkdir()
     shutil.copy(sweep / "projection.arrow", run / "projection.arrow")
     cfg = SDMLConfig(**{**BASE, "epochs": 2, "lam": 0.8, "lr": 3e-3})
-    single = ModalityTrainer(ModalityJob(
+    single = ModalityTrainer(ModalitySpec(
         run_dir=str(run), modality="audio", config=cfg, dataset_uri=small_xmedia,
         n_classes=meta["dataset"]["n_classes"], projection_sha256=meta["projection"]["sha256"],
         eval_splits=("val",)))

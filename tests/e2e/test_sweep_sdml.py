@@ -39,7 +39,7 @@ def _mlflow_runs(tmp_path: Path):
 
 
 def test_sdml_sweep_mlflow_best_json_and_training_job(ray_local, small_xmedia, tmp_path):
-    from scalable_xmr.cli.pairs import load_best
+    from scalable_xmr.cli.branch import load_best
     from scalable_xmr.cli.train import main as train_main
     from scalable_xmr.errors import InputError
     from scalable_xmr.functional.retrieval import mean_average_precision

@@ -16,7 +16,7 @@ import scalable_xmr.runs.session as session
 from scalable_xmr.config import TrackingConfig
 from scalable_xmr.distributed.actors import Outcome
 from scalable_xmr.errors import InputError, Interrupted
-from scalable_xmr.io import read_json
+from scalable_xmr.io import atomic_write_json, read_json
 from scalable_xmr.runs.session import RunRecords, RunSummary, SessionOptions, run_session
 from scalable_xmr.store.meta import RunMeta
 from scalable_xmr.store.run_store import RunStore
@@ -30,9 +30,10 @@ class FakeKind:
     checkpoints/ folder (its training state)."""
 
     def __init__(self, outcome: Any = None, settings: str = "s1"):
-        self.records = RunRecords(kind="pairs", job="fake_job", where="members/*/checkpoints/",
+        self.records = RunRecords(kind="branch", job="fake_job", where="members/*/checkpoints/",
                                   units=self.units, entry=self.entry, stored_results=self.stored_results,
-                                  params=self.params, log_results=self.log_results, state=self.state)
+                                  params=self.params, log_results=self.log_results, state=self.state,
+                                  read_metrics=self.read_metrics)
         self.outcome = outcome  # None: every unit finishes
         self.settings = settings
         self.calls: dict[str, int] = {}
@@ -58,6 +59,9 @@ class FakeKind:
         for name in results:
             tracker.end_run(tracker.start_run(name, parent_id=parent))
 
+    def read_metrics(self, store: RunStore) -> dict[str, Any]:
+        return read_json(store.metrics_path)
+
     def state(self, store: RunStore, meta: RunMeta) -> tuple[list[Path], list[Path]]:
         return [store.root / "members" / u / "checkpoints" for u in meta.members], []
 
@@ -74,13 +78,13 @@ class FakeKind:
 
     def new_meta(self, store: RunStore) -> RunMeta:
         store.root.mkdir(parents=True, exist_ok=True)
-        return RunMeta(kind="pairs", dataset={"uri": "/fake", "settings": self.settings},
+        return RunMeta(kind="branch", dataset={"uri": "/fake", "settings": self.settings},
                        members={u: {"status": "pending"} for u in ("a", "b")})
 
     def reopen(self, meta: RunMeta) -> None:
         self._count("reopen")
 
-    def jobs(self, store: RunStore, meta: RunMeta, todo) -> list[tuple[str, Path]]:
+    def specs(self, store: RunStore, meta: RunMeta, todo) -> list[tuple[str, Path]]:
         for u in todo:
             meta.members[u]["settings"] = self.settings
         return [(u, store.root / "members" / u / "checkpoints") for u in todo]
@@ -97,7 +101,7 @@ class FakeKind:
     def finish(self, store, meta, results, new, tracker, parent) -> dict[str, Any]:
         self.finished_with.append((dict(results), list(new)))
         metrics = {"units": sorted(results)}
-        store.write_metrics(metrics)
+        atomic_write_json(store.metrics_path, metrics)
         self.log_results(tracker, parent, store, meta, metrics, results)
         meta.finish()
         store.write(meta)
@@ -160,7 +164,7 @@ def test_a_failed_unit_is_recorded_with_its_line_the_finished_one_as_finished(tm
     # The MLflow parent run was recorded before the units trained and ended FAILED.
     run = Tracker(uri, "scalable_xmr").client.get_run(meta.mlflow["parent_run_id"])
     assert run.info.status == "FAILED" and run.data.params == {"units": "a,b"}
-    assert run.data.tags["job"] == "fake_job" and run.info.run_name == "pairs:run"
+    assert run.data.tags["job"] == "fake_job" and run.info.run_name == "branch:run"
     # A failed run keeps its training state, finished units' included.
     assert (tmp_path / "run" / "members" / "a" / "checkpoints" / "last.pt").is_file()
 

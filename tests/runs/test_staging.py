@@ -21,7 +21,7 @@ def finished_run(root: Path) -> RunStore:
     meta = RunMeta(kind="sdml", dataset={"uri": "/d"}, modalities={"image": {"status": "finished"}})
     meta.finish()
     store.write(meta)
-    store.write_metrics({"map": {}})
+    store.metrics_path.write_text('{"map": {}}')
     (root / "plots").mkdir()
     (root / "plots" / "map_heatmap.png").write_bytes(b"old plot")
     (root / "modalities" / "image").mkdir(parents=True)
@@ -51,7 +51,7 @@ def test_a_commit_moves_folders_in_and_a_rollback_restores_the_run_byte_for_byte
     assert (store.modality_dir("image") / "model.pt").read_bytes() == b"new image"
     assert (store.modality_dir("video") / "model.pt").read_bytes() == b"new video"
     # The commit goes on to rewrite metrics, plots and run.json, then fails: all of it is undone.
-    store.write_metrics({"map": {"image->video": 0.5}})
+    store.metrics_path.write_text('{"map": {"image->video": 0.5}}')
     (store.plots_dir / "map_heatmap.png").write_bytes(b"new plot")
     (store.plots_dir / "precision_recall.png").write_bytes(b"a plot the run did not have")
     meta = store.read()

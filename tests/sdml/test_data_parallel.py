@@ -21,7 +21,7 @@ from scalable_xmr.functional.losses import sdml_loss, sdml_loss_share
 from scalable_xmr.functional.retrieval.average_precision import mean_average_precision
 from scalable_xmr.models.sdml import SDMLAutoencoder
 from scalable_xmr.sdml.data_parallel import RankTrainer, shard_bounds, train_modality_parallel
-from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.modality_spec import ModalitySpec
 from scalable_xmr.sdml.trainer import ModalityTrainer
 from scalable_xmr.store.projection import create_projection, save_projection
 from scalable_xmr.store.run_store import RunStore
@@ -36,12 +36,12 @@ RTOL, ATOL = 1e-4, 1e-5
 WORKER = {"CPU": 0.5}  # two ranks on one logical CPU of the session's 2: the driver keeps one
 
 
-def _job(root: Path, data: str, cfg: SDMLConfig = CFG) -> ModalityJob:
+def _job(root: Path, data: str, cfg: SDMLConfig = CFG) -> ModalitySpec:
     ds = open_dataset(data)
     run = root / "run"
     run.mkdir(parents=True, exist_ok=True)
     digest = save_projection(run / "projection.arrow", create_projection(cfg.dim, ds.info.n_classes, 0))
-    return ModalityJob(run_dir=str(run), modality=MODALITY, config=cfg, dataset_uri=data,
+    return ModalitySpec(run_dir=str(run), modality=MODALITY, config=cfg, dataset_uri=data,
                        n_classes=ds.info.n_classes, projection_sha256=digest, num_threads=1)
 
 

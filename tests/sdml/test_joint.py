@@ -8,7 +8,7 @@ import torch
 from scalable_xmr.config import SDMLConfig
 from scalable_xmr.data.modality.dataset import open_dataset
 from scalable_xmr.sdml.joint import JointTrainer
-from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.modality_spec import ModalitySpec
 from scalable_xmr.sdml.trainer import ModalityTrainer
 from scalable_xmr.store.projection import create_projection, save_projection
 from scalable_xmr.store.run_store import RunStore
@@ -20,7 +20,7 @@ def jobs(run, data, modalities):
     run.mkdir(parents=True)
     n_classes = open_dataset(data).info.n_classes
     digest = save_projection(run / "projection.arrow", create_projection(CFG.dim, n_classes, 0))
-    return [ModalityJob(run_dir=str(run), modality=m, config=CFG, dataset_uri=data, n_classes=n_classes,
+    return [ModalitySpec(run_dir=str(run), modality=m, config=CFG, dataset_uri=data, n_classes=n_classes,
                         projection_sha256=digest, num_threads=1) for m in modalities]
 
 
@@ -46,7 +46,7 @@ def test_joint_patience_stops_each_modality_on_its_own(tmp_path, small_xmedia, o
     """A modality whose patience runs out adds no more loss (its network takes no more Adam steps)
     while the others train on: the joint loop stops each one where the parallel strategy would."""
     cfg = SDMLConfig(**{**CFG.to_dict(), "epochs": 6, "patience": 2, "checkpoint_every": 100})
-    js = [ModalityJob(**{**vars(j), "config": cfg})
+    js = [ModalitySpec(**{**vars(j), "config": cfg})
           for j in jobs(tmp_path / "j", small_xmedia, ("image", "audio"))]
     joint = JointTrainer(js)
     losses = {"image": [3.0, 2.0, 2.5, 2.4, 1.0, 1.0], "audio": [3.0, 2.9, 2.8, 2.7, 2.6, 2.5]}

@@ -27,7 +27,7 @@ def test_configs_are_resolved_once_and_the_dataset_opened_once(small_xmedia, tmp
     assert sorted(resolved) == ["image", "text"] and opened == [small_xmedia]
     store = RunStore(tmp_path / "run")
     meta = kind.new_meta(store)
-    jobs = kind.jobs(store, meta, ["image", "text"])
+    jobs = kind.specs(store, meta, ["image", "text"])
     assert sorted(resolved) == ["image", "text"]  # handing the jobs out resolves nothing again
     assert jobs[1].config.lr == 5e-4 and jobs[0].config.lr == meta.modalities["image"]["config"]["lr"]
     assert meta.modalities["text"]["config"]["lr"] == 5e-4  # on record before anything trains
@@ -38,7 +38,7 @@ def test_a_resume_with_another_setting_names_the_modality_the_key_and_both_value
     first = SDMLRun(TrainRequest(run, small_xmedia, SMALL, modalities=("image",)))
     store = RunStore(run)
     meta = first.new_meta(store)
-    first.jobs(store, meta, ["image"])
+    first.specs(store, meta, ["image"])
     store.write(meta)
     again = SDMLRun(TrainRequest(run, small_xmedia, SMALL, modalities=("image",),
                                  overrides=ModalityOverrides({"image": {"lam": 0.25}})))

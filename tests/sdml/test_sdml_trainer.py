@@ -7,7 +7,7 @@ import torch
 from scalable_xmr.config import SDMLConfig
 from scalable_xmr.data.modality.dataset import open_dataset
 from scalable_xmr.errors import CorruptFileError, InputError
-from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.modality_spec import ModalitySpec
 from scalable_xmr.sdml.trainer import ModalityTrainer
 from scalable_xmr.store import torchfile
 from scalable_xmr.store.projection import create_projection, save_projection
@@ -21,7 +21,7 @@ def _job(tmp_path, data, modality="image", cfg=CFG, **kw):
     run = tmp_path / "run"
     run.mkdir(parents=True, exist_ok=True)
     digest = save_projection(run / "projection.arrow", create_projection(cfg.dim, ds.info.n_classes, 0))
-    return ModalityJob(run_dir=str(run), modality=modality, config=cfg, dataset_uri=data,
+    return ModalitySpec(run_dir=str(run), modality=modality, config=cfg, dataset_uri=data,
                        n_classes=ds.info.n_classes, projection_sha256=digest, **kw)
 
 
@@ -116,7 +116,7 @@ def test_a_non_finite_loss_stops_the_modality_naming_epoch_and_term(tmp_path, sm
 
 def test_wrong_projection_checksum_refused(tmp_path, small_xmedia):
     job = _job(tmp_path, small_xmedia)
-    bad = ModalityJob(**{**vars(job), "projection_sha256": "0" * 64})
+    bad = ModalitySpec(**{**vars(job), "projection_sha256": "0" * 64})
     with pytest.raises(ValueError, match="checksum check failed"):
         ModalityTrainer(bad)
 

@@ -13,7 +13,7 @@ import torch
 from scalable_xmr.config import SDMLConfig
 from scalable_xmr.data.modality.dataset import open_dataset
 from scalable_xmr.errors import InputError
-from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.modality_spec import ModalitySpec
 from scalable_xmr.sdml.streaming import StreamPlan, StreamRankTrainer, shuffle_seed, stream_steps
 from scalable_xmr.sdml.trainer import ModalityTrainer
 from scalable_xmr.store.projection import create_projection, save_projection
@@ -23,12 +23,12 @@ CFG = SDMLConfig(dim=32, hidden=32, epochs=3, batch_size=25, checkpoint_every=2,
 MODALITY = "audio"  # small synthetic XMedia: 100 train / 20 val / 20 test rows of 16 features
 
 
-def _job(root: Path, data: str, cfg: SDMLConfig = CFG) -> ModalityJob:
+def _job(root: Path, data: str, cfg: SDMLConfig = CFG) -> ModalitySpec:
     ds = open_dataset(data)
     run = root / "run"
     run.mkdir(parents=True, exist_ok=True)
     digest = save_projection(run / "projection.arrow", create_projection(cfg.dim, ds.info.n_classes, 0))
-    return ModalityJob(run_dir=str(run), modality=MODALITY, config=cfg, dataset_uri=data,
+    return ModalitySpec(run_dir=str(run), modality=MODALITY, config=cfg, dataset_uri=data,
                        n_classes=ds.info.n_classes, projection_sha256=digest, num_threads=1)
 
 

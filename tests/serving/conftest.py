@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fake_runs import train_pairs_run
+from fake_runs import fake_branch_run
 
 from scalable_xmr.config import SDMLConfig
 from scalable_xmr.data.modality.dataset import open_dataset
 from scalable_xmr.sdml.job import finish_run, modality_entry
-from scalable_xmr.sdml.modality_job import ModalityJob
+from scalable_xmr.sdml.modality_spec import ModalitySpec
 from scalable_xmr.sdml.trainer import ModalityTrainer
 from scalable_xmr.store.meta import RunMeta
 from scalable_xmr.store.projection import create_projection, save_projection
@@ -42,7 +42,7 @@ def train_sdml_run(run_dir: Path, data: str, modalities=MODALITIES, cfg: SDMLCon
     store.write(meta)
     results = {}
     for m in modalities:
-        job = ModalityJob(run_dir=str(store.root), modality=m, config=cfg, dataset_uri=data,
+        job = ModalitySpec(run_dir=str(store.root), modality=m, config=cfg, dataset_uri=data,
                           n_classes=n_classes, projection_sha256=digest, device="cpu")
         results[m] = ModalityTrainer(job).fit()
         meta.modalities[m].update(modality_entry(results[m]))
@@ -60,8 +60,8 @@ def sdml_run(small_xmedia, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def pairs_run(tmp_path_factory) -> tuple[str, str]:
-    """(run directory, dataset) of a tiny pairs run with a VSE, an MMCA and an MTFN member."""
+def branch_run(tmp_path_factory) -> tuple[str, str]:
+    """(run directory, dataset) of a tiny branch run with a VSE, an MMCA and an MTFN member."""
     import torch
 
     from scalable_xmr.data.paired import make_synthetic_pairs
@@ -70,10 +70,10 @@ def pairs_run(tmp_path_factory) -> tuple[str, str]:
     root = tmp_path_factory.mktemp("serving-pairs")
     data = str(make_synthetic_pairs(root / "data", seed=3, n_train=30, n_val=10, n_test=12, n_regions=3,
                                     dim=8, vocab_size=40, n_concepts=6))
-    return train_pairs_run(root / "run", data), data
+    return fake_branch_run(root / "run", data), data
 
 
 @pytest.fixture(scope="session")
-def vsa_run(pairs_run, tmp_path_factory) -> str:
-    """A tiny pairs run with one VSA member, on the pairs run's dataset."""
-    return train_pairs_run(tmp_path_factory.mktemp("serving-vsa") / "run", pairs_run[1], models=("vsa",))
+def vsa_run(branch_run, tmp_path_factory) -> str:
+    """A tiny branch run with one VSA member, on the branch run's dataset."""
+    return fake_branch_run(tmp_path_factory.mktemp("serving-vsa") / "run", branch_run[1], models=("vsa",))

@@ -1,4 +1,4 @@
-"""Search with a pairs run's branch models: VSE (embeddings), MMCA (i0·c0 then S), MTFN (fusion).
+"""Search with a branch run's models: VSE (embeddings), MMCA (i0·c0 then S), MTFN (fusion).
 
 The reference is the evaluator's own image x caption score matrix (``branch.scoring``), which
 training and R@K use: a search must return the top of its rows (image query) or columns (text).
@@ -33,10 +33,10 @@ def _assert_top(scores: np.ndarray, ref_row: np.ndarray, rows: list[int]) -> Non
 
 
 @pytest.mark.parametrize("model", ["vse", "mmca", "mtfn"])
-def test_branch_search_returns_the_top_of_the_evaluators_scores(pairs_run, model):
-    run_dir, data = pairs_run
+def test_branch_search_returns_the_top_of_the_evaluators_scores(branch_run, model):
+    run_dir, data = branch_run
     run = load_run(run_dir, model=model, device="cpu")
-    assert run.kind == "pairs" and run.modalities == ["image", "text"]
+    assert run.kind == "branch" and run.modalities == ["image", "text"]
     split = open_paired_dataset(data).read_split("test")
     ref = _reference(run_dir, data, model)  # (n_images, n_captions)
     img_pos = {i: n for n, i in enumerate(split.image_ids)}
@@ -49,8 +49,8 @@ def test_branch_search_returns_the_top_of_the_evaluators_scores(pairs_run, model
         _assert_top(t2i.scores[q], ref[:, q], [img_pos[i] for i in t2i.ids[q]])
 
 
-def test_branch_queries_by_features_equal_queries_by_id(pairs_run):
-    run_dir, data = pairs_run
+def test_branch_queries_by_features_equal_queries_by_id(branch_run):
+    run_dir, data = branch_run
     run = load_run(run_dir, model="mmca")
     split = open_paired_dataset(data).read_split("test")
     tokens = [t[:n].tolist() for t, n in zip(split.tokens[:2], split.lengths[:2], strict=True)]
@@ -60,8 +60,8 @@ def test_branch_queries_by_features_equal_queries_by_id(pairs_run):
     np.testing.assert_allclose(by_features.scores, by_id.scores, atol=1e-5)
 
 
-def test_vse_embeddings_are_unit_vectors(pairs_run):
-    run = load_run(pairs_run[0], model="vse")
+def test_vse_embeddings_are_unit_vectors(branch_run):
+    run = load_run(branch_run[0], model="vse")
     ids, labels, emb = run.embeddings("image", "test")
     assert labels is None and len(ids) == 12
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
@@ -79,14 +79,14 @@ def test_vse_embeddings_are_unit_vectors(pairs_run):
     ({"model": "mtfn"}, lambda r: r.search("image", np.zeros((1, 8)), "text", k=61),
      r"k: must be an integer from 1 to the gallery size 60, got 61"),
 ])
-def test_branch_bad_input(pairs_run, kwargs, call, match):
+def test_branch_bad_input(branch_run, kwargs, call, match):
     with pytest.raises(InputError, match=match):
-        run = load_run(pairs_run[0], **kwargs)
+        run = load_run(branch_run[0], **kwargs)
         call(run)
 
 
 @pytest.mark.parametrize("model", ["mmca", "mtfn"])
-def test_an_index_of_a_pairwise_model_searches_as_its_stored_split(pairs_run, tmp_path, model):
+def test_an_index_of_a_pairwise_model_searches_as_its_stored_split(branch_run, tmp_path, model):
     """MMCA and MTFN score pairs, so their index keeps what the score needs (MTFN's ṽ / t̃; MMCA's
     i0 / c0 and regions / words): the encoder's batches, read back as a gallery, rank as the stored
     split does. The Ray Data callable is called directly (no Ray here)."""
@@ -96,7 +96,7 @@ def test_an_index_of_a_pairwise_model_searches_as_its_stored_split(pairs_run, tm
     from scalable_xmr.serving.index import BatchEncoder, read_index
     from scalable_xmr.serving.preflight import FORMAT, SIDECAR
 
-    run_dir, data = pairs_run
+    run_dir, data = branch_run
     run = load_run(run_dir, model=model, device="cpu")
     split = open_paired_dataset(data).read_split("test")
     tokens = [t[:n].tolist() for t, n in zip(split.tokens, split.lengths, strict=True)]
@@ -120,14 +120,14 @@ def test_an_index_of_a_pairwise_model_searches_as_its_stored_split(pairs_run, tm
         np.testing.assert_allclose(from_index.scores, stored.scores, atol=1e-5)
 
 
-def test_the_index_encoder_reads_token_captions(pairs_run):
+def test_the_index_encoder_reads_token_captions(branch_run):
     """The Ray Data callable of `xmr index`, called directly on one Arrow batch of a VSE run's
     captions: its embeddings are the run's own for those captions."""
     import pyarrow as pa
 
     from scalable_xmr.serving.index import BatchEncoder
 
-    run_dir, data = pairs_run
+    run_dir, data = branch_run
     split = open_paired_dataset(data).read_split("test")
     tokens = [t[:n].tolist() for t, n in zip(split.tokens, split.lengths, strict=True)]
     batch = pa.table({"id": list(split.caption_ids), "tokens": pa.array(tokens, pa.list_(pa.int32()))})
@@ -173,8 +173,8 @@ def _assert_same_ranking(ids, scores, ref_ids, ref_scores, atol=1e-4):
         assert a == b or abs(sa - sb) < atol, (ids, ref_ids)
 
 
-def test_mmca_exact_search_equals_a_brute_force_full_s_ranking(pairs_run):
-    run_dir, data = pairs_run
+def test_mmca_exact_search_equals_a_brute_force_full_s_ranking(branch_run):
+    run_dir, data = branch_run
     run = load_run(run_dir, model="mmca", device="cpu")
     split = open_paired_dataset(data).read_split("test")
     ref = _brute_force_mmca(run_dir, data)  # (12 images, 60 captions)
@@ -189,8 +189,8 @@ def test_mmca_exact_search_equals_a_brute_force_full_s_ranking(pairs_run):
         _assert_same_ranking(list(i2t.ids[q]), i2t.scores[q], list(split.caption_ids[top]), ref[q, top])
 
 
-def test_mmca_two_stage_with_the_whole_gallery_is_the_exact_search(pairs_run):
-    run_dir, data = pairs_run
+def test_mmca_two_stage_with_the_whole_gallery_is_the_exact_search(branch_run):
+    run_dir, data = branch_run
     run = load_run(run_dir, model="mmca", device="cpu")
     split = open_paired_dataset(data).read_split("test")
     queries = list(split.caption_ids[:8])
@@ -201,11 +201,11 @@ def test_mmca_two_stage_with_the_whole_gallery_is_the_exact_search(pairs_run):
     np.testing.assert_allclose(staged.scores, exact.scores, atol=1e-5)
 
 
-def test_mmca_two_stage_ranks_the_first_stage_candidates_by_s(pairs_run):
+def test_mmca_two_stage_ranks_the_first_stage_candidates_by_s(branch_run):
     """depth = 4 < gallery: the results are the i0·c0 top 4, ordered by the brute-force S."""
     import torch
 
-    run_dir, data = pairs_run
+    run_dir, data = branch_run
     run = load_run(run_dir, model="mmca", device="cpu")
     split = open_paired_dataset(data).read_split("test")
     net, _ = load_branch_model(f"{run_dir}/models/mmca/model.pt", torch.device("cpu"))
@@ -231,14 +231,34 @@ def test_mmca_two_stage_ranks_the_first_stage_candidates_by_s(pairs_run):
     ("vse", 5, r"depth: only MMCA runs have a two-stage search; a vse search is exact \(got depth=5\)"),
     ("mtfn", 5, r"depth: only MMCA runs have a two-stage search; a mtfn search is exact"),
 ])
-def test_bad_depth(pairs_run, model, depth, match):
-    run = load_run(pairs_run[0], model=model, device="cpu")
+def test_bad_depth(branch_run, model, depth, match):
+    run = load_run(branch_run[0], model=model, device="cpu")
     with pytest.raises(InputError, match=match):
         run.search("text", np.asarray([[1, 2, 3]]), "image", k=3, depth=depth)
 
 
-def test_search_results_name_their_ranking(pairs_run):
+def test_search_results_name_their_ranking(branch_run):
     for model, mode in (("vse", "exact (cosine of stored embeddings)"),
                         ("mtfn", "exact (MTFN fusion score of every item: 12 fusion passes per query)")):
-        run = load_run(pairs_run[0], model=model, device="cpu")
+        run = load_run(branch_run[0], model=model, device="cpu")
         assert run.search("text", np.asarray([[1, 2, 3]]), "image", k=2).mode == mode
+
+
+def test_a_run_of_the_old_kind_pairs_is_served_as_a_branch_run(branch_run, tmp_path):
+    """run.json of a branch run written before the kind was renamed says "pairs" (README
+    "Upgrading"): it loads as a branch run and searches as before; the file is not rewritten."""
+    import shutil
+
+    run_dir, data = branch_run
+    old = tmp_path / "old-run"
+    shutil.copytree(run_dir, old)
+    meta = json.loads((old / "run.json").read_text())
+    (old / "run.json").write_text(json.dumps({**meta, "kind": "pairs"}, indent=2))
+    before = (old / "run.json").read_text()
+    run = load_run(str(old), model="vse", device="cpu")
+    assert run.kind == "branch"
+    ids = list(open_paired_dataset(data).read_split("test").image_ids[:2])
+    new = load_run(run_dir, model="vse", device="cpu")
+    np.testing.assert_array_equal(run.search("image", ids, "text", k=3).ids,
+                                  new.search("image", ids, "text", k=3).ids)
+    assert (old / "run.json").read_text() == before

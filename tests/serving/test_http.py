@@ -28,11 +28,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def clients(sdml_run, pairs_run, vsa_run):
+def clients(sdml_run, branch_run, vsa_run):
     """A TestClient per model kind, over the stored test splits."""
     out = {"sdml": TestClient(searcher_app(Searcher(sdml_run)))}
     for model in ("vse", "mmca", "mtfn"):
-        out[model] = TestClient(searcher_app(Searcher(pairs_run[0], model=model)))
+        out[model] = TestClient(searcher_app(Searcher(branch_run[0], model=model)))
     out["vsa"] = TestClient(searcher_app(Searcher(vsa_run)))
     return out
 
@@ -59,10 +59,10 @@ def _assert_top(hits: list[dict], ref_row: np.ndarray, ids: list[str]) -> None:
 
 
 @pytest.mark.parametrize("model", ["vse", "vsa", "mmca", "mtfn"])
-def test_branch_runs_answer_the_brute_force_top(clients, pairs_run, vsa_run, model):
-    run_dir = vsa_run if model == "vsa" else pairs_run[0]
-    split = open_paired_dataset(pairs_run[1]).read_split("test")
-    ref = _branch_reference(run_dir, pairs_run[1], model)
+def test_branch_runs_answer_the_brute_force_top(clients, branch_run, vsa_run, model):
+    run_dir = vsa_run if model == "vsa" else branch_run[0]
+    split = open_paired_dataset(branch_run[1]).read_split("test")
+    ref = _branch_reference(run_dir, branch_run[1], model)
     caps, imgs = list(split.caption_ids), list(split.image_ids)
     for q in range(3):  # image -> text, by id and by features
         for query in ({"id": imgs[q]}, {"features": split.images[q].tolist()}):
@@ -73,7 +73,7 @@ def test_branch_runs_answer_the_brute_force_top(clients, pairs_run, vsa_run, mod
             assert answer["mode"].startswith("exact") and answer["gallery"] == "text stored test split"
     for q in range(4):  # text -> image, by id, by token ids and by the caption's words
         tokens = split.tokens[q, : split.lengths[q]].tolist()
-        words = " ".join(open_paired_dataset(pairs_run[1]).vocab[t] for t in tokens)
+        words = " ".join(open_paired_dataset(branch_run[1]).vocab[t] for t in tokens)
         for query in ({"id": caps[q]}, {"tokens": tokens}, {"text": words.upper()}):
             status, answer = post(clients[model], {"query_modality": "text", "target_modality": "image",
                                                    "k": 4, **query})

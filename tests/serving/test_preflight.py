@@ -58,7 +58,7 @@ def busy_port():
         yield s.getsockname()[1]
 
 
-def cases(sdml_run, pairs_run, unfinished_run, foreign_index, tmp_path, port):
+def cases(sdml_run, branch_run, unfinished_run, foreign_index, tmp_path, port):
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     full = tmp_path / "full"
@@ -76,10 +76,10 @@ def cases(sdml_run, pairs_run, unfinished_run, foreign_index, tmp_path, port):
          f"--index {foreign_index}: built by another run (P sha256 ffffffffffff"),
         (["serve", "--run", sdml_run, "--modality", "text", "--index", f"image={foreign_index}"],
          "modality 'image' is not served (serving: text)"),
-        (["serve", "--run", pairs_run, "--model", "mmca", "--ann", "ivf"],
+        (["serve", "--run", branch_run, "--model", "mmca", "--ann", "ivf"],
          "--ann ivf: a mmca run scores pairs (no per-item embedding for faiss)"),
-        (["serve", "--run", pairs_run], "model: the run"),
-        (["serve", "--run", pairs_run, "--model", "clip"], "model: unknown model 'clip'"),
+        (["serve", "--run", branch_run], "model: the run"),
+        (["serve", "--run", branch_run, "--model", "clip"], "model: unknown model 'clip'"),
         (["index", "--run", sdml_run, "--modality", "image", "--table", table, "--out", str(full)],
          f"--out {full}: exists and is not empty"),
         (["index", "--run", sdml_run, "--modality", "image", "--table", table, "--out", str(a_file / "i")],
@@ -95,8 +95,9 @@ def cases(sdml_run, pairs_run, unfinished_run, foreign_index, tmp_path, port):
     ]
 
 
-def test_refused_before_torch_or_ray(sdml_run, pairs_run, unfinished_run, foreign_index, tmp_path, busy_port):
-    for argv, message in cases(sdml_run, pairs_run[0], unfinished_run, foreign_index, tmp_path, busy_port):
+def test_refused_before_torch_or_ray(sdml_run, branch_run, unfinished_run, foreign_index, tmp_path,
+                                     busy_port):
+    for argv, message in cases(sdml_run, branch_run[0], unfinished_run, foreign_index, tmp_path, busy_port):
         rc, err = run_cli(argv)
         lines = [line for line in err.splitlines() if line.startswith("xmr: error")]
         assert rc == 2 and len(lines) == 1 and message in lines[0], (argv, err)

@@ -151,11 +151,11 @@ def test_cli_refuses_an_unfinished_run(sdml_run, text_queries, tmp_path, capsys)
 
 
 @pytest.fixture(scope="module")
-def caption_queries(pairs_run, tmp_path_factory):
+def caption_queries(branch_run, tmp_path_factory):
     """A query table of the pairs run's first 4 test captions (id, tokens)."""
     from scalable_xmr.data.paired import open_paired_dataset
 
-    split = open_paired_dataset(pairs_run[1]).read_split("test")
+    split = open_paired_dataset(branch_run[1]).read_split("test")
     tokens = [t[:n].tolist() for t, n in zip(split.tokens[:4], split.lengths[:4], strict=True)]
     path = tmp_path_factory.mktemp("captions") / "q.parquet"
     pq.write_table(pa.table({"id": list(split.caption_ids[:4]),
@@ -163,8 +163,8 @@ def caption_queries(pairs_run, tmp_path_factory):
     return str(path)
 
 
-def test_cli_mmca_search_says_which_ranking_ran(pairs_run, caption_queries, capsys):
-    argv = ["search", "--run", pairs_run[0], "--model", "mmca", "--query-modality", "text",
+def test_cli_mmca_search_says_which_ranking_ran(branch_run, caption_queries, capsys):
+    argv = ["search", "--run", branch_run[0], "--model", "mmca", "--query-modality", "text",
             "--query-table", caption_queries, "--target", "image", "--k", "3"]
     assert main(argv) == 0
     assert "4 queries in" in (out := capsys.readouterr().out)
@@ -180,10 +180,10 @@ def test_cli_mmca_search_says_which_ranking_ran(pairs_run, caption_queries, caps
     ("mmca", "13", "--depth: must be an integer from k = 3 to the gallery size 12, got 13"),
     ("vse", "5", "--depth: only MMCA runs have a two-stage search; a vse search is exact"),
 ])
-def test_cli_bad_depth_is_one_line_and_writes_nothing(pairs_run, caption_queries, capsys, tmp_path, model,
+def test_cli_bad_depth_is_one_line_and_writes_nothing(branch_run, caption_queries, capsys, tmp_path, model,
                                                       depth, message):
     out = tmp_path / "r.parquet"
-    fails_one_line(main, capsys, ["search", "--run", pairs_run[0], "--model", model, "--query-modality",
+    fails_one_line(main, capsys, ["search", "--run", branch_run[0], "--model", model, "--query-modality",
                                   "text", "--query-table", caption_queries, "--target", "image", "--k", "3",
                                   "--depth", depth, "--out", str(out)], message)
     assert not out.exists()

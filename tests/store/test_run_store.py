@@ -23,7 +23,7 @@ def test_run_json_round_trips_through_the_schema(tmp_path):
     meta = sdml_meta(projection={"sha256": "x"})
     store.write(meta)
     written = json.loads(store.run_json.read_text())
-    assert written["kind"] == "sdml" and written["updated"] and "members" not in written  # pairs-only
+    assert written["kind"] == "sdml" and written["updated"] and "members" not in written  # branch-only
     back = store.read()
     assert back == meta and back.finished_modalities() == ["a"]
     meta.fail(ValueError("boom"))
@@ -36,9 +36,9 @@ def test_run_json_round_trips_through_the_schema(tmp_path):
     ({"format": 2, "kind": "sdml", "dataset": {}}, "not a scalable_xmr run.json"),
     ([1, 2], "not a scalable_xmr run.json"),
     ({"format": 1, "kind": "sdml"}, "missing key 'dataset'"),
-    ({"format": 1, "kind": "branch", "dataset": {}}, "kind must be one of sdml, pairs, got 'branch'"),
-    ({"format": 1, "kind": "pairs", "dataset": {}, "status": "done"}, "status must be one of"),
-    ({"format": 1, "kind": "pairs", "dataset": {}, "colour": 1}, "unknown key 'colour'"),
+    ({"format": 1, "kind": "pair", "dataset": {}}, "kind must be one of sdml, branch, got 'pair'"),
+    ({"format": 1, "kind": "branch", "dataset": {}, "status": "done"}, "status must be one of"),
+    ({"format": 1, "kind": "branch", "dataset": {}, "colour": 1}, "unknown key 'colour'"),
 ])
 def test_a_foreign_run_json_is_refused_naming_the_file(tmp_path, content, match):
     store = RunStore(tmp_path)

@@ -109,10 +109,9 @@ def _grid(base: float) -> dict:
 
 
 def test_each_direction_keeps_its_colour_in_every_rerank_panel(tmp_path, saved):
-    metrics = {"models": {"vse-seed0": {"val_grid": _grid(10)}, "vse-seed1": {"val_grid": _grid(20)},
-                          "mtfn-seed0": {"val_grid": _grid(30)}},
-               "ensembles": {"vse": {"val_grid": _grid(40)}}}
-    plots.rerank_k(metrics, tmp_path / "rerank_k.png")
+    grids = {"vse-seed0": _grid(10), "vse-seed1": _grid(20), "mtfn-seed0": _grid(30),
+             "vse ensemble": _grid(40)}
+    plots.rerank_k(grids, tmp_path / "rerank_k.png")
     lines = saved["rerank_k.png"]["lines"]
     panels = sorted({line["panel"] for line in lines})
     assert panels == ["mtfn-seed0", "vse ensemble", "vse-seed0", "vse-seed1"]

@@ -68,7 +68,7 @@ def _branch_row(trial_id: str, lr: float, rsum: float) -> TrialRow:
 
 @pytest.mark.parametrize("model", ["vse", "mtfn"])
 def test_summary_rows_carry_the_schedule_and_best_json_trains_the_full_one(model, tmp_path, monkeypatch):
-    from scalable_xmr.cli.pairs import build_configs, job_parser
+    from scalable_xmr.cli.branch import build_configs, job_parser
 
     monkeypatch.setattr(branch_backend, "branch_test", lambda row, info, sweep_dir: {"note": "not scored"})
     backend, meta = _branch_meta(model, tmp_path)
@@ -135,10 +135,10 @@ def test_top_table_has_a_schedule_column_only_when_given():
 def test_rerank_line_defaults_to_candidate_groups():
     """A best.json without t2i_groups had the sweep's default groups: candidate (MTFN-RR Eq. 15),
     the default of train-pairs' --t2i-groups too, never 'query'."""
-    from scalable_xmr.branch.member import BranchJob
+    from scalable_xmr.branch.member import BranchSpec
 
     rerank = {"k_i2t": 5, "k_t2i": 2, "k_text": 1, "rsum": 310.0, "rsum_plain": 300.0}
-    assert BranchJob.t2i_groups == branch_backend.T2I_GROUPS == "candidate"
+    assert BranchSpec.t2i_groups == branch_backend.T2I_GROUPS == "candidate"
     assert rerank_line({"rerank": rerank}) == ("re-ranking on the best trial (val): I2T K=5, T2I K=2 K'=1 "
                                               "(candidate groups): rsum 310.00 (plain 300.00)")
     assert "(query groups)" in rerank_line({"rerank": {**rerank, "t2i_groups": "query"}})

@@ -1,4 +1,4 @@
-"""What one modality's training starts from: the job (by reference: paths, not arrays), its
+"""What one modality's training starts from: its spec (by reference: paths, not arrays), its
 device, its splits as tensors and the run's P, checked. Shared by :class:`~scalable_xmr.sdml.
 trainer.ModalityTrainer` (one network) and :class:`~scalable_xmr.sdml.population.PopulationTrainer`
 (N configurations at once); a sweep's trials read their splits through the worker's cache
@@ -23,7 +23,7 @@ from scalable_xmr.store.run_store import RunStore
 
 
 @dataclass(frozen=True)
-class ModalityJob:
+class ModalitySpec:
     """Everything one modality's training needs, by reference (paths, not arrays)."""
 
     run_dir: str
@@ -67,7 +67,7 @@ def check_split_sizes(modality: str, sizes: dict[str, int], batch_size: int, whe
 class ModalityData:
     """One modality's splits as tensors on the device (features raw, labels multi-hot)."""
 
-    def __init__(self, job: ModalityJob, device: torch.device):
+    def __init__(self, job: ModalitySpec, device: torch.device):
         splits = _load_splits(job)
         self.ids = {s: d.ids for s, d in splits.items()}
         with warnings.catch_warnings():
@@ -83,7 +83,7 @@ class ModalityData:
             )
 
 
-def load_job_projection(job: ModalityJob, store: RunStore, device: torch.device) -> torch.Tensor:
+def load_spec_projection(job: ModalitySpec, store: RunStore, device: torch.device) -> torch.Tensor:
     """P (d, c) of ``job``'s run, checked against its sha256 and the config's dim."""
     P = load_projection(store.projection_path, expected_sha256=job.projection_sha256)
     if P.shape != (job.config.dim, job.n_classes):
@@ -94,7 +94,7 @@ def load_job_projection(job: ModalityJob, store: RunStore, device: torch.device)
     return torch.from_numpy(np.array(P)).to(device)  # (d, c)
 
 
-def _load_splits(job: ModalityJob) -> dict[str, SplitData]:
+def _load_splits(job: ModalitySpec) -> dict[str, SplitData]:
     """The train split and ``job.eval_splits``, from memory when ``job.reuse_data`` and this
     process read the same unchanged files before (data/modality/cache.py)."""
     splits = ("train", *job.eval_splits)
@@ -119,7 +119,7 @@ def _load_splits(job: ModalityJob) -> dict[str, SplitData]:
     return cached_splits(key, identity(), load)
 
 
-def job_context(job: ModalityJob, load_data: bool = True
+def spec_context(job: ModalitySpec, load_data: bool = True
                 ) -> tuple[torch.device, RunStore, torch.Tensor, ModalityData | None]:
     """What a trainer of ``job`` starts from (one network or a population): torch threads set,
     the device, the run store, P (d, c) checked against its sha256, and the modality's data (None
@@ -129,4 +129,4 @@ def job_context(job: ModalityJob, load_data: bool = True
     device = resolve_device(job.device)
     store = RunStore(job.run_dir, modality=job.modality)  # on S3: P and this modality's files
     data = ModalityData(job, device) if load_data else None
-    return device, store, load_job_projection(job, store, device), data
+    return device, store, load_spec_projection(job, store, device), data

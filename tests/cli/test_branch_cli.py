@@ -14,7 +14,7 @@ import pytest
 
 from scalable_xmr.cli import build_parser
 from scalable_xmr.cli import main as xmr_main
-from scalable_xmr.cli.pairs import build_configs, job_parser, main
+from scalable_xmr.cli.branch import build_configs, job_parser, main
 from scalable_xmr.data.paired import open_paired_dataset, write_paired_dataset
 
 VOCAB = ["<pad>", "<unk>", "a", "dog", "cat", "runs"]
@@ -44,7 +44,7 @@ def test_every_flag_has_help_and_the_xmr_command_exists():
     for action in job_parser()._actions:
         assert action.help and action.help != argparse.SUPPRESS, action.option_strings
     args = build_parser().parse_args(["train-pairs", "--model", "mtfn", "--model", "vse", "--k", "5"])
-    assert args.model == ["mtfn", "vse"] and args.k == 5 and args.func.__name__ == "run_pairs"
+    assert args.model == ["mtfn", "vse"] and args.k == 5 and args.func.__name__ == "run_branch"
 
 
 def _args(*argv):
@@ -108,7 +108,7 @@ def test_help_lists_each_models_schedule_and_parsing_needs_no_torch():
                  "mtfn: 50 epochs, batch 128, lr 1e-4 x0.5 every 10 epochs (MTFN-RR §4.1)",
                  "40 in all is our choice"):
         assert line in text, line
-    code = ("import sys; from scalable_xmr.cli.pairs import job_parser; "
+    code = ("import sys; from scalable_xmr.cli.branch import job_parser; "
             "job_parser().parse_args(['--epochs', '3']); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"  # the model configs are read only to print the help
@@ -133,7 +133,6 @@ def test_help_lists_each_models_schedule_and_parsing_needs_no_torch():
         (["--set", "embed_dim"], "expected \\[MODEL.\\]KEY=VALUE"),
         (["--set", "vse.embed_dim=0"], "embed_dim"),
         (["--model", "mmca", "--alpha", "nan"], "--alpha must be >= 0"),
-        (["--t2i-groups", "both"], "--t2i-groups must be one of candidate, query, got 'both'"),
     ],
 )
 def test_bad_flags_are_one_line_errors(tmp_path, capsys, argv, match):
@@ -143,8 +142,16 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys, argv, match):
     assert not (tmp_path / "run").exists()
 
 
+def test_bad_t2i_groups_are_refused_once_by_the_request(tmp_path, capsys):
+    """One check, where the typed request is built (BranchRequest): a one-line error, nothing written."""
+    rc, line = _run(["--data", str(_tiny(tmp_path)), "--run", str(tmp_path / "run"),
+                     "--t2i-groups", "both"], capsys)
+    assert rc == 2 and line == "xmr: error: --t2i-groups must be one of candidate, query, got 'both'"
+    assert not (tmp_path / "run").exists()
+
+
 def test_t2i_groups_reach_the_request(tmp_path):
-    from scalable_xmr.cli.pairs import request_from_args
+    from scalable_xmr.cli.branch import request_from_args
 
     data = str(_tiny(tmp_path))
     base = ["--data", data, "--run", str(tmp_path / "run")]

@@ -34,7 +34,7 @@ from scalable_xmr.cli.train import (
 from scalable_xmr.config import TrackingConfig
 from scalable_xmr.distributed.logs import set_verbose
 from scalable_xmr.errors import InputError
-from scalable_xmr.io import read_json
+from scalable_xmr.sweep_best import SweepBest
 
 MODELS = ("vse", "mtfn", "mmca", "vsa")
 RERANK_KEYS = ("k", "k_text")
@@ -65,7 +65,7 @@ class _PerModelDefault(argparse.Action):
         self._help = text
 
 
-def add_pairs_arguments(p: argparse.ArgumentParser) -> None:
+def add_branch_arguments(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("data and models")
     d.add_argument("--model", action="append", choices=MODELS, metavar="NAME",
                    help="branch model to train: vse (GRU + VSE++ hinge), mtfn (rank-R tensor fusion + "
@@ -142,12 +142,12 @@ def add_pairs_arguments(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     add_job_subcommand(sub, "train-pairs", "train image-text branch models (VSE, MTFN, MMCA, VSA) in "
-                       "parallel, with R@K and cross-modal re-ranking", __doc__, add_pairs_arguments,
-                       run_pairs)
+                       "parallel, with R@K and cross-modal re-ranking", __doc__, add_branch_arguments,
+                       run_branch)
 
 
 def job_parser() -> argparse.ArgumentParser:
-    return job_script_parser("train_pairs.py", __doc__, add_pairs_arguments)
+    return job_script_parser("train_pairs.py", __doc__, add_branch_arguments)
 
 
 # ------------------------------------------------------------------------------ arguments -> request
@@ -168,14 +168,13 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 def load_best(path: str) -> tuple[str, dict[str, Any]]:
     """(model, config) of a sweep's best.json: ``{"model": "<name>", "config": {...}}``."""
-    best = read_json(path)
-    model = best.get("model") if isinstance(best, dict) else None
-    if model not in MODELS:
-        raise InputError(f"--config {path}: not a branch-model best.json (model {model!r}; "
+    best = SweepBest.read(path, f"--config {path}")
+    if best.model not in MODELS:
+        raise InputError(f"--config {path}: not a branch-model best.json (model {best.model!r}; "
                          f"expected one of {', '.join(MODELS)})")
-    if not isinstance(best.get("config"), dict):
+    if best.config is None:
         raise InputError(f"--config {path}: no 'config' section")
-    return model, dict(best["config"])
+    return best.model, dict(best.config)
 
 
 def _parse_sets(items: list[str], models: list[str]) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -310,11 +309,9 @@ def resolve_data(args: argparse.Namespace, run_dir: str) -> str:
 
 
 def request_from_args(args: argparse.Namespace):
-    from scalable_xmr.branch.evaluate import check_t2i_groups
-    from scalable_xmr.branch.job import PairsRequest
+    from scalable_xmr.branch.job import BranchRequest
     from scalable_xmr.data.paired import open_paired_dataset
 
-    check_t2i_groups(args.t2i_groups, "--t2i-groups")
     models = build_configs(args)[0]  # flag errors first, before any data is generated or read
     if args.target and "vsa" not in models:
         raise InputError("--target is the unpaired target domain of VSA (VSA-AE-MMD): add --model vsa")
@@ -323,7 +320,7 @@ def request_from_args(args: argparse.Namespace):
     # Opened once here: "not a paired dataset" fails before anything is written.
     one_caption = open_paired_dataset(data).split_sizes("train")[2] == 1
     trainers, model_configs, ks, k_texts = build_configs(args, one_caption)
-    return PairsRequest(
+    return BranchRequest(
         run_dir=run_dir, dataset_uri=data, trainers=trainers, model_configs=model_configs,
         ensemble=args.ensemble, target_uri=args.target, ks=ks, k_texts=k_texts,
         t2i_groups=args.t2i_groups, checkpoint_every=args.checkpoint_every,
@@ -334,11 +331,11 @@ def request_from_args(args: argparse.Namespace):
     )
 
 
-def run_pairs(args: argparse.Namespace) -> int:
-    from scalable_xmr.branch.job import train_pairs
+def run_branch(args: argparse.Namespace) -> int:
+    from scalable_xmr.branch.job import train_branch
 
     set_verbose(args.verbose)
-    summary = train_pairs(request_from_args(args), address=args.address)
+    summary = train_branch(request_from_args(args), address=args.address)
     print()
     print(summary.table)
     print()
@@ -348,4 +345,4 @@ def run_pairs(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_job(job_parser(), run_pairs, argv)
+    return run_job(job_parser(), run_branch, argv)
