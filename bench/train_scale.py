@@ -1,28 +1,27 @@
-"""What one modality pays to train through Ray Train (TorchTrainer, W workers) instead of one process.
+"""What one modality pays to train through Ray Train (TorchTrainer, W workers) instead of one process,
+and how rows/s scale with W.
 
-    .venv/bin/python bench/train_scale.py            # about 6 minutes on 2 quiet cores
+    .venv/bin/python bench/train_scale.py            # about 7 minutes on 2 quiet cores
     .venv/bin/python bench/train_scale.py --quick    # tiny data, a smoke test (numbers meaningless)
 
 One modality of 4000 train / 500 val / 500 test rows of 256 random features, 20 classes (speed
-does not depend on content), the default network (256-1024-1024-512 and back), batch 100, one torch
-thread per process, on a local Ray with 2 CPUs. Each path trains the same job for 2 and for 6
-epochs; the wall times t(2), t(6) of the driver's call give
-
-    per epoch = (t(6) - t(2)) / 4          per job = t(2) - 2 x per epoch
-
-(per job: everything that does not grow with the epochs -- starting workers and process group,
-reading the data, writing model.pt and the embeddings, tearing down). The paths:
+does not depend on content), the default network (256-1024-1024-512 and back), global batch 100,
+8 epochs, one torch thread per process, on a local Ray of 4 *logical* CPUs (the machine may have
+fewer cores: W = 4 then shares them, which the table's core count says). The paths:
 
 - in process: ``ModalityTrainer.fit`` in this process (no Ray; after a 1-epoch warm-up);
 - Ray task: the same call in a Ray task of 1 CPU (what the SDML job's actor does, minus its hub);
-- Train W=1: ``train_modality_parallel`` with one worker of 1 CPU, Ray's default controller poll
-  (2 s) and ours (0.25 s): Train V2 takes one report per worker per poll, and this trainer reports
-  every epoch, so with epochs shorter than the poll the run waits for its reports at the end;
-- Train W=2: two workers of 1 CPU each (gloo over loopback), the same global batch of 100.
+- Train W: ``train_modality_parallel`` with W workers of 1 CPU each (gloo over loopback), the same
+  global batch, our controller poll of 0.25 s.
 
-rows/s = 4000 train rows x epochs / the trainer's own ``train_seconds`` (inside the worker, report
-waits included). Medians are not taken (one run each): the load average printed at the top says
-how quiet the machine was.
+Each round runs every path once, in this order; ``--rounds`` rounds (default 3) and the medians
+over rounds are printed, and every ratio is taken within a round (the same load for both sides)
+before its median. Per path: wall = the driver's call, train = the trainer's own ``train_seconds``
+(in the worker: the epochs, validation, checkpoints, the outputs, Train's report waits), per epoch
+= train / 8, per job = wall - train (starting the task or the workers and process group, reading
+the data, tearing down), rows/s = 4000 x 8 / train. Train-vs-actor = Train W=1 against the Ray
+task (issue #26's bar for one code path: <= 5 % per epoch and <= 10 s per job); scaling
+efficiency = rows/s(W) / (W x rows/s(W=1)).
 
 The W curve (``--curve``, what bench/gpu.sh runs on a GPU machine):
 
@@ -138,9 +137,14 @@ def curve(args: argparse.Namespace) -> None:
                                                "points": points}, indent=1))
 
 
+def _median(values) -> float:
+    return float(np.median(list(values)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny data and network (a smoke test)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every path (medians over them)")
     parser.add_argument("--curve", action="store_true", help="the W = 1..N curve (bench/gpu.sh)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="--curve: workers' device")
     parser.add_argument("--max-workers", type=int, help="--curve: N (default: the GPUs torch sees; 2 CPUs)")
@@ -151,39 +155,47 @@ def main() -> None:
         return
     import ray
 
-    n_train, dim = (400, 32) if args.quick else (4000, 256)
-    cfg = SDMLConfig(batch_size=100, checkpoint_every=5, lr=1e-4,
+    n_train, dim, epochs = (400, 32, 2) if args.quick else (4000, 256, 8)
+    cfg = SDMLConfig(batch_size=100, checkpoint_every=epochs, lr=1e-4, epochs=epochs,
                      **({"dim": 32, "hidden": 64} if args.quick else {}))
     print_info("Machine", machine_info(threads=1))
     root = Path(tempfile.mkdtemp(prefix="xmr-train-scale-"))
     data = make_data(root, n_train, dim)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     task = ray.remote(num_cpus=1)(fit_in_process)
 
-    def train(workers: int, poll: float):
+    def train(workers: int):
         return lambda job: train_modality_parallel(job, workers, resources_per_worker={"CPU": 1},
-                                                   poll_interval_s=poll)
+                                                   poll_interval_s=0.25)
 
-    paths = {
-        "in process (ModalityTrainer.fit)": lambda job: fit_in_process(job),
-        "Ray task, 1 CPU": lambda job: ray.get(task.remote(job)),
-        "Train W=1, poll 2 s (Ray's default)": train(1, 2.0),
-        "Train W=1, poll 0.25 s": train(1, 0.25),
-        "Train W=2, poll 0.25 s": train(2, 0.25),
-    }
+    paths = {"in process": fit_in_process, "Ray task": lambda job: ray.get(task.remote(job)),
+             "Train W=1": train(1), "Train W=2": train(2), "Train W=4": train(4)}
     fit_in_process(make_job(root / "warm-up", data, SDMLConfig(**{**cfg.to_dict(), "epochs": 1})))
-    rows = []
-    for i, (tag, path) in enumerate(paths.items()):
-        times = timed(f"p{i}", path, root, data, cfg)
-        (t2, _), (t6, r6) = times[EPOCHS[0]], times[EPOCHS[1]]
-        per_epoch = (t6 - t2) / (EPOCHS[1] - EPOCHS[0])
-        per_job = t2 - EPOCHS[0] * per_epoch
-        rows.append((tag, f"{t2:.1f}", f"{t6:.1f}", f"{per_epoch:.2f}", f"{per_job:.1f}",
-                     f"{n_train * EPOCHS[1] / r6.train_seconds:,.0f}"))
+    runs: dict[str, list[tuple[float, float]]] = {tag: [] for tag in paths}  # (wall, train) a round
+    for r in range(args.rounds):
+        for tag, path in paths.items():
+            job = make_job(root / f"r{r}-{tag.replace(' ', '-')}", data, cfg)
+            start = time.perf_counter()
+            result = path(job)
+            runs[tag].append((time.perf_counter() - start, result.train_seconds))
+            wall = runs[tag][-1][0]
+            print(f"  round {r + 1}: {tag}: {wall:.1f} s wall, {result.train_seconds:.1f} s train",
+                  flush=True)
     ray.shutdown()
-    print_table(f"One modality ({n_train} x {dim}, batch 100): wall time of the driver's call, s",
-                ["path", f"t({EPOCHS[0]})", f"t({EPOCHS[1]})", "per epoch", "per job",
-                 "rows/s (train_seconds)"], rows)
+    rate = {tag: [n_train * epochs / train for _, train in v] for tag, v in runs.items()}
+    print_table(f"One modality ({n_train} x {dim}, global batch 100, {epochs} epochs), medians of "
+                f"{args.rounds} rounds", ["path", "wall s", "train s", "per epoch s", "per job s", "rows/s"],
+                [(tag, f"{_median(w for w, _ in v):.1f}", f"{_median(t for _, t in v):.1f}",
+                  f"{_median(t / epochs for _, t in v):.2f}", f"{_median(w - t for w, t in v):.1f}",
+                  f"{_median(rate[tag]):,.0f}") for tag, v in runs.items()])
+    pairs = list(zip(runs["Ray task"], runs["Train W=1"], strict=True))
+    ratios = [("Train W=1 vs Ray task: per epoch", f"{_median(b[1] / a[1] for a, b in pairs):.3f}x"),
+              ("Train W=1 vs Ray task: per job",
+               f"{_median((b[0] - b[1]) - (a[0] - a[1]) for a, b in pairs):+.1f} s")]
+    for w in (2, 4):
+        eff = _median(b / (w * a) for a, b in zip(rate["Train W=1"], rate[f"Train W={w}"], strict=True))
+        ratios.append((f"scaling efficiency W={w} (rows/s / {w} x W=1's)", f"{100 * eff:.0f}%"))
+    print_table("Ratios (each taken within a round, then the median)", ["", ""], ratios)
 
 
 if __name__ == "__main__":
