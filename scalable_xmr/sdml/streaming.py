@@ -50,7 +50,7 @@ from scalable_xmr.functional.losses import label_loss_sum
 from scalable_xmr.io import atomic_write_json
 from scalable_xmr.sdml.data_parallel import Ingest, RankContext, RankTrainer, train_modality_parallel
 from scalable_xmr.sdml.modality_spec import ModalitySpec
-from scalable_xmr.sdml.outputs import save_selected
+from scalable_xmr.sdml.outputs import model_payload
 from scalable_xmr.sdml.trainer import TrainResult, modality_seed, retain_freed_memory
 
 EVAL_BATCH = 1024  # rows a val/test batch: encoding only, memory ~ rows x dim x 4 B
@@ -94,14 +94,6 @@ def stream_steps(n_train: int, batch_size: int, world_size: int) -> int:
     (4, 3, 39)
     """
     return (n_train // world_size) // -(-batch_size // world_size)
-
-
-@dataclass
-class GatheredRows:
-    """ids and labels of the splits rank 0 encoded (``outputs.SplitRows``)."""
-
-    ids: dict[str, np.ndarray] = field(default_factory=dict)
-    labels: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class StreamEpoch:
@@ -187,24 +179,21 @@ class StreamRankTrainer(RankTrainer):
         return self.reduced_mean(total, count)
 
     def write_outputs(self) -> None:
-        """Rank 0: model.pt of the selected epoch, the embeddings of ``eval_splits`` (streamed,
-        encoded in batches) and the training log, as ModalityTrainer writes them."""
+        """Rank 0: model.pt of the selected epoch, the embeddings of ``eval_splits`` (streamed:
+        each batch encoded and written, never a whole split in memory) and the training log."""
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         self.outputs_written = True
         self.model.eval()
-        rows, embeddings = GatheredRows(), {}
+        m = self.job.modality
+        self.store.save_model(m, model_payload(self.model, self.cfg, m, self.best_epoch,
+                                               self.job.projection_sha256))
         with torch.no_grad():
             for split in self.job.eval_splits:
-                ids, labels, emb = [], [], []
-                for batch, x, y in self.eval_batches(split):
-                    ids.append(batch.ids)
-                    labels.append(y)
-                    emb.append(self.model.encode(x))  # (rows, d)
-                rows.ids[split], rows.labels[split] = np.concatenate(ids), torch.cat(labels)
-                embeddings[split] = torch.cat(emb)
-        save_selected(self.store, self.job, self.model, self.cfg, self.best_epoch, rows, embeddings)
-        atomic_write_json(self.store.train_log_path(self.job.modality), self.train_log())
+                parts = ((rows.ids, y.cpu().numpy(), self.model.encode(x).cpu().numpy())  # (n, d)
+                         for rows, x, y in self.eval_batches(split))
+                self.store.write_embeddings_parts(m, split, self.cfg.dim, parts)
+        atomic_write_json(self.store.train_log_path(m), self.train_log())
 
 
 def train_stream_rank(payload: tuple[ModalitySpec, StreamPlan], ctx: StreamContext) -> None:

@@ -20,6 +20,7 @@ job works on the run, ``finished`` once every artifact is in place; a job that d
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -194,17 +195,18 @@ class RunStore:
         self, modality: str, split: str, ids: np.ndarray, labels: np.ndarray, emb: np.ndarray
     ) -> None:
         """Atomic Parquet: ``id``, ``labels`` (list<int32> of class indices), ``embedding``."""
-        emb = np.ascontiguousarray(emb, dtype=np.float32)
-        label_lists = [np.flatnonzero(row).astype(np.int32) for row in labels]
-        table = pa.table(
-            {
-                "id": pa.array([str(i) for i in ids], pa.string()),
-                "labels": pa.array(label_lists, pa.list_(pa.int32())),
-                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1]),
-            }
-        )
         with atomic_path(self.embeddings_path(modality, split)) as tmp:
-            pq.write_table(table, tmp)
+            pq.write_table(_embedding_table(ids, labels, emb), tmp)
+
+    def write_embeddings_parts(
+        self, modality: str, split: str, dim: int, parts: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    ) -> None:
+        """:meth:`write_embeddings` of ``parts`` (ids, multi-hot labels, (n, ``dim``) embeddings)
+        written as they come: memory holds one part, not the split (a streamed trainer's splits)."""
+        schema = _embedding_table(np.empty(0, object), np.zeros((0, 0)), np.zeros((0, dim))).schema
+        with atomic_path(self.embeddings_path(modality, split)) as tmp, pq.ParquetWriter(tmp, schema) as w:
+            for ids, labels, emb in parts:
+                w.write_table(_embedding_table(ids, labels, emb))
 
     def read_embeddings(
         self, modality: str, split: str, n_classes: int
@@ -222,3 +224,15 @@ class RunStore:
         return np.asarray(table.column("id").to_pylist(), dtype=object), labels, emb
 
     # ---- metrics -------------------------------------------------------------------------------
+
+
+def _embedding_table(ids: np.ndarray, labels: np.ndarray, emb: np.ndarray) -> pa.Table:
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    label_lists = [np.flatnonzero(row).astype(np.int32) for row in labels]
+    return pa.table(
+        {
+            "id": pa.array([str(i) for i in ids], pa.string()),
+            "labels": pa.array(label_lists, pa.list_(pa.int32())),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1]),
+        }
+    )
