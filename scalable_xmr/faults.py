@@ -10,6 +10,11 @@ starts (actors inherit the environment then); the file may change between jobs.
 ``{"<task>/mid-epoch": epoch}`` instead kills the task during that epoch, after its first training
 step (:func:`crash_mid_epoch`, a data-parallel rank: ``audio/rank1/mid-epoch``), so that the
 checkpoint it resumes from is the one before that epoch.
+
+``{"<task>/hold": epoch}`` stops the task right after the checkpoint of that epoch (or the first
+one after it) until something kills it (:func:`hold_after_checkpoint`): a test that kills the
+driver or sends Ctrl-C "mid-training" then knows training cannot have finished first, however
+slow or loaded the machine. No marker: a job started without the plan resumes and finishes.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 ENV = "XMR_FAULTS"
 MARKER = ".fault_injected"
 MID_EPOCH = "/mid-epoch"  # a plan key's suffix: die during that epoch (crash_mid_epoch)
+HOLD = "/hold"  # a plan key's suffix: stop after that epoch's checkpoint until killed
 
 
 def crash_after_checkpoint(name: str, epoch: int, total: int, checkpoint_dir: str | os.PathLike,
@@ -43,6 +49,15 @@ def crash_mid_epoch(name: str, epoch: int, marker_dir: str | os.PathLike, grace_
     if fail_at is None or epoch < fail_at:
         return
     _die_once(Path(marker_dir), epoch, grace_s)
+
+
+def hold_after_checkpoint(name: str, epoch: int) -> None:
+    """Sleep here until killed if the fault plan names ``name + HOLD`` at ``epoch`` or earlier."""
+    hold_at = _planned(name + HOLD)
+    if hold_at is None or epoch < hold_at:
+        return
+    while True:
+        time.sleep(60)
 
 
 def _planned(name: str) -> int | None:

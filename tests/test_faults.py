@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from scalable_xmr import faults
 
 CALL = "from scalable_xmr import faults; faults.crash_after_checkpoint({!r}, {}, {}, {!r}); print('alive')"
@@ -47,3 +49,22 @@ def test_a_mid_epoch_fault_dies_once_during_its_epoch_only_under_its_own_key(tmp
     assert mid({"audio/rank1/mid-epoch": 3}, 3).returncode == 1  # during it
     assert (tmp_path / faults.MARKER).read_text().split()[1] == "3"
     assert mid({"audio/rank1/mid-epoch": 3}, 3).stdout == "alive\n"  # the restarted worker lives on
+
+
+HOLD = "from scalable_xmr import faults; faults.hold_after_checkpoint({!r}, {}); print('alive')"
+
+
+def test_a_hold_stops_the_task_after_its_epoch_until_it_is_killed(tmp_path):
+    (tmp_path / "plan.json").write_text(json.dumps({"image/hold": 2}))
+    env = {"PATH": "/usr/bin:/bin", faults.ENV: str(tmp_path / "plan.json")}
+
+    def hold(name, epoch, timeout):
+        return subprocess.run([sys.executable, "-c", HOLD.format(name, epoch)], env=env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    assert hold("image", 1, 60).stdout == "alive\n"  # before the epoch
+    assert hold("text", 5, 60).stdout == "alive\n"  # another task
+    assert run(tmp_path, {"image/hold": 2}, "image", 5).stdout == "alive\n"  # not a crash key
+    with pytest.raises(subprocess.TimeoutExpired):  # at the epoch (and after): held until killed
+        hold("image", 3, 5)
+    assert not (tmp_path / faults.MARKER).exists()

@@ -278,11 +278,12 @@ class ModalityTrainer:
         """
         start = time.perf_counter()
 
-        def injected_crash() -> None:  # tests only: scalable_xmr/faults.py
+        def injected_fault() -> None:  # tests only: scalable_xmr/faults.py
             faults.crash_after_checkpoint(self.job.modality, self.epoch, self.cfg.epochs,
                                           self.store.checkpoint_path(self.job.modality).parent)
+            faults.hold_after_checkpoint(self.job.modality, self.epoch)
 
-        train_epochs(self, on_epoch, checkpoint_at_end, injected_crash)
+        train_epochs(self, on_epoch, checkpoint_at_end, injected_fault)
         if not self.outputs_written:
             self.write_outputs()
         return self.result(time.perf_counter() - start)
