@@ -28,10 +28,12 @@ import subprocess
 import sys
 import time
 import tomllib
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 pytestmark = pytest.mark.slow
 
@@ -51,10 +53,15 @@ def free_port() -> int:
 
 def cache_key() -> str:
     """What the node's venv depends on: the package's dependencies (not its dev extras or tool
-    settings) and cluster.yaml's setup commands."""
+    settings), the versions this suite's own venv resolved them to, and cluster.yaml's setup
+    commands. The versions matter: an open range (``mlflow>=3``) that a new release moved must not
+    leave the node on the old one. The test's MLflow client opens the jobs' sqlite store between
+    the two submissions and migrates it to its own schema; an older MLflow on the node then refuses
+    the store ("out-of-date database schema"), as a user's would after the same skew."""
     pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    resolved = {name: version(name) for name in (Requirement(p).name for p in pins)}
     setup = yaml.safe_load((ROOT / "cluster.yaml").read_text())["setup_commands"]
-    return hashlib.sha256(json.dumps([pins, setup]).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([pins, resolved, setup]).encode()).hexdigest()[:16]
 
 
 def run(cmd: list[str], log: Path, timeout: float, env: dict | None = None) -> tuple[int, str, float]:
