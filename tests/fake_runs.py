@@ -10,6 +10,7 @@ import numpy as np
 from scalable_xmr.config import SDMLConfig
 from scalable_xmr.data.modality.dataset import open_dataset
 from scalable_xmr.sdml.evaluate import SDMLMetrics
+from scalable_xmr.sdml.modality_spec import ModalitySpec
 from scalable_xmr.store.meta import RunMeta
 from scalable_xmr.store.projection import create_projection, save_projection
 from scalable_xmr.store.run_store import RunStore
@@ -71,3 +72,14 @@ def fake_branch_run(run_dir: Path, data: str, models=("vse", "mmca", "mtfn")) ->
     meta.finish()
     store.write(meta)
     return str(store.root)
+
+
+def modality_spec_for(root: Path, data: str, cfg: SDMLConfig, modality: str) -> ModalitySpec:
+    """What an actor training ``modality`` of ``data`` is handed: a run directory under ``root`` with
+    a seeded P (the data-parallel and streaming tests start a trainer from it, without a job)."""
+    ds = open_dataset(data)
+    run = root / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    digest = save_projection(run / "projection.arrow", create_projection(cfg.dim, ds.info.n_classes, 0))
+    return ModalitySpec(run_dir=str(run), modality=modality, config=cfg, dataset_uri=data,
+                        n_classes=ds.info.n_classes, projection_sha256=digest, num_threads=1)

@@ -1,19 +1,17 @@
 """Quiet by default (issue #22 item 3): every command, run end to end as a user runs it, prints our
-own lines and at most 3 that a library wrote; XMR_DEBUG=1 / --verbose bring the libraries' logs back;
-a failing job still ends in its one error line.
+own lines and at most 3 that a library wrote (tests/e2e/quiet_lines.py says which are ours);
+XMR_DEBUG=1 / --verbose bring the libraries' logs back; a failing job still ends in its one error line.
 
-"Ours" is decided conservatively: a line is ours only when it has one of the formats our commands
-print (footers, tables, progress, the lines of cli/*.py and distributed/); everything else that is
-not blank -- and anything with a library's marks (a log record's timestamp and level, a Ray worker's
-"(name pid=...)" prefix, colour codes, Tune's boxes, a C++ source file) -- counts as theirs.
+The README's jobs (train, data-parallel train, add-modality, train-pairs, both sweeps, index and
+search) are checked quiet where the README test runs them (tests/e2e/test_readme.py), on a fresh
+MLflow store too; this file covers what the README does not run: `xmr train` with a new sqlite store,
+`xmr serve` until SIGTERM, a failing job, and the switches that bring the logs back.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,55 +20,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from quiet_lines import assert_quiet, foreign
 from servers import free_port
 
 pytestmark = pytest.mark.slow
 XMR = str(Path(sys.executable).with_name("xmr"))
-MAX_FOREIGN = 3
-
-# Marks of a library's line: any one makes a line theirs, whatever else it looks like.
-THEIRS = re.compile(
-    r"\x1b\[|^\(\w[\w.]* pid=|^\((raylet|autoscaler|gcs_server|monitor)\)|^\[?\d{4}[-/]\d\d[-/]\d\d"
-    r"|\b(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b.* -- |\.(cc|cpp|h):\d+|[╭│╰├┤─]|Traceback|^\s+File \""
-    r"|repeated \d+x across cluster|Tuner\.restore"
-)
-# The formats our commands print (cli/*.py, distributed/cluster.py, distributed/progress.py,
-# sdml/evaluate.py and branch/report.py tables, tuning/console.py, serving's `xmr search` table).
-FOOTER_KEYS = (
-    "run directory", "metrics", "plots", "MLflow", "wall time", "training state", "epochs", "added",
-    "index", "rows", "run", "gallery", "search", "metrics over", "results", "sweep directory",
-    "best config", "plot", "map", r"map@\d+", r"precision@\d+",
-)
-OURS = [re.compile(p) for p in (
-    # a footer line: its key padded to 14 (jobs) or 16 (the sweep) characters
-    rf"^(?=(?:{'|'.join(FOOTER_KEYS)}) *: )(?:.{{14}}|.{{16}}): \S", r"^lr: \S",
-    r"^(started a private local Ray|attached to Ray cluster at|using the Ray already running)",
-    r"^\w[\w-]*\s+epoch\s+\d+/\d+\s",  # a progress line off a terminal
-    r"^\s+\w[\w-]*\s+best epoch \d+/\d+, trained in",  # add-modality's per-modality line
-    r"^query↓ target→", r"^-{10,}$", r"^mean mAP over \d+ ordered pairs",
-    r"^\w[\w-]*(\s+(—|-?\d+\.\d+))+$",  # a row of an mAP or R@K table
-    r"^R@K on the \w+ split", r"^model\s+i2t@1", r"^\s+\+ re-rank \(",
-    r"^trial \d+/\d+ \w+", r"^\|.*\|$", r"^Schedule: trials ran ", r"^test \(chosen config, scored once\)",
-    r"^re-ranking on the best trial",
-    r"^query id\s+rank\s+item id\s+score$", r"^q\d+\s+\d+\s+\S+\s+-?\d+\.\d+$",
-    r"^ready: http://", r"^stopped$", r"^xmr: (error|interrupted)",
-    r"^workers: \w[\w-]* \d+", r"^\w[\w-]*: trained on \d+ workers$",  # sdml/launch.py, data-parallel
-    r"^no cross-modal pair yet: ",
-)]
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def is_ours(line: str) -> bool:
-    return not THEIRS.search(line) and any(p.search(line) for p in OURS)
-
-
-def foreign(lines: list[str]) -> list[str]:
-    """The visible lines we did not write (a line of colour codes alone shows nothing)."""
-    return [line for line in lines if ANSI.sub("", line).strip() and not is_ours(line)]
 
 
 def test_the_classifier_knows_library_lines_from_ours():
@@ -118,22 +73,6 @@ def xmr(*argv: str, expect: int = 0, **extra: str) -> list[str]:
     return lines
 
 
-def assert_quiet(lines: list[str]) -> None:
-    theirs = foreign(lines)
-    assert len(theirs) <= MAX_FOREIGN, "lines we did not write:\n" + "\n".join(theirs)
-
-
-def feature_table(path: Path, n: int, dim: int, prefix: str) -> str:
-    x = np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32)
-    pq.write_table(pa.table({
-        "id": pa.array([f"{prefix}{i}" for i in range(n)], pa.string()),
-        "features": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), dim),
-        "labels": pa.array([[i % 20] for i in range(n)], pa.list_(pa.int32())),
-    }), path, row_group_size=250)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def sdml_run(tmp_path_factory, small_xmedia) -> tuple[Path, str, list[str]]:
     """`xmr train` with MLflow on (a new sqlite store: MLflow's INFO lines would show) and its lines."""
     root = tmp_path_factory.mktemp("quiet")
@@ -148,62 +87,6 @@ def test_train(sdml_run):
     lines = sdml_run[2]
     assert_quiet(lines)
     assert any(line.startswith("mean mAP over 2 ordered pairs") for line in lines)
-
-
-def test_train_data_parallel(small_xmedia, tmp_path):
-    """W=2: Ray Train's own lines stay hidden, the PreemptionWatcher error its controller's core
-    worker logs for every worker group among them (distributed/logs.py QUIET_FORWARDED)."""
-    lines = xmr("train", "--data", small_xmedia, "--run", str(tmp_path / "run"), "--modality", "audio",
-                "--epochs", "2", "--dim", "32", "--batch-size", "20", "--workers-per-modality", "2",
-                "--no-tracking")
-    assert not [line for line in lines if "PreemptionWatcher" in line], lines
-    # Ray Train's placement-group cleaner prints a traceback of its own on a machine that runs several
-    # Ray instances (the test session's, other jobs'): it cannot tell which is its own. Not counted.
-    cleaner = re.compile(r"^\(PlacementGroupCleaner pid=\d+\)")
-    assert_quiet([line for line in lines if not cleaner.match(ANSI.sub("", line))])
-    assert "audio: trained on 2 workers" in lines
-
-
-def test_add_modality(sdml_run, small_xmedia, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(sdml_run[1], run)
-    lines = xmr("add-modality", "--run", str(run), "--modality", "audio", "--data", small_xmedia,
-                "--epochs", "1")
-    assert_quiet(lines)
-    assert any(line.startswith("added         : audio") for line in lines)
-
-
-def test_train_pairs(small_pairs, tmp_path):
-    lines = xmr("train-pairs", "--data", small_pairs, "--run", str(tmp_path / "run"), "--model", "vse",
-                "--epochs", "1", "--set", "vse.embed_dim=32", "--set", "vse.word_dim=16", "--no-tracking")
-    assert_quiet(lines)
-    assert any(line.startswith("R@K on the test split") for line in lines)
-
-
-def test_sweep_prints_a_line_per_trial_and_no_tune_console(small_xmedia, tmp_path):
-    # checkpoint_every=1: a checkpoint per epoch, what made every trial log "Checkpoint successfully
-    # created" and Tune warn about snapshotting.
-    lines = xmr("sweep", "--model", "sdml", "--data", small_xmedia, "--modality", "audio",
-                "--num-samples", "2", "--epochs", "2", "--set", "dim=32", "--set", "hidden=64",
-                "--set", "batch_size=20", "--set", "checkpoint_every=1",
-                "--storage", str(tmp_path / "sweeps"), "--name", "s", "--no-tracking")
-    assert_quiet(lines)
-    assert sum(line.startswith(("trial 1/2 ", "trial 2/2 ")) for line in lines) == 2, lines
-    assert any(line.startswith("sweep directory : ") for line in lines)
-
-
-def test_index_and_search(sdml_run, tmp_path):
-    _, run, _ = sdml_run
-    items = feature_table(tmp_path / "items.parquet", 1000, 64, "item")
-    lines = xmr("index", "--run", run, "--modality", "image", "--table", items,
-                "--out", str(tmp_path / "index"), "--batch-size", "256")
-    assert_quiet(lines)
-    assert any(line.startswith("rows          : 1000 image items") for line in lines)
-    queries = feature_table(tmp_path / "q.parquet", 5, 80, "q")
-    lines = xmr("search", "--run", run, "--query-modality", "text", "--query-table", queries,
-                "--target", "image", "--index", str(tmp_path / "index"), "--k", "3")
-    assert_quiet(lines)
-    assert any(line.startswith("search        : 5 queries") for line in lines)
 
 
 def test_serve_until_sigterm(sdml_run):

@@ -7,6 +7,9 @@ run as its Makefile recipe (also with 1 epoch); `make test` is this suite itself
 cannot run must say why, in an HTML comment right above it (`<!-- not run ...: reason -->`). A block
 marked `<!-- one shell script: ... -->` (a server started in the background, waited for, queried and
 stopped) runs as one bash script, with `PORT=8000` set to a free port instead.
+
+Every job the README runs (training, add-modality, sweeps, index, search) is also checked quiet as it
+runs: at most 3 lines of its output are a library's (tests/e2e/quiet_lines.py), as a user sees it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from quiet_lines import assert_quiet
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAINING = ("jobs/train_xmedia.py", "jobs/add_modality.py", "jobs/train_pairs.py", "jobs/sweep.py")
@@ -82,6 +86,14 @@ def one_epoch(argv: list[str]) -> list[str]:
     return [*argv, "--epochs", "1"]
 
 
+def is_job(argv: list[str]) -> bool:
+    """A job whose output is checked quiet: training, add-modality, a sweep, `xmr index` / `search`."""
+    if "--help" in argv:
+        return False
+    return any(a.endswith(TRAINING) for a in argv) or (argv[0].endswith("xmr") and argv[1:2] in (
+        ["index"], ["search"]))
+
+
 def make_recipe(target: str) -> list[str]:
     """The Makefile's one-line recipe of ``target`` as argv ($(PY) -> .venv/bin/python)."""
     lines = (ROOT / "Makefile").read_text().splitlines()
@@ -116,7 +128,7 @@ def test_readme_runs_top_to_bottom(tmp_path):
     (work / "jobs").symlink_to(ROOT / "jobs")
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
-    ran, scripts = [], []
+    ran, scripts, quiet, printed = [], [], [], []
     for reason, commands in readme_blocks((ROOT / "README.md").read_text(), scripts):
         if reason is not None:
             continue
@@ -138,7 +150,17 @@ def test_readme_runs_top_to_bottom(tmp_path):
             tail = (done.stdout + done.stderr)[-3000:]
             assert done.returncode == 0, f"README command failed: {command}\n{tail}"
             ran.append(command)
+            if is_job(argv):
+                lines = done.stdout.splitlines() + done.stderr.splitlines()
+                assert_quiet(lines, command)
+                assert not [x for x in lines if "PreemptionWatcher" in x], f"{command}\n{tail}"
+                quiet.append(command)
+                printed += lines
     assert len(ran) >= 12, ran
+    assert len(quiet) >= 10, quiet  # make run, 4 trainings, add-modality, 2 sweeps, index, search
+    assert any(re.fullmatch(r"\w[\w-]*: trained on 2 workers", x) for x in printed)  # the W=2 run
+    assert any(x.startswith("trial 1/") for x in printed)  # a sweep's line per trial, no Tune console
+    assert any(x.startswith("added         : mor") for x in printed)
     # What the README promises the commands leave behind.
     mfeat = json.loads((work / "runs/mfeat/run.json").read_text())
     assert mfeat["status"] == "finished" and "mor" in mfeat["modalities"]

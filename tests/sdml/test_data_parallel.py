@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fake_runs import modality_spec_for
 
 from scalable_xmr.config import SDMLConfig
-from scalable_xmr.data.modality.dataset import open_dataset
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.losses import sdml_loss, sdml_loss_share
 from scalable_xmr.functional.retrieval.average_precision import mean_average_precision
@@ -23,7 +23,7 @@ from scalable_xmr.models.sdml import SDMLAutoencoder
 from scalable_xmr.sdml.data_parallel import RankTrainer, shard_bounds, train_modality_parallel
 from scalable_xmr.sdml.modality_spec import ModalitySpec
 from scalable_xmr.sdml.trainer import ModalityTrainer
-from scalable_xmr.store.projection import create_projection, save_projection
+from scalable_xmr.store.projection import create_projection
 from scalable_xmr.store.run_store import RunStore
 
 # audio of the small synthetic XMedia: 100 train / 20 val / 20 test rows of 16 features, 20
@@ -37,12 +37,7 @@ WORKER = {"CPU": 0.5}  # two ranks on one logical CPU of the session's 2: the dr
 
 
 def _job(root: Path, data: str, cfg: SDMLConfig = CFG) -> ModalitySpec:
-    ds = open_dataset(data)
-    run = root / "run"
-    run.mkdir(parents=True, exist_ok=True)
-    digest = save_projection(run / "projection.arrow", create_projection(cfg.dim, ds.info.n_classes, 0))
-    return ModalitySpec(run_dir=str(run), modality=MODALITY, config=cfg, dataset_uri=data,
-                       n_classes=ds.info.n_classes, projection_sha256=digest, num_threads=1)
+    return modality_spec_for(root, data, cfg, MODALITY)
 
 
 class OneRank:

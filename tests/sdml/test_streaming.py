@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fake_runs import modality_spec_for
 
 from scalable_xmr.config import SDMLConfig
 from scalable_xmr.data.modality.dataset import open_dataset
@@ -16,7 +17,6 @@ from scalable_xmr.errors import InputError
 from scalable_xmr.sdml.modality_spec import ModalitySpec
 from scalable_xmr.sdml.streaming import StreamPlan, StreamRankTrainer, shuffle_seed, stream_steps
 from scalable_xmr.sdml.trainer import ModalityTrainer
-from scalable_xmr.store.projection import create_projection, save_projection
 from scalable_xmr.store.run_store import RunStore
 
 CFG = SDMLConfig(dim=32, hidden=32, epochs=3, batch_size=25, checkpoint_every=2, lr=1e-3)
@@ -24,12 +24,7 @@ MODALITY = "audio"  # small synthetic XMedia: 100 train / 20 val / 20 test rows 
 
 
 def _job(root: Path, data: str, cfg: SDMLConfig = CFG) -> ModalitySpec:
-    ds = open_dataset(data)
-    run = root / "run"
-    run.mkdir(parents=True, exist_ok=True)
-    digest = save_projection(run / "projection.arrow", create_projection(cfg.dim, ds.info.n_classes, 0))
-    return ModalitySpec(run_dir=str(run), modality=MODALITY, config=cfg, dataset_uri=data,
-                       n_classes=ds.info.n_classes, projection_sha256=digest, num_threads=1)
+    return modality_spec_for(root, data, cfg, MODALITY)
 
 
 class FakeStream:
