@@ -37,10 +37,15 @@ OURS = [re.compile(p) for p in (
     r"^R@K on the \w+ split", r"^model\s+i2t@1", r"^\s+\+ re-rank \(",
     r"^trial \d+/\d+ \w+", r"^\|.*\|$", r"^Schedule: trials ran ", r"^test \(chosen config, scored once\)",
     r"^re-ranking on the best trial",
-    r"^query id\s+rank\s+item id\s+score$", r"^q\d+\s+\d+\s+\S+\s+-?\d+\.\d+$",
+    r"^query id\s+rank\s+item id\s+score$", r"^[\w-]+\s+\d+\s+[\w-]+\s+-?\d+\.\d+$",
+    r"^\.\.\. \d+ more queries \(--out FILE writes them all\)$",
     r"^ready: http://", r"^stopped$", r"^xmr: (error|interrupted)",
     r"^workers: \w[\w-]* \d+", r"^\w[\w-]*: trained on \d+ workers$",  # sdml/launch.py, data-parallel
     r"^no cross-modal pair yet: ",
+    # the synthetic-data note (cli/train.py, cli/branch.py, cli/sweep.py) and the demo's closing hint
+    r"^={78}$", r"^NOTE: no --data given: ", r"^      (mAP|R@K) here says nothing about ",
+    r"^      captions from latent concepts;", r"^      Cached at /",
+    r"^This was the \d+-epoch demo\. ", r"^  python jobs/\w+\.py ",
 )]
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 

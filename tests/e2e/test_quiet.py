@@ -51,6 +51,11 @@ def test_the_classifier_knows_library_lines_from_ours():
         "lr: image 1e-4 (reference code: image rate)",
         "workers: audio 2 (DDP, gloo; 1 CPU each; one modality after the other)",
         "audio: trained on 2 workers", "no cross-modal pair yet: add a modality with `xmr add-modality`",
+        "=" * 78, "NOTE: no --data given: using SYNTHETIC XMedia-shaped data (not real features;",
+        "      mAP here says nothing about XMedia). Cached at /tmp/r/data",
+        "This was the 1-epoch demo. The paper's full setting is 200 epochs:",
+        "  python jobs/train_xmedia.py --epochs 200            (synthetic XMedia-shaped data)",
+        "text-00000     1  image-00008  0.0926", "... 177 more queries (--out FILE writes them all)",
     ]
     assert foreign(theirs) == theirs
     assert foreign(ours) == []
@@ -73,6 +78,7 @@ def xmr(*argv: str, expect: int = 0, **extra: str) -> list[str]:
     return lines
 
 
+@pytest.fixture(scope="module")
 def sdml_run(tmp_path_factory, small_xmedia) -> tuple[Path, str, list[str]]:
     """`xmr train` with MLflow on (a new sqlite store: MLflow's INFO lines would show) and its lines."""
     root = tmp_path_factory.mktemp("quiet")
