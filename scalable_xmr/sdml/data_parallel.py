@@ -181,7 +181,7 @@ class RankTrainer(ModalityTrainer):
 
     def report_epoch(self, stats: EpochStats, checkpointed: bool) -> None:
         """Every epoch but the last, every rank: ``report`` with rank 0's checkpoint when one was
-        written; then the test suite's fault hook (scalable_xmr/faults.py, task ``<m>/rank<r>``;
+        written; then the test suite's fault hooks (scalable_xmr/faults.py, task ``<m>/rank<r>``;
         ``<m>/rank<r>/mid-epoch`` fires in :meth:`backward` instead).
         The last epoch's checkpoint goes with the result (:meth:`run`): Ray Train keeps only the
         metrics that come with a checkpoint."""
@@ -192,6 +192,7 @@ class RankTrainer(ModalityTrainer):
         if checkpointed:
             faults.crash_after_checkpoint(self.fault_name, self.epoch, self.cfg.epochs, self.marker_dir,
                                           grace_s=FAULT_GRACE_S)
+            faults.hold_after_checkpoint(self.fault_name, self.epoch)
 
     def final_metrics(self, seconds: float) -> dict[str, Any]:
         """What the last report carries: the job's :class:`TrainResult` (a sweep trial's rank

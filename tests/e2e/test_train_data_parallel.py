@@ -104,8 +104,12 @@ def test_ctrl_c_of_a_data_parallel_job_is_an_interrupted_run_that_resumes(tmp_pa
             "--modality", "audio", "--no-tracking", "--no-progress", "--dim", "32", "--batch-size", "20",
             "--epochs", "60", "--checkpoint-every", "1", "--workers-per-modality", "2"]
     env = {k: v for k, v in os.environ.items() if k not in ("XMR_FAULTS", "RAY_ADDRESS")}
-    job = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                           start_new_session=True)
+    # Both ranks stop after their epoch-2 checkpoint until the job ends (faults.py "hold"): the
+    # Ctrl-C always lands mid-training, however fast 60 tiny epochs would otherwise run.
+    plan = tmp_path / "faults.json"
+    plan.write_text(json.dumps({"audio/rank0/hold": 2, "audio/rank1/hold": 2}))
+    job = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**env, "XMR_FAULTS": str(plan)}, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         while not any(run.rglob("ray-train/checkpoint_*/last.pt")):
