@@ -161,7 +161,7 @@ def test_ctrl_c_of_add_modality_leaves_the_run_unchanged(tmp_path, small_xmedia)
     before = _snapshot(run)
     add = ["add-modality", "--run", str(run), "--modality", "audio", "--data", small_xmedia,
            "--batch-size", "20", "--checkpoint-every", "1", "--no-progress"]
-    job = Job([*add, "--epochs", "60"], tmp_path / "add")
+    job = Job([*add, "--epochs", "60"], tmp_path / "add", faults={"audio/hold": 2})
     job.wait_for(lambda: any((run / ".staging").rglob("last.pt")), "the new modality's first checkpoint")
     job.signal_group(signal.SIGINT)
     assert job.finish() == 130, job.text()
