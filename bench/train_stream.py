@@ -138,6 +138,13 @@ def run_path(path: str, root: Path, data: str, cfg: SDMLConfig, workers: int) ->
     with PeakPss() as pss:
         if path == "memory":
             result = train_modality_parallel(job, workers, **kwargs)
+        elif path == "actor":  # W = 1 streamed in the modality's actor (no Ray Train), as `xmr train` runs it
+            from scalable_xmr.distributed.actors import ActorResources, ActorTask, run_tasks
+            from scalable_xmr.sdml.streaming import stream_inputs, train_stream_in_actor
+
+            limits = IngestLimits()
+            task = ActorTask(MODALITY, train_stream_in_actor, (job, stream_inputs(job, limits), limits))
+            result = run_tasks([task], ActorResources(cpus=1), show_progress=False).value()[MODALITY]
         else:
             result = train_modality_streaming(job, workers, IngestLimits(), **kwargs)
     wall = time.perf_counter() - start
@@ -161,7 +168,8 @@ def main() -> None:
     parser.add_argument("--signal", type=float, default=0.3, help="class-centre scale (harder when lower)")
     parser.add_argument("--quality", action="store_true", help="test mAP of both paths over --seeds")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--only", choices=("memory", "stream"), help="one path (a table that does not fit)")
+    parser.add_argument("--only", choices=("memory", "stream", "actor"),
+                        help="one path (a table that does not fit); actor: W = 1 streamed in an actor")
     parser.add_argument("--shards", action="store_true", help="the table as a directory of 64 MB files")
     parser.add_argument("--keep-data", action="store_true", help="keep the generated table")
     args = parser.parse_args()

@@ -68,6 +68,8 @@ LOCAL_IMPORTS_ALLOWED: dict[tuple[str, str], str] = {
     "Ray Train (ray.train, ~1 s) only when a sweep has --workers-per-modality > 1",
     ("scalable_xmr.sdml.launch", "scalable_xmr.sdml.streaming.train_modality_streaming"): "Ray Train and "
     "Ray Data only when a job has --workers-per-modality > 1 or --stream",
+    **listed("scalable_xmr.sdml.launch", "scalable_xmr.sdml.streaming", "stream_inputs train_stream_in_actor",
+             "Ray Data (and Ray Train, which streaming imports) only when a job has --stream"),
     **listed(_CLI + "data", "scalable_xmr.data", "inspect_dataset convert_xmedia convert_h5 "
              "convert_mfeat make_synthetic_xmedia open_dataset", _DATA),
     **listed(_CLI + "data", "scalable_xmr.data.paired", "IMAGES_FILE check_paired_dataset "

@@ -88,12 +88,13 @@ WORKERS_HELP = (
 
 
 STREAM_HELP = (
-    "stream each modality's Parquet table (local or s3://) to its Ray Train workers with Ray Data "
+    "stream each modality's Parquet table (local or s3://) to its workers with Ray Data "
     "(read_parquet -> streaming_split -> batches) instead of loading it whole: for a table bigger than "
     "a worker's memory. One streamed pass fits the input standardisation first; each epoch shuffles the "
     "file order and a local buffer seeded by (seed, epoch, rank): reproducible for a fixed W, not across "
-    "W. Ray Data gets 1 CPU beside the workers. Trains through Ray Train also with W = 1; resume is "
-    "per epoch, and --resume keeps the setting a modality started with"
+    "W. Ray Data gets 1 CPU beside the workers. With W = 1 the modality's actor streams (no Ray Train); "
+    "modalities stream one after the other; resume is per epoch, and --resume keeps the setting a "
+    "modality started with"
 )
 
 

@@ -19,6 +19,7 @@ TorchTrainer costs ~15-30 s of start-up a job against ~2-10 s for an actor.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import sys
@@ -79,6 +80,8 @@ def workers_line(jobs: Sequence[ModalitySpec], resources: ResourceConfig) -> str
     per = ", ".join(f"{j.modality} {resources.workers_per_modality}" for j in jobs)
     each = ", ".join(f"{v:g} {k}" for k, v in worker_resources(resources).items())
     streamed = f"; streamed by Ray Data, {ingest_limits(resources).cpus:g} CPU" if resources.stream else ""
+    if resources.workers_per_modality == 1:  # a W = 1 stream: the modality's actor, no DDP
+        return f"workers: {per} (the modality's actor; {each}{streamed}; one modality after the other)"
     return f"workers: {per} (DDP, {backend}; {each} each{streamed}; one modality after the other)"
 
 
@@ -90,8 +93,10 @@ def train_modalities(
     if not jobs:
         return Outcome()
     check_resources(resources)
-    if resources.workers_per_modality > 1 or resources.stream:
+    if resources.workers_per_modality > 1:
         return train_data_parallel(jobs, resources)
+    if resources.stream:
+        return train_streamed_in_actors(jobs, resources, show_progress)
     placement = actor_resources(resources)
     bars = ProgressBars([j.modality for j in jobs], enabled=show_progress, stream=sys.stderr)
     try:
@@ -103,6 +108,35 @@ def train_modalities(
         for group in groups:  # serial: one at a time, each with the share all would have had
             tasks = [ActorTask(j.modality, train_modality, j) for j in group]
             outcome = outcome.then(run_tasks(tasks, placement, bars=bars))
+            if outcome.error is not None:
+                break
+        return outcome
+    finally:
+        bars.close()
+
+
+def train_streamed_in_actors(jobs: Sequence[ModalitySpec], resources: ResourceConfig,
+                             show_progress: bool = True) -> Outcome:
+    """W = 1 streams: each modality in its own actor (no Ray Train), one after the other, the
+    driver's moments pass first (sdml/streaming.py ``train_stream_in_actor``); the actor gets the
+    CPUs Ray Data's tasks leave it, as a streaming worker does."""
+    from scalable_xmr.sdml.streaming import stream_inputs, train_stream_in_actor  # loads Ray Data: only here
+
+    print(workers_line(jobs, resources), file=sys.stderr, flush=True)
+    limits = ingest_limits(resources)
+    cpus = worker_resources(resources)["CPU"]
+    placement = dataclasses.replace(actor_resources(resources), cpus=cpus)
+    bars = ProgressBars([j.modality for j in jobs], enabled=show_progress, stream=sys.stderr)
+    outcome = Outcome()
+    try:
+        for job in jobs:
+            job = dataclasses.replace(job, num_threads=job.num_threads or max(1, int(cpus)))
+            try:
+                ingest = stream_inputs(job, limits)
+            except BaseException as e:  # the lifecycle records it (Ctrl-C included) and raises it
+                return Outcome(outcome.results, job.modality, e)
+            task = ActorTask(job.modality, train_stream_in_actor, (job, ingest, limits))
+            outcome = outcome.then(run_tasks([task], placement, bars=bars))
             if outcome.error is not None:
                 break
         return outcome

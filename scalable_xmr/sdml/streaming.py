@@ -16,6 +16,11 @@ loss shares, all-reduced sums, selection, checkpoints and outputs) that never ho
   batch at a time: no Ray Data execution an epoch for a small split) and encodes every W-th batch,
   the sums are all-reduced; rank 0 streams val and test once more for the embeddings it writes.
 
+With W = 1 the rank runs in the modality's actor instead (:class:`ActorStream`, as the in-memory
+W = 1 does: no TorchTrainer, whose controller and helper actors alone hold ~0.85 GiB on a node,
+BENCHMARKS.md "Streaming a modality"): the actor iterates the train split with Ray Data itself and
+keeps its checkpoints where the in-memory actor keeps them (``last.pt`` and the one before).
+
 What is reproducible: a fixed W, seed and table give the same batches, so the same run (blocks
 keep their order through the split: ``preserve_order``). A different W gives other batches (other
 shares, other buffers): not the same numbers, the same training. A resume continues from the last
@@ -26,10 +31,12 @@ of a fresh start, so epochs after a resume are shuffled otherwise than an uninte
 from __future__ import annotations
 
 import dataclasses
+import os
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -39,20 +46,27 @@ from scalable_xmr.config import IngestLimits
 from scalable_xmr.data.filesystem import resolve_uri
 from scalable_xmr.data.modality.dataset import SplitData, open_dataset
 from scalable_xmr.distributed.logs import quiet_ray_data
+from scalable_xmr.distributed.progress import Reporter
 from scalable_xmr.distributed.ray_data import (
     TRAIN,
     data_config,
+    execution_options,
     feature_moments,
     split_dataset,
 )
 from scalable_xmr.errors import InputError
 from scalable_xmr.functional.losses import label_loss_sum
 from scalable_xmr.io import atomic_write_json
+from scalable_xmr.models.runtime import resolve_device
 from scalable_xmr.sdml.data_parallel import Ingest, RankContext, RankTrainer, train_modality_parallel
 from scalable_xmr.sdml.modality_spec import ModalitySpec
 from scalable_xmr.sdml.outputs import model_payload
 from scalable_xmr.sdml.trainer import TrainResult, modality_seed, retain_freed_memory
+from scalable_xmr.store import torchfile
+from scalable_xmr.store.run_store import RunStore
+from scalable_xmr.store.training_state import LAST
 
+T = TypeVar("T")
 EVAL_BATCH = 1024  # rows a val/test batch: encoding only, memory ~ rows x dim x 4 B
 
 
@@ -161,7 +175,8 @@ class StreamRankTrainer(RankTrainer):
         read by this process from the table (pyarrow's scanner, no Ray Data execution: val is read
         every epoch on every rank, and is small beside train)."""
         for rows in self.source.iter_split(self.job.modality, split, self.plan.eval_batch):
-            x, y = torch.from_numpy(rows.features), torch.from_numpy(rows.labels)  # (n, dim), (n, c)
+            x, y = torch.tensor(rows.features), torch.tensor(rows.labels)  # (n, dim), (n, c): copies of
+            # Arrow's read-only buffers (torch warns on those; a batch of EVAL_BATCH rows is small)
             yield rows, x.to(self.device), y.to(self.device)
 
     @torch.no_grad()
@@ -227,3 +242,53 @@ def train_modality_streaming(job: ModalitySpec, workers: int, limits: IngestLimi
     arguments as :func:`~scalable_xmr.sdml.data_parallel.train_modality_parallel`'s."""
     ingest = stream_inputs(job, limits or IngestLimits())
     return train_modality_parallel(job, workers, ingest=ingest, **kwargs)
+
+
+class ActorStream:
+    """The :class:`StreamContext` of a W = 1 stream in the modality's actor (no Ray Train): the train
+    split iterated here by Ray Data within the job's ingest limits; checkpoints in the run store,
+    ``last.pt`` and the one before it (the in-memory actor's files, so a restarted actor or a
+    ``--resume`` continues from them); the last report's metrics kept for the actor's result."""
+
+    rank, world_size = 0, 1
+
+    def __init__(self, job: ModalitySpec, train: Any, limits: IngestLimits):
+        self.device = str(resolve_device(job.device))  # as the in-memory actor picks it
+        self.train, self.limits = train, limits
+        self.path = RunStore(job.run_dir, modality=job.modality).checkpoint_path(job.modality)
+        self.metrics: dict[str, Any] = {}
+
+    def load_checkpoint(self, loader: Callable[[Path], T]) -> T | None:
+        if not self.path.is_file():
+            return None
+        return loader(self.path.parent)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
+        if checkpoint_dir is not None:  # the rank's checksummed file, kept as the in-memory actor keeps it
+            torchfile.save_rotating(torchfile.load(checkpoint_dir / LAST), self.path)
+        self.metrics = metrics
+
+    def train_batches(self, name: str, batch_size: int, *, shuffle_buffer: int | None = None,
+                      shuffle_seed: int | None = None) -> Iterable[dict[str, torch.Tensor]]:
+        """The whole train split, one epoch, as torch tensors (a fresh execution each call)."""
+        self.train.context.execution_options = execution_options(self.limits)
+        self.train.context.enable_progress_bars = False
+        return self.train.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=shuffle_buffer
+                                             or None, local_shuffle_seed=shuffle_seed, device=self.device)
+
+
+def train_stream_in_actor(payload: tuple[ModalitySpec, Ingest, IngestLimits],
+                          reporter: Reporter) -> TrainResult:
+    """What the modality's actor runs for a W = 1 stream (``distributed.actors.run_tasks``): the
+    rank of :func:`train_stream_rank` on an :class:`ActorStream`; a restarted actor resumes from
+    the run store's checkpoint, and the driver is told."""
+    job, ingest, limits = payload
+    ctx = ActorStream(job, ingest.datasets[TRAIN], limits)
+    quiet_ray_data()
+    trainer = StreamRankTrainer(dataclasses.replace(job, device=ctx.device), ctx, ingest.plan)
+    trainer.progress = reporter.progress
+    if trainer.resumed_at:
+        reporter.event(f"{job.modality}: actor (pid {os.getpid()}) resumed from its checkpoint at epoch "
+                       f"{trainer.epoch}")
+    trainer.run()
+    return TrainResult(**ctx.metrics["result"])

@@ -34,3 +34,6 @@ def test_the_start_line_says_the_modality_streams(two_cpus):
     assert line == ("workers: image 2 (DDP, gloo; 0.5 CPU each; streamed by Ray Data, 1 CPU; one modality "
                     "after the other)")
     assert "streamed" not in launch.workers_line([Job()], ResourceConfig(workers_per_modality=2))
+    line = launch.workers_line([Job()], ResourceConfig(stream=True))  # W = 1: the modality's actor, no DDP
+    assert line == ("workers: image 1 (the modality's actor; 1 CPU; streamed by Ray Data, 1 CPU; "
+                    "one modality after the other)")

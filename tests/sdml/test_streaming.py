@@ -4,6 +4,7 @@ rank 0 writes are checked in one process. The Ray side runs in tests/e2e/test_tr
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from scalable_xmr.data.modality.dataset import open_dataset
 from scalable_xmr.errors import InputError
 from scalable_xmr.sdml.modality_spec import ModalitySpec
 from scalable_xmr.sdml.streaming import StreamPlan, StreamRankTrainer, shuffle_seed, stream_steps
-from scalable_xmr.sdml.trainer import ModalityTrainer
+from scalable_xmr.sdml.trainer import ModalityTrainer, TrainResult
 from scalable_xmr.store.run_store import RunStore
 
 CFG = SDMLConfig(dim=32, hidden=32, epochs=3, batch_size=25, checkpoint_every=2, lr=1e-3)
@@ -114,3 +115,43 @@ def test_too_few_rows_for_a_whole_batch_on_every_rank_is_refused(tmp_path, small
                              StreamPlan(24, plan.input_dim, plan.mean, plan.var, 50))
     with pytest.raises(InputError, match="24 train rows over 1 workers leave no whole batch of 25"):
         rank.run()
+
+
+def _stream_in_actor(job: ModalitySpec, max_restarts: int = 0) -> TrainResult:
+    from scalable_xmr.config import IngestLimits
+    from scalable_xmr.distributed.actors import ActorResources, ActorTask, run_tasks
+    from scalable_xmr.sdml.streaming import stream_inputs, train_stream_in_actor
+
+    limits = IngestLimits(cpus=0.5, task_cpus=0.25)
+    task = ActorTask(MODALITY, train_stream_in_actor, (job, stream_inputs(job, limits), limits))
+    outcome = run_tasks([task], ActorResources(cpus=0.5, max_restarts=max_restarts), show_progress=False)
+    return outcome.value()[MODALITY]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_one_worker_streams_in_the_modalitys_actor_as_ray_train_would(tmp_path, small_xmedia):
+    """W = 1 streamed in an actor (no TorchTrainer) reads the same batches as Ray Train's one worker
+    (same file order, one split share, the same local shuffle seeds): the same network."""
+    from scalable_xmr.sdml.streaming import train_modality_streaming
+
+    job = dataclasses.replace(_job(tmp_path / "actor", small_xmedia), num_threads=1)
+    result = _stream_in_actor(job)
+    assert result.epochs == CFG.epochs and result.resumed_at_epoch == []
+    train = dataclasses.replace(_job(tmp_path / "train", small_xmedia), num_threads=1)
+    train_modality_streaming(train, 1, resources_per_worker={"CPU": 0.5}, start_timeout_s=120)
+    a, b = (RunStore(j.run_dir).load_model(MODALITY)["state_dict"] for j in (job, train))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    ids, _, emb = RunStore(job.run_dir).read_embeddings(MODALITY, "test", 20)
+    assert emb.shape == (20, CFG.dim) and len(set(ids)) == 20
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_crashed_stream_actor_restarts_from_its_checkpoint(tmp_path, small_xmedia, crash_after):
+    job = dataclasses.replace(_job(tmp_path, small_xmedia, dataclasses.replace(CFG, checkpoint_every=1)),
+                              num_threads=1)
+    crash_after({f"{MODALITY}/rank0": 2})  # the actor's process dies after its epoch-2 checkpoint
+    result = _stream_in_actor(job, max_restarts=1)
+    assert result.epochs == CFG.epochs and result.resumed_at_epoch == [2]
+    assert RunStore(job.run_dir).train_log_path(MODALITY).is_file()
