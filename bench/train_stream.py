@@ -3,18 +3,22 @@ peak memory of the whole job, and test mAP over seeds.
 
     .venv/bin/python bench/train_stream.py                          # speed + memory, 20,000 x 256
     .venv/bin/python bench/train_stream.py --quality --seeds 3      # test mAP, 4,000 x 64, 3 seeds
-    .venv/bin/python bench/train_stream.py --rows 2100000 --dim 1024 --epochs 1 --only stream
+    .venv/bin/python bench/train_stream.py --rows 2100000 --dim 1024 --epochs 1 --hidden 64 --only actor
         # the size: float32 features of 2.1M x 1024 x 4 B = 8.6 GB (+ val/test = 10.8 GB)
 
 Data (synthetic, written by a ParquetWriter a row group at a time, never whole in memory): 20
 classes, a row = its class centre (N(0, 1) per feature, scaled by ``--signal``) + N(0, 1) noise,
 one label; train / val / test = rows, rows / 8, rows / 8, in that order in one file (as
 ``write_dataset`` lays a table out). The default network (dim-1024-1024-512 and back), batch 100,
-one torch thread a worker, a local Ray of 2 CPUs. Paths, both through ``TorchTrainer``:
+one torch thread a worker, a local Ray of 2 CPUs. Paths (memory and actor by default):
 
-- memory: ``train_modality_parallel`` with W workers of 1 CPU, each holding the modality;
-- stream: ``train_modality_streaming``, W workers of 1 CPU and Ray Data ``IngestLimits()`` (1 CPU,
-  256 MiB of object store, 64 MiB shuffle buffer a worker).
+- memory: ``train_modality_parallel`` (``TorchTrainer``) with W workers of 1 CPU, each holding the
+  modality;
+- actor: W = 1 streamed as ``xmr train --stream`` runs it, in the modality's actor of 1 CPU
+  (``train_stream_in_actor``) with Ray Data ``IngestLimits()`` (1 CPU, 256 MiB of object store, 64 MiB
+  shuffle buffer);
+- stream: ``train_modality_streaming`` (``TorchTrainer``), W workers of 1 CPU, the same limits (what
+  ``--stream`` runs with W > 1).
 
 rows/s = train rows x epochs / the trainer's ``train_seconds`` (inside the workers: the epochs,
 validation and reports; not start-up, not the driver's standardisation pass, which ``wall`` has).
@@ -186,7 +190,9 @@ def main() -> None:
     print(f"data: {rows:,} train rows x {dim} (float32 train features {rows * dim * 4 / 1e9:.2f} GB; "
           f"Parquet {table_gb:.2f} GB) written in {time.perf_counter() - start:.0f} s", flush=True)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    paths = [args.only] if args.only else ["memory", "stream"]
+    paths = [args.only] if args.only else ["memory", "actor"]
+    if "actor" in paths and args.workers != 1:
+        parser.error("the actor path is W = 1 (--workers 1); --only memory or stream for W > 1")
     seeds = range(args.seeds) if args.quality else [0]
     results: dict[str, list[dict]] = {p: [] for p in paths}
     try:
@@ -214,6 +220,11 @@ def main() -> None:
                 f"seeds {len(seeds)})",
                 ["path", "wall s (median)", "rows/s (median)", "peak PSS GiB (max)", "test mAP (mean)",
                  "test mAP (min-max)"], table)
+    speed = {path: statistics.median(rows * r["epochs"] / r["train_seconds"] for r in rs)
+             for path, rs in results.items()}
+    for path in ("actor", "stream"):
+        if path in speed and "memory" in speed:
+            print(f"{path} rows/s / memory rows/s: {speed[path] / speed['memory']:.0%} (this run)")
 
 
 if __name__ == "__main__":
